@@ -71,8 +71,13 @@ class LanguageConfig:
     lora: LoraSettings | None = None
     gradient_checkpointing: bool = False
     attn_implementation: str = "sdpa"
+    chat_format: str = "vicuna"
+    tokenizer_vocab_size: int = 4096
 
     def __post_init__(self) -> None:
+        from medisee.model.prompting import CHAT_FORMATS
+
+        _check_choice("LanguageConfig", "chat_format", self.chat_format, tuple(CHAT_FORMATS))
         if isinstance(self.lora, dict):
             self.lora = LoraSettings(**self.lora)
         _check_choice("LanguageConfig", "backbone", self.backbone, BACKBONES)

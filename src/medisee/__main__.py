@@ -1,0 +1,3 @@
+from medisee.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,198 @@
+"""Losses of MediSee (SPEC §2), outside the model.
+
+``L_end = L_txt + L_mask + L_bbox`` with ``L_mask = w_bce·BCE + w_dice·Dice`` and
+``L_bbox = w_l1·L1 + w_giou·GIoU``; the fine-tuning stage adds
+``L_sim = w_js·JS + w_mse·MSE`` between the similarity map of the reasoning query and the
+one of the plain-label query (the target, no gradient).
+
+Every per-sample loss returns a ``[B]`` tensor; the criterion averages over targets.
+All of them are finite, with a gradient, on empty masks and degenerate boxes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from medisee.boxes import cxcywh_to_xyxy
+
+
+@dataclass
+class LossWeights:
+    """Weights of the terms (paper §5.1; the released code used 2.0 for the box terms)."""
+
+    text: float = 1.0
+    bce: float = 2.0
+    dice: float = 0.5
+    l1: float = 1.0
+    giou: float = 1.0
+    js: float = 2.0
+    mse: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"LossWeights.{name} must be finite and >= 0, got {value!r}")
+
+
+def sigmoid_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy with logits, averaged over pixels.
+
+    Args: ``logits``, ``targets`` ``[B, H, W]`` (targets in {0, 1}). Returns ``[B]``.
+    """
+    loss = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none")
+    return loss.flatten(1).mean(1)
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Soft Dice loss ``1 - (2·Σpg + s) / (Σp + Σg + s)`` with ``p = sigmoid(logits)``.
+
+    ``smooth`` keeps both-empty at loss 0 and gives a finite gradient on empty targets.
+    Args: ``[B, H, W]``. Returns ``[B]``.
+    """
+    probs = logits.sigmoid().flatten(1)
+    targets = targets.to(probs.dtype).flatten(1)
+    intersection = (probs * targets).sum(1)
+    total = probs.sum(1) + targets.sum(1)
+    return 1.0 - (2.0 * intersection + smooth) / (total + smooth)
+
+
+def box_l1(pred_cxcywh: torch.Tensor, target_cxcywh: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error over the 4 normalised coordinates. ``[B, 4]`` -> ``[B]``."""
+    return (pred_cxcywh - target_cxcywh).abs().mean(-1)
+
+
+def generalized_box_iou(a_xyxy: torch.Tensor, b_xyxy: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Element-wise generalised IoU of ``[..., 4]`` xyxy boxes, in ``[-1, 1]``.
+
+    ``eps`` keeps degenerate (zero-area) boxes finite: two identical points give 0/eps = 0
+    for IoU and no enclosing-area penalty, with a defined gradient.
+    """
+    ix0 = torch.maximum(a_xyxy[..., 0], b_xyxy[..., 0])
+    iy0 = torch.maximum(a_xyxy[..., 1], b_xyxy[..., 1])
+    ix1 = torch.minimum(a_xyxy[..., 2], b_xyxy[..., 2])
+    iy1 = torch.minimum(a_xyxy[..., 3], b_xyxy[..., 3])
+    intersection = (ix1 - ix0).clamp(min=0) * (iy1 - iy0).clamp(min=0)
+    area_a = (a_xyxy[..., 2] - a_xyxy[..., 0]).clamp(min=0) * (a_xyxy[..., 3] - a_xyxy[..., 1]).clamp(min=0)
+    area_b = (b_xyxy[..., 2] - b_xyxy[..., 0]).clamp(min=0) * (b_xyxy[..., 3] - b_xyxy[..., 1]).clamp(min=0)
+    union = area_a + area_b - intersection
+    iou = intersection / (union + eps)
+    ex0 = torch.minimum(a_xyxy[..., 0], b_xyxy[..., 0])
+    ey0 = torch.minimum(a_xyxy[..., 1], b_xyxy[..., 1])
+    ex1 = torch.maximum(a_xyxy[..., 2], b_xyxy[..., 2])
+    ey1 = torch.maximum(a_xyxy[..., 3], b_xyxy[..., 3])
+    enclosing = (ex1 - ex0).clamp(min=0) * (ey1 - ey0).clamp(min=0)
+    return iou - (enclosing - union) / (enclosing + eps)
+
+
+def giou_loss(pred_cxcywh: torch.Tensor, target_cxcywh: torch.Tensor) -> torch.Tensor:
+    """``1 - GIoU`` of normalised ``cxcywh`` boxes. ``[B, 4]`` -> ``[B]`` in ``[0, 2]``."""
+    return 1.0 - generalized_box_iou(cxcywh_to_xyxy(pred_cxcywh), cxcywh_to_xyxy(target_cxcywh))
+
+
+def similarity_logits(image_states: torch.Tensor, query_state: torch.Tensor) -> torch.Tensor:
+    """``Sim(h_img, h_seg)``: scaled dot product of each image token with the query.
+
+    Args: ``image_states`` ``[B, N, d]`` (LM last-layer states at the image tokens),
+    ``query_state`` ``[B, d]``. Returns ``[B, N]`` logits over image tokens.
+    """
+    scale = image_states.shape[-1] ** -0.5
+    return torch.einsum("bnd,bd->bn", image_states, query_state) * scale
+
+
+def js_divergence(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon divergence (nats) between ``softmax`` over the last dim. Returns ``[B]``."""
+    log_p = logits_p.log_softmax(-1)
+    log_q = logits_q.log_softmax(-1)
+    log_m = torch.logsumexp(torch.stack((log_p, log_q)), dim=0) - math.log(2.0)
+    kl_pm = (log_p.exp() * (log_p - log_m)).sum(-1)
+    kl_qm = (log_q.exp() * (log_q - log_m)).sum(-1)
+    return 0.5 * (kl_pm + kl_qm)
+
+
+def similarity_loss(
+    reasoning_map: torch.Tensor, label_map: torch.Tensor, weights: LossWeights
+) -> torch.Tensor:
+    """``L_sim = w_js·JS + w_mse·MSE`` of ``[B, N]`` similarity logits; the label map is
+    the target and gets no gradient. Returns ``[B]``."""
+    target = label_map.detach()
+    js = js_divergence(reasoning_map, target)
+    mse = (reasoning_map - target).pow(2).mean(-1)
+    return weights.js * js + weights.mse * mse
+
+
+def text_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Autoregressive CE: position t predicts ``labels[t+1]``; ``ignore_index`` marks prompt
+    and image positions. ``logits`` ``[B, T, V]``, ``labels`` ``[B, T]``. Returns a scalar
+    (mean over answer tokens; 0 with a gradient if there are none)."""
+    shifted_logits = logits[:, :-1].flatten(0, 1).float()
+    shifted_labels = labels[:, 1:].flatten()
+    if not (shifted_labels != ignore_index).any():
+        return shifted_logits.sum() * 0.0
+    return F.cross_entropy(shifted_logits, shifted_labels, ignore_index=ignore_index)
+
+
+@dataclass
+class LossBreakdown:
+    """Scalar terms of one batch, for logging; ``total`` is what gets backpropagated."""
+
+    total: torch.Tensor
+    text: torch.Tensor
+    bce: torch.Tensor
+    dice: torch.Tensor
+    l1: torch.Tensor
+    giou: torch.Tensor
+    sim: torch.Tensor | None = None
+
+    def as_floats(self) -> dict[str, float]:
+        return {k: float(v.detach()) for k, v in vars(self).items() if v is not None}
+
+
+def end_to_end_loss(
+    *,
+    text_logits: torch.Tensor,
+    labels: torch.Tensor,
+    mask_logits: torch.Tensor,
+    target_masks: torch.Tensor,
+    pred_boxes: torch.Tensor,
+    target_boxes: torch.Tensor,
+    weights: LossWeights,
+    reasoning_map: torch.Tensor | None = None,
+    label_map: torch.Tensor | None = None,
+) -> LossBreakdown:
+    """``L_end`` (and ``L_ft = L_end + L_sim`` when both similarity maps are given).
+
+    Args:
+        text_logits: ``[B, T, V]``; labels ``[B, T]`` with -100 outside the answer.
+        mask_logits: ``[B, H, W]`` predicted logits; target_masks ``[B, H, W]`` in {0, 1},
+            same frame and size.
+        pred_boxes, target_boxes: ``[B, 4]`` normalised ``cxcywh``.
+        reasoning_map, label_map: ``[B, N]`` similarity logits (fine-tuning stage).
+    """
+    if (reasoning_map is None) != (label_map is None):
+        raise ValueError("similarity loss needs both reasoning_map and label_map, or neither")
+    if mask_logits.shape != target_masks.shape:
+        raise ValueError(
+            f"mask logits {tuple(mask_logits.shape)} and targets {tuple(target_masks.shape)} "
+            "must have the same shape"
+        )
+    txt = text_loss(text_logits, labels)
+    bce = sigmoid_bce(mask_logits, target_masks).mean()
+    dice = dice_loss(mask_logits, target_masks).mean()
+    l1 = box_l1(pred_boxes, target_boxes).mean()
+    giou = giou_loss(pred_boxes, target_boxes).mean()
+    total = (
+        weights.text * txt
+        + weights.bce * bce
+        + weights.dice * dice
+        + weights.l1 * l1
+        + weights.giou * giou
+    )
+    sim = None
+    if reasoning_map is not None and label_map is not None:
+        sim = similarity_loss(reasoning_map, label_map, weights).mean()
+        total = total + sim
+    return LossBreakdown(total=total, text=txt, bce=bce, dice=dice, l1=l1, giou=giou, sim=sim)

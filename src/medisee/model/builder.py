@@ -1,0 +1,165 @@
+"""Assemble a ``MediSee`` from a ``ModelConfig``, and the trainable/frozen policy."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from torch import nn
+
+from medisee.model.box_decoder import BoxDecoder
+from medisee.model.config import ModelConfig
+from medisee.model.fusion import CandidateFusion
+from medisee.model.medisee import MediSee
+from medisee.model.mllm import LanguageBackbone, LiteBackbone, LlavaBackbone
+from medisee.model.tokenizer import (
+    IMAGE_TOKEN,
+    add_candidate_tokens,
+    default_corpus,
+    train_lite_tokenizer,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _seg_projection(hidden_size: int, prompt_dim: int, inner: int | None) -> nn.Module:
+    """2-layer MLP h_seg -> SAM prompt token (LISA's text_hidden_fcs shape)."""
+    inner = inner or hidden_size
+    return nn.Sequential(nn.Linear(hidden_size, inner), nn.ReLU(), nn.Linear(inner, prompt_dim))
+
+
+def build_tokenizer(config: ModelConfig, corpus: Iterable[str] | None = None):
+    """The tokenizer a fresh model starts with: trained offline for ``lite``; the
+    checkpoint's own for ``llava`` (local files only)."""
+    if config.language.backbone == "lite":
+        texts = list(corpus) if corpus is not None else default_corpus()
+        return train_lite_tokenizer(texts, config.language.tokenizer_vocab_size)
+    if config.language.pretrained_path is None:
+        raise ValueError(
+            "a llava model built from an inline hf_config needs its tokenizer passed in"
+        )
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(config.language.pretrained_path, local_files_only=True)
+
+
+def build_model(
+    config: ModelConfig,
+    tokenizer=None,
+    corpus: Iterable[str] | None = None,
+    load_segmenter_weights: bool = True,
+) -> MediSee:
+    """Build every part from ``config``; candidate tokens are added to the tokenizer and
+    the vocabulary, LoRA applied if configured, and the trainable policy set.
+
+    ``load_segmenter_weights=False`` skips ``config.mask.weights`` (used when a full
+    checkpoint will be loaded on top).
+    """
+    from medisee.model.mask_decoder import build_segmenter
+
+    if tokenizer is None:
+        tokenizer = build_tokenizer(config, corpus)
+    candidate_ids = add_candidate_tokens(tokenizer, config.num_candidate_tokens)
+    mask_config = config.mask if load_segmenter_weights else dataclasses.replace(config.mask, weights=None)
+    segmenter = build_segmenter(mask_config)
+
+    language: LanguageBackbone
+    if config.language.backbone == "lite":
+        special = {
+            "image_token_id": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        }
+        language = LiteBackbone.from_config(config.language, len(tokenizer), config.mask.prompt_dim, special)
+    else:
+        language = LlavaBackbone.from_config(config.language)
+        if len(tokenizer) > language.base_model.get_input_embeddings().num_embeddings:
+            language.resize_token_embeddings(len(tokenizer))
+    if config.language.lora is not None:
+        language.apply_lora(config.language.lora, candidate_ids)
+    if config.language.gradient_checkpointing:
+        language.base_model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+
+    hidden = language.hidden_size
+    model = MediSee(
+        config=config,
+        language=language,
+        tokenizer=tokenizer,
+        fusion=CandidateFusion(hidden, config.num_candidate_tokens, config.fusion),
+        box_decoder=BoxDecoder(hidden, config.box),
+        seg_projection=_seg_projection(hidden, config.mask.prompt_dim, config.seg_projection_hidden),
+        segmenter=segmenter,
+    )
+    apply_trainable_policy(model)
+    return model
+
+
+@dataclass
+class ParameterReport:
+    """Trainable/frozen parameter counts per top-level part."""
+
+    trainable: dict[str, int]
+    frozen: dict[str, int]
+
+    @property
+    def total_trainable(self) -> int:
+        return sum(self.trainable.values())
+
+    @property
+    def total_frozen(self) -> int:
+        return sum(self.frozen.values())
+
+    def format(self) -> str:
+        lines = [f"{'part':<28}{'trainable':>14}{'frozen':>14}"]
+        for part in sorted(set(self.trainable) | set(self.frozen)):
+            lines.append(f"{part:<28}{self.trainable.get(part, 0):>14,}{self.frozen.get(part, 0):>14,}")
+        lines.append(f"{'total':<28}{self.total_trainable:>14,}{self.total_frozen:>14,}")
+        return "\n".join(lines)
+
+
+def _part_of(name: str) -> str:
+    head, _, rest = name.partition(".")
+    if head in ("language", "segmenter"):
+        return f"{head}.{rest.split('.')[0]}"
+    return head
+
+
+def apply_trainable_policy(model: MediSee) -> ParameterReport:
+    """SPEC §1 (paper §4.3): train the LM (LoRA + new token rows for LLaVA; all of the
+    small ``lite`` LM and its projector), the routers, seg projection, box decoder and
+    the whole mask decoder (+ prompt encoder); freeze the SAM image encoder and the
+    MLLM's vision tower and projector."""
+    config = model.config
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    for parameter in model.segmenter.image_encoder.parameters():
+        parameter.requires_grad_(False)
+    language = model.language
+    if config.language.lora is not None:
+        # PEFT already froze everything in the LM but the LoRA and trainable-token
+        # parameters; re-assert that over our blanket True above.
+        for name, parameter in language.model.named_parameters():
+            parameter.requires_grad_("lora_" in name or "trainable_tokens" in name)
+    if isinstance(language, LlavaBackbone):
+        for parameter in language.base_model.model.vision_tower.parameters():
+            parameter.requires_grad_(False)
+        for parameter in language.base_model.model.multi_modal_projector.parameters():
+            parameter.requires_grad_(False)
+    report = parameter_report(model)
+    logger.info("parameters:\n%s", report.format())
+    return report
+
+
+def parameter_report(model: nn.Module) -> ParameterReport:
+    trainable: dict[str, int] = {}
+    frozen: dict[str, int] = {}
+    for name, parameter in model.named_parameters():
+        bucket = trainable if parameter.requires_grad else frozen
+        part = _part_of(name)
+        bucket[part] = bucket.get(part, 0) + parameter.numel()
+    return ParameterReport(trainable, frozen)

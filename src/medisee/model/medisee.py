@@ -1,0 +1,243 @@
+"""The MediSee composite: language backbone -> candidate fusion -> box and mask decoders.
+
+Coordinate frames: ``image_sizes`` are the original ``(H, W)``; boxes come out normalised
+``(cx, cy, w, h)`` of the original image; mask logits come out in the segmenter's input
+frame at low resolution (``[B, L, L]``, L = 256 for LiteMedSAM and MedSAM; see
+``SamTransform`` to map them back to the original image).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medisee.boxes import denormalize_box
+from medisee.model.box_decoder import BoxDecoder
+from medisee.model.config import ModelConfig
+from medisee.model.fusion import CandidateFusion, FusionOutput
+from medisee.model.mllm import LanguageBackbone
+from medisee.model.tokenizer import candidate_token_strings
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_DIR = "tokenizer"
+
+
+@dataclass
+class MediSeeOutput:
+    """Everything one forward pass produces; losses live outside (``medisee.losses``)."""
+
+    logits: torch.Tensor  # [B, T, V] next-token logits
+    boxes: torch.Tensor  # [B, 4] normalised cxcywh of the original image
+    mask_logits: torch.Tensor  # [B, L, L] low-res logits in the segmenter input frame
+    iou_scores: torch.Tensor  # [B] the mask decoder's IoU estimate
+    seg_state: torch.Tensor  # [B, d] h_seg
+    det_state: torch.Tensor  # [B, d] h_det
+    image_states: torch.Tensor  # [B, N, d] last-layer states at the image tokens (for Sim)
+    fusion: FusionOutput
+
+
+def candidate_positions(input_ids: torch.Tensor, candidate_ids: list[int]) -> torch.Tensor:
+    """Positions ``[B, n]`` of the candidate tokens in each sequence.
+
+    Each row must contain the n candidate tokens as complete groups (each id the same
+    number of times k >= 1, ``<cand_0>`` ... ``<cand_{n-1}>`` in order); the last group is
+    taken (the latest answer of a multi-turn conversation). Anything else raises a
+    ``ValueError`` that names the counts found.
+    """
+    rows = []
+    for row_index, row in enumerate(input_ids):
+        per_id = [torch.nonzero(row == token_id).flatten() for token_id in candidate_ids]
+        counts = [int(p.numel()) for p in per_id]
+        if counts[0] == 0 or len(set(counts)) != 1:
+            raise ValueError(
+                f"sequence {row_index}: expected the {len(candidate_ids)} candidate tokens "
+                f"{candidate_ids} in complete groups, found counts {counts}"
+            )
+        last = torch.stack([p[-1] for p in per_id])
+        if len(candidate_ids) > 1 and not bool((last.diff() > 0).all()):
+            raise ValueError(
+                f"sequence {row_index}: candidate tokens out of order at positions {last.tolist()}"
+            )
+        rows.append(last)
+    return torch.stack(rows)
+
+
+class MediSee(nn.Module):
+    """Submodules are built by ``medisee.model.builder.build_model`` and passed in.
+
+    Args:
+        config: the model's configuration.
+        language: the multimodal LM (``LiteBackbone`` or ``LlavaBackbone``).
+        tokenizer: its tokenizer, with the candidate tokens added.
+        fusion: routers R_s, R_d.
+        box_decoder: h_det -> normalised box.
+        seg_projection: h_seg -> SAM prompt token (``prompt_dim``).
+        segmenter: ``PromptableSegmenter`` (frozen image encoder, prompt encoder, mask decoder).
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        language: LanguageBackbone,
+        tokenizer: Any,
+        fusion: CandidateFusion,
+        box_decoder: BoxDecoder,
+        seg_projection: nn.Module,
+        segmenter: nn.Module,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.language = language
+        self.tokenizer = tokenizer
+        self.fusion = fusion
+        self.box_decoder = box_decoder
+        self.seg_projection = seg_projection
+        self.segmenter = segmenter
+        tokens = candidate_token_strings(config.num_candidate_tokens)
+        self.candidate_token_ids: list[int] = list(tokenizer.convert_tokens_to_ids(tokens))
+
+    # ------------------------------------------------------------------ inputs
+    def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Frozen segmenter encoder: ``[B, 3, S, S]`` in [0, 1] -> ``[B, C, g, g]``."""
+        with torch.no_grad():
+            return self.segmenter.embed_images(pixel_values)
+
+    def vision_inputs(
+        self, pixel_values: torch.Tensor | None, image_embeddings: torch.Tensor
+    ) -> torch.Tensor:
+        if self.language.uses_segmenter_embedding:
+            return image_embeddings
+        if pixel_values is None:
+            raise ValueError("the LLaVA backbone needs pixel_values (its CLIP tower sees the image)")
+        return self.language.pixels_from_segmenter_input(pixel_values)
+
+    # ----------------------------------------------------------------- decoders
+    def decode_targets(
+        self,
+        seg_state: torch.Tensor,
+        det_state: torch.Tensor,
+        image_embeddings: torch.Tensor,
+        image_sizes: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """h_seg, h_det -> (normalised boxes [B, 4], mask logits [B, L, L], iou [B]).
+
+        The prompt mode decides the sparse prompts: T = the text token only; T+B adds the
+        predicted box; T+B+P also a positive point at the box centre.
+        """
+        boxes = self.box_decoder(det_state)
+        text_prompt = self.seg_projection(seg_state)
+        mode = self.config.mask.prompt_mode
+        box_prompt = point_prompt = None
+        if mode in ("T+B", "T+B+P"):
+            box_for_prompt = boxes if self.config.box_prompt_gradient else boxes.detach()
+            # normalised (original frame) -> pixels -> segmenter input frame
+            scale = self.config.mask.image_size / image_sizes.max(dim=1).values.to(boxes.dtype)
+            box_prompt = denormalize_box(box_for_prompt, image_sizes.to(boxes.dtype)) * scale[:, None]
+            if mode == "T+B+P":
+                point_prompt = (box_prompt[:, :2] + box_prompt[:, 2:]) / 2
+        out = self.segmenter.decode(
+            image_embeddings, text_embeddings=text_prompt, boxes=box_prompt, points=point_prompt
+        )
+        return boxes, out.mask_logits[:, 0], out.iou_scores[:, 0]
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_sizes: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_embeddings: torch.Tensor | None = None,
+    ) -> MediSeeOutput:
+        """Teacher-forced pass over sequences that contain the candidate tokens.
+
+        Args:
+            input_ids, attention_mask: ``[B, T]`` expanded sequences (see ``PromptBuilder``).
+            image_sizes: ``[B, 2]`` original ``(H, W)``.
+            pixel_values: ``[B, 3, S, S]`` segmenter input in [0, 1]; optional when
+                ``image_embeddings`` (``[B, C, g, g]``, e.g. cached) are given and the
+                backbone is ``lite``.
+        """
+        if image_embeddings is None:
+            if pixel_values is None:
+                raise ValueError("give pixel_values or precomputed image_embeddings")
+            image_embeddings = self.embed_images(pixel_values)
+        lm = self.language(
+            input_ids, attention_mask, self.vision_inputs(pixel_values, image_embeddings)
+        )
+        positions = candidate_positions(input_ids, self.candidate_token_ids)
+        batch_index = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None]
+        candidate_states = lm.hidden_states[batch_index, positions]  # [B, n, d]
+        fused = self.fusion(candidate_states.float())
+        boxes, mask_logits, iou = self.decode_targets(
+            fused.seg_state, fused.det_state, image_embeddings, image_sizes
+        )
+        image_mask = input_ids == self.language.image_token_id
+        image_states = lm.hidden_states[image_mask].view(
+            input_ids.shape[0], self.language.num_image_tokens, -1
+        )
+        return MediSeeOutput(
+            logits=lm.logits,
+            boxes=boxes,
+            mask_logits=mask_logits,
+            iou_scores=iou,
+            seg_state=fused.seg_state,
+            det_state=fused.det_state,
+            image_states=image_states.float(),
+            fusion=fused,
+        )
+
+    # ---------------------------------------------------------------- save/load
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``config.json``, ``model.safetensors`` and ``tokenizer/`` atomically
+        (a temporary directory renamed into place)."""
+        from safetensors.torch import save_model
+
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        (staging / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2))
+        save_model(self, str(staging / WEIGHTS_NAME))
+        self.tokenizer.save_pretrained(str(staging / TOKENIZER_DIR))
+        if target.exists():
+            backup = target.with_name(f".{target.name}.old")
+            target.rename(backup)
+            staging.rename(target)
+            _remove_tree(backup)
+        else:
+            staging.rename(target)
+        return target
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+    ) -> MediSee:
+        """Rebuild from ``save_pretrained`` output and load the weights strictly."""
+        from safetensors.torch import load_model
+        from transformers import AutoTokenizer
+
+        from medisee.model.builder import build_model
+
+        source = Path(directory)
+        if not (source / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"{source} has no {CONFIG_NAME}: not a medisee checkpoint")
+        config = ModelConfig.from_dict(json.loads((source / CONFIG_NAME).read_text()))
+        tokenizer = AutoTokenizer.from_pretrained(str(source / TOKENIZER_DIR))
+        # The saved state holds every weight, SAM's included: do not load those twice.
+        model = build_model(config, tokenizer=tokenizer, load_segmenter_weights=False)
+        load_model(model, str(source / WEIGHTS_NAME), strict=True, device=str(map_location))
+        return model
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,265 @@
+"""Multimodal language backbones behind one interface.
+
+* ``LiteBackbone``: a small causal LM (HF ``LlamaForCausalLM`` built from a config) fed by
+  ``ImageProjector``, which pools the segmenter's image embedding into image tokens, so
+  one frozen image encoder serves both the LM and the mask decoder.
+* ``LlavaBackbone``: an adapter over HF ``LlavaForConditionalGeneration`` (the
+  ``medisee-7b`` path; LLaVA-Med v1.5 Mistral-7B in HF format), with its own CLIP tower.
+
+Both take ``input_ids`` in which each image already occupies ``num_image_tokens``
+positions marked with ``image_token_id`` (see ``PromptBuilder``), and return the logits
+and the last-layer hidden states over that same expanded sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+
+from medisee.model.config import LanguageConfig, LoraSettings
+
+# CLIP's normalisation, the LLaVA default when the config carries none.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class BackboneOutput:
+    logits: torch.Tensor  # [B, T, V]
+    hidden_states: torch.Tensor  # [B, T, d] last layer, over the expanded sequence
+    past_key_values: Any = None
+
+
+class ImageProjector(nn.Module):
+    """Segmenter embedding ``[B, C, g, g]`` -> image tokens ``[B, grid², d]``.
+
+    Average-pools the grid to ``grid × grid`` (row-major token order), then a 2-layer MLP
+    (the LLaVA-1.5 projector shape) maps ``C`` to the LM width.
+    """
+
+    def __init__(self, in_channels: int, hidden_size: int, grid: int) -> None:
+        super().__init__()
+        self.grid = grid
+        self.mlp = nn.Sequential(
+            nn.Linear(in_channels, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
+        )
+
+    def forward(self, image_embeddings: torch.Tensor) -> torch.Tensor:
+        pooled = F.adaptive_avg_pool2d(image_embeddings, self.grid)
+        return self.mlp(pooled.flatten(2).transpose(1, 2))
+
+
+def _check_image_tokens(input_ids: torch.Tensor, image_token_id: int, expected: int) -> torch.Tensor:
+    """Boolean ``[B, T]`` mask of image positions; each row must hold exactly ``expected``."""
+    mask = input_ids == image_token_id
+    counts = mask.sum(1)
+    if not bool((counts == expected).all()):
+        raise ValueError(
+            f"each sequence must contain exactly {expected} image tokens (id {image_token_id}); "
+            f"found {counts.tolist()}"
+        )
+    return mask
+
+
+class LanguageBackbone(nn.Module):
+    """Common interface; ``model`` is the HF model, possibly wrapped by PEFT."""
+
+    model: nn.Module
+    image_token_id: int
+    num_image_tokens: int
+    hidden_size: int
+    #: what ``vision_inputs`` are: the segmenter's image embedding, or CLIP pixels.
+    uses_segmenter_embedding: bool
+
+    @property
+    def base_model(self) -> PreTrainedModel:
+        """The HF model with LoRA layers injected (PEFT wrapper removed)."""
+        get_base = getattr(self.model, "get_base_model", None)
+        return get_base() if get_base is not None else self.model
+
+    def resize_token_embeddings(self, vocab_size: int) -> None:
+        self.base_model.resize_token_embeddings(vocab_size, mean_resizing=False)
+
+    def apply_lora(self, settings: LoraSettings, new_token_ids: list[int]) -> None:
+        """Wrap the language model with LoRA on ``settings.target_modules`` (language model
+        only: the regex excludes the vision tower) and make the rows of ``new_token_ids``
+        in the input embedding and the LM head trainable."""
+        from peft import LoraConfig, get_peft_model
+
+        targets = "|".join(settings.target_modules)
+        lora_config = LoraConfig(
+            r=settings.r,
+            lora_alpha=settings.alpha,
+            lora_dropout=settings.dropout,
+            target_modules=rf"^(?!.*vision_tower).*({self._lora_scope}).*\.({targets})$",
+            trainable_token_indices={"embed_tokens": list(new_token_ids)},
+        )
+        self.model = get_peft_model(self.model, lora_config)
+
+    _lora_scope = ""
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        vision_inputs: torch.Tensor | None,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+    ) -> BackboneOutput:
+        raise NotImplementedError
+
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        vision_inputs: torch.Tensor,
+        **generate_kwargs: Any,
+    ) -> torch.Tensor:
+        """Greedy/sampled continuation with the KV cache; returns only the new tokens ``[B, T']``."""
+        raise NotImplementedError
+
+
+class LiteBackbone(LanguageBackbone):
+    """Small Llama-architecture LM over pooled segmenter embeddings (CPU default)."""
+
+    uses_segmenter_embedding = True
+    _lora_scope = "layers"
+
+    def __init__(self, language_model: PreTrainedModel, projector: ImageProjector, image_token_id: int) -> None:
+        super().__init__()
+        self.model = language_model
+        self.projector = projector
+        self.image_token_id = image_token_id
+        self.num_image_tokens = projector.grid**2
+        self.hidden_size = language_model.config.hidden_size
+
+    @classmethod
+    def from_config(
+        cls, config: LanguageConfig, vocab_size: int, image_channels: int, special_ids: dict[str, int]
+    ) -> LiteBackbone:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        lm_config = LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=config.hidden_size,
+            intermediate_size=config.intermediate_size,
+            num_hidden_layers=config.num_layers,
+            num_attention_heads=config.num_heads,
+            num_key_value_heads=config.num_heads,
+            max_position_embeddings=config.max_position_embeddings,
+            tie_word_embeddings=False,
+            attn_implementation=config.attn_implementation,
+            **special_ids,
+        )
+        projector = ImageProjector(image_channels, config.hidden_size, config.image_grid)
+        return cls(LlamaForCausalLM(lm_config), projector, special_ids["image_token_id"])
+
+    def embed(self, input_ids: torch.Tensor, vision_inputs: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with projected image features at the image positions."""
+        embeddings = self.base_model.get_input_embeddings()(input_ids)
+        has_images = bool((input_ids == self.image_token_id).any())
+        if not has_images:
+            return embeddings
+        if vision_inputs is None:
+            raise ValueError("input_ids contain image tokens but no image embedding was given")
+        mask = _check_image_tokens(input_ids, self.image_token_id, self.num_image_tokens)
+        features = self.projector(vision_inputs).to(embeddings.dtype)
+        return embeddings.masked_scatter(mask.unsqueeze(-1), features)
+
+    def forward(self, input_ids, attention_mask, vision_inputs, past_key_values=None, use_cache=False):
+        embeddings = self.embed(input_ids, vision_inputs)
+        base = self.base_model
+        out = base.model(
+            inputs_embeds=embeddings,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+        )
+        hidden = out.last_hidden_state
+        return BackboneOutput(base.lm_head(hidden), hidden, out.past_key_values)
+
+    def generate(self, input_ids, attention_mask, vision_inputs, **generate_kwargs):
+        embeddings = self.embed(input_ids, vision_inputs)
+        # With inputs_embeds only, HF generate returns just the new tokens.
+        return self.base_model.generate(
+            inputs_embeds=embeddings, attention_mask=attention_mask, **generate_kwargs
+        )
+
+
+class LlavaBackbone(LanguageBackbone):
+    """Adapter over ``LlavaForConditionalGeneration`` (transformers 5 layout:
+    ``model.model.vision_tower``, ``model.model.language_model``, ``model.lm_head``)."""
+
+    uses_segmenter_embedding = False
+    _lora_scope = "language_model"
+
+    def __init__(self, llava: PreTrainedModel) -> None:
+        super().__init__()
+        config = llava.config
+        if config.image_token_id is None:
+            raise ValueError("LlavaConfig.image_token_id must be set")
+        self.model = llava
+        self.image_token_id = int(config.image_token_id)
+        vision = config.vision_config
+        patches = (vision.image_size // vision.patch_size) ** 2
+        # "default" drops CLS, "full" keeps it.
+        self.num_image_tokens = patches + (1 if config.vision_feature_select_strategy == "full" else 0)
+        self.hidden_size = config.text_config.hidden_size
+        self.vision_image_size = int(vision.image_size)
+
+    @classmethod
+    def from_config(cls, config: LanguageConfig, torch_dtype: torch.dtype | None = None) -> LlavaBackbone:
+        from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+        if config.pretrained_path is not None:
+            llava = LlavaForConditionalGeneration.from_pretrained(
+                config.pretrained_path,
+                dtype=torch_dtype or "auto",
+                attn_implementation=config.attn_implementation,
+                local_files_only=True,
+            )
+        else:
+            hf_config = LlavaConfig(**config.hf_config)
+            hf_config._attn_implementation = config.attn_implementation
+            llava = LlavaForConditionalGeneration(hf_config)
+        return cls(llava)
+
+    def pixels_from_segmenter_input(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """SAM-frame pixels ``[B, 3, S, S]`` in [0, 1] (longest side resized, padded square)
+        -> CLIP input ``[B, 3, P, P]``, resized and normalised with CLIP's mean/std."""
+        resized = F.interpolate(
+            pixel_values, size=(self.vision_image_size,) * 2, mode="bicubic", align_corners=False, antialias=True
+        ).clamp(0, 1)
+        mean = torch.tensor(CLIP_MEAN, device=resized.device, dtype=resized.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD, device=resized.device, dtype=resized.dtype).view(1, 3, 1, 1)
+        return (resized - mean) / std
+
+    def forward(self, input_ids, attention_mask, vision_inputs, past_key_values=None, use_cache=False):
+        base = self.base_model
+        has_images = bool((input_ids == self.image_token_id).any())
+        if has_images:
+            if vision_inputs is None:
+                raise ValueError("input_ids contain image tokens but no pixel values were given")
+            _check_image_tokens(input_ids, self.image_token_id, self.num_image_tokens)
+        pixels = vision_inputs.to(base.model.vision_tower.dtype) if has_images else None
+        out = base.model(
+            input_ids=input_ids,
+            pixel_values=pixels,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+        )
+        hidden = out.last_hidden_state
+        return BackboneOutput(base.lm_head(hidden), hidden, out.past_key_values)
+
+    def generate(self, input_ids, attention_mask, vision_inputs, **generate_kwargs):
+        _check_image_tokens(input_ids, self.image_token_id, self.num_image_tokens)
+        sequences = self.base_model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, pixel_values=vision_inputs, **generate_kwargs
+        )
+        return sequences[:, input_ids.shape[1]:]

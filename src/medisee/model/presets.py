@@ -1,0 +1,80 @@
+"""Named model sizes: a plain dict registry of ``ModelConfig`` factories (SPEC §1)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from medisee.model.config import (
+    BoxDecoderConfig,
+    FusionConfig,
+    LanguageConfig,
+    LoraSettings,
+    MaskConfig,
+    ModelConfig,
+    TinyViTConfig,
+    ViTConfig,
+)
+
+
+def tiny() -> ModelConfig:
+    """Random init, minutes-small: for tests. Same classes as ``lite``."""
+    return ModelConfig(
+        language=LanguageConfig(
+            backbone="lite", hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+            max_position_embeddings=256, image_grid=4, tokenizer_vocab_size=400,
+        ),
+        fusion=FusionConfig(router_hidden=32),
+        box=BoxDecoderConfig(hidden_size=32),
+        mask=MaskConfig(
+            encoder="tiny_vit", image_size=64, prompt_dim=32,
+            tiny_vit=TinyViTConfig(
+                embed_dims=(8, 16, 16, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1),
+                window_sizes=(2, 2, 2, 2),
+            ),
+            decoder_depth=1, decoder_mlp_dim=64, decoder_num_heads=2, iou_head_hidden_dim=32,
+        ),
+        preset="tiny",
+    )
+
+
+def lite() -> ModelConfig:
+    """CPU default: a small LM trained here over the pretrained LiteMedSAM (TinyViT, 256 px)."""
+    return ModelConfig(
+        language=LanguageConfig(
+            backbone="lite", hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024,
+            max_position_embeddings=512, image_grid=8, tokenizer_vocab_size=4096,
+        ),
+        fusion=FusionConfig(router_hidden=1024),
+        box=BoxDecoderConfig(hidden_size=512),
+        mask=MaskConfig(encoder="tiny_vit", image_size=256, weights="litemedsam"),
+        preset="lite",
+    )
+
+
+def medisee_7b(llava_path: str | None = None, medsam_path: str | None = None) -> ModelConfig:
+    """The paper's setting: LLaVA-Med v1.5 Mistral-7B (HF LLaVA format, local path),
+    LoRA r=8 on q/v, MedSAM ViT-B at 1024 px (local segment-anything checkpoint)."""
+    return ModelConfig(
+        language=LanguageConfig(
+            backbone="llava", pretrained_path=llava_path or "/path/to/llava-med-v1.5-mistral-7b-hf",
+            lora=LoraSettings(r=8, alpha=16, dropout=0.05, target_modules=("q_proj", "v_proj")),
+            gradient_checkpointing=True, chat_format="mistral",
+        ),
+        fusion=FusionConfig(router_hidden=1024),
+        box=BoxDecoderConfig(hidden_size=512),
+        mask=MaskConfig(encoder="vit", image_size=1024, vit=ViTConfig(), weights=medsam_path),
+        preset="medisee-7b",
+    )
+
+
+PRESETS: dict[str, Callable[[], ModelConfig]] = {
+    "tiny": tiny,
+    "lite": lite,
+    "medisee-7b": medisee_7b,
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+    return PRESETS[name]()

@@ -1,0 +1,118 @@
+"""Chat formatting: a conversation about one image -> ``input_ids`` and answer-only labels.
+
+The image placeholder is expanded to the backbone's number of image tokens here, in the
+ids, so the LM sequence and ``input_ids`` are the same "expanded sequence": candidate
+tokens and image tokens are found by masks over it, never by offsets.
+
+The assistant's answer that carries the target is ``"{answer} <cand_0>...<cand_{n-1}> {explanation}"``:
+the model names what it found, emits the candidate tokens (their last-layer states drive
+the decoders), then explains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """Text around each turn; ``{image}`` marks where the image goes in the first turn."""
+
+    first_user: str
+    user: str
+    assistant_prefix: str
+
+
+CHAT_FORMATS: dict[str, ChatFormat] = {
+    # LLaVA-1.5 / vicuna-style, used by the lite LM.
+    "vicuna": ChatFormat(first_user="USER: {image}\n{q} ASSISTANT:", user="USER: {q} ASSISTANT:", assistant_prefix=" "),
+    # LLaVA-Med v1.5 Mistral.
+    "mistral": ChatFormat(first_user="[INST] {image}\n{q} [/INST]", user="[INST] {q} [/INST]", assistant_prefix=" "),
+}
+
+
+@dataclass
+class EncodedPrompt:
+    """``input_ids`` and ``labels`` (``-100`` outside assistant answers), same length."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+class PromptBuilder:
+    """Encodes conversations for one backbone.
+
+    Args:
+        tokenizer: the backbone's tokenizer (with candidate tokens added).
+        image_token_id: id that marks image positions in ``input_ids``.
+        num_image_tokens: how many image positions one image takes.
+        candidate_tokens: the n candidate token strings.
+        chat_format: a key of ``CHAT_FORMATS``.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        image_token_id: int,
+        num_image_tokens: int,
+        candidate_tokens: Sequence[str],
+        chat_format: str = "vicuna",
+    ) -> None:
+        if chat_format not in CHAT_FORMATS:
+            raise ValueError(f"unknown chat format {chat_format!r}; known: {sorted(CHAT_FORMATS)}")
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer needs an EOS token to end answers")
+        self.tokenizer = tokenizer
+        self.image_token_id = image_token_id
+        self.num_image_tokens = num_image_tokens
+        self.candidate_tokens = list(candidate_tokens)
+        self.format = CHAT_FORMATS[chat_format]
+
+    def answer_text(self, answer: str, explanation: str | None = None) -> str:
+        """The assistant reply for a target: answer, candidate tokens, explanation."""
+        text = f"{answer.strip()} {''.join(self.candidate_tokens)}"
+        if explanation:
+            text += f" {explanation.strip()}"
+        return text
+
+    def _ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode(self, turns: Sequence[tuple[str, str | None]]) -> EncodedPrompt:
+        """Encode ``[(question, answer), ...]``; the last answer may be ``None`` to get a
+        generation prompt (ending right after the assistant marker).
+
+        The image is placed in the first user turn.
+        """
+        if not turns:
+            raise ValueError("a conversation needs at least one turn")
+        if any(answer is None for _, answer in turns[:-1]):
+            raise ValueError("only the last turn may have no answer")
+        input_ids: list[int] = []
+        labels: list[int] = []
+        if self.tokenizer.bos_token_id is not None:
+            input_ids.append(self.tokenizer.bos_token_id)
+            labels.append(IGNORE_INDEX)
+        for index, (question, answer) in enumerate(turns):
+            if not question or not question.strip():
+                raise ValueError(f"turn {index}: the question is empty")
+            template = self.format.first_user if index == 0 else self.format.user
+            before, _, after = template.partition("{image}")
+            if index == 0:
+                prompt = self._ids(before) + [self.image_token_id] * self.num_image_tokens
+                prompt += self._ids(after.format(q=question.strip()))
+            else:
+                prompt = self._ids(template.format(q=question.strip()))
+            input_ids += prompt
+            labels += [IGNORE_INDEX] * len(prompt)
+            if answer is None:
+                break
+            reply = self._ids(self.format.assistant_prefix + answer) + [self.tokenizer.eos_token_id]
+            input_ids += reply
+            labels += reply
+        return EncodedPrompt(input_ids, labels)
