@@ -1,3 +1,5 @@
-from medisee.cli import main
 import sys
+
+from medisee.cli import main
+
 sys.exit(main())

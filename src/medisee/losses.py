@@ -65,7 +65,9 @@ def box_l1(pred_cxcywh: torch.Tensor, target_cxcywh: torch.Tensor) -> torch.Tens
     return (pred_cxcywh - target_cxcywh).abs().mean(-1)
 
 
-def generalized_box_iou(a_xyxy: torch.Tensor, b_xyxy: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+def generalized_box_iou(
+    a_xyxy: torch.Tensor, b_xyxy: torch.Tensor, eps: float = 1e-7
+) -> torch.Tensor:
     """Element-wise generalised IoU of ``[..., 4]`` xyxy boxes, in ``[-1, 1]``.
 
     ``eps`` keeps degenerate (zero-area) boxes finite: two identical points give 0/eps = 0
@@ -76,8 +78,12 @@ def generalized_box_iou(a_xyxy: torch.Tensor, b_xyxy: torch.Tensor, eps: float =
     ix1 = torch.minimum(a_xyxy[..., 2], b_xyxy[..., 2])
     iy1 = torch.minimum(a_xyxy[..., 3], b_xyxy[..., 3])
     intersection = (ix1 - ix0).clamp(min=0) * (iy1 - iy0).clamp(min=0)
-    area_a = (a_xyxy[..., 2] - a_xyxy[..., 0]).clamp(min=0) * (a_xyxy[..., 3] - a_xyxy[..., 1]).clamp(min=0)
-    area_b = (b_xyxy[..., 2] - b_xyxy[..., 0]).clamp(min=0) * (b_xyxy[..., 3] - b_xyxy[..., 1]).clamp(min=0)
+    area_a = (a_xyxy[..., 2] - a_xyxy[..., 0]).clamp(min=0) * (
+        a_xyxy[..., 3] - a_xyxy[..., 1]
+    ).clamp(min=0)
+    area_b = (b_xyxy[..., 2] - b_xyxy[..., 0]).clamp(min=0) * (
+        b_xyxy[..., 3] - b_xyxy[..., 1]
+    ).clamp(min=0)
     union = area_a + area_b - intersection
     iou = intersection / (union + eps)
     ex0 = torch.minimum(a_xyxy[..., 0], b_xyxy[..., 0])

@@ -62,7 +62,9 @@ def build_model(
     if tokenizer is None:
         tokenizer = build_tokenizer(config, corpus)
     candidate_ids = add_candidate_tokens(tokenizer, config.num_candidate_tokens)
-    mask_config = config.mask if load_segmenter_weights else dataclasses.replace(config.mask, weights=None)
+    mask_config = (
+        config.mask if load_segmenter_weights else dataclasses.replace(config.mask, weights=None)
+    )
     segmenter = build_segmenter(mask_config)
 
     language: LanguageBackbone
@@ -73,7 +75,9 @@ def build_model(
             "bos_token_id": tokenizer.bos_token_id,
             "eos_token_id": tokenizer.eos_token_id,
         }
-        language = LiteBackbone.from_config(config.language, len(tokenizer), config.mask.prompt_dim, special)
+        language = LiteBackbone.from_config(
+            config.language, len(tokenizer), config.mask.prompt_dim, special
+        )
     else:
         language = LlavaBackbone.from_config(config.language)
         if len(tokenizer) > language.base_model.get_input_embeddings().num_embeddings:
@@ -92,7 +96,9 @@ def build_model(
         tokenizer=tokenizer,
         fusion=CandidateFusion(hidden, config.num_candidate_tokens, config.fusion),
         box_decoder=BoxDecoder(hidden, config.box),
-        seg_projection=_seg_projection(hidden, config.mask.prompt_dim, config.seg_projection_hidden),
+        seg_projection=_seg_projection(
+            hidden, config.mask.prompt_dim, config.seg_projection_hidden
+        ),
         segmenter=segmenter,
     )
     apply_trainable_policy(model)
@@ -117,7 +123,9 @@ class ParameterReport:
     def format(self) -> str:
         lines = [f"{'part':<28}{'trainable':>14}{'frozen':>14}"]
         for part in sorted(set(self.trainable) | set(self.frozen)):
-            lines.append(f"{part:<28}{self.trainable.get(part, 0):>14,}{self.frozen.get(part, 0):>14,}")
+            lines.append(
+                f"{part:<28}{self.trainable.get(part, 0):>14,}{self.frozen.get(part, 0):>14,}"
+            )
         lines.append(f"{'total':<28}{self.total_trainable:>14,}{self.total_frozen:>14,}")
         return "\n".join(lines)
 

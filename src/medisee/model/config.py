@@ -147,7 +147,12 @@ class TinyViTConfig:
     def __post_init__(self) -> None:
         for name in ("embed_dims", "depths", "num_heads", "window_sizes"):
             setattr(self, name, tuple(getattr(self, name)))
-        lengths = {len(self.embed_dims), len(self.depths), len(self.num_heads), len(self.window_sizes)}
+        lengths = {
+            len(self.embed_dims),
+            len(self.depths),
+            len(self.num_heads),
+            len(self.window_sizes),
+        }
         if lengths != {4}:
             raise ValueError(
                 "TinyViTConfig.embed_dims/depths/num_heads/window_sizes must each have 4 entries, "

@@ -17,6 +17,18 @@ from torch import nn
 from medisee.model.config import FusionConfig
 
 
+class _StraightThrough(torch.autograd.Function):
+    """Forward: exactly the one-hot weights; backward: the gradient goes to the softmax."""
+
+    @staticmethod
+    def forward(ctx, hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+        return hard.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+        return None, grad
+
+
 class Router(nn.Module):
     """2-layer MLP: ``[B, n, d]`` candidate states -> ``[B, n]`` routing logits.
 
@@ -63,12 +75,15 @@ class CandidateFusion(nn.Module):
         if self.config.mode == "soft":
             return soft
         hard = nn.functional.one_hot(soft.argmax(-1), soft.shape[-1]).to(soft.dtype)
-        # Straight-through: forward value is one-hot, gradient is the softmax's.
-        return hard + soft - soft.detach()
+        return _StraightThrough.apply(hard, soft)
 
     def forward(self, candidate_states: torch.Tensor) -> FusionOutput:
         seg_weights = self._weights(self.seg_router(candidate_states))
         det_weights = self._weights(self.det_router(candidate_states))
-        seg_state = torch.einsum("bn,bnd->bd", seg_weights.to(candidate_states.dtype), candidate_states)
-        det_state = torch.einsum("bn,bnd->bd", det_weights.to(candidate_states.dtype), candidate_states)
+        seg_state = torch.einsum(
+            "bn,bnd->bd", seg_weights.to(candidate_states.dtype), candidate_states
+        )
+        det_state = torch.einsum(
+            "bn,bnd->bd", det_weights.to(candidate_states.dtype), candidate_states
+        )
         return FusionOutput(seg_state, det_state, seg_weights, det_weights)

@@ -23,6 +23,7 @@ from medisee.model.box_decoder import BoxDecoder
 from medisee.model.config import ModelConfig
 from medisee.model.fusion import CandidateFusion, FusionOutput
 from medisee.model.mllm import LanguageBackbone
+from medisee.model.prompting import PromptBuilder
 from medisee.model.tokenizer import candidate_token_strings
 
 CONFIG_NAME = "config.json"
@@ -104,6 +105,16 @@ class MediSee(nn.Module):
         tokens = candidate_token_strings(config.num_candidate_tokens)
         self.candidate_token_ids: list[int] = list(tokenizer.convert_tokens_to_ids(tokens))
 
+    def prompt_builder(self) -> PromptBuilder:
+        """Encodes conversations for this model's tokenizer, image tokens and candidates."""
+        return PromptBuilder(
+            self.tokenizer,
+            image_token_id=self.language.image_token_id,
+            num_image_tokens=self.language.num_image_tokens,
+            candidate_tokens=candidate_token_strings(self.config.num_candidate_tokens),
+            chat_format=self.config.language.chat_format,
+        )
+
     # ------------------------------------------------------------------ inputs
     def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Frozen segmenter encoder: ``[B, 3, S, S]`` in [0, 1] -> ``[B, C, g, g]``."""
@@ -116,7 +127,9 @@ class MediSee(nn.Module):
         if self.language.uses_segmenter_embedding:
             return image_embeddings
         if pixel_values is None:
-            raise ValueError("the LLaVA backbone needs pixel_values (its CLIP tower sees the image)")
+            raise ValueError(
+                "the LLaVA backbone needs pixel_values (its CLIP tower sees the image)"
+            )
         return self.language.pixels_from_segmenter_input(pixel_values)
 
     # ----------------------------------------------------------------- decoders
@@ -140,7 +153,9 @@ class MediSee(nn.Module):
             box_for_prompt = boxes if self.config.box_prompt_gradient else boxes.detach()
             # normalised (original frame) -> pixels -> segmenter input frame
             scale = self.config.mask.image_size / image_sizes.max(dim=1).values.to(boxes.dtype)
-            box_prompt = denormalize_box(box_for_prompt, image_sizes.to(boxes.dtype)) * scale[:, None]
+            box_prompt = (
+                denormalize_box(box_for_prompt, image_sizes.to(boxes.dtype)) * scale[:, None]
+            )
             if mode == "T+B+P":
                 point_prompt = (box_prompt[:, :2] + box_prompt[:, 2:]) / 2
         out = self.segmenter.decode(

@@ -54,7 +54,9 @@ class ImageProjector(nn.Module):
         return self.mlp(pooled.flatten(2).transpose(1, 2))
 
 
-def _check_image_tokens(input_ids: torch.Tensor, image_token_id: int, expected: int) -> torch.Tensor:
+def _check_image_tokens(
+    input_ids: torch.Tensor, image_token_id: int, expected: int
+) -> torch.Tensor:
     """Boolean ``[B, T]`` mask of image positions; each row must hold exactly ``expected``."""
     mask = input_ids == image_token_id
     counts = mask.sum(1)
@@ -97,7 +99,11 @@ class LanguageBackbone(nn.Module):
             lora_alpha=settings.alpha,
             lora_dropout=settings.dropout,
             target_modules=rf"^(?!.*vision_tower).*({self._lora_scope}).*\.({targets})$",
-            trainable_token_indices={"embed_tokens": list(new_token_ids)},
+            # New rows of the input embedding and, when untied, of the LM head.
+            trainable_token_indices={
+                "embed_tokens": list(new_token_ids),
+                "lm_head": list(new_token_ids),
+            },
         )
         self.model = get_peft_model(self.model, lora_config)
 
@@ -130,7 +136,9 @@ class LiteBackbone(LanguageBackbone):
     uses_segmenter_embedding = True
     _lora_scope = "layers"
 
-    def __init__(self, language_model: PreTrainedModel, projector: ImageProjector, image_token_id: int) -> None:
+    def __init__(
+        self, language_model: PreTrainedModel, projector: ImageProjector, image_token_id: int
+    ) -> None:
         super().__init__()
         self.model = language_model
         self.projector = projector
@@ -140,7 +148,11 @@ class LiteBackbone(LanguageBackbone):
 
     @classmethod
     def from_config(
-        cls, config: LanguageConfig, vocab_size: int, image_channels: int, special_ids: dict[str, int]
+        cls,
+        config: LanguageConfig,
+        vocab_size: int,
+        image_channels: int,
+        special_ids: dict[str, int],
     ) -> LiteBackbone:
         from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -171,7 +183,9 @@ class LiteBackbone(LanguageBackbone):
         features = self.projector(vision_inputs).to(embeddings.dtype)
         return embeddings.masked_scatter(mask.unsqueeze(-1), features)
 
-    def forward(self, input_ids, attention_mask, vision_inputs, past_key_values=None, use_cache=False):
+    def forward(
+        self, input_ids, attention_mask, vision_inputs, past_key_values=None, use_cache=False
+    ):
         embeddings = self.embed(input_ids, vision_inputs)
         base = self.base_model
         out = base.model(
@@ -208,12 +222,16 @@ class LlavaBackbone(LanguageBackbone):
         vision = config.vision_config
         patches = (vision.image_size // vision.patch_size) ** 2
         # "default" drops CLS, "full" keeps it.
-        self.num_image_tokens = patches + (1 if config.vision_feature_select_strategy == "full" else 0)
+        self.num_image_tokens = patches + (
+            1 if config.vision_feature_select_strategy == "full" else 0
+        )
         self.hidden_size = config.text_config.hidden_size
         self.vision_image_size = int(vision.image_size)
 
     @classmethod
-    def from_config(cls, config: LanguageConfig, torch_dtype: torch.dtype | None = None) -> LlavaBackbone:
+    def from_config(
+        cls, config: LanguageConfig, torch_dtype: torch.dtype | None = None
+    ) -> LlavaBackbone:
         from transformers import LlavaConfig, LlavaForConditionalGeneration
 
         if config.pretrained_path is not None:
@@ -233,13 +251,19 @@ class LlavaBackbone(LanguageBackbone):
         """SAM-frame pixels ``[B, 3, S, S]`` in [0, 1] (longest side resized, padded square)
         -> CLIP input ``[B, 3, P, P]``, resized and normalised with CLIP's mean/std."""
         resized = F.interpolate(
-            pixel_values, size=(self.vision_image_size,) * 2, mode="bicubic", align_corners=False, antialias=True
+            pixel_values,
+            size=(self.vision_image_size,) * 2,
+            mode="bicubic",
+            align_corners=False,
+            antialias=True,
         ).clamp(0, 1)
         mean = torch.tensor(CLIP_MEAN, device=resized.device, dtype=resized.dtype).view(1, 3, 1, 1)
         std = torch.tensor(CLIP_STD, device=resized.device, dtype=resized.dtype).view(1, 3, 1, 1)
         return (resized - mean) / std
 
-    def forward(self, input_ids, attention_mask, vision_inputs, past_key_values=None, use_cache=False):
+    def forward(
+        self, input_ids, attention_mask, vision_inputs, past_key_values=None, use_cache=False
+    ):
         base = self.base_model
         has_images = bool((input_ids == self.image_token_id).any())
         if has_images:
@@ -260,6 +284,9 @@ class LlavaBackbone(LanguageBackbone):
     def generate(self, input_ids, attention_mask, vision_inputs, **generate_kwargs):
         _check_image_tokens(input_ids, self.image_token_id, self.num_image_tokens)
         sequences = self.base_model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, pixel_values=vision_inputs, **generate_kwargs
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values=vision_inputs,
+            **generate_kwargs,
         )
-        return sequences[:, input_ids.shape[1]:]
+        return sequences[:, input_ids.shape[1] :]

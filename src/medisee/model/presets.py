@@ -20,18 +20,31 @@ def tiny() -> ModelConfig:
     """Random init, minutes-small: for tests. Same classes as ``lite``."""
     return ModelConfig(
         language=LanguageConfig(
-            backbone="lite", hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-            max_position_embeddings=256, image_grid=4, tokenizer_vocab_size=400,
+            backbone="lite",
+            hidden_size=32,
+            num_layers=2,
+            num_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=256,
+            image_grid=4,
+            tokenizer_vocab_size=400,
         ),
         fusion=FusionConfig(router_hidden=32),
         box=BoxDecoderConfig(hidden_size=32),
         mask=MaskConfig(
-            encoder="tiny_vit", image_size=64, prompt_dim=32,
+            encoder="tiny_vit",
+            image_size=64,
+            prompt_dim=32,
             tiny_vit=TinyViTConfig(
-                embed_dims=(8, 16, 16, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1),
+                embed_dims=(8, 16, 16, 32),
+                depths=(1, 1, 1, 1),
+                num_heads=(1, 1, 1, 1),
                 window_sizes=(2, 2, 2, 2),
             ),
-            decoder_depth=1, decoder_mlp_dim=64, decoder_num_heads=2, iou_head_hidden_dim=32,
+            decoder_depth=1,
+            decoder_mlp_dim=64,
+            decoder_num_heads=2,
+            iou_head_hidden_dim=32,
         ),
         preset="tiny",
     )
@@ -41,8 +54,14 @@ def lite() -> ModelConfig:
     """CPU default: a small LM trained here over the pretrained LiteMedSAM (TinyViT, 256 px)."""
     return ModelConfig(
         language=LanguageConfig(
-            backbone="lite", hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024,
-            max_position_embeddings=512, image_grid=8, tokenizer_vocab_size=4096,
+            backbone="lite",
+            hidden_size=256,
+            num_layers=4,
+            num_heads=4,
+            intermediate_size=1024,
+            max_position_embeddings=512,
+            image_grid=8,
+            tokenizer_vocab_size=4096,
         ),
         fusion=FusionConfig(router_hidden=1024),
         box=BoxDecoderConfig(hidden_size=512),
@@ -56,9 +75,11 @@ def medisee_7b(llava_path: str | None = None, medsam_path: str | None = None) ->
     LoRA r=8 on q/v, MedSAM ViT-B at 1024 px (local segment-anything checkpoint)."""
     return ModelConfig(
         language=LanguageConfig(
-            backbone="llava", pretrained_path=llava_path or "/path/to/llava-med-v1.5-mistral-7b-hf",
+            backbone="llava",
+            pretrained_path=llava_path or "/path/to/llava-med-v1.5-mistral-7b-hf",
             lora=LoraSettings(r=8, alpha=16, dropout=0.05, target_modules=("q_proj", "v_proj")),
-            gradient_checkpointing=True, chat_format="mistral",
+            gradient_checkpointing=True,
+            chat_format="mistral",
         ),
         fusion=FusionConfig(router_hidden=1024),
         box=BoxDecoderConfig(hidden_size=512),

@@ -30,9 +30,15 @@ class ChatFormat:
 
 CHAT_FORMATS: dict[str, ChatFormat] = {
     # LLaVA-1.5 / vicuna-style, used by the lite LM.
-    "vicuna": ChatFormat(first_user="USER: {image}\n{q} ASSISTANT:", user="USER: {q} ASSISTANT:", assistant_prefix=" "),
+    "vicuna": ChatFormat(
+        first_user="USER: {image}\n{q} ASSISTANT:",
+        user="USER: {q} ASSISTANT:",
+        assistant_prefix=" ",
+    ),
     # LLaVA-Med v1.5 Mistral.
-    "mistral": ChatFormat(first_user="[INST] {image}\n{q} [/INST]", user="[INST] {q} [/INST]", assistant_prefix=" "),
+    "mistral": ChatFormat(
+        first_user="[INST] {image}\n{q} [/INST]", user="[INST] {q} [/INST]", assistant_prefix=" "
+    ),
 }
 
 

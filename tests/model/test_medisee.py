@@ -1,0 +1,166 @@
+"""The ``tiny`` preset end to end: forward, backward, trainable policy, save/load."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from medisee.losses import LossWeights, end_to_end_loss, similarity_logits
+from medisee.model.builder import build_model, parameter_report
+from medisee.model.medisee import MediSee
+from medisee.model.presets import get_preset, tiny
+from tests.conftest import TINY_CORPUS, make_batch
+
+MODEL_KEYS = ("input_ids", "attention_mask", "image_sizes", "pixel_values")
+
+
+def _loss(model, batch, out):
+    return end_to_end_loss(
+        text_logits=out.logits,
+        labels=batch["labels"],
+        mask_logits=out.mask_logits,
+        target_masks=batch["target_masks"],
+        pred_boxes=out.boxes,
+        target_boxes=batch["target_boxes"],
+        weights=LossWeights(),
+    )
+
+
+def test_tiny_forward_backward_reaches_trainable_parts_only(tiny_model):
+    batch = make_batch(tiny_model)
+    out = tiny_model(**{k: batch[k] for k in MODEL_KEYS})
+    low_res = tiny_model.config.mask.low_res_mask_size
+    assert out.mask_logits.shape == (2, low_res, low_res)
+    assert out.boxes.shape == (2, 4)
+    assert out.image_states.shape == (
+        2,
+        tiny_model.language.num_image_tokens,
+        tiny_model.language.hidden_size,
+    )
+    loss = _loss(tiny_model, batch, out)
+    assert torch.isfinite(loss.total)
+    loss.total.backward()
+
+    def grad_norm(module):
+        return sum(p.grad.abs().sum().item() for p in module.parameters() if p.grad is not None)
+
+    assert grad_norm(tiny_model.language.model) > 0
+    assert grad_norm(tiny_model.language.projector) > 0
+    assert grad_norm(tiny_model.fusion.seg_router) > 0
+    assert grad_norm(tiny_model.fusion.det_router) > 0
+    assert grad_norm(tiny_model.box_decoder) > 0
+    assert grad_norm(tiny_model.seg_projection) > 0
+    assert grad_norm(tiny_model.segmenter.mask_decoder) > 0
+    encoder = tiny_model.segmenter.image_encoder
+    assert all(not p.requires_grad and p.grad is None for p in encoder.parameters())
+
+
+def test_trainable_policy_report(tiny_model):
+    report = parameter_report(tiny_model)
+    assert report.frozen.get("segmenter.image_encoder", 0) > 0
+    assert "segmenter.image_encoder" not in report.trainable
+    for part in (
+        "language.model",
+        "fusion",
+        "box_decoder",
+        "seg_projection",
+        "segmenter.mask_decoder",
+    ):
+        assert report.trainable[part] > 0, part
+    assert "total" in report.format()
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("mode", ["soft", "hard"])
+def test_candidate_counts_and_fusion_modes_run(n, mode):
+    config = tiny()
+    config.num_candidate_tokens = n
+    config.fusion = dataclasses.replace(config.fusion, mode=mode)
+    torch.manual_seed(0)
+    model = build_model(config, corpus=TINY_CORPUS)
+    batch = make_batch(model)
+    out = model(**{k: batch[k] for k in MODEL_KEYS})
+    assert out.fusion.seg_weights.shape == (2, n)
+    _loss(model, batch, out).total.backward()
+    if mode == "hard":
+        assert set(out.fusion.seg_weights.detach().unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("prompt_mode", ["T", "T+B", "T+B+P"])
+def test_prompt_modes(prompt_mode):
+    config = tiny()
+    config.mask = dataclasses.replace(config.mask, prompt_mode=prompt_mode)
+    model = build_model(config, corpus=TINY_CORPUS)
+    batch = make_batch(model)
+    out = model(**{k: batch[k] for k in MODEL_KEYS})
+    assert torch.isfinite(out.mask_logits).all()
+
+
+def test_wrong_number_of_candidate_tokens_raises(tiny_model):
+    batch = make_batch(tiny_model)
+    ids = batch["input_ids"].clone()
+    second = tiny_model.candidate_token_ids[1]
+    ids[0][ids[0] == second] = tiny_model.tokenizer.pad_token_id
+    with pytest.raises(ValueError, match=r"sequence 0: .* found counts \[1, 0\]"):
+        tiny_model(ids, batch["attention_mask"], batch["image_sizes"], batch["pixel_values"])
+
+
+def test_wrong_number_of_image_tokens_raises(tiny_model):
+    batch = make_batch(tiny_model)
+    ids = batch["input_ids"].clone()
+    image_id = tiny_model.language.image_token_id
+    first = int((ids[1] == image_id).nonzero()[0])
+    ids[1, first] = tiny_model.tokenizer.pad_token_id
+    with pytest.raises(ValueError, match="exactly 16 image tokens"):
+        tiny_model(ids, batch["attention_mask"], batch["image_sizes"], batch["pixel_values"])
+
+
+def test_cached_embeddings_give_the_same_outputs(tiny_model):
+    tiny_model.eval()
+    batch = make_batch(tiny_model)
+    direct = tiny_model(**{k: batch[k] for k in MODEL_KEYS})
+    cached = tiny_model(
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["image_sizes"],
+        image_embeddings=tiny_model.embed_images(batch["pixel_values"]),
+    )
+    torch.testing.assert_close(direct.mask_logits, cached.mask_logits)
+
+
+def test_save_and_load_reproduce_identical_outputs(tiny_model, tmp_path):
+    tiny_model.eval()
+    batch = make_batch(tiny_model)
+    with torch.no_grad():
+        before = tiny_model(**{k: batch[k] for k in MODEL_KEYS})
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    tiny_model.save_pretrained(tmp_path / "ckpt")  # overwriting in place works too
+    loaded = MediSee.from_pretrained(tmp_path / "ckpt").eval()
+    assert loaded.config.to_dict() == tiny_model.config.to_dict()
+    with torch.no_grad():
+        after = loaded(**{k: batch[k] for k in MODEL_KEYS})
+    for name in ("logits", "boxes", "mask_logits", "iou_scores"):
+        torch.testing.assert_close(getattr(after, name), getattr(before, name), rtol=0, atol=0)
+
+
+def test_from_pretrained_rejects_non_checkpoints(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a medisee checkpoint"):
+        MediSee.from_pretrained(tmp_path)
+
+
+def test_similarity_map_gradient_reaches_routers_and_seg_projection(tiny_model):
+    batch = make_batch(tiny_model)
+    out = tiny_model(**{k: batch[k] for k in MODEL_KEYS})
+    sim = similarity_logits(out.image_states, out.seg_state)
+    target = torch.randn_like(sim)
+    from medisee.losses import similarity_loss
+
+    similarity_loss(sim, target, LossWeights()).sum().backward()
+    assert tiny_model.fusion.seg_router.net[0].weight.grad.abs().sum() > 0
+
+
+def test_presets_registry():
+    assert get_preset("lite").mask.weights == "litemedsam"
+    assert get_preset("medisee-7b").language.lora.r == 8
+    with pytest.raises(ValueError, match="unknown preset"):
+        get_preset("huge")
