@@ -164,3 +164,62 @@ def test_presets_registry():
     assert get_preset("medisee-7b").language.lora.r == 8
     with pytest.raises(ValueError, match="unknown preset"):
         get_preset("huge")
+
+
+def _prompts(model, questions):
+    builder = model.prompt_builder()
+    return [builder.encode([(q, None)]).input_ids for q in questions]
+
+
+def test_generate_batch_matches_single_and_reads_candidates(tiny_model):
+    """Greedy generation of a left-padded batch equals row-by-row generation, and a row
+    that emits its candidate tokens gets a box and mask."""
+    tiny_model.eval()
+    torch.manual_seed(0)
+    questions = ["Which organ filters the blood?", "Where?"]
+    prompts = _prompts(tiny_model, questions)
+    assert len(prompts[0]) != len(prompts[1])  # so the batch really is padded
+    size = tiny_model.config.mask.image_size
+    pixels = torch.rand(2, 3, size, size)
+    sizes = torch.tensor([[size, size]] * 2)
+    batch = tiny_model.generate(prompts, sizes, pixel_values=pixels, max_new_tokens=6)
+    for row in range(2):
+        single = tiny_model.generate(
+            [prompts[row]],
+            sizes[row : row + 1],
+            pixel_values=pixels[row : row + 1],
+            max_new_tokens=6,
+        )[0]
+        assert single.token_ids == batch[row].token_ids
+
+
+def test_generated_targets_equal_teacher_forced_on_the_same_sequence(tiny_model, monkeypatch):
+    """Decoding of generated answers: row 0 "emits" answer + candidates + EOS + junk, row 1
+    no candidates. Row 0's box/mask must equal a teacher-forced pass over prompt + answer."""
+    tiny_model.eval()
+    builder = tiny_model.prompt_builder()
+    tok = tiny_model.tokenizer
+    # Row 0 has the shorter prompt, so it is the left-padded one.
+    prompts = _prompts(tiny_model, ["Where is it?", "Which organ filters the blood, if any?"])
+    answer = tok(builder.answer_text("It is the liver."), add_special_tokens=False).input_ids
+    junk = tok("junk", add_special_tokens=False).input_ids
+    row0 = answer + [tok.eos_token_id] + junk
+    row1 = tok("No target here.", add_special_tokens=False).input_ids + [tok.eos_token_id]
+    width = max(len(row0), len(row1))
+    fake = torch.full((2, width), tok.pad_token_id)
+    fake[0, : len(row0)] = torch.tensor(row0)
+    fake[1, : len(row1)] = torch.tensor(row1)
+    monkeypatch.setattr(tiny_model.language, "generate", lambda *a, **k: fake)
+    size = tiny_model.config.mask.image_size
+    pixels = torch.rand(2, 3, size, size)
+    sizes = torch.tensor([[size, size], [size // 2, size]])
+    out = tiny_model.generate(prompts, sizes, pixel_values=pixels, max_new_tokens=width)
+    assert out[0].found_target and not out[1].found_target
+    assert out[0].token_ids == answer + [tok.eos_token_id]  # junk after EOS dropped
+    assert out[0].text.startswith("It is the liver.") and "junk" not in out[0].text
+    assert out[1].box is None and out[1].mask_logits is None
+    full = prompts[0] + answer + [tok.eos_token_id]
+    ids = torch.tensor([full])
+    teacher = tiny_model(ids, torch.ones_like(ids), sizes[:1], pixels[:1])
+    torch.testing.assert_close(out[0].box, teacher.boxes[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[0].mask_logits, teacher.mask_logits[0], atol=1e-4, rtol=1e-4)

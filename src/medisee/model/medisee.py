@@ -45,6 +45,22 @@ class MediSeeOutput:
     fusion: FusionOutput
 
 
+@dataclass
+class GeneratedAnswer:
+    """One generated reply; ``box``/``mask_logits`` are ``None`` when the model did not emit
+    its candidate tokens (counted as an empty mask and no box by the evaluator)."""
+
+    text: str
+    token_ids: list[int]
+    box: torch.Tensor | None = None  # [4] normalised cxcywh, original frame
+    mask_logits: torch.Tensor | None = None  # [L, L] low-res, segmenter input frame
+    iou_score: float | None = None
+
+    @property
+    def found_target(self) -> bool:
+        return self.box is not None
+
+
 def candidate_positions(input_ids: torch.Tensor, candidate_ids: list[int]) -> torch.Tensor:
     """Positions ``[B, n]`` of the candidate tokens in each sequence.
 
@@ -209,6 +225,93 @@ class MediSee(nn.Module):
             image_states=image_states.float(),
             fusion=fused,
         )
+
+    # --------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[list[int]],
+        image_sizes: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_embeddings: torch.Tensor | None = None,
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+    ) -> list[GeneratedAnswer]:
+        """Generated (not teacher-forced) prediction for a batch of prompts.
+
+        The LM generates with its KV cache; a row whose new tokens contain the complete
+        candidate group is then run once more over prompt + answer to read the candidate
+        states at the positions the model itself emitted, and decoded into a box and mask.
+        A row without the group gets no box and no mask.
+
+        Args:
+            prompts: token ids per row, each ending with the assistant marker
+                (``PromptBuilder.encode([..., (question, None)])``); left-padded here.
+            image_sizes: ``[B, 2]`` original ``(H, W)``.
+            pixel_values / image_embeddings: as in ``forward``.
+        """
+        if len(prompts) != image_sizes.shape[0]:
+            raise ValueError(f"{len(prompts)} prompts for {image_sizes.shape[0]} images")
+        if image_embeddings is None:
+            if pixel_values is None:
+                raise ValueError("give pixel_values or precomputed image_embeddings")
+            image_embeddings = self.embed_images(pixel_values)
+        vision = self.vision_inputs(pixel_values, image_embeddings)
+        device = image_embeddings.device
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        eos = self.tokenizer.eos_token_id
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long, device=device)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, prompt in enumerate(prompts):  # left padding for decoder-only generation
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, device=device)
+            attention_mask[row, width - len(prompt) :] = 1
+        sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+        new_tokens = self.language.generate(
+            input_ids,
+            attention_mask,
+            vision,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            pad_token_id=pad,
+            eos_token_id=eos,
+            **sampling,
+        )
+        # Everything after the first EOS is padding.
+        finished = (new_tokens == eos).long().cumsum(-1)
+        new_mask = ((finished - (new_tokens == eos).long()) == 0).long()
+        answers = [
+            GeneratedAnswer(
+                text=self.tokenizer.decode(tokens[mask.bool()], skip_special_tokens=True).strip(),
+                token_ids=tokens[mask.bool()].tolist(),
+            )
+            for tokens, mask in zip(new_tokens, new_mask)
+        ]
+        found = [
+            all(token_id in answer.token_ids for token_id in self.candidate_token_ids)
+            for answer in answers
+        ]
+        rows = [row for row, ok in enumerate(found) if ok]
+        if rows:
+            index = torch.tensor(rows, device=device)
+            full_ids = torch.cat((input_ids, new_tokens * new_mask + pad * (1 - new_mask)), dim=1)[
+                index
+            ]
+            full_mask = torch.cat((attention_mask, new_mask), dim=1)[index]
+            lm = self.language(full_ids, full_mask, vision[index])
+            positions = candidate_positions(full_ids, self.candidate_token_ids)
+            states = lm.hidden_states[torch.arange(len(rows), device=device)[:, None], positions]
+            fused = self.fusion(states.float())
+            boxes, mask_logits, iou = self.decode_targets(
+                fused.seg_state, fused.det_state, image_embeddings[index], image_sizes[index]
+            )
+            for i, row in enumerate(rows):
+                answers[row].box = boxes[i]
+                answers[row].mask_logits = mask_logits[i]
+                answers[row].iou_score = float(iou[i])
+        return answers
 
     # ---------------------------------------------------------------- save/load
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:

@@ -54,6 +54,14 @@ class ImageProjector(nn.Module):
         return self.mlp(pooled.flatten(2).transpose(1, 2))
 
 
+def position_ids_from_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Positions that skip padding (left or right), as HF ``generate`` computes them, so a
+    re-run over a generated sequence sees the positions the generation saw."""
+    if attention_mask is None:
+        return None
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def _check_image_tokens(
     input_ids: torch.Tensor, image_token_id: int, expected: int
 ) -> torch.Tensor:
@@ -191,6 +199,9 @@ class LiteBackbone(LanguageBackbone):
         out = base.model(
             inputs_embeds=embeddings,
             attention_mask=attention_mask,
+            position_ids=None
+            if past_key_values is not None
+            else position_ids_from_mask(attention_mask),
             past_key_values=past_key_values,
             use_cache=use_cache,
         )
@@ -275,6 +286,9 @@ class LlavaBackbone(LanguageBackbone):
             input_ids=input_ids,
             pixel_values=pixels,
             attention_mask=attention_mask,
+            position_ids=None
+            if past_key_values is not None
+            else position_ids_from_mask(attention_mask),
             past_key_values=past_key_values,
             use_cache=use_cache,
         )
