@@ -1,0 +1,588 @@
+"""Image readers shared by the data builders, the trainer and inference.
+
+Every reader returns a :class:`MedicalImage`:
+
+* ``pixels``: the display image, ``H x W x 3`` ``uint8`` (grey images have three equal
+  channels). This is what models see and what mask/box coordinates refer to.
+* ``values``: for grey medical data, the ``H x W`` ``float32`` values before display
+  mapping, in the modality's units (Hounsfield units for CT after the DICOM modality LUT;
+  raw intensities for MRI); ``None`` for ordinary 8-bit photographs.
+* ``meta``: an :class:`ImageMeta` (format, modality, window used, spacing, slice, display
+  convention).
+
+Display convention (what "left" means):
+
+* NIfTI volumes are reoriented to the closest canonical RAS+ orientation
+  (``nibabel.as_closest_canonical``: voxel index ``i`` grows toward the patient's Right,
+  ``j`` toward Anterior, ``k`` toward Superior) and sliced in the **radiological**
+  convention: axial and coronal slices show the patient's right on the image's left;
+  axial slices have anterior at the top, coronal and sagittal slices superior at the top,
+  sagittal slices anterior on the left. Pixels are not resampled: spacing is in ``meta``.
+* DICOM pixels are returned in their stored order (no flipping); ``meta.display`` says
+  whether that is radiological, read from ``ImageOrientationPatient``.
+* Windowing is linear: ``lo = center - width / 2``; output ``round(255 * clip((v - lo) /
+  width, 0, 1))`` (half rounds up). ``MONOCHROME1`` images are inverted after windowing so
+  that bright always means high attenuation/signal on screen.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+#: CT window presets ``name -> (center, width)`` in Hounsfield units (common radiology values).
+WINDOW_PRESETS: Mapping[str, tuple[float, float]] = MappingProxyType(
+    {
+        "brain": (40.0, 80.0),
+        "subdural": (75.0, 215.0),
+        "stroke": (40.0, 40.0),
+        "temporal_bone": (600.0, 2800.0),
+        "soft_tissue": (50.0, 350.0),
+        "mediastinum": (50.0, 350.0),
+        "abdomen": (40.0, 400.0),
+        "liver": (30.0, 150.0),
+        "lung": (-600.0, 1500.0),
+        "bone": (400.0, 1800.0),
+        "angio": (300.0, 600.0),
+    }
+)
+
+#: Window used for CT when neither the caller nor the header chooses one.
+DEFAULT_CT_WINDOW = "abdomen"
+#: Percentiles for the intensity stretch used when no window applies.
+STRETCH_PERCENTILES = (0.5, 99.5)
+
+AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+
+class ImageReadError(ValueError):
+    """A file that cannot be read as an image (corrupt, truncated, unsupported)."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """A linear display window ``(center, width)`` in the values' units."""
+
+    center: float
+    width: float
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.center) or not np.isfinite(self.width) or self.width <= 0:
+            raise ValueError(f"window needs a finite center and a positive width, got {self}")
+
+    @property
+    def low(self) -> float:
+        return self.center - self.width / 2
+
+    @property
+    def high(self) -> float:
+        return self.center + self.width / 2
+
+
+def resolve_window(window: str | Window | tuple[float, float] | None) -> Window | None:
+    """A preset name, ``(center, width)``, a :class:`Window` or ``None`` -> ``Window | None``.
+
+    The strings ``"auto"``/``"header"``/``"stretch"`` are policies, not windows: they
+    resolve to ``None`` here and are interpreted by the readers.
+    """
+    if window is None or isinstance(window, Window):
+        return window
+    if isinstance(window, str):
+        key = window.strip().lower().replace("-", "_").replace(" ", "_")
+        if key in ("auto", "header", "stretch", "none"):
+            return None
+        if key not in WINDOW_PRESETS:
+            raise ValueError(
+                f"unknown window preset {window!r}; presets: {', '.join(WINDOW_PRESETS)} "
+                "or 'CENTER,WIDTH'"
+            )
+        return Window(*WINDOW_PRESETS[key])
+    if isinstance(window, (tuple, list)) and len(window) == 2:
+        return Window(float(window[0]), float(window[1]))
+    raise ValueError(f"cannot interpret window {window!r}")
+
+
+def parse_window(text: str) -> str | Window:
+    """CLI helper: ``"lung"`` stays a name, ``"40,400"`` becomes ``Window(40, 400)``."""
+    if "," in text:
+        center, width = (float(part) for part in text.split(",", 1))
+        return Window(center, width)
+    resolve_window(text)  # validates the name
+    return text
+
+
+def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
+    """Linear windowing of ``values`` (any shape) to ``uint8`` (see the module docstring)."""
+    scaled = np.clip((np.asarray(values, dtype=np.float64) - window.low) / window.width, 0.0, 1.0)
+    return np.floor(scaled * 255.0 + 0.5).astype(np.uint8)
+
+
+def stretch_window(
+    values: np.ndarray, percentiles: tuple[float, float] = STRETCH_PERCENTILES
+) -> Window:
+    """The window spanning the given percentiles of ``values`` (degenerate data -> width 1)."""
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return Window(0.0, 1.0)
+    low, high = np.percentile(finite, percentiles)
+    if high <= low:
+        low, high = float(finite.min()), float(finite.max())
+    if high <= low:
+        return Window(float(low) + 0.5, 1.0)
+    return Window((low + high) / 2, high - low)
+
+
+def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    """``H x W`` uint8 -> ``H x W x 3`` uint8 (three equal channels)."""
+    if gray.ndim != 2:
+        raise ValueError(f"gray_to_rgb expects H x W, got {gray.shape}")
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+@dataclass
+class ImageMeta:
+    """Where an image came from and how it was mapped to display pixels."""
+
+    format: str
+    modality: str | None = None
+    display: str | None = None
+    window: tuple[float, float] | None = None
+    spacing: tuple[float, float] | None = None  # (row, column) pixel size in mm
+    axis: str | None = None
+    index: int | None = None
+    num_slices: int | None = None
+    photometric: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        return {key: value for key, value in data.items() if value not in (None, {})}
+
+
+@dataclass
+class MedicalImage:
+    """A decoded image: display ``pixels`` (``H x W x 3`` uint8), raw ``values`` and ``meta``."""
+
+    pixels: np.ndarray
+    values: np.ndarray | None
+    meta: ImageMeta
+
+    def __post_init__(self) -> None:
+        if self.pixels.ndim != 3 or self.pixels.shape[2] != 3 or self.pixels.dtype != np.uint8:
+            raise ValueError(
+                f"pixels must be H x W x 3 uint8, got {self.pixels.shape} {self.pixels.dtype}"
+            )
+        if self.values is not None and self.values.shape != self.pixels.shape[:2]:
+            raise ValueError(
+                f"values {self.values.shape} do not match pixels {self.pixels.shape[:2]}"
+            )
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def is_gray(self) -> bool:
+        p = self.pixels
+        return bool(np.array_equal(p[..., 0], p[..., 1]) and np.array_equal(p[..., 0], p[..., 2]))
+
+    def rewindow(self, window: str | Window | tuple[float, float]) -> MedicalImage:
+        """The same image displayed through another window (needs ``values``)."""
+        if self.values is None:
+            raise ValueError("this image has no raw values to re-window (8-bit photograph)")
+        resolved = resolve_window(window) or stretch_window(self.values)
+        gray = apply_window(self.values, resolved)
+        if self.meta.photometric == "MONOCHROME1":
+            gray = 255 - gray
+        meta = ImageMeta(**{**asdict(self.meta), "window": (resolved.center, resolved.width)})
+        return MedicalImage(gray_to_rgb(gray), self.values, meta)
+
+
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _is_nifti(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith((".nii", ".nii.gz", ".hdr", ".img", ".img.gz"))
+
+
+def read_image(
+    path: str | os.PathLike[str],
+    *,
+    window: str | Window | tuple[float, float] | None = "auto",
+    axis: str | int = "axial",
+    index: int | None = None,
+    frame: int = 0,
+    modality: str | None = None,
+) -> MedicalImage:
+    """Read PNG/JPEG/TIFF/BMP, DICOM or a NIfTI slice (chosen by content and suffix).
+
+    ``window`` applies to grey medical data (DICOM, NIfTI, 16-bit rasters): a preset name
+    (:data:`WINDOW_PRESETS`), ``(center, width)``, ``"auto"`` (the DICOM header's window,
+    else :data:`DEFAULT_CT_WINDOW` for CT, else a percentile stretch) or ``"stretch"``.
+    ``axis``/``index`` choose a NIfTI slice (default: the middle one); ``frame`` a frame of
+    a multi-frame DICOM. ``modality`` overrides what the file says (NIfTI has no modality).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such image: {path}")
+    if _is_nifti(path):
+        return read_nifti(path, axis=axis, index=index, window=window, modality=modality)
+    if _is_dicom(path):
+        return read_dicom(path, window=window, frame=frame)
+    return read_raster(path, window=window, modality=modality)
+
+
+def read_raster(
+    path: str | os.PathLike[str],
+    *,
+    window: str | Window | tuple[float, float] | None = "auto",
+    modality: str | None = None,
+) -> MedicalImage:
+    """PNG/JPEG/TIFF/BMP via Pillow. 8-bit grey/colour pass through; 16-bit and float images
+    keep their values and are displayed through ``window`` (default: percentile stretch).
+    Alpha is dropped; palettes are expanded; a multi-page TIFF gives its first page."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = image.mode
+            fmt = (image.format or path.suffix.lstrip(".")).lower()
+            if mode in ("RGB",):
+                pixels = np.asarray(image, dtype=np.uint8).copy()
+                return MedicalImage(pixels, None, ImageMeta(format=fmt, modality=modality))
+            if mode in (
+                "L",
+                "1",
+                "LA",
+                "P",
+                "PA",
+                "RGBA",
+                "CMYK",
+                "YCbCr",
+                "LAB",
+                "HSV",
+                "RGBX",
+                "La",
+            ):
+                if mode in ("L", "1", "LA", "La"):
+                    gray = np.asarray(image.convert("L"), dtype=np.uint8)
+                    pixels = gray_to_rgb(gray)
+                else:
+                    pixels = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+                return MedicalImage(pixels, None, ImageMeta(format=fmt, modality=modality))
+            # "I;16", "I;16B", "I", "F": high bit depth grey.
+            values = np.asarray(image, dtype=np.float32)
+    except FileNotFoundError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageReadError(f"cannot read image {path}: {error}") from error
+    if values.ndim != 2:
+        raise ImageReadError(f"{path}: unsupported image mode {mode} with shape {values.shape}")
+    resolved = resolve_window(window) or stretch_window(values)
+    gray = apply_window(values, resolved)
+    meta = ImageMeta(format=fmt, modality=modality, window=(resolved.center, resolved.width))
+    return MedicalImage(gray_to_rgb(gray), values, meta)
+
+
+def _first_value(value: Any) -> float | None:
+    """DICOM multi-valued DS -> its first value (``None`` if absent)."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+            value = value[0]
+        return float(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _dicom_display(dataset: Any) -> str | None:
+    """Radiological/neurological from ImageOrientationPatient (LPS: +x is patient left)."""
+    orientation = dataset.get("ImageOrientationPatient")
+    if orientation is None or len(orientation) != 6:
+        return None
+    row = np.asarray([float(v) for v in orientation[:3]])  # direction of increasing column
+    if abs(row[0]) < max(abs(row[1]), abs(row[2])):
+        return None  # in-plane horizontal axis is not left-right (e.g. sagittal)
+    return "radiological" if row[0] > 0 else "neurological"
+
+
+def read_dicom(
+    path: str | os.PathLike[str],
+    *,
+    window: str | Window | tuple[float, float] | None = "auto",
+    frame: int = 0,
+) -> MedicalImage:
+    """Read one DICOM image (one frame of a multi-frame file).
+
+    Grey images: the modality LUT (``RescaleSlope``/``RescaleIntercept`` or a Modality LUT
+    Sequence) gives ``values`` (HU for CT); the display uses ``window`` — with ``"auto"``,
+    the header's first ``WindowCenter``/``WindowWidth`` if present, else
+    :data:`DEFAULT_CT_WINDOW` for CT, else a percentile stretch; ``MONOCHROME1`` is inverted.
+    Colour images (RGB/YBR) come back as RGB with ``values=None``.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut
+
+    path = Path(path)
+    try:
+        dataset = pydicom.dcmread(path)
+        array = dataset.pixel_array
+    except FileNotFoundError:
+        raise
+    except (
+        InvalidDicomError,
+        AttributeError,
+        KeyError,
+        ValueError,
+        OSError,
+        RuntimeError,
+        EOFError,
+    ) as error:
+        raise ImageReadError(f"cannot read DICOM {path}: {error}") from error
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+    if frames > 1:
+        if not 0 <= frame < frames:
+            raise ValueError(f"{path}: frame {frame} out of range (file has {frames})")
+        array = array[frame]
+    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
+    modality_code = dataset.get("Modality")
+    from medisee.data.schema import normalize_modality
+
+    try:
+        modality = normalize_modality(modality_code) if modality_code else None
+    except ValueError:
+        modality = None
+    spacing_value = dataset.get("PixelSpacing")
+    spacing = (float(spacing_value[0]), float(spacing_value[1])) if spacing_value else None
+    meta = ImageMeta(
+        format="dicom",
+        modality=modality,
+        display=_dicom_display(dataset),
+        spacing=spacing,
+        index=frame if frames > 1 else None,
+        num_slices=frames if frames > 1 else None,
+        photometric=photometric,
+    )
+    if samples == 3:
+        # pydicom converts YBR to RGB by default; scale > 8-bit colour down to 8 bits.
+        rgb = np.asarray(array)
+        if rgb.dtype != np.uint8:
+            bits = int(dataset.get("BitsStored", 8))
+            rgb = np.floor(rgb.astype(np.float64) / (2**bits - 1) * 255 + 0.5).astype(np.uint8)
+        return MedicalImage(np.ascontiguousarray(rgb), None, meta)
+    values = np.asarray(apply_modality_lut(np.asarray(array), dataset), dtype=np.float32)
+    resolved = resolve_window(window)
+    policy = window.strip().lower() if isinstance(window, str) else None
+    if resolved is None and policy in (None, "auto", "header"):
+        center = _first_value(dataset.get("WindowCenter"))
+        width = _first_value(dataset.get("WindowWidth"))
+        if center is not None and width is not None and width > 0:
+            resolved = Window(center, width)
+        elif policy == "header":
+            raise ValueError(f"{path}: window='header' but the file has no WindowCenter/Width")
+        elif modality == "CT":
+            resolved = Window(*WINDOW_PRESETS[DEFAULT_CT_WINDOW])
+    if resolved is None:
+        resolved = stretch_window(values)
+    gray = apply_window(values, resolved)
+    if photometric == "MONOCHROME1":
+        gray = 255 - gray
+    meta.window = (resolved.center, resolved.width)
+    return MedicalImage(gray_to_rgb(gray), values, meta)
+
+
+@dataclass
+class Volume:
+    """A 3-D volume in closest-canonical RAS+ voxel order (see the module docstring).
+
+    ``data`` is ``X x Y x Z`` (index ``i`` toward patient Right, ``j`` Anterior, ``k``
+    Superior); ``zooms`` the voxel size in mm along those axes.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    zooms: tuple[float, float, float]
+
+    def axis_index(self, axis: str | int) -> int:
+        if isinstance(axis, str):
+            if axis not in AXES:
+                raise ValueError(f"axis must be one of {list(AXES)} or 0/1/2, got {axis!r}")
+            return AXES[axis]
+        if axis not in (0, 1, 2):
+            raise ValueError(f"axis must be 0, 1 or 2, got {axis!r}")
+        return int(axis)
+
+    def num_slices(self, axis: str | int) -> int:
+        return int(self.data.shape[self.axis_index(axis)])
+
+    def slice(self, axis: str | int, index: int) -> np.ndarray:
+        """The ``H x W`` display slice ``index`` along ``axis`` (radiological orientation)."""
+        return display_slice(self.data, self.axis_index(axis), index)
+
+    def spacing(self, axis: str | int) -> tuple[float, float]:
+        """``(row, column)`` pixel size in mm of a display slice along ``axis``."""
+        a = self.axis_index(axis)
+        in_plane = [d for d in range(3) if d != a]
+        # Display slices are transposed: rows run along the second in-plane axis.
+        return (float(self.zooms[in_plane[1]]), float(self.zooms[in_plane[0]]))
+
+
+def display_slice(data: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """Slice a RAS+ ``X x Y x Z`` array and orient it for display.
+
+    For every axis the 2-D slice ``S[u, v]`` has ``u`` growing toward patient Right (axial,
+    coronal) or Anterior (sagittal) and ``v`` toward Anterior (axial) or Superior; display
+    wants the reverse of both along rows/columns, so the result is ``S[::-1, ::-1].T``:
+    rows top = Anterior (axial) or Superior, columns left = patient Right (radiological),
+    or Anterior for sagittal slices.
+    """
+    size = data.shape[axis]
+    if not 0 <= index < size:
+        raise ValueError(f"slice index {index} out of range 0..{size - 1} along axis {axis}")
+    plane = np.take(data, index, axis=axis)
+    return np.ascontiguousarray(plane[::-1, ::-1].T)
+
+
+def load_volume(path: str | os.PathLike[str], *, labels: bool = False, volume: int = 0) -> Volume:
+    """Load a NIfTI (or Analyze) file reoriented with ``nibabel.as_closest_canonical``.
+
+    ``labels=True`` keeps the stored integer values (no scaling to float) so label ids
+    survive exactly; otherwise data is ``float32`` with the header's scaling applied.
+    4-D files give their ``volume``-th 3-D volume.
+    """
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such volume: {path}")
+    try:
+        image = nib.load(str(path))
+        canonical = nib.as_closest_canonical(image)
+        if labels:
+            data = np.asanyarray(canonical.dataobj)
+            if np.issubdtype(data.dtype, np.floating):
+                rounded = np.rint(data)
+                if not np.allclose(rounded, data):
+                    raise ImageReadError(f"{path}: label volume has non-integer values")
+                data = rounded.astype(np.int32)
+            else:
+                data = data.astype(np.int32)
+        else:
+            data = canonical.get_fdata(dtype=np.float32)
+    except FileNotFoundError:
+        raise
+    except (ImageFileError, OSError, EOFError, ValueError) as error:
+        if isinstance(error, ImageReadError):
+            raise
+        raise ImageReadError(f"cannot read NIfTI {path}: {error}") from error
+    if data.ndim == 4:
+        if not 0 <= volume < data.shape[3]:
+            raise ValueError(f"{path}: volume {volume} out of range (file has {data.shape[3]})")
+        data = data[..., volume]
+    elif data.ndim == 2:
+        data = data[:, :, None]
+    if data.ndim != 3:
+        raise ImageReadError(f"{path}: expected a 3-D or 4-D volume, got shape {data.shape}")
+    zooms = tuple(float(z) for z in canonical.header.get_zooms()[:3])
+    while len(zooms) < 3:
+        zooms = (*zooms, 1.0)
+    return Volume(np.ascontiguousarray(data), np.asarray(canonical.affine), zooms)  # type: ignore[arg-type]
+
+
+def volume_window(
+    volume: Volume,
+    window: str | Window | tuple[float, float] | None,
+    modality: str | None,
+) -> Window:
+    """The window for a volume's slices: explicit, CT default, or a whole-volume stretch
+    (one window for all slices, so slices of one volume share their intensity scale)."""
+    resolved = resolve_window(window)
+    if resolved is not None:
+        return resolved
+    if modality == "CT" and not (isinstance(window, str) and window.lower() == "stretch"):
+        return Window(*WINDOW_PRESETS[DEFAULT_CT_WINDOW])
+    data = volume.data
+    # Subsample big volumes: percentiles of every 4th voxel are close enough.
+    sample = data.ravel()[:: max(1, data.size // 2_000_000)]
+    nonzero = sample[sample != 0]
+    return stretch_window(nonzero if nonzero.size > 100 else sample)
+
+
+def read_nifti(
+    path: str | os.PathLike[str],
+    *,
+    axis: str | int = "axial",
+    index: int | None = None,
+    window: str | Window | tuple[float, float] | None = "auto",
+    modality: str | None = None,
+    volume: int = 0,
+) -> MedicalImage:
+    """One display slice of a NIfTI volume (default: the middle slice along ``axis``)."""
+    from medisee.data.schema import normalize_modality
+
+    vol = load_volume(path, volume=volume)
+    modality = normalize_modality(modality) if modality else None
+    axis_i = vol.axis_index(axis)
+    count = vol.num_slices(axis_i)
+    index = count // 2 if index is None else index
+    values = vol.slice(axis_i, index)
+    resolved = volume_window(vol, window, modality)
+    gray = apply_window(values, resolved)
+    axis_name = {v: k for k, v in AXES.items()}[axis_i]
+    meta = ImageMeta(
+        format="nifti",
+        modality=modality,
+        display=None if axis_name == "sagittal" else "radiological",
+        window=(resolved.center, resolved.width),
+        spacing=vol.spacing(axis_i),
+        axis=axis_name,
+        index=index,
+        num_slices=count,
+    )
+    return MedicalImage(gray_to_rgb(gray), values.astype(np.float32), meta)
+
+
+def save_png(path: str | os.PathLike[str], pixels: np.ndarray) -> None:
+    """Write ``H x W`` or ``H x W x 3`` uint8 as PNG (grey when all channels are equal)."""
+    from PIL import Image
+
+    if pixels.dtype != np.uint8:
+        raise ValueError(f"save_png expects uint8, got {pixels.dtype}")
+    if pixels.ndim == 3 and pixels.shape[2] == 3:
+        if np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(
+            pixels[..., 0], pixels[..., 2]
+        ):
+            pixels = pixels[..., 0]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(pixels)).save(path)
+
+
+def load_rgb(path: str | os.PathLike[str], **kwargs: Any) -> np.ndarray:
+    """``read_image(path, **kwargs).pixels``: ``H x W x 3`` uint8."""
+    return read_image(path, **kwargs).pixels
