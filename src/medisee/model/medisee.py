@@ -19,10 +19,11 @@ import torch
 from torch import nn
 
 from medisee.boxes import denormalize_box
+from medisee.losses import similarity_logits
 from medisee.model.box_decoder import BoxDecoder
 from medisee.model.config import ModelConfig
 from medisee.model.fusion import CandidateFusion, FusionOutput
-from medisee.model.mllm import LanguageBackbone
+from medisee.model.mllm import BackboneOutput, LanguageBackbone
 from medisee.model.prompting import PromptBuilder
 from medisee.model.tokenizer import candidate_token_strings
 
@@ -180,6 +181,37 @@ class MediSee(nn.Module):
         return boxes, out.mask_logits[:, 0], out.iou_scores[:, 0]
 
     # ------------------------------------------------------------------ forward
+    def _read_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, vision: torch.Tensor
+    ) -> tuple[BackboneOutput, FusionOutput, torch.Tensor]:
+        """LM pass; candidate states gathered by mask and fused; image-token states
+        ``[B, N, d]`` (float32) for the similarity map."""
+        lm = self.language(input_ids, attention_mask, vision)
+        positions = candidate_positions(input_ids, self.candidate_token_ids)
+        batch_index = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None]
+        fused = self.fusion(lm.hidden_states[batch_index, positions].float())  # [B, n, d] in
+        image_mask = input_ids == self.language.image_token_id
+        image_states = lm.hidden_states[image_mask].view(
+            input_ids.shape[0], self.language.num_image_tokens, -1
+        )
+        return lm, fused, image_states.float()
+
+    def similarity_map(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_embeddings: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``Sim(h_img, h_seg)`` ``[B, N]`` of a query, without running the decoders (the
+        plain-label query's map is L_sim's target)."""
+        if image_embeddings is None:
+            image_embeddings = self.embed_images(pixel_values)
+        _, fused, image_states = self._read_states(
+            input_ids, attention_mask, self.vision_inputs(pixel_values, image_embeddings)
+        )
+        return similarity_logits(image_states, fused.seg_state)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -201,19 +233,11 @@ class MediSee(nn.Module):
             if pixel_values is None:
                 raise ValueError("give pixel_values or precomputed image_embeddings")
             image_embeddings = self.embed_images(pixel_values)
-        lm = self.language(
+        lm, fused, image_states = self._read_states(
             input_ids, attention_mask, self.vision_inputs(pixel_values, image_embeddings)
         )
-        positions = candidate_positions(input_ids, self.candidate_token_ids)
-        batch_index = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None]
-        candidate_states = lm.hidden_states[batch_index, positions]  # [B, n, d]
-        fused = self.fusion(candidate_states.float())
         boxes, mask_logits, iou = self.decode_targets(
             fused.seg_state, fused.det_state, image_embeddings, image_sizes
-        )
-        image_mask = input_ids == self.language.image_token_id
-        image_states = lm.hidden_states[image_mask].view(
-            input_ids.shape[0], self.language.num_image_tokens, -1
         )
         return MediSeeOutput(
             logits=lm.logits,
@@ -222,7 +246,7 @@ class MediSee(nn.Module):
             iou_scores=iou,
             seg_state=fused.seg_state,
             det_state=fused.det_state,
-            image_states=image_states.float(),
+            image_states=image_states,
             fusion=fused,
         )
 
@@ -300,10 +324,7 @@ class MediSee(nn.Module):
                 index
             ]
             full_mask = torch.cat((attention_mask, new_mask), dim=1)[index]
-            lm = self.language(full_ids, full_mask, vision[index])
-            positions = candidate_positions(full_ids, self.candidate_token_ids)
-            states = lm.hidden_states[torch.arange(len(rows), device=device)[:, None], positions]
-            fused = self.fusion(states.float())
+            _, fused, _ = self._read_states(full_ids, full_mask, vision[index])
             boxes, mask_logits, iou = self.decode_targets(
                 fused.seg_state, fused.det_state, image_embeddings[index], image_sizes[index]
             )

@@ -1,0 +1,273 @@
+"""Evaluate a model on manifest records, generated (headline) and teacher-forced.
+
+* **generated**: the model sees only the question and must itself emit its candidate
+  tokens; a reply without them scores an empty mask and no box.
+* **teacher-forced**: the reference answer (with candidate tokens) is fed in, as the
+  released MediSee code evaluated; reported beside the headline, never instead of it.
+
+Masks are scored in the original image frame (the low-res logits are mapped back through
+``ImageFrame``), boxes as pixel ``xyxy`` in the original frame (``medisee.boxes``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from medisee.boxes import clip_box, denormalize_box
+from medisee.evaluate.metrics import MetricAccumulator, Summary, score_target
+from medisee.model.preprocess import SamTransform
+
+GROUP_KEYS = ("split", "kind", "length", "perspective", "category", "modality")
+
+
+@dataclass
+class EvalReport:
+    """Summaries per mode (``{"generated": {...}, "teacher_forced": {...}}``) and the
+    per-example records (question, reply, scores)."""
+
+    summaries: dict[str, dict[str, Any]]
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        def convert(value: Any) -> Any:
+            if isinstance(value, Summary):
+                return value.as_dict()
+            if isinstance(value, dict):
+                return {k: convert(v) for k, v in value.items()}
+            return value
+
+        return {"summaries": convert(self.summaries)}
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "metrics.json").write_text(json.dumps(self.to_json(), indent=2))
+        with open(directory / "predictions.jsonl", "w") as handle:
+            for example in self.examples:
+                handle.write(json.dumps(example) + "\n")
+        (directory / "metrics.md").write_text(markdown_table(self.summaries))
+
+
+def markdown_table(
+    summaries: dict[str, dict[str, Any]], groups: Sequence[str] = ("split", "length", "perspective")
+) -> str:
+    """Overall and per-group rows for every evaluated method/mode."""
+    lines = [
+        "| method | group | n | Dice | gIoU | cIoU | box IoU | Acc@0.5 | emitted |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for method, summary in summaries.items():
+        rows = [("overall", summary["overall"])]
+        for key in groups:
+            for value, item in summary.get(key, {}).items():
+                rows.append((f"{key}={value}", item))
+        for name, s in rows:
+            lines.append(
+                f"| {method} | {name} | {s.count} | {s.dice:.3f} | {s.giou:.3f} | {s.ciou:.3f} | "
+                f"{s.box_iou:.3f} | {s.acc:.3f} | {s.found_rate:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class _Item:
+    record: Any
+    target_index: int
+    qa_index: int
+
+    @property
+    def target(self):
+        return self.record.targets[self.target_index]
+
+    @property
+    def qa(self):
+        return self.target.qa[self.qa_index]
+
+    def groups(self) -> dict[str, str | None]:
+        return {
+            "split": self.record.split,
+            "kind": self.qa.kind,
+            "length": self.qa.length,
+            "perspective": self.qa.perspective,
+            "category": self.target.label,
+            "modality": self.record.modality,
+        }
+
+
+def evaluation_items(
+    records: Sequence[Any], kinds: Sequence[str] = ("reasoning",), max_examples: int | None = None
+) -> list[_Item]:
+    items = [
+        _Item(record, t, q)
+        for record in records
+        for t, target in enumerate(record.targets)
+        for q, qa in enumerate(target.qa)
+        if qa.kind in kinds
+    ]
+    return items[:max_examples] if max_examples is not None else items
+
+
+class _ImageSource:
+    """Image embeddings (cached or computed) and original-frame ground truth per record."""
+
+    def __init__(self, model, root: Path, cache=None, device: torch.device | str = "cpu") -> None:
+        self.model = model
+        self.root = Path(root)
+        self.cache = cache
+        self.device = torch.device(device)
+        self.transform = SamTransform(model.config.mask.image_size)
+
+    def inputs(self, records: Sequence[Any]) -> dict[str, torch.Tensor]:
+        from medisee.data.io import read_image
+
+        needs_pixels = self.cache is None or not self.model.language.uses_segmenter_embedding
+        out: dict[str, torch.Tensor] = {}
+        if needs_pixels:
+            pixels = [
+                self.transform.prepare(read_image(self.root / r.image).pixels)[0] for r in records
+            ]
+            out["pixel_values"] = torch.stack(pixels).to(self.device)
+        if self.cache is not None:
+            out["image_embeddings"] = torch.stack(
+                [self.cache.load(self.root / r.image) for r in records]
+            ).to(self.device)
+        else:
+            out["image_embeddings"] = self.model.embed_images(out["pixel_values"])
+        out["image_sizes"] = torch.tensor(
+            [[r.height, r.width] for r in records], device=self.device
+        )
+        return out
+
+    def ground_truth(self, item: _Item) -> np.ndarray:
+        from medisee.data.masks import load_mask
+
+        return load_mask(item.target.mask, self.root, shape=(item.record.height, item.record.width))
+
+    def to_original(self, record, mask_logits: torch.Tensor | None, box: torch.Tensor | None):
+        """Low-res logits ``[L, L]`` and normalised box -> original-frame bool mask and
+        pixel box (or ``None`` s)."""
+        if mask_logits is None or box is None:
+            return None, None
+        size = (record.height, record.width)
+        frame = self.transform.frame(size)
+        mask = frame.mask_logits_to_original(mask_logits[None, None].float().cpu())[0, 0] > 0
+        pixel_box = clip_box(denormalize_box(box.float().cpu(), size), size)
+        return mask.numpy(), tuple(float(v) for v in pixel_box)
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    records: Sequence[Any],
+    root: str | Path,
+    *,
+    modes: Sequence[str] = ("generated", "teacher_forced"),
+    kinds: Sequence[str] = ("reasoning",),
+    cache=None,
+    batch_size: int = 8,
+    max_new_tokens: int = 48,
+    max_examples: int | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> EvalReport:
+    """Score ``model`` on the QA items of ``kinds`` in ``records``."""
+    unknown = set(modes) - {"generated", "teacher_forced"}
+    if unknown:
+        raise ValueError(f"unknown evaluation modes {sorted(unknown)}")
+    model.eval()
+    items = evaluation_items(records, kinds, max_examples)
+    source = _ImageSource(model, Path(root), cache, device)
+    builder = model.prompt_builder()
+    accumulators = {mode: MetricAccumulator() for mode in modes}
+    examples: list[dict[str, Any]] = []
+    bar = tqdm(total=len(items), desc="evaluating", unit="q", disable=not progress)
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        inputs = source.inputs([i.record for i in chunk])
+        truths = [source.ground_truth(i) for i in chunk]
+        rows = [
+            {
+                "image": i.record.image,
+                "label": i.target.label,
+                "question": i.qa.question,
+                "reference": i.qa.answer,
+                **{k: v for k, v in i.groups().items() if v is not None},
+            }
+            for i in chunk
+        ]
+        if "generated" in modes:
+            prompts = [builder.encode([(i.qa.question, None)]).input_ids for i in chunk]
+            answers = model.generate(
+                prompts,
+                inputs["image_sizes"],
+                pixel_values=inputs.get("pixel_values"),
+                image_embeddings=inputs["image_embeddings"],
+                max_new_tokens=max_new_tokens,
+            )
+            for item, truth, answer, row in zip(chunk, truths, answers, rows):
+                mask, box = source.to_original(item.record, answer.mask_logits, answer.box)
+                score = score_target(mask, truth, box, item.target.box_xyxy)
+                accumulators["generated"].add(score, item.groups())
+                row.update(
+                    reply=answer.text,
+                    box=box,
+                    dice=score.dice,
+                    box_iou=score.box_iou,
+                    emitted=score.found,
+                )
+        if "teacher_forced" in modes:
+            encoded = [
+                builder.encode(
+                    [(i.qa.question, builder.answer_text(i.qa.answer, i.qa.explanation))]
+                )
+                for i in chunk
+            ]
+            ids = torch.full(
+                (len(chunk), max(len(e.input_ids) for e in encoded)), model.tokenizer.pad_token_id
+            )
+            attention = torch.zeros_like(ids)
+            for r, e in enumerate(encoded):
+                ids[r, : len(e.input_ids)] = torch.tensor(e.input_ids)
+                attention[r, : len(e.input_ids)] = 1
+            out = model(
+                ids.to(source.device),
+                attention.to(source.device),
+                inputs["image_sizes"],
+                pixel_values=inputs.get("pixel_values"),
+                image_embeddings=inputs["image_embeddings"],
+            )
+            for r, (item, truth, row) in enumerate(zip(chunk, truths, rows)):
+                mask, box = source.to_original(item.record, out.mask_logits[r], out.boxes[r])
+                score = score_target(mask, truth, box, item.target.box_xyxy)
+                accumulators["teacher_forced"].add(score, item.groups())
+                row.update(tf_dice=score.dice, tf_box_iou=score.box_iou)
+        examples.extend(rows)
+        bar.update(len(chunk))
+    bar.close()
+    return EvalReport({mode: acc.summary() for mode, acc in accumulators.items()}, examples)
+
+
+def teacher_forced_scores(
+    model, records, root, *, cache=None, max_examples=64, batch_size=8, device="cpu"
+) -> Summary:
+    """Quick teacher-forced summary (periodic evaluation during training)."""
+    report = evaluate(
+        model,
+        records,
+        root,
+        modes=("teacher_forced",),
+        cache=cache,
+        batch_size=batch_size,
+        max_examples=max_examples,
+        device=device,
+        progress=False,
+    )
+    return report.summaries["teacher_forced"]["overall"]

@@ -1,0 +1,111 @@
+"""``TrainConfig``: everything a training run needs, validated, YAML in/out."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medisee.losses import LossWeights
+from medisee.train.task import STAGES
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """A training run (SPEC §3). Paths are plain strings so the YAML stays portable.
+
+    ``model``: a preset name (``tiny``, ``lite``, ``medisee-7b``) for a fresh model, or a
+    ``save_pretrained`` directory to continue from (the fine-tuning stage starts from the
+    end-to-end model). ``manifest``: the JSONL manifest; its records' ``split`` chooses
+    train (``train_split``) and periodic-evaluation (``eval_split``) examples.
+    """
+
+    manifest: str
+    output_dir: str
+    model: str = "lite"
+    stage: str = "end2end"
+    train_split: str = "train"
+    eval_split: str = "val"
+    max_steps: int = 1000
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    max_grad_norm: float = 1.0
+    referring_ratio: float = 0.7
+    mixed_precision: str = "no"
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 0
+    eval_max_examples: int = 64
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    cache_embeddings: bool = True
+    cache_dir: str | None = None
+    num_workers: int = 0
+    cpu: bool = False
+    losses: LossWeights = field(default_factory=LossWeights)
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.losses, dict):
+            self.losses = LossWeights(**self.losses)
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        if self.stage not in STAGES:
+            raise ValueError(f"TrainConfig.stage must be one of {STAGES}, got {self.stage!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(
+                f"TrainConfig.mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}"
+            )
+        for name in (
+            "max_steps",
+            "batch_size",
+            "grad_accum",
+            "log_every",
+            "save_every",
+            "keep_checkpoints",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "eval_max_examples", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas}")
+        if not 0 <= self.referring_ratio <= 1:
+            raise ValueError(
+                f"TrainConfig.referring_ratio must be in [0, 1], got {self.referring_ratio}"
+            )
+        if self.max_grad_norm < 0:
+            raise ValueError(f"TrainConfig.max_grad_norm must be >= 0, got {self.max_grad_norm}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["betas"] = list(self.betas)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"TrainConfig got unknown keys {sorted(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(data)
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))

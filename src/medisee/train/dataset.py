@@ -1,0 +1,284 @@
+"""Training/evaluation examples from a medisee manifest.
+
+One example is one QA item about one target of one record. It yields the expanded
+``input_ids``/``labels`` for the model's chat format, the segmenter input (or the cached
+image embedding), the target mask in the segmenter's low-res input frame and the
+normalised ground-truth box. For the fine-tuning stage it also yields the plain-label
+query ("Segment the liver.") whose similarity map is the target of ``L_sim``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Sampler
+
+from medisee.boxes import normalize_box
+from medisee.model.preprocess import SamTransform
+from medisee.model.prompting import IGNORE_INDEX, PromptBuilder
+
+
+@dataclass(frozen=True)
+class ExampleRef:
+    """Where an example comes from, and the groups it is reported under."""
+
+    record: int
+    target: int
+    qa: int
+    kind: str  # referring | reasoning
+    perspective: str | None
+    length: str
+    label: str
+    split: str
+    modality: str
+
+
+def label_query(label: str) -> tuple[str, str]:
+    """The plain, non-reasoning query for a label, and its answer (L_sim's target)."""
+    return f"Segment the {label}.", f"It is the {label}."
+
+
+def mask_to_input_frame(mask: np.ndarray, transform: SamTransform, low_res: int) -> torch.Tensor:
+    """``H x W`` bool mask (original frame) -> ``[L, L]`` float {0,1} in the segmenter's
+    low-res input frame: resized like the image (longest side), padded bottom/right, then
+    brought to ``L``; area-weighted resizing thresholded at 0.5 keeps thin parts."""
+    frame = transform.frame(mask.shape)
+    tensor = torch.from_numpy(mask.astype(np.float32))[None, None]
+    h, w = frame.resized_size
+    resized = F.interpolate(tensor, (h, w), mode="bilinear", align_corners=False, antialias=True)
+    size = frame.input_size
+    padded = F.pad(resized, (0, size - w, 0, size - h))
+    if low_res != size:
+        padded = F.interpolate(
+            padded, (low_res, low_res), mode="bilinear", align_corners=False, antialias=True
+        )
+    return (padded[0, 0] >= 0.5).float()
+
+
+class MediSeeDataset(Dataset):
+    """Examples over ``records`` (``medisee.data.schema.Record``) stored under ``root``.
+
+    Args:
+        records: validated records (see ``medisee.data``).
+        root: directory the records' relative image/mask paths start from.
+        builder: the model's ``PromptBuilder``.
+        image_size: segmenter input side S; ``low_res``: side L of its mask logits.
+        embedding_cache: optional ``EmbeddingCache``; when given, items carry
+            ``image_embeddings`` instead of ``pixel_values``.
+        with_label_query: also encode the plain-label query (fine-tuning stage).
+        kinds: which QA kinds to include.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[Any],
+        root: str | Path,
+        builder: PromptBuilder,
+        image_size: int,
+        low_res: int,
+        embedding_cache: Any | None = None,
+        with_label_query: bool = False,
+        kinds: Sequence[str] = ("referring", "reasoning"),
+        max_length: int | None = None,
+    ) -> None:
+        self.records = list(records)
+        self.root = Path(root)
+        self.builder = builder
+        self.transform = SamTransform(image_size)
+        self.low_res = low_res
+        self.embedding_cache = embedding_cache
+        self.with_label_query = with_label_query
+        self.max_length = max_length
+        self.examples: list[ExampleRef] = []
+        for r, record in enumerate(self.records):
+            for t, target in enumerate(record.targets):
+                for q, item in enumerate(target.qa):
+                    if item.kind in kinds:
+                        self.examples.append(
+                            ExampleRef(
+                                r,
+                                t,
+                                q,
+                                item.kind,
+                                item.perspective,
+                                item.length,
+                                target.label,
+                                record.split,
+                                record.modality,
+                            )
+                        )
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def indices_of(self, kind: str) -> list[int]:
+        return [i for i, ref in enumerate(self.examples) if ref.kind == kind]
+
+    def image_path(self, record_index: int) -> Path:
+        return self.root / self.records[record_index].image
+
+    def load_image(self, record_index: int) -> np.ndarray:
+        from medisee.data.io import read_image
+
+        return read_image(self.image_path(record_index)).pixels
+
+    def load_mask(self, record_index: int, target_index: int) -> np.ndarray:
+        from medisee.data.masks import load_mask
+
+        record = self.records[record_index]
+        target = record.targets[target_index]
+        return load_mask(target.mask, self.root, shape=(record.height, record.width))
+
+    def _encode(
+        self, question: str, answer: str, explanation: str | None
+    ) -> tuple[list[int], list[int]]:
+        encoded = self.builder.encode([(question, self.builder.answer_text(answer, explanation))])
+        ids, labels = encoded.input_ids, encoded.labels
+        if self.max_length is not None and len(ids) > self.max_length:
+            raise ValueError(
+                f"example of {len(ids)} tokens exceeds max_length {self.max_length}; "
+                "raise the model's max_position_embeddings or shorten the text"
+            )
+        return ids, labels
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ref = self.examples[index]
+        record = self.records[ref.record]
+        target = record.targets[ref.target]
+        item = target.qa[ref.qa]
+        input_ids, labels = self._encode(item.question, item.answer, item.explanation)
+        mask = self.load_mask(ref.record, ref.target)
+        example: dict[str, Any] = {
+            "index": index,
+            "input_ids": input_ids,
+            "labels": labels,
+            "image_size": (record.height, record.width),
+            "target_mask": mask_to_input_frame(mask, self.transform, self.low_res),
+            "target_box": normalize_box(
+                torch.tensor(target.box_xyxy, dtype=torch.float32), (record.height, record.width)
+            ),
+        }
+        if self.embedding_cache is not None:
+            example["image_embeddings"] = self.embedding_cache.load(self.image_path(ref.record))
+        else:
+            example["pixel_values"] = self.transform.prepare(self.load_image(ref.record))[0]
+        if self.with_label_query:
+            question, answer = label_query(target.label)
+            example["label_input_ids"] = self._encode(question, answer, None)[0]
+        return example
+
+
+def _pad(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+class Collator:
+    """Right-pads token sequences and stacks tensors into a batch dict."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        input_ids, attention_mask = _pad([e["input_ids"] for e in examples], self.pad_token_id)
+        labels, _ = _pad([e["labels"] for e in examples], IGNORE_INDEX)
+        batch = {
+            "index": torch.tensor([e["index"] for e in examples]),
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "image_sizes": torch.tensor([e["image_size"] for e in examples]),
+            "target_masks": torch.stack([e["target_mask"] for e in examples]),
+            "target_boxes": torch.stack([e["target_box"] for e in examples]),
+        }
+        for key in ("pixel_values", "image_embeddings"):
+            if key in examples[0]:
+                batch[key] = torch.stack([e[key] for e in examples])
+        if "label_input_ids" in examples[0]:
+            ids, mask = _pad([e["label_input_ids"] for e in examples], self.pad_token_id)
+            batch["label_input_ids"], batch["label_attention_mask"] = ids, mask
+        return batch
+
+
+class MixedSampler(Sampler[int]):
+    """Endless, deterministic stream mixing referring and reasoning examples.
+
+    Each draw takes a referring example with probability ``referring_ratio`` (paper 7:3 ->
+    0.7), else a reasoning one; within each pool it walks a seeded permutation, reshuffled
+    every pass. The stream is a pure function of ``(seed, position)``, so a resumed run
+    continues exactly where it stopped (``start`` = draws already consumed). Under data
+    parallelism each process takes every ``world_size``-th draw of the one global stream.
+    """
+
+    def __init__(
+        self,
+        referring: Sequence[int],
+        reasoning: Sequence[int],
+        referring_ratio: float,
+        seed: int,
+        start: int = 0,
+        length: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        if not 0.0 <= referring_ratio <= 1.0:
+            raise ValueError(f"referring_ratio must be in [0, 1], got {referring_ratio}")
+        if not referring and not reasoning:
+            raise ValueError(
+                "no training examples: both the referring and reasoning pools are empty"
+            )
+        if not referring:
+            referring_ratio = 0.0
+        elif not reasoning:
+            referring_ratio = 1.0
+        self.pools = (list(referring), list(reasoning))
+        self.ratio = referring_ratio
+        self.seed = seed
+        self.start = start
+        self.length = length
+        self.rank = rank
+        self.world_size = world_size
+
+    def __len__(self) -> int:
+        return self.length if self.length is not None else 2**31 - 1
+
+    def stream(self) -> Iterator[int]:
+        choice_rng = random.Random(f"{self.seed}-choice")
+        cursors = [0, 0]
+        passes = [0, 0]
+        orders: list[list[int]] = [[], []]
+        position = 0
+        while True:
+            pool = 0 if choice_rng.random() < self.ratio else 1
+            if cursors[pool] == len(orders[pool]):
+                orders[pool] = list(self.pools[pool])
+                random.Random(f"{self.seed}-{pool}-{passes[pool]}").shuffle(orders[pool])
+                passes[pool] += 1
+                cursors[pool] = 0
+            index = orders[pool][cursors[pool]]
+            cursors[pool] += 1
+            if position >= self.start and position % self.world_size == self.rank:
+                yield index
+            position += 1
+
+    def __iter__(self) -> Iterator[int]:
+        stream = self.stream()
+        if self.length is None:
+            yield from stream
+            return
+        for _ in range(self.length):
+            yield next(stream)

@@ -1,0 +1,93 @@
+"""On-disk cache of the frozen segmenter's image embeddings (SPEC §3).
+
+The LiteMedSAM encoder costs ~2 s per image on a CPU, and it is frozen: each image is
+embedded once and read back for every epoch, evaluation pass and follow-up question.
+Entries are keyed by the image file's bytes and the encoder's fingerprint (so a changed
+image or another encoder never reads a stale entry), written atomically, stored as fp16
+safetensors (64x64x256 -> 2 MiB per image).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from medisee.model.preprocess import SamTransform
+
+
+def encoder_fingerprint(model) -> str:
+    """Hash of the segmenter config and its image-encoder weights."""
+    digest = hashlib.sha256(
+        json.dumps(model.config.mask.__dict__, default=str, sort_keys=True).encode()
+    )
+    for name, tensor in sorted(model.segmenter.image_encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
+        digest.update(str(float(tensor.float().sum())).encode())
+    return digest.hexdigest()[:16]
+
+
+class EmbeddingCache:
+    """``load(image_path) -> [C, g, g]`` float32; ``precompute(model, paths)`` fills it."""
+
+    def __init__(self, directory: str | os.PathLike[str], fingerprint: str) -> None:
+        self.directory = Path(directory) / fingerprint
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def key(self, image_path: str | os.PathLike[str]) -> Path:
+        digest = hashlib.sha256(Path(image_path).read_bytes()).hexdigest()[:32]
+        return self.directory / f"{digest}.safetensors"
+
+    def __contains__(self, image_path: object) -> bool:
+        return isinstance(image_path, (str, os.PathLike)) and self.key(image_path).is_file()
+
+    def load(self, image_path: str | os.PathLike[str]) -> torch.Tensor:
+        from safetensors.torch import load_file
+
+        path = self.key(image_path)
+        if not path.is_file():
+            raise KeyError(f"no cached embedding for {image_path}; run precompute first")
+        return load_file(str(path))["embedding"].float()
+
+    def store(self, image_path: str | os.PathLike[str], embedding: torch.Tensor) -> None:
+        from safetensors.torch import save_file
+
+        path = self.key(image_path)
+        temporary = path.with_suffix(f".tmp{os.getpid()}")
+        save_file(
+            {"embedding": embedding.detach().to(torch.float16).cpu().contiguous()}, str(temporary)
+        )
+        os.replace(temporary, path)
+
+    @torch.no_grad()
+    def precompute(
+        self,
+        model,
+        image_paths: Iterable[str | os.PathLike[str]],
+        batch_size: int = 4,
+        progress: bool = True,
+    ) -> int:
+        """Embed the images not yet cached; returns how many were computed."""
+        from medisee.data.io import read_image
+
+        todo = sorted({str(p) for p in image_paths if p not in self})
+        transform = SamTransform(model.config.mask.image_size)
+        device = next(model.segmenter.parameters()).device
+        bar = tqdm(total=len(todo), desc="embedding images", unit="img", disable=not progress)
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            pixels = torch.stack([transform.prepare(read_image(p).pixels)[0] for p in chunk]).to(
+                device
+            )
+            embeddings = model.embed_images(pixels)
+            for path, embedding in zip(chunk, embeddings):
+                self.store(path, embedding)
+            bar.update(len(chunk))
+        bar.close()
+        return len(todo)

@@ -1,0 +1,329 @@
+"""The training loop on HF Accelerate: one CPU, one GPU, DDP, multi-node, DeepSpeed.
+
+No home-made distributed code: Accelerate wraps the task, syncs gradients and saves the
+state. The loop itself owns what Accelerate does not: the deterministic mixed sampler
+(resumable by position), atomic checkpoints and the step bookkeeping.
+
+Checkpoints: ``<output_dir>/checkpoints/step_<N>/`` (Accelerate state: model, optimizer,
+scheduler, RNG of every process) plus ``trainer_state.json``; written to a temporary
+directory and renamed, then ``checkpoints/latest`` is replaced atomically. A run killed at
+any moment resumes from the last complete checkpoint and loses at most ``save_every``
+steps. The final model goes to ``<output_dir>/model`` (``save_pretrained`` format).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from medisee.train.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+LATEST_FILE = "latest"
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    model_dir: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    resumed_from: int | None = None
+
+
+def warmup_linear_decay(warmup_steps: int, total_steps: int):
+    """LR multiplier: linear warm-up to 1 over ``warmup_steps``, then linear decay to 0
+    at ``total_steps`` (DeepSpeed's WarmupDecayLR shape, as in the paper)."""
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        remaining = total_steps - step
+        return max(0.0, remaining / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The last complete checkpoint of a run, or ``None``."""
+    pointer = Path(output_dir) / "checkpoints" / LATEST_FILE
+    if not pointer.is_file():
+        return None
+    directory = pointer.parent / pointer.read_text().strip()
+    return directory if (directory / STATE_FILE).is_file() else None
+
+
+def _build_model(config: TrainConfig, corpus: list[str]):
+    from medisee.model.builder import build_model
+    from medisee.model.config import ModelConfig
+    from medisee.model.medisee import MediSee
+    from medisee.model.presets import get_preset
+
+    if Path(config.model).is_dir():
+        return MediSee.from_pretrained(config.model)
+    model_config = get_preset(config.model)
+    if config.model_overrides:
+        merged = model_config.to_dict()
+        for key, value in config.model_overrides.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key].update(value)
+            else:
+                merged[key] = value
+        model_config = ModelConfig.from_dict(merged)
+    return build_model(model_config, corpus=corpus)
+
+
+def training_corpus(records) -> list[str]:
+    """Text the ``lite`` tokenizer is trained on: the default corpus plus the manifest's."""
+    from medisee.model.tokenizer import default_corpus
+    from medisee.train.dataset import label_query
+
+    texts = default_corpus()
+    for record in records:
+        for target in record.targets:
+            texts.extend(label_query(target.label))
+            for item in target.qa:
+                texts.extend((item.question, item.answer, item.explanation))
+    return texts
+
+
+def load_records(manifest: str | Path):
+    """Records of a manifest and the directory their relative paths start from."""
+    from medisee.data.manifest import read_manifest
+
+    records, report = read_manifest(manifest)
+    if report:
+        logger.warning("manifest %s: skipped %s", manifest, report.summary())
+    return records, Path(manifest).parent
+
+
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    records: tuple[list, Path] | None = None,
+) -> TrainResult:
+    """Run (or resume) a training run; returns where the final model went.
+
+    ``records``: ``(records, root)`` already in memory, instead of reading
+    ``config.manifest``.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from tqdm.auto import tqdm
+
+    from medisee.train.dataset import Collator, MediSeeDataset, MixedSampler
+    from medisee.train.embedding_cache import EmbeddingCache, encoder_fingerprint
+    from medisee.train.task import MediSeeTask
+
+    started = time.perf_counter()
+    output_dir = Path(config.output_dir)
+    accelerator = Accelerator(
+        cpu=config.cpu,
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.grad_accum,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
+        ),
+    )
+    set_seed(config.seed)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        config.to_yaml(output_dir / "train_config.yaml")
+
+    all_records, root = records if records is not None else load_records(config.manifest)
+    train_records = [r for r in all_records if r.split == config.train_split]
+    eval_records = [r for r in all_records if r.split == config.eval_split]
+    if not train_records:
+        raise ValueError(f"{config.manifest} has no records in split {config.train_split!r}")
+    model = _build_model(config, training_corpus(train_records))
+
+    cache = None
+    if config.cache_embeddings and model.language.uses_segmenter_embedding:
+        cache = EmbeddingCache(
+            config.cache_dir or output_dir / "embedding_cache", encoder_fingerprint(model)
+        )
+        with accelerator.main_process_first():
+            model.to(accelerator.device)
+            paths = [root / r.image for r in train_records + eval_records]
+            cache.precompute(model, paths, progress=progress and accelerator.is_local_main_process)
+
+    builder = model.prompt_builder()
+    dataset = MediSeeDataset(
+        train_records,
+        root,
+        builder,
+        model.config.mask.image_size,
+        model.config.mask.low_res_mask_size,
+        embedding_cache=cache,
+        with_label_query=config.stage == "finetune",
+        max_length=getattr(model.config.language, "max_position_embeddings", None)
+        if model.config.language.backbone == "lite"
+        else None,
+    )
+
+    task = MediSeeTask(model, config.losses, config.stage)
+    parameters = [p for p in task.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        parameters, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_linear_decay(config.warmup_steps, config.max_steps)
+    )
+    task, optimizer = accelerator.prepare(task, optimizer)
+    # The scheduler is stepped by us once per optimizer step (Accelerate's wrapper would
+    # step it once per process), and saved with the rest of the state.
+    accelerator.register_for_checkpointing(scheduler)
+
+    start_step = 0
+    history: list[dict[str, float]] = []
+    resumed_from = None
+    if resume:
+        checkpoint = latest_checkpoint(output_dir)
+        if checkpoint is not None:
+            accelerator.load_state(str(checkpoint))
+            state = json.loads((checkpoint / STATE_FILE).read_text())
+            start_step = int(state["step"])
+            history = state.get("history", [])
+            resumed_from = start_step
+            logger.info("resumed from %s at step %d", checkpoint, start_step)
+        else:
+            logger.info("no checkpoint in %s: starting from scratch", output_dir)
+
+    per_step = config.batch_size * config.grad_accum
+    sampler = MixedSampler(
+        dataset.indices_of("referring"),
+        dataset.indices_of("reasoning"),
+        config.referring_ratio,
+        seed=config.seed,
+        start=start_step * per_step * accelerator.num_processes,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.num_workers,
+        collate_fn=Collator(model.tokenizer.pad_token_id),
+    )
+    batches = iter(loader)
+
+    if accelerator.is_main_process:
+        accelerator.init_trackers(
+            "medisee",
+            config={
+                k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))
+            },
+        )
+    task.train()
+    bar = tqdm(
+        total=config.max_steps,
+        initial=start_step,
+        desc=f"train {config.stage}",
+        unit="step",
+        disable=not (progress and accelerator.is_local_main_process),
+    )
+    step = start_step
+    window: list[dict[str, float]] = []
+    while step < config.max_steps:
+        for _ in range(config.grad_accum):
+            batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
+            with accelerator.accumulate(task):
+                losses = task(batch)
+                accelerator.backward(losses.total)
+                if accelerator.sync_gradients and config.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            window.append(losses.as_floats())
+        scheduler.step()
+        step += 1
+        bar.update(1)
+        if step % config.log_every == 0 or step == config.max_steps:
+            entry = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+            entry = {f"loss/{k}": v for k, v in entry.items()}
+            entry.update(step=step, lr=scheduler.get_last_lr()[0])
+            history.append(entry)
+            accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=step)
+            bar.set_postfix(loss=f"{entry['loss/total']:.3f}")
+            window = []
+        if config.eval_every and step % config.eval_every == 0 and eval_records:
+            metrics = _quick_eval(accelerator, task, eval_records, root, builder, cache, config)
+            history.append({"step": step, **{f"val/{k}": v for k, v in metrics.items()}})
+            accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
+        if step % config.save_every == 0 or step == config.max_steps:
+            _save_checkpoint(accelerator, output_dir, step, history, config)
+    bar.close()
+
+    model_dir = output_dir / "model"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(task).model.save_pretrained(model_dir)
+        _atomic_write_text(output_dir / "history.json", json.dumps(history, indent=1))
+    accelerator.end_training()
+    return TrainResult(step, model_dir, history, time.perf_counter() - started, resumed_from)
+
+
+def _save_checkpoint(
+    accelerator, output_dir: Path, step: int, history, config: TrainConfig
+) -> None:
+    checkpoints = output_dir / "checkpoints"
+    final = checkpoints / f"step_{step:07d}"
+    staging = checkpoints / f".staging_step_{step:07d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        checkpoints.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _atomic_write_text(staging / STATE_FILE, json.dumps({"step": step, "history": history}))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+        _atomic_write_text(checkpoints / LATEST_FILE, final.name)
+        kept = sorted(p for p in checkpoints.glob("step_*") if p.is_dir())
+        for old in kept[: -config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+@torch.no_grad()
+def _quick_eval(
+    accelerator, task, records, root, builder, cache, config: TrainConfig
+) -> dict[str, float]:
+    """Teacher-forced Dice and box IoU on up to ``eval_max_examples`` held-out examples."""
+    from medisee.evaluate.evaluator import teacher_forced_scores
+
+    model = accelerator.unwrap_model(task).model
+    was_training = model.training
+    model.eval()
+    summary = teacher_forced_scores(
+        model,
+        records,
+        root,
+        cache=cache,
+        max_examples=config.eval_max_examples,
+        batch_size=config.batch_size,
+        device=accelerator.device,
+    )
+    model.train(was_training)
+    return {"dice": summary.dice, "box_iou": summary.box_iou, "acc": summary.acc}
