@@ -140,13 +140,15 @@ def _part_of(name: str) -> str:
 def apply_trainable_policy(model: MediSee) -> ParameterReport:
     """SPEC §1 (paper §4.3): train the LM (LoRA + new token rows for LLaVA; all of the
     small ``lite`` LM and its projector), the routers, seg projection, box decoder and
-    the whole mask decoder (+ prompt encoder); freeze the SAM image encoder and the
-    MLLM's vision tower and projector."""
+    the whole mask decoder; freeze the rest of SAM (image encoder, prompt encoder and its
+    positional embedding, as LISA/MediSee) and the MLLM's vision tower and projector."""
     config = model.config
     for parameter in model.parameters():
         parameter.requires_grad_(True)
-    for parameter in model.segmenter.image_encoder.parameters():
+    for parameter in model.segmenter.parameters():
         parameter.requires_grad_(False)
+    for parameter in model.segmenter.mask_decoder.parameters():
+        parameter.requires_grad_(True)
     language = model.language
     if config.language.lora is not None:
         # PEFT already froze everything in the LM but the LoRA and trainable-token

@@ -126,7 +126,7 @@ def train(
     ``config.manifest``.
     """
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
     from tqdm.auto import tqdm
 
     from medisee.train.dataset import Collator, MediSeeDataset, MixedSampler
@@ -140,6 +140,8 @@ def train(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.grad_accum,
         log_with="tensorboard",
+        # SAM's IoU head (and, by prompt mode, parts of the decoder) get no gradient.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         project_config=ProjectConfiguration(
             project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
         ),

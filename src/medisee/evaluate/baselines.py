@@ -1,0 +1,152 @@
+"""Baselines scored by the same evaluator as MediSee (SPEC §5), all on pretrained LiteMedSAM:
+
+* ``whole_image_box``: SAM prompted with the whole image as the box (no understanding).
+* ``label_match``: a non-learned pipeline: the query is matched to a label through the
+  ontology (bag-of-words overlap with each category's function, attributes, location,
+  appearance and synonyms, plus the location words), then SAM is prompted with that
+  label's typical box (the mean normalised box of the label in the training split).
+* ``oracle_box``: SAM prompted with the ground-truth box: the segmentation upper bound of a
+  box-prompted decoder (the paper's Table 3 reference).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from medisee.boxes import denormalize_box, normalize_box
+from medisee.evaluate.evaluator import _ImageSource, evaluation_items
+from medisee.evaluate.metrics import MetricAccumulator, score_target
+
+BASELINES = ("whole_image_box", "label_match", "oracle_box")
+_WORD = re.compile(r"[a-z]+")
+_STOP = frozenset(
+    "the a an of in on to and or is are this that which what where it its with for by as at be from "
+    "image scan here there these those structure one part does do can shows seen".split()
+)
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 2]
+
+
+class LabelMatcher:
+    """Query -> label among ``labels`` by idf-weighted word overlap with ontology text."""
+
+    def __init__(self, labels: Sequence[str], ontology: Any | None = None) -> None:
+        self.labels = sorted(set(labels))
+        documents: dict[str, Counter[str]] = {}
+        for label in self.labels:
+            text = [label]
+            category = None
+            if ontology is not None and label in ontology:
+                category = ontology[label]
+            if category is not None:
+                text += [
+                    category.function,
+                    category.location,
+                    *category.attributes,
+                    *category.synonyms,
+                ]
+                text += list(category.appearance.values())
+            documents[label] = Counter(_words(" ".join(text)))
+        frequency = Counter(word for doc in documents.values() for word in doc)
+        count = max(1, len(documents))
+        self.idf = {w: math.log((1 + count) / (1 + f)) + 1 for w, f in frequency.items()}
+        self.documents = documents
+
+    def match(self, query: str) -> str:
+        words = set(_words(query))
+        scores = {
+            label: sum(self.idf[w] for w in words if w in doc)
+            for label, doc in self.documents.items()
+        }
+        return max(self.labels, key=lambda label: (scores[label], label))
+
+
+def label_box_priors(records: Sequence[Any]) -> dict[str, torch.Tensor]:
+    """Mean normalised ``cxcywh`` box of each label (its typical location and size)."""
+    boxes: dict[str, list[torch.Tensor]] = defaultdict(list)
+    for record in records:
+        for target in record.targets:
+            box = torch.tensor(target.box_xyxy, dtype=torch.float32)
+            boxes[target.label].append(normalize_box(box, (record.height, record.width)))
+    return {label: torch.stack(items).mean(0) for label, items in boxes.items()}
+
+
+@torch.no_grad()
+def run_baselines(
+    segmenter_model,
+    records: Sequence[Any],
+    root: str | Path,
+    *,
+    prior_records: Sequence[Any],
+    ontology: Any | None = None,
+    which: Sequence[str] = BASELINES,
+    kinds: Sequence[str] = ("reasoning",),
+    cache=None,
+    batch_size: int = 8,
+    max_examples: int | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Summaries per baseline, grouped like ``evaluate``'s.
+
+    ``segmenter_model`` is a ``MediSee`` whose segmenter holds pretrained LiteMedSAM/MedSAM
+    weights (only its segmenter is used); ``prior_records`` (the training split) give the
+    label matcher its candidate labels and typical boxes.
+    """
+    unknown = set(which) - set(BASELINES)
+    if unknown:
+        raise ValueError(f"unknown baselines {sorted(unknown)}; known: {BASELINES}")
+    segmenter = segmenter_model.segmenter.eval()
+    source = _ImageSource(segmenter_model, Path(root), cache, device)
+    priors = label_box_priors(prior_records)
+    matcher = LabelMatcher(list(priors), ontology)
+    items = evaluation_items(records, kinds, max_examples)
+    accumulators = {name: MetricAccumulator() for name in which}
+    scale_of = segmenter_model.config.mask.image_size
+    bar = tqdm(total=len(items), desc="baselines", unit="q", disable=not progress)
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        inputs = source.inputs([i.record for i in chunk])
+        sizes = inputs["image_sizes"].float().cpu()
+        truths = [source.ground_truth(i) for i in chunk]
+        boxes_by_name: dict[str, torch.Tensor] = {}
+        if "whole_image_box" in which:
+            boxes_by_name["whole_image_box"] = torch.stack(
+                [torch.tensor([0.0, 0.0, w, h]) for h, w in sizes.tolist()]
+            )
+        if "oracle_box" in which:
+            boxes_by_name["oracle_box"] = torch.tensor(
+                [i.target.box_xyxy for i in chunk], dtype=torch.float32
+            )
+        if "label_match" in which:
+            rows = [
+                denormalize_box(priors[matcher.match(i.qa.question)], tuple(s))
+                for i, s in zip(chunk, sizes.tolist())
+            ]
+            boxes_by_name["label_match"] = torch.stack(rows)
+        for name, pixel_boxes in boxes_by_name.items():
+            scale = scale_of / sizes.max(dim=1).values
+            prompts = (pixel_boxes * scale[:, None]).to(source.device)
+            out = segmenter.decode(inputs["image_embeddings"], boxes=prompts)
+            for r, (item, truth) in enumerate(zip(chunk, truths)):
+                frame = source.transform.frame((item.record.height, item.record.width))
+                mask = (
+                    frame.mask_logits_to_original(out.mask_logits[r : r + 1].float().cpu())[0, 0]
+                    > 0
+                )
+                box = tuple(float(v) for v in pixel_boxes[r])
+                score = score_target(mask.numpy(), truth, box, item.target.box_xyxy)
+                accumulators[name].add(score, item.groups())
+        bar.update(len(chunk))
+    bar.close()
+    return {name: acc.summary() for name, acc in accumulators.items()}

@@ -1,0 +1,98 @@
+"""Evaluate a saved model and the baselines on one split, writing one report."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medisee.evaluate.evaluator import EvalReport, evaluate, markdown_table
+
+
+def evaluate_with_baselines(
+    *,
+    model_dir: str | Path,
+    manifest: str | Path,
+    split: str,
+    out: Path,
+    kinds: Sequence[str] = ("reasoning",),
+    modes: Sequence[str] = ("generated", "teacher_forced"),
+    baselines: Sequence[str] = ("whole_image_box", "label_match", "oracle_box"),
+    prior_split: str = "train",
+    max_examples: int | None = None,
+    batch_size: int = 8,
+    cache_dir: str | Path | None = None,
+    device: str = "cpu",
+    records: tuple[list, Path] | None = None,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Returns ``{method: summary}``; writes ``metrics.json``, ``metrics.md`` and the
+    per-example ``predictions.jsonl`` (with each generated explanation) under ``out``."""
+    from medisee.data.ontology import Ontology
+    from medisee.evaluate.baselines import run_baselines
+    from medisee.model.builder import build_model
+    from medisee.model.medisee import MediSee
+    from medisee.train.embedding_cache import EmbeddingCache, encoder_fingerprint
+    from medisee.train.trainer import load_records
+
+    all_records, root = records if records is not None else load_records(manifest)
+    chosen = [r for r in all_records if r.split == split]
+    if not chosen:
+        raise ValueError(f"no records in split {split!r}")
+    model = MediSee.from_pretrained(model_dir).to(device)
+    cache = None
+    if cache_dir is not None:
+        cache = EmbeddingCache(cache_dir, encoder_fingerprint(model))
+        cache.precompute(model, [root / r.image for r in chosen], progress=progress)
+    report = evaluate(
+        model,
+        chosen,
+        root,
+        modes=modes,
+        kinds=kinds,
+        cache=cache,
+        batch_size=batch_size,
+        max_examples=max_examples,
+        device=device,
+        progress=progress,
+    )
+    summaries: dict[str, dict[str, Any]] = {
+        f"medisee ({m.replace('_', '-')})": s for m, s in report.summaries.items()
+    }
+    if baselines:
+        reference_config = model.config
+        if reference_config.mask.weights is None:
+            raise ValueError(
+                "the model's segmenter has no pretrained weights to build baselines from"
+            )
+        with torch.no_grad():
+            reference = build_model(reference_config, tokenizer=model.tokenizer).to(device).eval()
+        reference_cache = None
+        if cache is not None:
+            reference_cache = EmbeddingCache(cache_dir, encoder_fingerprint(reference))
+        summaries.update(
+            run_baselines(
+                reference,
+                chosen,
+                root,
+                prior_records=[r for r in all_records if r.split == prior_split],
+                ontology=Ontology.load(),
+                which=baselines,
+                kinds=kinds,
+                cache=reference_cache,
+                batch_size=batch_size,
+                max_examples=max_examples,
+                device=device,
+                progress=progress,
+            )
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    EvalReport(summaries, report.examples).save(out)
+    (out / "metrics.md").write_text(markdown_table(summaries))
+    (out / "summary.json").write_text(
+        json.dumps({k: v["overall"].as_dict() for k, v in summaries.items()}, indent=1)
+    )
+    return summaries
