@@ -63,8 +63,10 @@ def test_gradients_reach_text_and_decoder(tiny_tinyvit_config: MaskConfig) -> No
     segmenter = _segmenter(config)
     embeddings = segmenter.embed_images(torch.rand(2, 3, 64, 64)).detach()
     prompts = _prompts(config)
+    prompts["boxes"].requires_grad_(True)  # MediSee may let the mask loss reach the box
     out = segmenter.decode(embeddings, **prompts)
     (out.mask_logits.mean() + out.iou_scores.mean()).backward()
+    assert prompts["boxes"].grad is not None and prompts["boxes"].grad.abs().sum() > 0
     text_grad = prompts["text_embeddings"].grad
     assert text_grad is not None and text_grad.abs().sum() > 0
     decoder_grads = [p.grad for p in segmenter.mask_decoder.parameters()]
