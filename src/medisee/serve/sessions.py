@@ -1,0 +1,96 @@
+"""Conversation sessions: an image (with its cached embedding) and the turns so far.
+
+Bounded in count (least recently used dropped first) and in idle time. The store is used
+from the event loop and the worker thread, hence the lock; a session's ``history`` is
+only changed by the model worker, one turn at a time (see ``worker.Job.exclusive_key``).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Session:
+    """One conversation about one image.
+
+    Attributes:
+        id: unguessable token (the session is the only access control between users of a
+            shared API key).
+        state: the predictor's ``ImageState`` (pixels, frame, embedding once computed).
+        history: ``(question, raw answer)`` turns.
+        image_info: what the client sent (sha256, filename, format, size), echoed back.
+    """
+
+    id: str
+    state: Any
+    image_info: dict[str, Any]
+    history: list[tuple[str, str]] = field(default_factory=list)
+    last_used: float = 0.0
+
+    @property
+    def turns(self) -> int:
+        return len(self.history)
+
+
+def new_session_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+class SessionStore:
+    """``id -> Session`` with a size bound and an idle timeout."""
+
+    def __init__(
+        self,
+        max_sessions: int,
+        ttl_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_sessions = max_sessions
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _expire(self, now: float) -> None:
+        while self._sessions:
+            oldest = next(iter(self._sessions.values()))
+            if now - oldest.last_used <= self.ttl_s:
+                break
+            self._sessions.popitem(last=False)
+
+    def add(self, session: Session) -> None:
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            session.last_used = now
+            self._sessions[session.id] = session
+            self._sessions.move_to_end(session.id)
+            while len(self._sessions) > self.max_sessions:
+                self._sessions.popitem(last=False)
+
+    def get(self, session_id: str) -> Session | None:
+        """The live session (its idle clock restarted), or ``None`` if unknown/expired."""
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            session = self._sessions.get(session_id)
+            if session is not None:
+                session.last_used = now
+                self._sessions.move_to_end(session_id)
+            return session
+
+    def remove(self, session_id: str) -> bool:
+        with self._lock:
+            return self._sessions.pop(session_id, None) is not None
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._expire(self._clock())
+            return len(self._sessions)
