@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from medisee.losses import LossWeights, end_to_end_loss, similarity_logits
+from medisee.losses import LossWeights, end_to_end_loss
 from medisee.model.builder import build_model, parameter_report
 from medisee.model.medisee import MediSee
 from medisee.model.presets import get_preset, tiny
@@ -148,15 +148,28 @@ def test_from_pretrained_rejects_non_checkpoints(tmp_path):
         MediSee.from_pretrained(tmp_path)
 
 
-def test_similarity_map_gradient_reaches_routers_and_seg_projection(tiny_model):
-    batch = make_batch(tiny_model)
-    out = tiny_model(**{k: batch[k] for k in MODEL_KEYS})
-    sim = similarity_logits(out.image_states, out.seg_state)
-    target = torch.randn_like(sim)
+def test_similarity_loss_gradient_reaches_routers_and_seg_projection(tiny_model):
+    """L_sim alone (no other term) trains R_s, the seg projection and the LM, not R_d or the
+    box decoder; the label-query map is a target without gradient."""
     from medisee.losses import similarity_loss
 
-    similarity_loss(sim, target, LossWeights()).sum().backward()
-    assert tiny_model.fusion.seg_router.net[0].weight.grad.abs().sum() > 0
+    batch = make_batch(tiny_model)
+    out = tiny_model(**{k: batch[k] for k in MODEL_KEYS})
+    reasoning = tiny_model.similarity(out.image_states, out.seg_state)
+    assert reasoning.shape == (2, tiny_model.language.num_image_tokens)
+    label_ids = batch["input_ids"].flip(0)  # another query over the same images
+    label = tiny_model.similarity_map(
+        label_ids, batch["attention_mask"].flip(0), batch["pixel_values"]
+    )
+    similarity_loss(reasoning, label, LossWeights()).sum().backward()
+
+    def grad(module):
+        return sum(p.grad.abs().sum().item() for p in module.parameters() if p.grad is not None)
+
+    assert grad(tiny_model.fusion.seg_router) > 0
+    assert grad(tiny_model.seg_projection) > 0
+    assert grad(tiny_model.language.model) > 0
+    assert grad(tiny_model.fusion.det_router) == 0 and grad(tiny_model.box_decoder) == 0
 
 
 def test_presets_registry():

@@ -121,3 +121,20 @@ def test_resume_continues_to_the_same_step_and_same_losses(tmp_path, synthetic_r
     expected = [h["loss/total"] for h in full.history]
     got = [h["loss/total"] for h in resumed.history]
     assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_similarity_loss_changes_training(tmp_path, synthetic_records):
+    """Same seed, same batches: the finetune stage (L_end + L_sim) ends with different
+    router/seg-projection weights than end2end, and identical frozen encoder weights."""
+    from safetensors.torch import load_file
+
+    weights = {}
+    for stage in ("end2end", "finetune"):
+        config = _config(tmp_path / stage, stage=stage, max_steps=2, eval_every=0)
+        train(config, progress=False, records=synthetic_records)
+        weights[stage] = load_file(str(tmp_path / stage / "run" / "model" / "model.safetensors"))
+    a, b = weights["end2end"], weights["finetune"]
+    assert not torch.equal(a["seg_projection.0.weight"], b["seg_projection.0.weight"])
+    assert not torch.equal(a["fusion.seg_router.net.0.weight"], b["fusion.seg_router.net.0.weight"])
+    encoder = [k for k in a if k.startswith("segmenter.image_encoder.")]
+    assert encoder and all(torch.equal(a[k], b[k]) for k in encoder)

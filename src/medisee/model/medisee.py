@@ -196,6 +196,12 @@ class MediSee(nn.Module):
         )
         return lm, fused, image_states.float()
 
+    def similarity(self, image_states: torch.Tensor, seg_state: torch.Tensor) -> torch.Tensor:
+        """``Sim(ĥ_img, ĥ_seg)`` ``[B, N]``: both sides through the seg projection, i.e. in
+        the space of the mask decoder's prompt token (the paper's ĥ_seg is the decoder's
+        input), so L_sim trains the routers, the LM and the projection."""
+        return similarity_logits(self.seg_projection(image_states), self.seg_projection(seg_state))
+
     def similarity_map(
         self,
         input_ids: torch.Tensor,
@@ -210,7 +216,7 @@ class MediSee(nn.Module):
         _, fused, image_states = self._read_states(
             input_ids, attention_mask, self.vision_inputs(pixel_values, image_embeddings)
         )
-        return similarity_logits(image_states, fused.seg_state)
+        return self.similarity(image_states, fused.seg_state)
 
     def forward(
         self,

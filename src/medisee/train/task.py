@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medisee.losses import LossBreakdown, LossWeights, end_to_end_loss, similarity_logits
+from medisee.losses import LossBreakdown, LossWeights, end_to_end_loss
 from medisee.model.medisee import MediSee
 
 STAGES = ("end2end", "finetune")
@@ -40,7 +40,7 @@ class MediSeeTask(nn.Module):
                 raise ValueError(
                     "the finetune stage needs label queries (dataset with_label_query=True)"
                 )
-            reasoning_map = similarity_logits(out.image_states, out.seg_state)
+            reasoning_map = self.model.similarity(out.image_states, out.seg_state)
             with torch.no_grad():
                 label_map = self.model.similarity_map(
                     batch["label_input_ids"],
