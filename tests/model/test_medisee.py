@@ -236,3 +236,15 @@ def test_generated_targets_equal_teacher_forced_on_the_same_sequence(tiny_model,
     teacher = tiny_model(ids, torch.ones_like(ids), sizes[:1], pixels[:1])
     torch.testing.assert_close(out[0].box, teacher.boxes[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out[0].mask_logits, teacher.mask_logits[0], atol=1e-4, rtol=1e-4)
+
+
+def test_frozen_encoder_stays_in_eval_mode_and_keeps_its_statistics(tiny_model):
+    tiny_model.train()
+    assert tiny_model.language.training and tiny_model.segmenter.mask_decoder.training
+    encoder = tiny_model.segmenter.image_encoder
+    assert not any(m.training for m in encoder.modules())
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    batch = make_batch(tiny_model)
+    tiny_model(**{k: batch[k] for k in MODEL_KEYS})
+    after = encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -122,6 +122,17 @@ class MediSee(nn.Module):
         tokens = candidate_token_strings(config.num_candidate_tokens)
         self.candidate_token_ids: list[int] = list(tokenizer.convert_tokens_to_ids(tokens))
 
+    def train(self, mode: bool = True) -> MediSee:
+        """As ``nn.Module.train``, but frozen encoders stay in eval mode: TinyViT has
+        BatchNorm, which in training mode would use batch statistics and overwrite the
+        pretrained running statistics even under ``no_grad``."""
+        super().train(mode)
+        self.segmenter.image_encoder.eval()
+        vision_tower = getattr(getattr(self.language.base_model, "model", None), "vision_tower", None)
+        if vision_tower is not None:
+            vision_tower.eval()
+        return self
+
     def prompt_builder(self) -> PromptBuilder:
         """Encodes conversations for this model's tokenizer, image tokens and candidates."""
         return PromptBuilder(
