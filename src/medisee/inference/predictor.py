@@ -244,8 +244,12 @@ class Predictor:
         tokenizer = model.tokenizer
         # Specials a reply may not carry into the history: re-encoding an <image> token
         # would add an image position the sequence does not have room for.
+        # (``all_special_ids`` alone misses ``<image>`` once the candidate tokens replaced
+        # the additional special tokens, hence the added-token table and the id itself.)
         candidates = set(model.candidate_token_ids)
-        self._dropped_ids = {t for t in tokenizer.all_special_ids if t not in candidates}
+        specials = set(tokenizer.all_special_ids) | {model.language.image_token_id}
+        specials |= {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+        self._dropped_ids = specials - candidates
         self._state: ImageState | None = None
 
     @classmethod
@@ -277,7 +281,8 @@ class Predictor:
 
     def encode(self, states: Sequence[ImageState]) -> None:
         """Fill the ``embedding`` of the states that have none, in encoder batches."""
-        missing = [state for state in states if state.embedding is None]
+        # By identity: several questions of one batch may share a state.
+        missing = list({id(s): s for s in states if s.embedding is None}.values())
         for start in range(0, len(missing), self.batch_size):
             chunk = missing[start : start + self.batch_size]
             pixels = torch.stack([state.pixel_values for state in chunk]).to(self.device)

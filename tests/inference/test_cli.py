@@ -1,0 +1,108 @@
+"""``medisee predict`` and ``medisee chat`` through ``main(argv)``."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medisee.cli import main
+from tests.inference.helpers import sample_image, write_ct_dicom
+
+
+def _read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_predict_png_and_dicom(saved_tiny_model, tmp_path):
+    png = tmp_path / "in" / "wide.png"
+    png.parent.mkdir()
+    Image.fromarray(sample_image(30, 70)).save(png)
+    dcm = tmp_path / "in" / "ct.dcm"
+    write_ct_dicom(dcm, np.linspace(-1000, 1000, 24 * 40).reshape(24, 40))
+    out = tmp_path / "out"
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(saved_tiny_model),
+            "--images",
+            str(png.parent),
+            "--question",
+            "Which organ filters the blood?",
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "4",
+            "--quiet",
+        ]  # fmt: skip
+    )
+    assert code == 0
+    rows = _read_jsonl(out / "predictions.jsonl")
+    assert [r["id"] for r in rows] == ["ct", "wide"]
+    assert [r["image_size"] for r in rows] == [[24, 40], [30, 70]]
+    for row in rows:
+        folder = out / row["id"]
+        assert {p.name for p in folder.iterdir()} == {
+            "mask.png", "box.json", "answer.txt", "overlay.png"
+        }  # fmt: skip
+        mask = np.asarray(Image.open(folder / "mask.png"))
+        assert list(mask.shape) == row["image_size"]
+
+
+def test_predict_manifest_with_several_questions_and_a_volume(saved_tiny_model, tmp_path):
+    nib = pytest.importorskip("nibabel")
+    affine = np.diag([-1.0, -1.0, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(np.random.rand(10, 8, 3).astype(np.float32), affine),
+             tmp_path / "vol.nii.gz")  # fmt: skip
+    Image.fromarray(sample_image(20, 20)).save(tmp_path / "a.png")
+    manifest = tmp_path / "items.jsonl"
+    manifest.write_text(
+        json.dumps({"image": "a.png", "questions": ["Where?", "What?"], "id": "case 1"}) + "\n"
+        + json.dumps({"image": "vol.nii.gz", "question": "Which region?"}) + "\n"
+    )  # fmt: skip
+    out = tmp_path / "out"
+    args = ["predict", "--model", str(saved_tiny_model), "--manifest", str(manifest),
+            "--out", str(out), "--all-slices", "--max-new-tokens", "3", "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    rows = _read_jsonl(out / "predictions.jsonl")
+    assert [r["id"] for r in rows] == ["case_1_q0", "case_1_q1", "vol"]
+    assert rows[2]["slices"] == 3
+    labels = nib.load(out / "vol" / "mask.nii.gz")
+    assert labels.shape == (10, 8, 3) and np.allclose(labels.affine, affine)
+    boxes = json.loads((out / "vol" / "boxes.json").read_text())
+    assert len(boxes["slices"]) == 3
+
+
+def test_predict_reports_missing_inputs(saved_tiny_model, tmp_path, capsys):
+    args = ["predict", "--model", str(saved_tiny_model), "--image", str(tmp_path / "no.png"),
+            "--question", "Where?", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(args) == 2
+    assert "no such image" in capsys.readouterr().err
+    Image.fromarray(sample_image(8, 8)).save(tmp_path / "a.png")
+    no_question = ["predict", "--model", str(saved_tiny_model), "--image", str(tmp_path / "a.png"),
+                   "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(no_question) == 2
+    assert "--question is required" in capsys.readouterr().err
+
+
+def test_chat_conversation_reset_save_quit(saved_tiny_model, tmp_path, monkeypatch, capsys):
+    image = tmp_path / "img.png"
+    Image.fromarray(sample_image(24, 36)).save(image)
+    save_dir = tmp_path / "saved"
+    script = (
+        f"Which organ?\nAnd below it?\n/save {save_dir}\n/reset\n/bogus\nAgain?\n/quit\nnot read\n"
+    )
+    monkeypatch.setattr("sys.stdin", io.StringIO(script))
+    args = ["chat", "--model", str(saved_tiny_model), "--image", str(image),
+            "--max-new-tokens", "3"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("medisee> ") == 3
+    assert "(conversation reset; same image)" in out and "unknown command /bogus" in out
+    transcript = json.loads((save_dir / "conversation.json").read_text())
+    assert [t["question"] for t in transcript["turns"]] == ["Which organ?", "And below it?"]
+    assert (save_dir / "mask.png").is_file() and (save_dir / "overlay.png").is_file()

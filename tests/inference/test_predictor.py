@@ -1,0 +1,236 @@
+"""Predictor: file round trips, frames on non-square images, caching, history, batches,
+seeds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medisee.boxes import clip_box, denormalize_box
+from medisee.inference.predictor import Predictor
+from medisee.model.medisee import GeneratedAnswer
+from tests.inference.helpers import sample_image, write_ct_dicom
+
+
+def _teacher_forced(predictor: Predictor, state, prediction):
+    """Box and mask of a teacher-forced pass over prompt + the reply the model gave."""
+    model = predictor.model
+    tokenizer = model.tokenizer
+    prompt = predictor.prompt_ids(prediction.question)
+    reply = tokenizer(" " + prediction.raw_text, add_special_tokens=False).input_ids
+    ids = torch.tensor([prompt + reply + [tokenizer.eos_token_id]])
+    sizes = torch.tensor([state.size])
+    with torch.no_grad():
+        out = model(ids, torch.ones_like(ids), sizes, image_embeddings=state.embedding[None])
+    mask = state.frame.mask_logits_to_original(out.mask_logits[:, None])[0, 0] > 0
+    return out.boxes[0], mask.numpy()
+
+
+def test_png_round_trip_box_and_mask_in_the_original_frame_of_a_non_square_image(echo, tmp_path):
+    height, width = 48, 112  # wide: a square-image assumption would put y in the wrong place
+    path = tmp_path / "wide.png"
+    Image.fromarray(sample_image(height, width)).save(path)
+    state = echo.set_image(path)
+    assert state.size == (height, width)
+    prediction = echo.predict("Which organ filters the blood?")
+
+    assert prediction.found_target and prediction.scores["found_target"]
+    assert prediction.text.startswith("Echo: Which organ filters the blood?")
+    assert "<cand_0>" not in prediction.text and "<cand_0><cand_1>" in prediction.raw_text
+    assert prediction.mask.shape == (height, width) and prediction.mask.dtype == bool
+    # The pixel box is the model's normalised box mapped with (W, H), clipped.
+    normalized = torch.tensor(prediction.box_normalized)
+    expected = clip_box(denormalize_box(normalized, (height, width)), (height, width))
+    assert prediction.box == pytest.approx(expected.tolist(), abs=1e-4)
+    cx, cy, w, h = prediction.box_normalized
+    assert prediction.box[0] == pytest.approx(max(0.0, (cx - w / 2) * width), abs=1e-3)
+    assert prediction.box[3] == pytest.approx(min(height, (cy + h / 2) * height), abs=1e-3)
+    # ... and it is the box (and mask) a teacher-forced pass gives on the same sequence.
+    box, mask = _teacher_forced(echo, state, prediction)
+    torch.testing.assert_close(normalized, box.float(), atol=1e-5, rtol=1e-5)
+    assert np.array_equal(prediction.mask, mask)
+    assert prediction.scores["mask_pixels"] == int(mask.sum())
+    assert isinstance(prediction.scores["iou"], float)
+
+    files = prediction.save(tmp_path / "out")
+    written = np.asarray(Image.open(files["mask"]))
+    assert written.shape == (height, width) and np.array_equal(written > 127, prediction.mask)
+    box_json = json.loads(files["box"].read_text())
+    assert box_json["image_size"] == {"height": height, "width": width}
+    assert box_json["box_xyxy"] == pytest.approx(list(prediction.box), abs=1e-3)
+    assert files["text"].read_text().strip() == prediction.text
+    overlay = np.asarray(Image.open(files["overlay"]))
+    assert overlay.shape[1] >= 384 and overlay.shape[0] > overlay.shape[1] * height / width
+
+
+def test_dicom_round_trip_with_ct_windowing(echo, tmp_path):
+    values = np.full((40, 72), -1000.0)  # air
+    values[8:32, 10:60] = 40.0  # soft tissue
+    values[15:25, 20:30] = 700.0  # bone
+    path = tmp_path / "ct.dcm"
+    write_ct_dicom(path, values)
+
+    abdomen = echo.set_image(path)  # no window in the header: the CT default (abdomen)
+    assert abdomen.image.meta.format == "dicom" and abdomen.image.meta.modality == "CT"
+    assert abdomen.image.meta.window == (40.0, 400.0)
+    assert abdomen.image.pixels[20, 40, 0] == 128  # 40 HU at the window centre
+    lung = echo.set_image(path, window="lung")
+    assert lung.image.meta.window == (-600.0, 1500.0)
+    assert not np.array_equal(abdomen.image.pixels, lung.image.pixels)
+    prediction = echo.predict("Where is the bone?")
+    assert prediction.found_target and prediction.mask.shape == (40, 72)
+    assert 0 <= prediction.box[0] <= prediction.box[2] <= 72
+    assert 0 <= prediction.box[1] <= prediction.box[3] <= 40
+
+
+def test_nifti_slice_choice(echo, tmp_path):
+    nib = pytest.importorskip("nibabel")
+    data = np.random.default_rng(0).random((20, 24, 10)).astype(np.float32)
+    path = tmp_path / "vol.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.0, 2.0, 1.0])), path)
+    state = echo.set_image(path, axis="axial", index=3)
+    # Axial display slice of an RAS volume: rows = y (anterior at the top), columns = x.
+    assert state.size == (24, 20) and state.image.meta.index == 3
+    coronal = echo.predict("Where?", image=echo.prepare(path, _options(axis="coronal", index=5)))
+    assert coronal.mask.shape == (10, 20)
+    assert echo.predict("Where is it?").mask.shape == (24, 20)
+
+
+def _options(**kwargs):
+    from medisee.inference.inputs import ReadOptions
+
+    return ReadOptions(**kwargs)
+
+
+def test_follow_up_reuses_the_cached_embedding(echo, monkeypatch):
+    encoded = []
+    original = echo.model.embed_images
+    monkeypatch.setattr(
+        echo.model, "embed_images", lambda pixels: encoded.append(len(pixels)) or original(pixels)
+    )
+    echo.set_image(sample_image(40, 50))
+    chat = echo.conversation()
+    chat.ask("Which organ filters the blood?")
+    chat.ask("And what is below it?")
+    echo.predict("Third question?")
+    assert encoded == [1]
+
+
+def test_history_is_re_encoded_with_the_raw_reply_including_candidate_tokens(monkeypatch):
+    from tests.inference.helpers import echo_predictor
+
+    calls: list[list[int]] = []
+    predictor = echo_predictor(monkeypatch, calls=calls)
+    model = predictor.model
+    state = predictor.set_image(sample_image(32, 40))
+    chat = predictor.conversation(state)
+    first = chat.ask("Which organ filters the blood?")
+    second = chat.ask("What is next to it?")
+    assert chat.history == [
+        ("Which organ filters the blood?", first.raw_text),
+        ("What is next to it?", second.raw_text),
+    ]
+    expected = model.prompt_builder().encode(
+        [("Which organ filters the blood?", first.raw_text), ("What is next to it?", None)]
+    )
+    assert calls[1] == expected.input_ids
+    # The model saw its own candidate tokens of turn 1 in the turn-2 prompt...
+    for token_id in model.candidate_token_ids:
+        assert calls[1].count(token_id) == 1
+    # ... and turn 2's target was read from its own (the last) candidate group.
+    assert second.found_target and second.text.startswith("Echo: What is next to it?")
+    chat.reset()
+    assert chat.history == [] and chat.state is state
+
+
+def test_raw_text_drops_a_partial_candidate_group_and_other_specials(predictor):
+    model = predictor.model
+    tok = model.tokenizer
+    cand0 = model.candidate_token_ids[0]
+    image_id = model.language.image_token_id
+    words = tok("It is here", add_special_tokens=False).input_ids
+    partial = GeneratedAnswer(text="It is here", token_ids=[*words, cand0, image_id])
+    assert predictor._raw_text(partial) == "It is here"
+    # Re-encoding it as history works (no stray candidate or image tokens).
+    predictor.set_image(sample_image(20, 20))
+    predictor.predict("Next?", history=[("Where?", predictor._raw_text(partial))], max_new_tokens=2)
+
+
+def test_predict_batch_equals_one_by_one_and_encodes_each_image_once(predictor, monkeypatch):
+    images = [sample_image(30, 50, seed=1), sample_image(64, 40, seed=2)]
+    items = [(images[0], "Which organ?"), (images[0], "Where is it?"), (images[1], "What?")]
+    encoded = []
+    original = predictor.model.embed_images
+    monkeypatch.setattr(
+        predictor.model,
+        "embed_images",
+        lambda pixels: encoded.append(len(pixels)) or original(pixels),
+    )
+    batch = predictor.predict_batch(items, max_new_tokens=5)
+    assert sum(encoded) == 2  # two distinct images for three questions
+    single = [
+        predictor.predict(question, image=image, max_new_tokens=5) for image, question in items
+    ]
+    assert [p.raw_text for p in batch] == [p.raw_text for p in single]
+    assert [p.mask.shape for p in batch] == [(30, 50), (30, 50), (64, 40)]
+
+
+def test_sampling_is_deterministic_for_a_seed_and_leaves_the_global_rng_alone(predictor):
+    predictor.set_image(sample_image(32, 32))
+    before = torch.get_rng_state()
+    kwargs = {"max_new_tokens": 12, "do_sample": True, "temperature": 1.5}
+    a = predictor.predict("Which organ?", seed=7, **kwargs)
+    b = predictor.predict("Which organ?", seed=7, **kwargs)
+    others = {predictor.predict("Which organ?", seed=s, **kwargs).raw_text for s in range(4)}
+    assert a.raw_text == b.raw_text and a.scores == b.scores
+    assert len(others) > 1
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_no_target_gives_an_empty_mask_and_no_box(predictor, monkeypatch):
+    tok = predictor.model.tokenizer
+    reply = tok(" Nothing to segment here.", add_special_tokens=False).input_ids
+    fake = torch.tensor([reply + [tok.eos_token_id]])
+    monkeypatch.setattr(predictor.model.language, "generate", lambda *a, **k: fake)
+    prediction = predictor.predict("Where is the tumour?", image=sample_image(20, 30))
+    assert not prediction.found_target and prediction.box is None
+    assert prediction.mask.shape == (20, 30) and not prediction.mask.any()
+    assert prediction.scores["iou"] is None and prediction.box_json()["box_xyxy"] is None
+    assert prediction.overlay().shape[2] == 3
+
+
+def test_array_inputs_any_dtype():
+    from medisee.inference.inputs import array_to_image
+
+    ct = np.linspace(-1000, 1000, 20 * 30, dtype=np.float32).reshape(20, 30)
+    image = array_to_image(ct)
+    assert image.pixels.shape == (20, 30, 3) and image.values is not None
+    assert image.pixels[0, 0, 0] == 0 and image.pixels[-1, -1, 0] == 255
+    rgba = np.zeros((5, 6, 4), dtype=np.uint8)
+    assert array_to_image(rgba).pixels.shape == (5, 6, 3)
+    assert array_to_image(np.ones((4, 4), dtype=bool)).pixels.max() == 255
+    with pytest.raises(ValueError, match="H x W"):
+        array_to_image(np.zeros((2, 3, 4, 5)))
+
+
+def test_long_history_drops_the_oldest_turns(predictor):
+    predictor.set_image(sample_image(20, 20))
+    limit = predictor._context_limit()
+    history = [(f"Question number {i} about the image?", "An answer. " * 8) for i in range(40)]
+    ids = predictor.prompt_ids("Last question?", history, max_new_tokens=16)
+    assert len(ids) + 16 <= limit
+    text = predictor.model.tokenizer.decode(ids)
+    assert "Question number 39" in text and "Question number 0 " not in text
+    with pytest.raises(ValueError, match="too long"):
+        predictor.prompt_ids("why " * 400, (), max_new_tokens=16)
+    with pytest.raises(ValueError, match="empty"):
+        predictor.predict("   ")
+
+
+def test_predict_needs_an_image(predictor):
+    with pytest.raises(ValueError, match="set_image"):
+        predictor.predict("Where?")
