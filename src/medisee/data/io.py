@@ -464,7 +464,7 @@ def display_slice(data: np.ndarray, axis: int, index: int) -> np.ndarray:
     size = data.shape[axis]
     if not 0 <= index < size:
         raise ValueError(f"slice index {index} out of range 0..{size - 1} along axis {axis}")
-    plane = np.take(data, index, axis=axis)
+    plane = data[(slice(None),) * axis + (index,)]
     return np.ascontiguousarray(plane[::-1, ::-1].T)
 
 
@@ -580,7 +580,8 @@ def save_png(path: str | os.PathLike[str], pixels: np.ndarray) -> None:
         ):
             pixels = pixels[..., 0]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(pixels)).save(path)
+    # Low zlib effort: 3-5x faster than the default for a few % larger files.
+    Image.fromarray(np.ascontiguousarray(pixels)).save(path, compress_level=1)
 
 
 def load_rgb(path: str | os.PathLike[str], **kwargs: Any) -> np.ndarray:

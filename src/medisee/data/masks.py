@@ -82,7 +82,9 @@ def write_mask_png(path: str | os.PathLike[str], mask: np.ndarray) -> None:
     if mask.ndim != 2:
         raise MaskError(f"write_mask_png expects a 2-D mask, got shape {mask.shape}")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((mask.astype(bool) * np.uint8(255)).astype(np.uint8), mode="L").save(path)
+    Image.fromarray((mask.astype(bool) * np.uint8(255)).astype(np.uint8), mode="L").save(
+        path, compress_level=1
+    )
 
 
 def load_mask(

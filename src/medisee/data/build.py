@@ -1,0 +1,168 @@
+"""What all dataset builders share: template QA on the fly, splits, the final write."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medisee.data.ontology import Ontology
+from medisee.data.qa_template import TemplateEngine
+from medisee.data.schema import Record, SkipReport
+from medisee.data.splits import DEFAULT_RATIOS, assign_splits, check_no_leakage
+from medisee.data.writer import DatasetWriter
+
+QA_MODES = ("template", "none")
+
+
+@dataclass
+class BuildResult:
+    """A finished build: where the manifest is, its records, and what was skipped."""
+
+    manifest: Path
+    records: list[Record]
+    report: SkipReport
+    qa_report: SkipReport
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        targets = sum(len(r.targets) for r in self.records)
+        qa = sum(len(t.qa) for r in self.records for t in r.targets)
+        labels = {t.label for r in self.records for t in r.targets}
+        modalities = sorted({r.modality for r in self.records})
+        lines = [
+            f"wrote {self.manifest}: {len(self.records)} images, {targets} targets, "
+            f"{len(labels)} labels, {qa} QA items, modalities {', '.join(modalities)} "
+            f"in {self.seconds:.1f} s",
+            f"input problems: {self.report.summary()}",
+            f"QA generation: {self.qa_report.summary()}",
+        ]
+        return "\n".join(lines)
+
+
+class Builder:
+    """Collects records from a source and writes the dataset (QA, splits, manifest).
+
+    Usage: ``builder.add(...)`` per image (masks are only held while QA is generated),
+    then ``builder.finish(info)``.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        *,
+        seed: int = 0,
+        mask_format: str = "rle",
+        qa: str = "template",
+        ratios: Sequence[float] = DEFAULT_RATIOS,
+        overwrite: bool = False,
+        ontology: Ontology | None = None,
+        allow_unknown_labels: bool = False,
+    ) -> None:
+        if qa not in QA_MODES:
+            raise ValueError(f"qa must be one of {QA_MODES}, got {qa!r}")
+        self.writer = DatasetWriter(out_dir, mask_format=mask_format, overwrite=overwrite)
+        self.ontology = ontology if ontology is not None else Ontology.load()
+        self.engine = TemplateEngine(self.ontology, seed=seed) if qa == "template" else None
+        self.seed = seed
+        self.ratios = ratios
+        self.allow_unknown_labels = allow_unknown_labels
+        self.records: list[Record] = []
+        self.report = SkipReport()
+        self.qa_report = SkipReport()
+        self._start = time.perf_counter()
+
+    def canonical_label(self, label: str, where: str) -> str | None:
+        """The ontology's canonical form of ``label``; unknown labels are skipped and
+        counted (or kept verbatim, lower-cased, with ``allow_unknown_labels``)."""
+        resolved = self.ontology.resolve(label)
+        if resolved is not None:
+            return resolved.label
+        if self.allow_unknown_labels:
+            return " ".join(label.replace("_", " ").split()).lower()
+        self.report.add("unknown label", where, repr(label))
+        return None
+
+    def add(
+        self,
+        record_id: str,
+        image: np.ndarray,
+        targets: Sequence[tuple[str, np.ndarray]],
+        *,
+        modality: str,
+        source: str,
+        source_id: str,
+        display: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Record | None:
+        canonical = []
+        for label, mask in targets:
+            name = self.canonical_label(label, f"{record_id}/{label}")
+            if name is not None:
+                canonical.append((name, mask))
+        merged = _merge_same_label(canonical)
+        record = self.writer.add(
+            record_id,
+            image,
+            merged,
+            modality=modality,
+            source=source,
+            source_id=source_id,
+            display=display,
+            meta=meta,
+            report=self.report,
+        )
+        if record is None:
+            return None
+        if self.engine is not None:
+            label_masks = {
+                label: mask
+                for label, mask in merged
+                if mask.shape == image.shape[:2] and mask.any()
+            }
+            masks = [label_masks[target.label] for target in record.targets]
+            result = self.engine.generate(record, masks)
+            for target, items in zip(record.targets, result.qa):
+                target.qa = items
+            record.conversation = result.conversation
+            self.qa_report.merge(result.report)
+        self.records.append(record)
+        return record
+
+    def finish(self, info: dict[str, Any]) -> BuildResult:
+        if not self.records:
+            raise ValueError(f"no usable images; {self.report.summary()}")
+        assign_splits(self.records, self.ratios, seed=self.seed)
+        check_no_leakage(self.records)
+        info = {
+            **info,
+            "seed": self.seed,
+            "split_ratios": list(self.ratios),
+            "skipped": self.report.to_dict(),
+        }
+        manifest = self.writer.finish(self.records, info)
+        return BuildResult(
+            manifest,
+            self.records,
+            self.report,
+            self.qa_report,
+            time.perf_counter() - self._start,
+            info,
+        )
+
+
+def _merge_same_label(targets: Sequence[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
+    """One target per label: masks of repeated labels (instances) are united, so a
+    referring question "segment the X" has one answer."""
+    merged: dict[str, np.ndarray] = {}
+    for label, mask in targets:
+        if label in merged and merged[label].shape == mask.shape:
+            merged[label] = merged[label] | mask.astype(bool)
+        elif label not in merged:
+            merged[label] = mask.astype(bool)
+    return list(merged.items())

@@ -1,0 +1,1 @@
+"""Dataset builders, one module per source: ``bundled``, ``folder``, ``samed2d``, ``nifti``."""
