@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-# (module, description) of each subsystem that adds verbs; imported lazily in build_parser.
+# Modules that add verbs, imported when the parser is built (not at import time).
 _SUBSYSTEMS = (
     "medisee.data.cli",
     "medisee.model.cli",
@@ -21,6 +21,7 @@ _SUBSYSTEMS = (
     "medisee.evaluate.cli",
     "medisee.inference.cli",
     "medisee.serve.cli",
+    "medisee.demo",
 )
 
 
@@ -37,8 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
             # A subsystem whose optional extra is not installed adds no verbs.
-            if error.name and error.name.startswith("medisee"):
-                continue
             logging.getLogger(__name__).debug("skipping %s: %s", module_name, error)
             continue
         module.register(subparsers)
