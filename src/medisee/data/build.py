@@ -106,6 +106,9 @@ class Builder:
             if name is not None:
                 canonical.append((name, mask))
         merged = _merge_same_label(canonical)
+        base, suffix = record_id, 2
+        while self.writer.has_id(record_id):  # two inputs slugified to the same id
+            record_id, suffix = f"{base}-{suffix}", suffix + 1
         record = self.writer.add(
             record_id,
             image,

@@ -456,15 +456,21 @@ class Record:
             raise ValueError(f"record is missing field {error.args[0]!r}") from None
 
 
+class SchemaVersionError(ValueError):
+    """A record written with a schema major version this medisee cannot read."""
+
+
 def check_schema_version(version: Any) -> None:
-    """Accept ``"MAJOR.MINOR"`` strings with our major version; raise ``ValueError`` otherwise."""
-    _require(isinstance(version, str), f"schema_version missing or not a string: {version!r}")
+    """Accept ``"MAJOR.MINOR"`` strings with our major version; raise
+    :class:`SchemaVersionError` otherwise."""
+    if not isinstance(version, str):
+        raise SchemaVersionError(f"schema_version missing or not a string: {version!r}")
     major = version.split(".", 1)[0]
     ours = SCHEMA_VERSION.split(".", 1)[0]
-    _require(
-        major == ours,
-        f"unsupported schema_version {version!r} (this medisee reads {ours}.x)",
-    )
+    if major != ours:
+        raise SchemaVersionError(
+            f"unsupported schema_version {version!r} (this medisee reads {ours}.x)"
+        )
 
 
 class SkipReport:

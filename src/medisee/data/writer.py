@@ -75,6 +75,9 @@ class DatasetWriter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._ids: set[str] = set()
 
+    def has_id(self, record_id: str) -> bool:
+        return record_id in self._ids
+
     @property
     def manifest_path(self) -> Path:
         return self.out_dir / MANIFEST_NAME

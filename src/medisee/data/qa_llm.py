@@ -1,0 +1,777 @@
+"""The MLMR-SD question-generation pipeline against any OpenAI-compatible chat endpoint.
+
+Per target (one *job*), following the paper's Fig. 3:
+
+1. optional **caption** of the image by a vision-language model (``caption_model``);
+2. the **describer** gets caption, label, box, modality and the other objects and writes
+   attribute- and location-oriented descriptions, short and long; the label is
+   authoritative where the caption disagrees;
+3. the **evaluator** revises weak descriptions (too direct, no logic) or drops them;
+4. **transform** turns each kept description into question + answer + explanation;
+5. a second prompt asks for ``extra_pairs`` more, different, pairs.
+
+Replies must be JSON; a malformed reply (not JSON, fields missing or of the wrong type)
+is answered with a correction request up to ``max_attempts`` times, then the stage
+fails. Items whose question names the label (or a synonym) or whose answer does not name
+the target are rejected. Every rejection is counted per reason.
+
+Engineering: requests run on a thread pool of ``workers``; HTTP 429/5xx, timeouts and
+connection errors are retried with exponential back-off and jitter (``Retry-After`` is
+honoured); every successful reply is cached on disk under the SHA-256 of the request
+(atomic writes), and every finished job is appended to ``journal.jsonl`` in the cache
+directory (one line, flushed and fsynced). A killed run resumes: finished jobs are read
+back from the journal (a torn last line is truncated away), unfinished ones re-run and
+hit the cache for the stages they had completed. The output manifest is written once,
+atomically, at the end, so nothing is lost or duplicated. Run one generator per cache
+directory at a time.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medisee.data.ontology import Ontology
+from medisee.data.qa_template import MODALITY_NOUNS
+from medisee.data.schema import LENGTHS, PERSPECTIVES, QAItem, Record
+from medisee.data.writer import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+#: Bump when prompts change: it is part of every job key, so old journal lines no longer match.
+PROMPT_VERSION = "mlmr-1"
+JOURNAL_NAME = "journal.jsonl"
+
+
+class LLMError(RuntimeError):
+    """A request that failed for good (bad status, retries exhausted)."""
+
+
+class TransientLLMError(LLMError):
+    """Retries exhausted on 429/5xx/timeouts: worth running again later."""
+
+
+class ReplyError(ValueError):
+    """A reply that does not follow the requested format; ``reason`` names the problem."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass
+class LLMConfig:
+    """Endpoint and pipeline settings. ``endpoint`` is the API base (``.../v1``) or the full
+    ``.../chat/completions`` URL."""
+
+    endpoint: str
+    model: str
+    api_key: str | None = None
+    caption_model: str | None = None
+    temperature: float = 0.2
+    max_tokens: int = 1024
+    timeout: float = 60.0
+    max_retries: int = 5
+    backoff: float = 1.0
+    backoff_max: float = 30.0
+    workers: int = 4
+    extra_pairs: int = 2
+    max_attempts: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint must be an http(s) URL, got {self.endpoint!r}")
+        if not self.model:
+            raise ValueError("model must not be empty")
+        if self.workers < 1 or self.max_retries < 0 or self.max_attempts < 1:
+            raise ValueError("workers >= 1, max_retries >= 0 and max_attempts >= 1 are required")
+        if self.backoff < 0 or self.timeout <= 0 or self.extra_pairs < 0:
+            raise ValueError("backoff >= 0, timeout > 0 and extra_pairs >= 0 are required")
+
+    @property
+    def url(self) -> str:
+        base = self.endpoint.rstrip("/")
+        return base if base.endswith("/chat/completions") else f"{base}/chat/completions"
+
+
+class ChatClient:
+    """``POST /chat/completions`` with retries and an on-disk cache keyed by the request."""
+
+    def __init__(self, config: LLMConfig, cache_dir: str | os.PathLike[str]) -> None:
+        import httpx
+
+        self.config = config
+        self.cache_dir = Path(cache_dir) / "responses"
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        headers = {"Content-Type": "application/json"}
+        if config.api_key:
+            headers["Authorization"] = f"Bearer {config.api_key}"
+        self._http = httpx.Client(timeout=config.timeout, headers=headers)
+        self._lock = threading.Lock()
+        self._random = random.Random()
+        self.stats: Counter[str] = Counter()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.stats[key] += n
+
+    def request_key(self, payload: dict[str, Any]) -> str:
+        return hashlib.sha256(
+            json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()
+        ).hexdigest()
+
+    def complete(self, messages: list[dict[str, Any]], *, model: str | None = None) -> str:
+        """The assistant's reply text (from the cache if this exact request was made before)."""
+        payload = {
+            "model": model or self.config.model,
+            "messages": messages,
+            "temperature": self.config.temperature,
+            "max_tokens": self.config.max_tokens,
+        }
+        key = self.request_key(payload)
+        path = self.cache_dir / key[:2] / f"{key}.json"
+        if path.exists():
+            try:
+                cached = json.loads(path.read_text("utf-8"))
+                self._count("cache hits")
+                return str(cached["content"])
+            except (json.JSONDecodeError, KeyError, OSError):
+                self._count("corrupt cache entries")
+        content = self._post(payload)
+        atomic_write_text(
+            path, json.dumps({"key": key, "model": payload["model"], "content": content})
+        )
+        return content
+
+    def _post(self, payload: dict[str, Any]) -> str:
+        import httpx
+
+        config = self.config
+        last = ""
+        for attempt in range(config.max_retries + 1):
+            if attempt:
+                self._count("retries")
+            retry_after: float | None = None
+            try:
+                response = self._http.post(config.url, json=payload)
+            except httpx.TimeoutException as error:
+                last = f"timeout: {error}"
+                self._count("timeouts")
+            except httpx.TransportError as error:
+                last = f"connection error: {error}"
+                self._count("connection errors")
+            else:
+                self._count("requests")
+                status = response.status_code
+                if status == 429 or status >= 500:
+                    last = f"HTTP {status}"
+                    self._count(f"HTTP {status}")
+                    header = response.headers.get("Retry-After")
+                    if header:
+                        try:
+                            retry_after = float(header)
+                        except ValueError:
+                            retry_after = None
+                elif status >= 400:
+                    self._count(f"HTTP {status}")
+                    raise LLMError(f"HTTP {status} from {config.url}: {response.text[:300]}")
+                else:
+                    try:
+                        return str(response.json()["choices"][0]["message"]["content"])
+                    except (ValueError, KeyError, IndexError, TypeError) as error:
+                        # A 200 with an unusable body: a proxy or server glitch; retry.
+                        last = f"bad response body: {error}"
+                        self._count("bad response bodies")
+            if attempt < config.max_retries:
+                delay = min(config.backoff_max, config.backoff * (2**attempt))
+                delay *= 0.5 + 0.5 * self._random.random()  # jitter: spread synchronized retries
+                if retry_after is not None:
+                    delay = min(config.backoff_max, max(delay, retry_after))
+                time.sleep(delay)
+        raise TransientLLMError(f"gave up after {config.max_retries + 1} attempts: {last}")
+
+
+# ---------------------------------------------------------------------- prompts
+SYSTEM_CAPTION = (
+    "You are a radiology assistant. Describe the medical image briefly in one or two "
+    "sentences: modality, body region and the main visible structures. State only what "
+    "you are sure of; do not guess diagnoses."
+)
+SYSTEM_DESCRIBE = (
+    "You write training data for medical reasoning segmentation. You cannot see the image; "
+    "you get its modality, a short caption, and the label, bounding box and neighbours of one "
+    "target object, as if you could see it. The label is authoritative: if the caption "
+    "disagrees with it, trust the label. Write descriptions that identify the target without "
+    "naming it or any synonym:\n"
+    "- attribute-oriented: through its function, composition, appearance on this modality or "
+    "diseases that affect it, distinguishing it from the other objects;\n"
+    "- location-oriented: through its position in the image and relative to the other objects "
+    "(image left/right as given; patient sides only when the display convention is given).\n"
+    "For each perspective give a short (one clause) and a long (two or three sentences, with a "
+    "chain of reasoning) description. Reply with JSON only: "
+    '{"attribute": {"short": "...", "long": "..."}, "location": {"short": "...", "long": "..."}}'
+)
+SYSTEM_EVALUATE = (
+    "You review descriptions written to identify a medical object without naming it. Revise a "
+    "description that is too direct (names or all but names the object), too simple, or "
+    "lacks a clear logical path to the object; replace it with null if it cannot be fixed. "
+    "Keep good ones unchanged. Reply with JSON only, same shape as the input descriptions: "
+    '{"attribute": {"short": "..." | null, "long": "..." | null}, "location": {...}}'
+)
+SYSTEM_TRANSFORM = (
+    "Turn each description into a question a non-expert could ask about the image, whose "
+    "answer is the labelled object. The question must not name the object or any synonym. "
+    "The answer names the object; the explanation gives the reasoning from the description "
+    "to the object in one or two sentences. Reply with JSON only: "
+    '{"items": [{"perspective": "attribute|location", "length": "short|long", '
+    '"question": "...", "answer": "...", "explanation": "..."}]}'
+)
+SYSTEM_EXTRA = (
+    "Write additional question-answer pairs about the labelled object that differ from the "
+    "existing questions in wording and reasoning. Same rules: the question must not name the "
+    "object or a synonym; the answer names it; add an explanation. Reply with JSON only: "
+    '{"items": [{"perspective": "attribute|location", "length": "short|long", '
+    '"question": "...", "answer": "...", "explanation": "..."}]}'
+)
+
+
+def _user(instruction: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """A user message: the instruction, then the data as a JSON block (easy for models and
+    for the test stand-in server to read)."""
+    return {
+        "role": "user",
+        "content": f"{instruction}\n\nINPUT JSON:\n{json.dumps(payload, ensure_ascii=False, sort_keys=True)}",
+    }
+
+
+def parse_json_reply(text: str) -> dict[str, Any]:
+    """The JSON object in a reply (tolerates a Markdown code fence and surrounding prose)."""
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end <= start:
+        raise ReplyError("non-json", text[:120])
+    try:
+        data = json.loads(text[start : end + 1])
+    except json.JSONDecodeError as error:
+        raise ReplyError("non-json", str(error)) from None
+    if not isinstance(data, dict):
+        raise ReplyError("non-json", "not a JSON object")
+    return data
+
+
+def _descriptions(data: dict[str, Any], *, allow_null: bool) -> dict[str, dict[str, str | None]]:
+    out: dict[str, dict[str, str | None]] = {}
+    for perspective in PERSPECTIVES:
+        block = data.get(perspective)
+        if block is None and allow_null:
+            block = {}  # the evaluator may leave out what it drops
+        if not isinstance(block, dict):
+            raise ReplyError("missing fields", f"no {perspective!r} object")
+        out[perspective] = {}
+        for length in LENGTHS:
+            if length not in block and not allow_null:
+                raise ReplyError("missing fields", f"no {perspective}.{length}")
+            value = block.get(length)
+            if value is None and allow_null:
+                out[perspective][length] = None
+            elif isinstance(value, str) and value.strip():
+                out[perspective][length] = value.strip()
+            else:
+                raise ReplyError("wrong type", f"{perspective}.{length} must be a non-empty string")
+    return out
+
+
+def _raw_items(data: dict[str, Any]) -> list[Any]:
+    items = data.get("items")
+    if not isinstance(items, list):
+        raise ReplyError("missing fields", "no 'items' list")
+    return items
+
+
+@dataclass
+class Job:
+    """One target of one record to generate questions for."""
+
+    key: str
+    record: Record
+    target_index: int
+    root: Path
+
+    @property
+    def label(self) -> str:
+        return self.record.targets[self.target_index].label
+
+
+@dataclass
+class JobResult:
+    key: str
+    status: str  # "ok" | "failed"
+    items: list[QAItem] = field(default_factory=list)
+    reason: str | None = None
+    rejects: Counter[str] = field(default_factory=Counter)
+
+
+def job_key(config: LLMConfig, record: Record, target_index: int) -> str:
+    """Stable id of a job: record, target, label and every setting that shapes the output."""
+    parts = [
+        PROMPT_VERSION,
+        config.model,
+        config.caption_model or "",
+        str(config.extra_pairs),
+        record.id,
+        str(target_index),
+        record.targets[target_index].label,
+    ]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+class Pipeline:
+    """Runs the five stages for one job with a :class:`ChatClient`."""
+
+    def __init__(self, config: LLMConfig, client: ChatClient, ontology: Ontology) -> None:
+        self.config = config
+        self.client = client
+        self.ontology = ontology
+
+    def _ask(
+        self,
+        messages: list[dict[str, Any]],
+        parse: Callable[[str], Any],
+        rejects: Counter[str],
+        stage: str,
+        model: str | None = None,
+    ) -> Any:
+        """Send ``messages``; on a malformed reply, ask again with a correction (bounded)."""
+        for attempt in range(self.config.max_attempts):
+            reply = self.client.complete(messages, model=model)
+            try:
+                return parse(reply)
+            except ReplyError as error:
+                rejects[f"{stage}: {error.reason}"] += 1
+                if attempt + 1 >= self.config.max_attempts:
+                    raise
+                messages = [
+                    *messages,
+                    {"role": "assistant", "content": reply},
+                    {
+                        "role": "user",
+                        "content": f"Your reply was not valid ({error}). Reply again with JSON only, exactly in the requested format.",
+                    },
+                ]
+        raise AssertionError("unreachable")
+
+    def _context(self, job: Job) -> dict[str, Any]:
+        record = job.record
+        target = record.targets[job.target_index]
+        others = [
+            {"label": other.label, "box_xyxy": list(other.box_xyxy)}
+            for i, other in enumerate(record.targets)
+            if i != job.target_index
+        ]
+        context = {
+            "modality": record.modality,
+            "image_size": {"height": record.height, "width": record.width},
+            "label": target.label,
+            "box_xyxy": list(target.box_xyxy),
+            "box_convention": "pixel-edge x0,y0,x1,y1; x to the right, y down; image left/right",
+            "display": record.display or "none (no patient sides)",
+            "other_objects": others,
+        }
+        resolved = self.ontology.resolve(target.label)
+        if resolved is not None:
+            context["knowledge"] = {
+                "function": resolved.category.function,
+                "location": resolved.category.location,
+            }
+        return context
+
+    def _caption(self, job: Job, rejects: Counter[str]) -> str | None:
+        from medisee.data.samples import load_record_image
+
+        if not self.config.caption_model:
+            return None
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.fromarray(load_record_image(job.record, job.root)).save(buffer, format="PNG")
+        url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+        modality = MODALITY_NOUNS.get(job.record.modality, "medical image")
+        messages = [
+            {"role": "system", "content": SYSTEM_CAPTION},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": f"Describe this {modality} briefly."},
+                    {"type": "image_url", "image_url": {"url": url}},
+                ],
+            },
+        ]
+
+        def parse(text: str) -> str:
+            text = text.strip()
+            if not text:
+                raise ReplyError("empty caption")
+            return text[:600]
+
+        try:
+            return self._ask(messages, parse, rejects, "caption", model=self.config.caption_model)
+        except ReplyError:
+            return None
+
+    def _valid_items(
+        self, raw: list[Any], label: str, rejects: Counter[str], stage: str, seen: set[str]
+    ) -> list[QAItem]:
+        out = []
+        for entry in raw:
+            if not isinstance(entry, dict):
+                rejects[f"{stage}: wrong type"] += 1
+                continue
+            try:
+                item = QAItem(
+                    kind="reasoning",
+                    perspective=entry.get("perspective"),
+                    length=entry.get("length"),
+                    question=str(entry.get("question", "")).strip(),
+                    answer=str(entry.get("answer", "")).strip(),
+                    explanation=str(entry.get("explanation", "")).strip(),
+                    engine="llm",
+                )
+            except ValueError:
+                rejects[f"{stage}: missing fields"] += 1
+                continue
+            if self.ontology.leaked_term(item.question, label) is not None:
+                rejects[f"{stage}: label leaked"] += 1
+                continue
+            if self.ontology.leaked_term(item.answer, label) is None:
+                rejects[f"{stage}: answer does not name the target"] += 1
+                continue
+            key = " ".join(item.question.lower().split())
+            if key in seen:
+                rejects[f"{stage}: duplicate question"] += 1
+                continue
+            seen.add(key)
+            out.append(item)
+        return out
+
+    def run(self, job: Job) -> JobResult:
+        """All stages for one job; :class:`LLMError` propagates (the job is not finished)."""
+        rejects: Counter[str] = Counter()
+        label = job.label
+        context = self._context(job)
+        context["caption"] = self._caption(job, rejects) or "(no caption)"
+        try:
+            described = self._ask(
+                [
+                    {"role": "system", "content": SYSTEM_DESCRIBE},
+                    _user("Describe the target.", {"stage": "describe", **context}),
+                ],
+                lambda text: _descriptions(parse_json_reply(text), allow_null=False),
+                rejects,
+                "describe",
+            )
+            # Descriptions that already name the object would make leaking questions.
+            for perspective in PERSPECTIVES:
+                for length in LENGTHS:
+                    if self.ontology.leaked_term(described[perspective][length] or "", label):
+                        rejects["describe: label leaked"] += 1
+                        described[perspective][length] = None
+            kept_in = {p: {k: v for k, v in d.items() if v} for p, d in described.items()}
+            evaluated = self._ask(
+                [
+                    {"role": "system", "content": SYSTEM_EVALUATE},
+                    _user(
+                        "Review these descriptions.",
+                        {
+                            "stage": "evaluate",
+                            "label": label,
+                            "modality": context["modality"],
+                            "descriptions": kept_in,
+                        },
+                    ),
+                ],
+                lambda text: _descriptions(parse_json_reply(text), allow_null=True),
+                rejects,
+                "evaluate",
+            )
+        except ReplyError as error:
+            return JobResult(
+                job.key, "failed", reason=f"malformed reply ({error.reason})", rejects=rejects
+            )
+        kept = {
+            p: {k: v for k, v in d.items() if v and kept_in.get(p, {}).get(k)}
+            for p, d in evaluated.items()
+        }
+        dropped = sum(
+            1
+            for p in PERSPECTIVES
+            for k in LENGTHS
+            if kept_in.get(p, {}).get(k) and not kept[p].get(k)
+        )
+        if dropped:
+            rejects["evaluate: dropped"] += dropped
+        if not any(kept.values()):
+            return JobResult(job.key, "failed", reason="all descriptions dropped", rejects=rejects)
+        seen: set[str] = set()
+        try:
+            raw = self._ask(
+                [
+                    {"role": "system", "content": SYSTEM_TRANSFORM},
+                    _user(
+                        "Transform the descriptions into question-answer pairs.",
+                        {
+                            "stage": "transform",
+                            "label": label,
+                            "modality": context["modality"],
+                            "descriptions": kept,
+                        },
+                    ),
+                ],
+                lambda text: _raw_items(parse_json_reply(text)),
+                rejects,
+                "transform",
+            )
+        except ReplyError as error:
+            return JobResult(
+                job.key, "failed", reason=f"malformed reply ({error.reason})", rejects=rejects
+            )
+        items = self._valid_items(raw, label, rejects, "transform", seen)
+        if self.config.extra_pairs > 0:
+            try:
+                raw_extra = self._ask(
+                    [
+                        {"role": "system", "content": SYSTEM_EXTRA},
+                        _user(
+                            f"Write {self.config.extra_pairs} new question-answer pairs.",
+                            {
+                                "stage": "extra",
+                                "n": self.config.extra_pairs,
+                                **context,
+                                "existing_questions": [item.question for item in items],
+                            },
+                        ),
+                    ],
+                    lambda text: _raw_items(parse_json_reply(text)),
+                    rejects,
+                    "extra",
+                )
+                items += self._valid_items(
+                    raw_extra[: self.config.extra_pairs], label, rejects, "extra", seen
+                )
+            except ReplyError:
+                pass  # extra pairs are a bonus; the rejection is counted
+        if not items:
+            return JobResult(job.key, "failed", reason="no valid items", rejects=rejects)
+        return JobResult(job.key, "ok", items=items, rejects=rejects)
+
+
+# ---------------------------------------------------------------------- journal
+class Journal:
+    """Append-only JSONL of finished jobs; each line is flushed and fsynced."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.duplicates = 0
+        self.invalid_lines = 0
+        self._repair_and_load()
+        self._handle = open(self.path, "a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def _repair_and_load(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            # A kill mid-write leaves a torn last line: cut it, the job will re-run.
+            cut = data.rfind(b"\n") + 1
+            with open(self.path, "r+b") as handle:
+                handle.truncate(cut)
+            data = data[:cut]
+        for line in data.decode("utf-8").splitlines():
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                key = entry["job"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                self.invalid_lines += 1
+                continue
+            if key in self.entries:
+                self.duplicates += 1
+                continue
+            self.entries[key] = entry
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries
+
+    def append(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            if entry["job"] in self.entries:
+                self.duplicates += 1
+                return
+            self._handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self.entries[entry["job"]] = entry
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+@dataclass
+class GenerationReport:
+    """Counts of one ``generate`` run (jobs, requests, cache hits, retries, rejections)."""
+
+    jobs: int = 0
+    already_done: int = 0
+    finished: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    unfinished: Counter[str] = field(default_factory=Counter)
+    rejects: Counter[str] = field(default_factory=Counter)
+    client: Counter[str] = field(default_factory=Counter)
+    items: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "jobs": self.jobs,
+            "already_done": self.already_done,
+            "finished_now": self.finished,
+            "failed": dict(self.failed),
+            "unfinished": dict(self.unfinished),
+            "rejected": dict(self.rejects),
+            "client": dict(self.client),
+            "items": self.items,
+        }
+
+    def summary(self) -> str:
+        lines = [
+            f"jobs {self.jobs}: {self.already_done} from the journal, {self.finished} now, "
+            f"{sum(self.unfinished.values())} unfinished; {self.items} LLM items in the output",
+            "client: "
+            + (", ".join(f"{k} {v}" for k, v in sorted(self.client.items())) or "no requests"),
+        ]
+        if self.failed:
+            lines.append("failed jobs: " + ", ".join(f"{k} {v}" for k, v in self.failed.items()))
+        if self.rejects:
+            lines.append(
+                "rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(self.rejects.items()))
+            )
+        if self.unfinished:
+            lines.append(
+                "unfinished (run again to resume): "
+                + ", ".join(f"{k} {v}" for k, v in self.unfinished.items())
+            )
+        return "\n".join(lines)
+
+
+def merge_llm_items(records: Sequence[Record], jobs: Sequence[Job], journal: Journal) -> int:
+    """Replace each target's ``engine == "llm"`` items with the journal's; returns the count."""
+    by_target = {(job.record.id, job.target_index): job.key for job in jobs}
+    total = 0
+    for record in records:
+        for t_index, target in enumerate(record.targets):
+            key = by_target.get((record.id, t_index))
+            if key is None:
+                continue
+            kept = [item for item in target.qa if item.engine != "llm"]
+            entry = journal.entries.get(key)
+            if entry is not None and entry.get("status") == "ok":
+                new = [QAItem.from_dict(item) for item in entry.get("items", [])]
+                kept += new
+                total += len(new)
+            target.qa = kept
+    return total
+
+
+def generate_llm(
+    records: Sequence[Record],
+    root: str | os.PathLike[str],
+    config: LLMConfig,
+    cache_dir: str | os.PathLike[str],
+    *,
+    ontology: Ontology | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+) -> GenerationReport:
+    """Run the pipeline for every target of ``records`` (in place: LLM items are merged into
+    the targets' ``qa``). Resumable through ``cache_dir`` (see the module docstring)."""
+    ontology = ontology if ontology is not None else Ontology.load()
+    root = Path(root)
+    jobs = [
+        Job(job_key(config, record, t), record, t, root)
+        for record in records
+        for t in range(len(record.targets))
+    ]
+    if limit is not None:
+        jobs = jobs[:limit]
+    report = GenerationReport(jobs=len(jobs))
+    journal = Journal(Path(cache_dir) / JOURNAL_NAME)
+    client = ChatClient(config, cache_dir)
+    pipeline = Pipeline(config, client, ontology)
+    pending = [job for job in jobs if job.key not in journal]
+    report.already_done = len(jobs) - len(pending)
+    try:
+        with ThreadPoolExecutor(max_workers=config.workers) as pool:
+            futures = {pool.submit(pipeline.run, job): job for job in pending}
+            bar = None
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=len(pending), desc="generate (llm)", unit="target")
+            try:
+                for future in as_completed(futures):
+                    job = futures[future]
+                    try:
+                        result = future.result()
+                    except TransientLLMError as error:
+                        report.unfinished["transient errors"] += 1
+                        log.warning("job %s (%s) unfinished: %s", job.record.id, job.label, error)
+                        continue
+                    except LLMError as error:
+                        report.unfinished["request errors"] += 1
+                        log.error("job %s (%s) failed: %s", job.record.id, job.label, error)
+                        continue
+                    finally:
+                        if bar is not None:
+                            bar.update(1)
+                    report.rejects.update(result.rejects)
+                    if result.status != "ok":
+                        report.failed[result.reason or "failed"] += 1
+                    journal.append(
+                        {
+                            "job": job.key,
+                            "record": job.record.id,
+                            "target": job.target_index,
+                            "label": job.label,
+                            "status": result.status,
+                            "reason": result.reason,
+                            "rejects": dict(result.rejects),
+                            "items": [item.to_dict() for item in result.items],
+                        }
+                    )
+                    report.finished += 1
+            finally:
+                if bar is not None:
+                    bar.close()
+    finally:
+        client.close()
+        journal.close()
+    report.client = Counter(client.stats)
+    report.items = merge_llm_items(records, jobs, journal)
+    return report
