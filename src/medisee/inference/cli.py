@@ -88,6 +88,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
 
 
 def _read_options(args: argparse.Namespace, item: dict[str, Any] | None = None):
@@ -108,6 +111,10 @@ def _read_options(args: argparse.Namespace, item: dict[str, Any] | None = None):
 def _load_predictor(args: argparse.Namespace):
     from medisee.inference.predictor import GenerationOptions, Predictor
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     generation = GenerationOptions(
         max_new_tokens=args.max_new_tokens,
         do_sample=args.sample,

@@ -267,9 +267,8 @@ class BodySizeLimit:
 # ------------------------------------------------------------------------ the jobs
 @dataclass
 class _ServeJob:
-    state: Any  # ImageState
-    question: str
     session: Session
+    question: str
     options: Any  # GenerationOptions
 
 
@@ -284,7 +283,16 @@ def _run_jobs(predictor: Any, jobs: list[Job]) -> list[_ServeResult]:
     from medisee.inference.predictor import PredictRequest
 
     payloads: list[_ServeJob] = [job.payload for job in jobs]
-    requests = [PredictRequest(p.state, p.question, tuple(p.session.history)) for p in payloads]
+    for payload in payloads:
+        session = payload.session
+        if session.state is None:
+            # Resizing runs torch ops: here, not in the request threads, so that only this
+            # thread ever runs torch (many threads each with an OpenMP team starve the
+            # model on a small CPU).
+            session.state = predictor.prepare(session.image, name=session.image_info["filename"])
+    requests = [
+        PredictRequest(p.session.state, p.question, tuple(p.session.history)) for p in payloads
+    ]
     predictions = predictor.run(requests, payloads[0].options)
     results = []
     for payload, prediction in zip(payloads, predictions):
@@ -313,17 +321,14 @@ def _predictor_factory(predictor: Any, device: str, settings: ServeSettings) -> 
 
 # -------------------------------------------------------------------------- uploads
 def _decode_upload(
-    predictor: Any,
-    data: bytes,
-    filename: str | None,
-    params: PredictParams,
-    settings: ServeSettings,
+    data: bytes, filename: str | None, params: PredictParams, settings: ServeSettings
 ) -> tuple[Any, dict[str, Any]]:
-    """Bytes -> ``ImageState`` (thread pool; no model work) and the echoed image info."""
+    """Bytes -> ``MedicalImage`` and the echoed image info (thread pool; numpy/Pillow/
+    pydicom/nibabel only, no torch)."""
     from PIL import Image
 
     from medisee.data.io import ImageReadError, parse_window
-    from medisee.inference.inputs import ReadOptions, probe_pixel_count, sniff_suffix
+    from medisee.inference.inputs import ReadOptions, load_image, probe_pixel_count, sniff_suffix
 
     if not data:
         raise HTTPException(400, "the uploaded file is empty")
@@ -366,14 +371,14 @@ def _decode_upload(
                 413, f"image too large: {pixels} pixels/voxels, the limit is {limit}"
             )
         try:
-            state = predictor.prepare(path, options, name=filename or "upload")
+            image = load_image(path, options)
         except (ImageReadError, ValueError) as error:
             raise HTTPException(400, f"cannot read the upload as an image: {error}") from None
-    meta = state.image.meta
-    height, width = state.size
+    meta = image.meta
+    height, width = image.height, image.width
     info = {
         "sha256": hashlib.sha256(data).hexdigest(),
-        "filename": filename,
+        "filename": filename or "upload",
         "format": meta.format,
         "height": height,
         "width": width,
@@ -382,7 +387,7 @@ def _decode_upload(
         "axis": meta.axis,
         "slice_index": meta.index if meta.format == "nifti" else None,
     }
-    return state, info
+    return image, info
 
 
 async def _parse_request(
@@ -463,7 +468,7 @@ def _response_body(
         mask = {"format": "rle", **encode_rle(prediction.mask)}
     image_png = None
     if params.include_image:
-        image_png = base64.b64encode(image_to_png_bytes(session.state.image.pixels)).decode()
+        image_png = base64.b64encode(image_to_png_bytes(session.image.pixels)).decode()
     started = job.started_at or job.queued_at
     finished = job.finished_at or time.perf_counter()
     return {
@@ -611,11 +616,8 @@ def create_app(
                 raise HTTPException(404, "unknown or expired session_id: upload the image again")
             is_new = False
         else:
-            predictor = model_worker.resource
-            state, info = await run_in_threadpool(
-                _decode_upload, predictor, data, filename, params, settings
-            )
-            session = Session(new_session_id(), state, info)
+            image, info = await run_in_threadpool(_decode_upload, data, filename, params, settings)
+            session = Session(new_session_id(), image, info)
             is_new = True
         options = GenerationOptions(
             max_new_tokens=max_new_tokens,
@@ -627,7 +629,7 @@ def create_app(
         # Sampled requests with their own seed run alone: a shared batch would share the RNG.
         batch_key = None if (options.do_sample and options.seed is not None) else options
         job = Job(
-            _ServeJob(session.state, question, session, options),
+            _ServeJob(session, question, options),
             batch_key=batch_key,
             exclusive_key=session.id,
         )

@@ -23,14 +23,17 @@ class Session:
     Attributes:
         id: unguessable token (the session is the only access control between users of a
             shared API key).
-        state: the predictor's ``ImageState`` (pixels, frame, embedding once computed).
-        history: ``(question, raw answer)`` turns.
+        image: the decoded ``MedicalImage`` (original frame, what overlays are drawn on).
         image_info: what the client sent (sha256, filename, format, size), echoed back.
+        state: the predictor's ``ImageState`` (model input, cached embedding); made by
+            the model worker on the first turn (torch work stays on that one thread).
+        history: ``(question, raw answer)`` turns.
     """
 
     id: str
-    state: Any
+    image: Any
     image_info: dict[str, Any]
+    state: Any = None
     history: list[tuple[str, str]] = field(default_factory=list)
     last_used: float = 0.0
 
