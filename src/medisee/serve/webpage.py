@@ -26,6 +26,7 @@ INDEX_HTML = r"""<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>medisee</title>
 <style>
+  [hidden] { display: none !important; }
   body { font-family: system-ui, sans-serif; margin: 0; background: #111; color: #eee; }
   header { padding: 12px 20px; background: #1c2733; }
   header h1 { margin: 0; font-size: 20px; }
