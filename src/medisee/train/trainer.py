@@ -105,12 +105,12 @@ def training_corpus(records) -> list[str]:
 
 def load_records(manifest: str | Path):
     """Records of a manifest and the directory their relative paths start from."""
-    from medisee.data.manifest import read_manifest
+    from medisee.data.manifest import read_manifest, resolve_manifest
 
     records, report = read_manifest(manifest)
     if report:
         logger.warning("manifest %s: skipped %s", manifest, report.summary())
-    return records, Path(manifest).parent
+    return records, resolve_manifest(manifest).parent
 
 
 def train(
