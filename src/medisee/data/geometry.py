@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medisee.boxes import mask_to_box
-
 #: A dominant direction needs its component this many times the other one.
 DIRECTION_RATIO = 1.5
 #: Image thirds: centroids left of 40 % of the width are "left", right of 60 % "right".
@@ -64,6 +62,10 @@ class Layout:
         if not masks:
             raise ValueError("a layout needs at least one mask")
         self.height, self.width = (int(v) for v in masks[0].shape)
+        # Imported here: medisee.boxes imports torch, which commands that never touch masks
+        # (generate --engine llm, stats) should not pay for at start-up.
+        from medisee.boxes import mask_to_box
+
         self.masks = [np.asarray(m, dtype=bool) for m in masks]
         self.shapes: list[Shape] = []
         for index, (label, mask) in enumerate(zip(labels, self.masks)):

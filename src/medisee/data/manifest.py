@@ -13,7 +13,6 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from medisee.boxes import mask_to_box
 from medisee.data.io import ImageReadError, read_image
 from medisee.data.masks import MaskError, load_mask
 from medisee.data.ontology import Ontology
@@ -40,6 +39,10 @@ def resolve_path(root: str | os.PathLike[str], relative: str) -> Path:
 def _check_target(
     record: Record, index: int, target: Target, root: Path, report: SkipReport
 ) -> bool:
+    # Imported here: medisee.boxes imports torch, which commands that never touch masks
+    # (generate --engine llm, stats) should not pay for at start-up.
+    from medisee.boxes import mask_to_box
+
     where = f"{record.id}/{target.label}"
     try:
         mask = load_mask(target.mask, root, shape=(record.height, record.width))

@@ -141,31 +141,21 @@ def plot_stats(stats: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     categories = stats["categories"]
     labels = list(categories)
     n = max(1, len(labels))
-    fig = plt.figure(figsize=(14, max(6.0, 0.18 * n + 2)))
-    grid = fig.add_gridspec(2, 2, width_ratios=(1.3, 1.0))
-    ax_cat = fig.add_subplot(grid[:, 0])
+    fig = plt.figure(figsize=(16, max(6.0, 0.17 * n + 2)))
+    grid = fig.add_gridspec(2, 3, width_ratios=(1.0, 0.7, 1.1))
     y = np.arange(len(labels))
-    ax_cat.barh(
-        y,
-        [categories[k].get("targets", 0) for k in labels],
-        color="tab:blue",
-        label="targets (images)",
-    )
-    ax_qa = ax_cat.twiny()
-    ax_qa.plot(
-        [categories[k].get("qa", 0) for k in labels],
-        y,
-        "o",
-        color="tab:orange",
-        markersize=3,
-        label="QA items",
-    )
+    ax_cat = fig.add_subplot(grid[:, 0])
+    ax_cat.barh(y, [categories[k].get("targets", 0) for k in labels], color="tab:blue")
     ax_cat.set_yticks(y, labels, fontsize=6)
     ax_cat.invert_yaxis()
-    ax_cat.set_xlabel("targets")
-    ax_qa.set_xlabel("QA items", color="tab:orange")
-    ax_cat.set_title("per category")
-    ax_len = fig.add_subplot(grid[0, 1])
+    ax_cat.set_xlabel("targets (image-mask pairs)")
+    ax_cat.set_title("targets per category")
+    ax_qa = fig.add_subplot(grid[:, 1], sharey=ax_cat)
+    ax_qa.barh(y, [categories[k].get("qa", 0) for k in labels], color="tab:orange")
+    ax_qa.tick_params(axis="y", labelleft=False)
+    ax_qa.set_xlabel("QA items")
+    ax_qa.set_title("QA items per category")
+    ax_len = fig.add_subplot(grid[0, 2])
     bins = stats["question_word_histogram"]["bins"]
     centers = np.arange(len(bins) - 1)
     width = 0.4
@@ -180,7 +170,7 @@ def plot_stats(stats: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     ax_len.set_ylabel("questions")
     ax_len.legend()
     ax_len.set_title("question lengths")
-    ax_mod = fig.add_subplot(grid[1, 1])
+    ax_mod = fig.add_subplot(grid[1, 2])
     modalities = stats["modalities"]
     ax_mod.bar(list(modalities), list(modalities.values()), color="tab:green")
     ax_mod.set_ylabel("images")

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from medisee.boxes import mask_to_box
 from medisee.data.io import save_png
 from medisee.data.masks import encode_rle, write_mask_png
 from medisee.data.schema import SCHEMA_VERSION, Record, SkipReport, Target, slugify
@@ -100,6 +99,10 @@ class DatasetWriter:
         Empty masks and masks of another size are skipped and counted in ``report``;
         a record left without targets is skipped (``None``) and counted too.
         """
+        # Imported here: medisee.boxes imports torch, which commands that never touch masks
+        # (generate --engine llm, stats) should not pay for at start-up.
+        from medisee.boxes import mask_to_box
+
         report = report if report is not None else SkipReport()
         if record_id in self._ids:
             raise ValueError(f"duplicate record id {record_id!r}")

@@ -1,0 +1,41 @@
+"""Shared fixtures for the data tests: one small bundled build per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medisee.data.ontology import Ontology
+
+
+@pytest.fixture(scope="session")
+def ontology() -> Ontology:
+    return Ontology.load()
+
+
+@pytest.fixture(scope="session")
+def bundled(tmp_path_factory: pytest.TempPathFactory):
+    """A bundled build with all phantom kinds, 12 MNI slices and the pydicom samples."""
+    from medisee.data.sources.bundled import build_bundled
+
+    out = tmp_path_factory.mktemp("bundled")
+    result = build_bundled(out, seed=3, num_images=48)
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two phantom images (about a dozen targets) for the LLM pipeline tests."""
+    from medisee.data.sources.bundled import build_bundled
+
+    out = tmp_path_factory.mktemp("tiny")
+    build_bundled(
+        out,
+        seed=1,
+        num_images=2,
+        mni_slices=0,
+        dicom=False,
+        kinds=["pelvic_ct", "echocardiography"],
+    )
+    return out / "manifest.jsonl"

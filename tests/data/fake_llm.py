@@ -1,0 +1,175 @@
+"""A stand-in for an OpenAI-compatible ``/v1/chat/completions`` server, for tests.
+
+It listens on 127.0.0.1 only, answers the medisee pipeline's stages deterministically
+from the JSON block in the prompt, and can be told to fail (429/500), hang, reply with
+garbage, or leak the label into a question.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+MARKER = "INPUT JSON:\n"
+
+
+class FakeLLM:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.plan: list[str] = []  # actions for the next requests: "429", "500", "hang", "body"
+        self.delay = 0.0
+        self.hang_seconds = 2.0
+        self.garbage_stages: set[str] = set()  # first reply of these stages is not JSON
+        self.leak = False  # transform adds a question that names the label
+        self.requests: Counter[str] = Counter()
+        self.statuses: Counter[int] = Counter()
+        self.server: ThreadingHTTPServer | None = None
+
+    # ------------------------------------------------------------------ server
+    def start(self) -> str:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # keep test output clean
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server API)
+                length = int(self.headers.get("Content-Length", "0"))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                status, payload, headers = fake.handle(self.path, body)
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for key, value in headers.items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout test)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+    # ------------------------------------------------------------------ logic
+    def handle(self, path: str, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        if not path.endswith("/chat/completions"):
+            return 404, {"error": "not found"}, {}
+        with self.lock:
+            action = self.plan.pop(0) if self.plan else "ok"
+        if self.delay:
+            time.sleep(self.delay)
+        if action == "429":
+            return self._count(429, {"error": "rate limited"}, {"Retry-After": "0"})
+        if action == "500":
+            return self._count(500, {"error": "boom"}, {})
+        if action == "hang":
+            time.sleep(self.hang_seconds)
+        if action == "body":
+            return self._count(200, b"<html>proxy error</html>", {})
+        stage, content = self.respond(body.get("messages", []))
+        with self.lock:
+            self.requests[stage] += 1
+        reply = {
+            "id": "fake",
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
+        }
+        return self._count(200, reply, {})
+
+    def _count(
+        self, status: int, payload: Any, headers: dict[str, str]
+    ) -> tuple[int, Any, dict[str, str]]:
+        with self.lock:
+            self.statuses[status] += 1
+        return status, payload, headers
+
+    def respond(self, messages: list[dict[str, Any]]) -> tuple[str, str]:
+        user = [m for m in messages if m.get("role") == "user"]
+        if user and isinstance(user[0].get("content"), list):
+            return "caption", "An axial medical image with several soft-tissue structures."
+        data = None
+        for message in user:
+            content = message.get("content", "")
+            if isinstance(content, str) and MARKER in content:
+                data = json.loads(content.split(MARKER, 1)[1])
+                break
+        if data is None:
+            return "unknown", "I do not understand."
+        stage = data["stage"]
+        corrections = sum(
+            1 for m in user if str(m.get("content", "")).startswith("Your reply was not valid")
+        )
+        if stage in self.garbage_stages and corrections == 0:
+            return stage, "Sure! Here are some thoughts, but no JSON, sorry."
+        label = data["label"]
+        if stage == "describe":
+            x0, y0, x1, y1 = data["box_xyxy"]
+            where = f"centred near x={(x0 + x1) // 2}, y={(y0 + y1) // 2}"
+            return stage, json.dumps(
+                {
+                    "attribute": {
+                        "short": f"the object with the area of {(x1 - x0) * (y1 - y0)} box pixels",
+                        "long": f"the object that occupies a box of {x1 - x0} by {y1 - y0} pixels; its appearance differs from its neighbours",
+                    },
+                    "location": {
+                        "short": f"the object {where}",
+                        "long": f"the object {where}, among {len(data['other_objects'])} other annotated objects",
+                    },
+                }
+            )
+        if stage == "evaluate":
+            return stage, "```json\n" + json.dumps(data["descriptions"]) + "\n```"
+        if stage == "transform":
+            items = []
+            for perspective, block in sorted(data["descriptions"].items()):
+                for length, text in sorted(block.items()):
+                    items.append(
+                        {
+                            "perspective": perspective,
+                            "length": length,
+                            "question": f"Which structure is {text}?",
+                            "answer": f"It is the {label}.",
+                            "explanation": f"The {label} is {text}.",
+                        }
+                    )
+            if self.leak:
+                items.append(
+                    {
+                        "perspective": "attribute",
+                        "length": "short",
+                        "question": f"Where is the {label}?",
+                        "answer": f"It is the {label}.",
+                        "explanation": "direct",
+                    }
+                )
+            return stage, json.dumps({"items": items})
+        if stage == "extra":
+            n = int(data.get("n", 1))
+            items = [
+                {
+                    "perspective": "location",
+                    "length": "short",
+                    "question": f"Which object is number {i + 1} of the extra set, near box {data['box_xyxy']}?",
+                    "answer": f"The {label}.",
+                    "explanation": "It matches the box.",
+                }
+                for i in range(n)
+            ]
+            return stage, json.dumps({"items": items})
+        return stage, "{}"

@@ -1,0 +1,260 @@
+"""The LLM pipeline against a real HTTP stand-in server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from medisee.data.manifest import read_manifest
+from medisee.data.qa_llm import JOURNAL_NAME, LLMConfig, generate_llm
+
+from .fake_llm import FakeLLM
+
+
+@pytest.fixture()
+def fake():
+    server = FakeLLM()
+    url = server.start()
+    server.url = url  # type: ignore[attr-defined]
+    yield server
+    server.stop()
+
+
+def _config(url: str, **kwargs) -> LLMConfig:
+    defaults = dict(
+        endpoint=url,
+        model="fake-model",
+        workers=3,
+        backoff=0.01,
+        backoff_max=0.05,
+        max_retries=4,
+        timeout=5.0,
+    )
+    defaults.update(kwargs)
+    return LLMConfig(**defaults)
+
+
+def _copy_dataset(manifest: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "ds"
+    shutil.copytree(manifest.parent, out)
+    return out / "manifest.jsonl"
+
+
+def _llm_items(records):
+    return [
+        (r.id, t.label, item.question)
+        for r in records
+        for t in r.targets
+        for item in t.qa
+        if item.engine == "llm"
+    ]
+
+
+def test_generates_items_with_retries_and_cache(fake, tiny_manifest, tmp_path):
+    records, _ = read_manifest(tiny_manifest)
+    n_targets = sum(len(r.targets) for r in records)
+    fake.plan = ["429", "500", "500", "body"]
+    cache = tmp_path / "cache"
+    report = generate_llm(records, tiny_manifest.parent, _config(fake.url), cache, progress=False)
+
+    assert report.finished == n_targets and not report.unfinished and not report.failed
+    assert report.client["HTTP 429"] == 1 and report.client["HTTP 500"] == 2
+    assert report.client["bad response bodies"] == 1
+    assert report.client["retries"] >= 4
+    items = _llm_items(records)
+    # describe gives 4 descriptions -> 4 transformed items, plus 2 extra pairs per target.
+    assert len(items) == n_targets * 6 == report.items
+    for record in records:
+        for target in record.targets:
+            llm = [item for item in target.qa if item.engine == "llm"]
+            assert all(item.kind == "reasoning" for item in llm)
+            assert all(target.label not in item.question.lower() for item in llm)
+            assert {item.perspective for item in llm} == {"attribute", "location"}
+            # Template items from the build are kept beside them.
+            assert any(item.engine == "template" for item in target.qa)
+    served = sum(fake.requests.values())
+    assert served == n_targets * 4  # describe, evaluate, transform, extra
+
+    # Same cache, journal removed: every stage is answered from the cache.
+    (cache / JOURNAL_NAME).unlink()
+    again, _ = read_manifest(tiny_manifest)
+    report2 = generate_llm(again, tiny_manifest.parent, _config(fake.url), cache, progress=False)
+    assert sum(fake.requests.values()) == served
+    assert report2.client["cache hits"] == n_targets * 4 and report2.client["requests"] == 0
+    assert _llm_items(again) == items
+
+    # Journal present: nothing is even looked up.
+    third, _ = read_manifest(tiny_manifest)
+    report3 = generate_llm(third, tiny_manifest.parent, _config(fake.url), cache, progress=False)
+    assert report3.already_done == n_targets and report3.client["cache hits"] == 0
+    assert _llm_items(third) == items
+
+
+def test_malformed_and_leaking_replies_are_rejected_and_counted(fake, tiny_manifest, tmp_path):
+    records, _ = read_manifest(tiny_manifest)
+    n_targets = sum(len(r.targets) for r in records)
+    fake.garbage_stages = {"describe", "transform"}
+    fake.leak = True
+    report = generate_llm(
+        records, tiny_manifest.parent, _config(fake.url), tmp_path / "cache", progress=False
+    )
+    assert report.rejects["describe: non-json"] == n_targets
+    assert report.rejects["transform: non-json"] == n_targets
+    assert report.rejects["transform: label leaked"] == n_targets
+    assert report.finished == n_targets and not report.failed
+    for record in records:
+        for target in record.targets:
+            for item in target.qa:
+                if item.engine == "llm":
+                    assert f"where is the {target.label}" not in item.question.lower()
+
+
+def test_malformed_after_all_attempts_fails_the_job(fake, tiny_manifest, tmp_path):
+    records, _ = read_manifest(tiny_manifest)
+    records = records[:1]
+    fake.garbage_stages = {"describe"}
+    report = generate_llm(
+        records,
+        tiny_manifest.parent,
+        _config(fake.url, max_attempts=1),
+        tmp_path / "c",
+        progress=False,
+    )
+    assert report.failed["malformed reply (non-json)"] == len(records[0].targets)
+    assert report.items == 0
+
+
+def test_timeouts_are_retried(fake, tiny_manifest, tmp_path):
+    records, _ = read_manifest(tiny_manifest)
+    records = records[:1]
+    records[0].targets = records[0].targets[:1]
+    fake.hang_seconds = 1.0
+    fake.plan = ["hang"]
+    report = generate_llm(
+        records,
+        tiny_manifest.parent,
+        _config(fake.url, timeout=0.3, workers=1),
+        tmp_path / "c",
+        progress=False,
+    )
+    assert report.client["timeouts"] == 1 and report.finished == 1
+
+
+def test_gives_up_and_leaves_job_for_the_next_run(fake, tiny_manifest, tmp_path):
+    records, _ = read_manifest(tiny_manifest)
+    records = records[:1]
+    records[0].targets = records[0].targets[:1]
+    fake.plan = ["500"] * 3
+    cache = tmp_path / "c"
+    report = generate_llm(
+        records,
+        tiny_manifest.parent,
+        _config(fake.url, max_retries=2, workers=1),
+        cache,
+        progress=False,
+    )
+    assert report.unfinished["transient errors"] == 1 and report.items == 0
+    assert not (cache / JOURNAL_NAME).read_text()
+    report = generate_llm(
+        records,
+        tiny_manifest.parent,
+        _config(fake.url, max_retries=2, workers=1),
+        cache,
+        progress=False,
+    )
+    assert report.finished == 1 and report.items == 6
+
+
+def _run_cli(manifest: Path, url: str, cache: Path, out: Path) -> subprocess.Popen:
+    command = [
+        sys.executable,
+        "-m",
+        "medisee.data.cli",
+        "generate",
+        "--manifest",
+        str(manifest),
+        "--engine",
+        "llm",
+        "--endpoint",
+        url,
+        "--model",
+        "fake-model",
+        "--workers",
+        "2",
+        "--cache",
+        str(cache),
+        "--out",
+        str(out),
+        "--backoff",
+        "0.01",
+        "--no-progress",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+
+
+def test_resume_after_kill_loses_and_duplicates_nothing(fake, tiny_manifest, tmp_path):
+    manifest = _copy_dataset(tiny_manifest, tmp_path)
+    records, _ = read_manifest(manifest)
+    n_targets = sum(len(r.targets) for r in records)
+
+    # Reference: one uninterrupted run.
+    reference = generate_llm(
+        records, manifest.parent, _config(fake.url), tmp_path / "ref-cache", progress=False
+    )
+    assert reference.finished == n_targets
+
+    # The same through the CLI in a subprocess, killed with SIGKILL mid-run.
+    fake.delay = 0.04
+    cache = tmp_path / "cache"
+    out = manifest.parent / "manifest.llm.jsonl"
+    process = _run_cli(manifest, fake.url, cache, out)
+    journal = cache / JOURNAL_NAME
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if journal.exists() and journal.read_text().count("\n") >= 3:
+            break
+        if process.poll() is not None:
+            pytest.fail(f"generator exited early: {process.stdout.read().decode()}")
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+    done_before = journal.read_text().count("\n")
+    assert 3 <= done_before < n_targets, "the kill should land mid-run"
+    assert not out.exists(), "the output manifest is only written at the end"
+
+    fake.delay = 0.0
+    requests_before = sum(fake.requests.values())
+    rerun = _run_cli(manifest, fake.url, cache, out)
+    output = rerun.communicate(timeout=120)[0].decode()
+    assert rerun.returncode == 0, output
+    assert f"{done_before} from the journal" in output
+
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    keys = [line["job"] for line in lines]
+    assert len(keys) == len(set(keys)) == n_targets  # nothing duplicated, nothing missing
+    # Resumed stages of interrupted jobs come from the cache: fewer requests than a full run.
+    assert sum(fake.requests.values()) - requests_before < n_targets * 4
+
+    resumed, _ = read_manifest(out)
+    assert [r.to_dict() for r in resumed] == [r.to_dict() for r in records]
+
+
+def test_caption_stage_sends_the_image(fake, tiny_manifest, tmp_path):
+    records, _ = read_manifest(tiny_manifest)
+    records = records[:1]
+    n_targets = len(records[0].targets)
+    config = _config(fake.url, caption_model="fake-vlm", extra_pairs=0)
+    report = generate_llm(records, tiny_manifest.parent, config, tmp_path / "c", progress=False)
+    assert report.finished == n_targets
+    # One caption per target; identical requests for one image may be answered from the cache.
+    assert fake.requests["caption"] + report.client["cache hits"] >= n_targets
+    assert fake.requests["caption"] >= 1 and fake.requests["extra"] == 0

@@ -1,0 +1,216 @@
+"""Template QA: implicit questions never name the target; location phrases are true."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from medisee.data.qa_template import TemplateEngine
+from medisee.data.samples import load_target_mask
+from medisee.data.schema import Record, Target
+
+
+def _forbidden(ontology, label):
+    """Independent of Ontology.leaked_term: the label, its category name, synonyms and
+    adjectives, as case-insensitive whole words (plural s/es allowed)."""
+    terms = {label}
+    resolved = ontology.resolve(label)
+    if resolved is not None:
+        category = resolved.category
+        terms |= {category.name, *category.synonyms, *category.adjectives}
+    patterns = []
+    for term in terms:
+        words = [re.escape(w) for w in re.split(r"[\s_\-]+", term.lower()) if w]
+        patterns.append(
+            re.compile(r"(?<![a-z0-9])" + r"[\s_\-]+".join(words) + r"(?:s|es)?(?![a-z0-9])", re.I)
+        )
+    return patterns
+
+
+def test_no_reasoning_question_names_its_target(bundled, ontology):
+    checked = 0
+    for record in bundled.records:
+        for target in record.targets:
+            patterns = _forbidden(ontology, target.label)
+            for item in target.qa:
+                if item.kind != "reasoning":
+                    assert target.label in item.question  # referring questions do name it
+                    continue
+                for pattern in patterns:
+                    assert not pattern.search(item.question), (
+                        record.id,
+                        target.label,
+                        item.question,
+                    )
+                checked += 1
+        # Conversation user turns do not name the object the next answer segments.
+        turns = record.conversation or []
+        for i, turn in enumerate(turns[:-1]):
+            if turn.role == "user" and turns[i + 1].target is not None:
+                label = record.targets[turns[i + 1].target].label
+                assert not any(p.search(turn.text) for p in _forbidden(ontology, label)), turn.text
+    assert checked > 800
+
+
+def test_every_target_gets_both_perspectives_and_lengths(bundled):
+    kinds = set()
+    for record in bundled.records:
+        for target in record.targets:
+            for item in target.qa:
+                kinds.add((item.kind, item.perspective, item.length))
+                assert item.answer and target.label in item.answer
+                if item.kind == "reasoning":
+                    assert item.explanation
+    assert kinds == {
+        ("referring", None, "short"),
+        ("referring", None, "long"),
+        ("reasoning", "attribute", "short"),
+        ("reasoning", "attribute", "long"),
+        ("reasoning", "location", "short"),
+        ("reasoning", "location", "long"),
+    }
+    counts = bundled.qa_report.counts
+    total = sum(len(t.qa) for r in bundled.records for t in r.targets)
+    assert sum(counts.values()) < 0.02 * total  # dropped or impossible items are rare
+
+
+_SIDE = re.compile(r"on the (left|right) side of the image")
+_PATIENT = re.compile(r"on the patient's (left|right) side")
+_RELATION = re.compile(
+    r"(above|below|beneath|to the left of|to the right of) the ([a-z0-9 \-]+?) in the image"
+)
+
+
+def _centroids(record, root):
+    return [
+        np.argwhere(load_target_mask(record, t, root)).mean(axis=0)[::-1] + 0.5
+        for t in record.targets
+    ]
+
+
+def test_location_phrases_are_true(bundled):
+    """Parse side and relation phrases back out of the questions and check them on the masks."""
+    root = bundled.manifest.parent
+    checked = 0
+    for record in bundled.records:
+        centroids = _centroids(record, root)
+        index = {t.label: i for i, t in enumerate(record.targets)}
+        for t, target in enumerate(record.targets):
+            x, y = centroids[t]
+            for item in target.qa:
+                if item.perspective != "location":
+                    continue
+                text = item.question
+                for side in _SIDE.findall(text):
+                    assert (x < record.width / 2) == (side == "left"), (record.id, text)
+                    checked += 1
+                for patient in _PATIENT.findall(text):
+                    assert record.display == "radiological"
+                    image_side = "left" if patient == "right" else "right"
+                    assert (x < record.width / 2) == (image_side == "left"), (record.id, text)
+                    checked += 1
+                for relation, other in _RELATION.findall(text):
+                    ox, oy = centroids[index[other]]
+                    ok = {
+                        "above": y < oy,
+                        "below": y > oy,
+                        "beneath": y > oy,
+                        "to the left of": x < ox,
+                        "to the right of": x > ox,
+                    }[relation]
+                    assert ok, (record.id, target.label, text)
+                    checked += 1
+    assert checked > 200
+
+
+def test_conversations_follow_up_on_the_previous_answer(bundled):
+    root = bundled.manifest.parent
+    with_follow_up = 0
+    for record in bundled.records:
+        turns = record.conversation
+        assert turns, record.id
+        assert [t.role for t in turns] == ["user", "assistant"] * (len(turns) // 2)
+        assert turns[1].target is not None
+        if len(turns) >= 4:
+            a, b = turns[1].target, turns[3].target
+            centroids = _centroids(record, root)
+            text = turns[2].text
+            if "below it" in text:
+                assert centroids[b][1] > centroids[a][1]
+            elif "above it" in text:
+                assert centroids[b][1] < centroids[a][1]
+            elif "to its left" in text:
+                assert centroids[b][0] < centroids[a][0]
+            elif "to its right" in text:
+                assert centroids[b][0] > centroids[a][0]
+            assert record.targets[b].label in turns[3].text
+            with_follow_up += 1
+    assert with_follow_up > 20
+
+
+def _toy_record(masks, labels, display="radiological"):
+    from medisee.boxes import mask_to_box
+
+    targets = [
+        Target(label, "x.png", mask_to_box(m), int(m.sum())) for label, m in zip(labels, masks)
+    ]
+    return Record(
+        "toy",
+        "toy.png",
+        "CT",
+        "test",
+        "toy",
+        masks[0].shape[0],
+        masks[0].shape[1],
+        targets,
+        display=display,
+    )
+
+
+def test_sides_on_a_toy_image(ontology):
+    h, w = 64, 96
+    liver = np.zeros((h, w), bool)
+    liver[10:40, 5:35] = True  # image left = patient right (radiological)
+    spleen = np.zeros((h, w), bool)
+    spleen[15:30, 70:85] = True
+    kidney = np.zeros((h, w), bool)
+    kidney[45:60, 75:85] = True  # below the spleen
+    record = _toy_record([liver, spleen, kidney], ["liver", "spleen", "left kidney"])
+    result = TemplateEngine(ontology, seed=0).generate(record, [liver, spleen, kidney])
+    text = " ".join(
+        item.question for items in result.qa for item in items if item.perspective == "location"
+    )
+    assert "patient's left side, which is the left side" not in text
+    kidney_location = [i.question for i in result.qa[2] if i.perspective == "location"]
+    assert kidney_location
+    attribute = [i.question for i in result.qa[2] if i.perspective == "attribute"]
+    assert all("kidney" not in q.lower() and "renal" not in q.lower() for q in attribute)
+    # Order and count of other records do not change a record's questions.
+    again = TemplateEngine(ontology, seed=0).generate(record, [liver, spleen, kidney])
+    assert again.qa == result.qa and again.conversation == result.conversation
+    other_seed = TemplateEngine(ontology, seed=1).generate(record, [liver, spleen, kidney])
+    assert other_seed.qa != result.qa
+
+
+def test_unknown_label_gets_referring_and_location_only(ontology):
+    h, w = 40, 40
+    a = np.zeros((h, w), bool)
+    a[5:15, 2:12] = True
+    b = np.zeros((h, w), bool)
+    b[20:35, 25:38] = True
+    record = _toy_record([a, b], ["flux capacitor", "liver"], display=None)
+    result = TemplateEngine(ontology, seed=0).generate(record, [a, b])
+    perspectives = {item.perspective for item in result.qa[0]}
+    assert "attribute" not in perspectives and "location" in perspectives
+    assert result.report.counts["no ontology entry"] == 1
+    assert not any(
+        "patient" in item.question for items in result.qa for item in items
+    )  # no display convention
+
+
+def test_mask_count_must_match(ontology):
+    record = _toy_record([np.ones((4, 4), bool)], ["liver"])
+    with pytest.raises(ValueError, match="masks"):
+        TemplateEngine(ontology).generate(record, [])
