@@ -258,3 +258,18 @@ def test_caption_stage_sends_the_image(fake, tiny_manifest, tmp_path):
     # One caption per target; identical requests for one image may be answered from the cache.
     assert fake.requests["caption"] + report.client["cache hits"] >= n_targets
     assert fake.requests["caption"] >= 1 and fake.requests["extra"] == 0
+
+
+def test_journal_cuts_a_torn_last_line(tmp_path):
+    from medisee.data.qa_llm import Journal
+
+    path = tmp_path / "journal.jsonl"
+    path.write_text('{"job": "a", "status": "ok"}\n{"job": "b", "status": "ok"}\n{"job": "c", "sta')
+    journal = Journal(path)
+    assert set(journal.entries) == {"a", "b"} and "c" not in journal
+    journal.append({"job": "c", "status": "ok"})
+    journal.append({"job": "a", "status": "ok"})  # already there: not written twice
+    journal.close()
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["job"] for line in lines] == ["a", "b", "c"]
+    assert journal.duplicates == 1

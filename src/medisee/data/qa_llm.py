@@ -681,17 +681,18 @@ class GenerationReport:
 
 
 def merge_llm_items(records: Sequence[Record], jobs: Sequence[Job], journal: Journal) -> int:
-    """Replace each target's ``engine == "llm"`` items with the journal's; returns the count."""
+    """Replace the ``engine == "llm"`` items of each target whose job is in the journal
+    (finished, ok or failed) with the journal's items; returns how many were added."""
     by_target = {(job.record.id, job.target_index): job.key for job in jobs}
     total = 0
     for record in records:
         for t_index, target in enumerate(record.targets):
             key = by_target.get((record.id, t_index))
-            if key is None:
-                continue
+            entry = journal.entries.get(key) if key is not None else None
+            if entry is None:
+                continue  # not generated (yet): keep whatever the target had
             kept = [item for item in target.qa if item.engine != "llm"]
-            entry = journal.entries.get(key)
-            if entry is not None and entry.get("status") == "ok":
+            if entry.get("status") == "ok":
                 new = [QAItem.from_dict(item) for item in entry.get("items", [])]
                 kept += new
                 total += len(new)

@@ -304,7 +304,11 @@ def build_bundled(
     )
     real: list[RealImage] = []
     if mni_slices > 0:
-        real += mni_images(min(mni_slices, num_images), builder.report)
+        try:
+            real += mni_images(min(mni_slices, num_images), builder.report)
+        except FileNotFoundError as error:
+            # Without nilearn the set is phantoms (and DICOM) only; say so in the report.
+            builder.report.add("missing sample", "nilearn MNI152 templates", str(error))
     if dicom:
         real += dicom_images(builder.report)
     real = real[:num_images]
