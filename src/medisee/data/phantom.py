@@ -309,8 +309,13 @@ def _ct_finish(scene: Scene, image_hu: np.ndarray, window: Window, noise: float)
 
 
 def _ct_window(rng: np.random.Generator) -> Window:
-    # A wide window that keeps air, fat, soft tissue, contrast and bone all distinct.
+    # Chest: a wide window that keeps air, lung, fat, soft tissue and bone all distinct.
     return Window(_u(rng, -200, -120), _u(rng, 1000, 1300))
+
+
+def _soft_tissue_window(rng: np.random.Generator) -> Window:
+    # Abdomen and pelvis: about the standard abdominal window (40/400), jittered.
+    return Window(_u(rng, 30, 60), _u(rng, 350, 480))
 
 
 # ---------------------------------------------------------------------- chest CT
@@ -530,7 +535,7 @@ def abdominal_ct(rng: np.random.Generator) -> Phantom:
         if p:
             r = _u(rng, 5, 9)
             s.add("kidney cyst", s.blob(p[0], p[1], r, r, wobble=0.03), 8.0)
-    image = _ct_finish(s, s.render(-1000.0), _ct_window(rng), _u(rng, 8, 18))
+    image = _ct_finish(s, s.render(-1000.0), _soft_tissue_window(rng), _u(rng, 8, 18))
     return Phantom(
         "abdominal_ct",
         "CT",
@@ -600,7 +605,7 @@ def pelvic_ct(rng: np.random.Generator) -> Phantom:
         _u(rng, 350, 450),
         texture=0.12,
     )
-    image = _ct_finish(s, s.render(-1000.0), _ct_window(rng), _u(rng, 8, 18))
+    image = _ct_finish(s, s.render(-1000.0), _soft_tissue_window(rng), _u(rng, 8, 18))
     return Phantom(
         "pelvic_ct", "CT", "radiological", image, s.masks(), {"sex": "male" if male else "female"}
     )
