@@ -14,8 +14,12 @@ medisee uses one convention everywhere:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported lazily: data tools that only need mask_to_box start fast
+    import torch
 
 
 def mask_to_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -31,18 +35,24 @@ def mask_to_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 
 def xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
     """``[..., 4]`` corners to centre/size, same units."""
+    import torch
+
     x0, y0, x1, y1 = boxes.unbind(-1)
     return torch.stack(((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0), dim=-1)
 
 
 def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     """``[..., 4]`` centre/size to corners, same units."""
+    import torch
+
     cx, cy, w, h = boxes.unbind(-1)
     return torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), dim=-1)
 
 
 def _size_tensor(image_size: torch.Tensor | tuple[int, int], like: torch.Tensor) -> torch.Tensor:
     """``(H, W)`` per box (``[..., 2]`` or a pair) -> ``[..., 4]`` scale ``(W, H, W, H)``."""
+    import torch
+
     size = torch.as_tensor(image_size, dtype=like.dtype, device=like.device)
     h, w = size[..., 0], size[..., 1]
     return torch.stack((w, h, w, h), dim=-1)
@@ -64,12 +74,16 @@ def denormalize_box(
 
 def clip_box(boxes_xyxy: torch.Tensor, image_size: torch.Tensor | tuple[int, int]) -> torch.Tensor:
     """Clamp pixel ``xyxy`` boxes to ``[0, W] x [0, H]``."""
+    import torch
+
     scale = _size_tensor(image_size, boxes_xyxy)
     return torch.minimum(boxes_xyxy.clamp(min=0), scale)
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Element-wise IoU of ``[..., 4]`` xyxy boxes; 0 where the union is empty."""
+    import torch
+
     ix0 = torch.maximum(a[..., 0], b[..., 0])
     iy0 = torch.maximum(a[..., 1], b[..., 1])
     ix1 = torch.minimum(a[..., 2], b[..., 2])
