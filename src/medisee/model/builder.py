@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from medisee.model.box_decoder import BoxDecoder
@@ -50,14 +51,22 @@ def build_model(
     tokenizer=None,
     corpus: Iterable[str] | None = None,
     load_segmenter_weights: bool = True,
+    llm_dtype: torch.dtype | None = None,
+    llm_quantization: str | None = None,
 ) -> MediSee:
     """Build every part from ``config``; candidate tokens are added to the tokenizer and
     the vocabulary, LoRA applied if configured, and the trainable policy set.
 
     ``load_segmenter_weights=False`` skips ``config.mask.weights`` (used when a full
-    checkpoint will be loaded on top).
+    checkpoint will be loaded on top). ``llm_dtype`` / ``llm_quantization`` (``"8bit"``,
+    ``"4bit"``) apply to the LLaVA backbone only; the segmenter and heads stay fp32.
     """
     from medisee.model.mask_decoder import build_segmenter
+
+    if config.language.backbone != "llava" and (
+        llm_dtype is not None or llm_quantization is not None
+    ):
+        raise ValueError("llm_dtype and llm_quantization apply to the llava backbone only")
 
     if tokenizer is None:
         tokenizer = build_tokenizer(config, corpus)
@@ -79,7 +88,7 @@ def build_model(
             config.language, len(tokenizer), config.mask.prompt_dim, special
         )
     else:
-        language = LlavaBackbone.from_config(config.language)
+        language = LlavaBackbone.from_config(config.language, llm_dtype, llm_quantization)
         if len(tokenizer) > language.base_model.get_input_embeddings().num_embeddings:
             language.resize_token_embeddings(len(tokenizer))
     if config.language.lora is not None:

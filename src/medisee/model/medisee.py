@@ -374,21 +374,41 @@ class MediSee(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+        cls,
+        directory: str | os.PathLike[str],
+        map_location: str | torch.device = "cpu",
+        llm_dtype: torch.dtype | None = None,
+        llm_quantization: str | None = None,
     ) -> MediSee:
-        """Rebuild from ``save_pretrained`` output and load the weights strictly."""
+        """Rebuild from ``save_pretrained`` output (or ``medisee export`` output, see
+        ``medisee.model.export``) and load the weights strictly.
+
+        ``llm_dtype`` (e.g. ``torch.bfloat16``) and ``llm_quantization`` (``"8bit"``/``"4bit"``,
+        bitsandbytes, CUDA only, exported checkpoints only) apply to the LLaVA language
+        backbone; the segmenter and the heads stay fp32.
+        """
         from safetensors.torch import load_model
         from transformers import AutoTokenizer
 
         from medisee.model.builder import build_model
+        from medisee.model.export import is_exported, load_exported
 
         source = Path(directory)
         if not (source / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"{source} has no {CONFIG_NAME}: not a medisee checkpoint")
+        if is_exported(source):
+            return load_exported(source, map_location, llm_dtype, llm_quantization)
+        if llm_quantization is not None:
+            raise ValueError(
+                f"{source}: quantized loading needs a checkpoint written by `medisee export` "
+                "(its language model is a HF directory the quantizer can read)"
+            )
         config = ModelConfig.from_dict(json.loads((source / CONFIG_NAME).read_text()))
         tokenizer = AutoTokenizer.from_pretrained(str(source / TOKENIZER_DIR))
         # The saved state holds every weight, SAM's included: do not load those twice.
-        model = build_model(config, tokenizer=tokenizer, load_segmenter_weights=False)
+        model = build_model(
+            config, tokenizer=tokenizer, load_segmenter_weights=False, llm_dtype=llm_dtype
+        )
         load_model(model, str(source / WEIGHTS_NAME), strict=True, device=str(map_location))
         return model
 

@@ -76,6 +76,35 @@ def _check_image_tokens(
     return mask
 
 
+QUANTIZATION_MODES = ("8bit", "4bit")
+#: LLaVA modules kept in full precision under quantization: the CLIP tower and projector
+#: (not the LLM) and the LM head (it holds the candidate-token rows).
+QUANTIZATION_SKIP_MODULES = ("vision_tower", "multi_modal_projector", "lm_head")
+
+
+def llm_quantization_config(mode: str, compute_dtype: torch.dtype = torch.bfloat16) -> Any:
+    """``BitsAndBytesConfig`` for the language model of a LLaVA backbone.
+
+    ``"8bit"``: LLM.int8(); ``"4bit"``: NF4 with double quantization, computing in
+    ``compute_dtype``. The vision tower, projector and LM head are skipped. Building the
+    config needs no GPU; loading with it needs bitsandbytes and a CUDA device.
+    """
+    from transformers import BitsAndBytesConfig
+
+    skip = list(QUANTIZATION_SKIP_MODULES)
+    if mode == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    if mode == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+            llm_int8_skip_modules=skip,
+        )
+    raise ValueError(f"quantization must be one of {QUANTIZATION_MODES}, got {mode!r}")
+
+
 class LanguageBackbone(nn.Module):
     """Common interface; ``model`` is the HF model, possibly wrapped by PEFT."""
 
@@ -241,21 +270,39 @@ class LlavaBackbone(LanguageBackbone):
 
     @classmethod
     def from_config(
-        cls, config: LanguageConfig, torch_dtype: torch.dtype | None = None
+        cls,
+        config: LanguageConfig,
+        torch_dtype: torch.dtype | None = None,
+        quantization: str | None = None,
     ) -> LlavaBackbone:
+        """Load ``config.pretrained_path`` (or build ``config.hf_config``) in ``torch_dtype``
+        (default: the checkpoint's own). ``quantization`` (``"8bit"``/``"4bit"``) loads it
+        through bitsandbytes, which needs a CUDA GPU and a pretrained directory."""
         from transformers import LlavaConfig, LlavaForConditionalGeneration
 
         if config.pretrained_path is not None:
+            extra: dict[str, Any] = {}
+            if quantization is not None:
+                extra["quantization_config"] = llm_quantization_config(
+                    quantization, torch_dtype or torch.bfloat16
+                )
             llava = LlavaForConditionalGeneration.from_pretrained(
                 config.pretrained_path,
                 dtype=torch_dtype or "auto",
                 attn_implementation=config.attn_implementation,
                 local_files_only=True,
+                **extra,
             )
         else:
+            if quantization is not None:
+                raise ValueError(
+                    "quantized loading needs a pretrained LLaVA directory, not an inline hf_config"
+                )
             hf_config = LlavaConfig(**config.hf_config)
             hf_config._attn_implementation = config.attn_implementation
             llava = LlavaForConditionalGeneration(hf_config)
+            if torch_dtype is not None:
+                llava.to(torch_dtype)
         return cls(llava)
 
     def pixels_from_segmenter_input(self, pixel_values: torch.Tensor) -> torch.Tensor:
