@@ -154,6 +154,11 @@ def test_json_base64_upload_dicom_and_nifti(echo, tmp_path):
             "max_new_tokens",
         ),  # fmt: skip
         (lambda c: _upload(c, png_bytes(sample_image(8, 8)), window="nonsense"), 422, "window"),
+        (
+            lambda c: _upload(c, png_bytes(sample_image(8, 8)), question="why " * 400),
+            422,
+            "too long",
+        ),  # fmt: skip
     ],
 )
 def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_serving(
@@ -271,3 +276,19 @@ def test_session_store_bounds_and_expiry():
     assert store.get("b") is not None  # touched: its idle clock restarts
     now[0] += 8
     assert store.get("c") is None and store.get("b") is not None
+
+
+def test_a_model_error_is_a_500_with_its_message_and_the_next_request_works(echo, monkeypatch):
+    run = echo.run
+
+    def flaky(requests, options=None):
+        if any("explode" in r.question for r in requests):
+            raise RuntimeError("the model fell over")
+        return run(requests, options)
+
+    monkeypatch.setattr(echo, "run", flaky)
+    data = png_bytes(sample_image(12, 12))
+    with _client(echo) as client:
+        failed = _upload(client, data, question="Please explode")
+        assert failed.status_code == 500 and "the model fell over" in failed.json()["detail"]
+        assert _upload(client, data).status_code == 200

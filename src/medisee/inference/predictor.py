@@ -41,6 +41,10 @@ if TYPE_CHECKING:  # pragma: no cover
 History = Sequence[tuple[str, str]]
 
 
+class PromptTooLongError(ValueError):
+    """The question alone (with the image and the answer budget) exceeds the context."""
+
+
 @dataclass(frozen=True)
 class GenerationOptions:
     """How answers are decoded. Greedy by default (deterministic without a seed).
@@ -340,7 +344,7 @@ class Predictor:
             if limit is None or len(ids) + max_new_tokens <= limit:
                 return ids
             if not turns:
-                raise ValueError(
+                raise PromptTooLongError(
                     f"the question is too long: {len(ids)} prompt tokens + {max_new_tokens} new "
                     f"tokens exceed the model's context of {limit}"
                 )

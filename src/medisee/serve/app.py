@@ -508,7 +508,7 @@ def create_app(
         settings: limits (``ServeSettings()`` by default).
         device: torch device when ``predictor`` is a path.
     """
-    from medisee.inference.predictor import GenerationOptions
+    from medisee.inference.predictor import GenerationOptions, PromptTooLongError
     from medisee.serve.webpage import INDEX_HTML, PAGE_HEADERS
 
     settings = settings or ServeSettings()
@@ -645,7 +645,7 @@ def create_app(
             raise HTTPException(
                 504, f"timed out after {settings.request_timeout_s} s (queue wait + model)"
             ) from None
-        except ValueError as error:  # e.g. a question too long for the model's context
+        except PromptTooLongError as error:
             raise HTTPException(422, str(error)) from None
         except WorkerStoppedError as error:
             raise HTTPException(503, str(error)) from None
