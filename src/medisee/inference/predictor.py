@@ -258,13 +258,29 @@ class Predictor:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike[str], device: str | torch.device = "cpu", **kwargs: Any
+        cls,
+        path: str | os.PathLike[str],
+        device: str | torch.device = "cpu",
+        *,
+        llm_dtype: torch.dtype | None = None,
+        llm_quantization: str | None = None,
+        **kwargs: Any,
     ) -> Predictor:
-        """Load a ``save_pretrained`` checkpoint onto ``device``."""
+        """Load a ``save_pretrained`` (or ``medisee export``) checkpoint onto ``device``.
+
+        ``llm_dtype``/``llm_quantization`` are passed to ``MediSee.from_pretrained``;
+        ``kwargs`` to the constructor (``generation``, ``batch_size``).
+        """
         from medisee.model.medisee import MediSee
 
-        model = MediSee.from_pretrained(path, map_location=device)
-        return cls(model.to(device), **kwargs)
+        model = MediSee.from_pretrained(
+            path, map_location=device, llm_dtype=llm_dtype, llm_quantization=llm_quantization
+        )
+        if llm_quantization is None:
+            # Weights are loaded into modules built on the CPU: move them (a quantized LM is
+            # placed by its loader and must not be moved).
+            model = model.to(device)
+        return cls(model, **kwargs)
 
     @property
     def device(self) -> torch.device:
