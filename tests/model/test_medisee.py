@@ -217,7 +217,9 @@ def test_generated_targets_equal_teacher_forced_on_the_same_sequence(tiny_model,
     answer = tok(builder.answer_text("It is the liver."), add_special_tokens=False).input_ids
     junk = tok("junk", add_special_tokens=False).input_ids
     row0 = answer + [tok.eos_token_id] + junk
-    row1 = tok("No target here.", add_special_tokens=False).input_ids + [tok.eos_token_id]
+    # row 1 emits a malformed group (<cand_1> before <cand_0>): no target for it alone
+    c0, c1 = tiny_model.candidate_token_ids
+    row1 = tok("No target here.", add_special_tokens=False).input_ids + [c1, c0, tok.eos_token_id]
     width = max(len(row0), len(row1))
     fake = torch.full((2, width), tok.pad_token_id)
     fake[0, : len(row0)] = torch.tensor(row0)

@@ -41,6 +41,13 @@ def test_candidate_and_image_tokens_are_single_distinct_ids(tokenizer):
     assert encoded[-2:] == ids[:2]
     # adding again is idempotent
     assert add_candidate_tokens(tokenizer, 2) == ids[:2]
+    # all of them stay special: decoding drops them
+    assert (
+        tokenizer.decode(
+            ids + tokenizer("ok", add_special_tokens=False).input_ids, skip_special_tokens=True
+        )
+        == "ok"
+    )
 
 
 def _builder(tokenizer, num_image_tokens=4):

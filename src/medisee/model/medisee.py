@@ -128,7 +128,9 @@ class MediSee(nn.Module):
         pretrained running statistics even under ``no_grad``."""
         super().train(mode)
         self.segmenter.image_encoder.eval()
-        vision_tower = getattr(getattr(self.language.base_model, "model", None), "vision_tower", None)
+        vision_tower = getattr(
+            getattr(self.language.base_model, "model", None), "vision_tower", None
+        )
         if vision_tower is not None:
             vision_tower.eval()
         return self
@@ -330,10 +332,7 @@ class MediSee(nn.Module):
             )
             for tokens, mask in zip(new_tokens, new_mask)
         ]
-        found = [
-            all(token_id in answer.token_ids for token_id in self.candidate_token_ids)
-            for answer in answers
-        ]
+        found = [self._emits_candidate_group(answer.token_ids) for answer in answers]
         rows = [row for row, ok in enumerate(found) if ok]
         if rows:
             index = torch.tensor(rows, device=device)
@@ -350,6 +349,17 @@ class MediSee(nn.Module):
                 answers[row].mask_logits = mask_logits[i]
                 answers[row].iou_score = float(iou[i])
         return answers
+
+    def _emits_candidate_group(self, token_ids: list[int]) -> bool:
+        """Whether generated tokens hold complete, ordered candidate groups; a malformed
+        group (repeated or out of order) counts as no target for that row only."""
+        if not all(token_id in token_ids for token_id in self.candidate_token_ids):
+            return False
+        try:
+            candidate_positions(torch.tensor([token_ids]), self.candidate_token_ids)
+        except ValueError:
+            return False
+        return True
 
     # ---------------------------------------------------------------- save/load
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:

@@ -26,7 +26,11 @@ def add_candidate_tokens(tokenizer: PreTrainedTokenizerBase, num_candidates: int
     """Add the candidate tokens (idempotent) and return their ids, checked to be distinct
     single tokens."""
     tokens = candidate_token_strings(num_candidates)
-    tokenizer.add_special_tokens({"additional_special_tokens": tokens})
+    # Extend (not replace) the extra special tokens, so <image> stays special and is
+    # dropped by decode(skip_special_tokens=True).
+    tokenizer.add_special_tokens(
+        {"extra_special_tokens": tokens}, replace_extra_special_tokens=False
+    )
     ids = tokenizer.convert_tokens_to_ids(tokens)
     if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids:
         raise ValueError(f"candidate tokens {tokens} map to the unknown token: {ids}")
@@ -76,5 +80,7 @@ def train_lite_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTok
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    tokenizer.add_special_tokens(
+        {"extra_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False
+    )
     return tokenizer
