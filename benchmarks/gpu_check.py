@@ -100,7 +100,9 @@ def build_config(tokenizer, tiny: bool):
     from medisee.model.presets import medisee_7b
 
     config = medisee_7b()
-    vocab = len(tokenizer) if tiny else 32001  # LLaVA-Med 32000 + <image>
+    # LLaVA-Med's 32000 + <image> + the candidate tokens medisee adds (the stand-in
+    # tokenizer's ids all fall inside, so no resize happens here).
+    vocab = len(tokenizer) if tiny else 32001 + config.num_candidate_tokens
     config.language = dataclasses.replace(
         config.language,
         pretrained_path=None,

@@ -78,3 +78,18 @@ def test_tiny_run_in_bf16_autocast(gpu_check, tmp_path: Path) -> None:
     result = gpu_check.main([*argv, "--out", str(tmp_path / "r.json")])
     assert "bf16 autocast" in result["precision"]
     assert torch.isfinite(torch.tensor(result["train"]["loss"]))
+
+
+def test_full_size_architecture_on_meta_matches_the_memory_estimate(gpu_check) -> None:
+    """The model the GPU run builds has the paper's sizes: built on the meta device (no
+    memory), its parameter counts equal ``medisee.model.memory``'s for medisee-7b."""
+    from medisee.model.builder import parameter_report
+    from medisee.model.memory import estimate_training_memory
+
+    model = gpu_check.build_full_size(torch.device("meta"), tiny=False)
+    report = parameter_report(model)
+    counts = estimate_training_memory().parameters
+    assert report.total_trainable == counts["trainable"]
+    assert report.total_trainable + report.total_frozen == counts["total"]
+    assert model.language.num_image_tokens == 576
+    assert model.config.mask.image_size == 1024
