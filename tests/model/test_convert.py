@@ -359,3 +359,31 @@ def test_public_releases_build_a_medisee_7b_shaped_model(
     )
     assert out.mask_logits.shape == (2, 32, 32)
     assert torch.isfinite(out.logits).all() and torch.isfinite(out.mask_logits).all()
+
+
+def test_convert_cli(tmp_path: Path, capsys) -> None:
+    from medisee.cli import main
+
+    release = write_release(tmp_path)
+    out = tmp_path / "hf"
+    argv = ["convert", "llava-med", "--src", str(release.src), "--clip", str(release.clip)]
+    assert main([*argv, "--out", str(out), "--max-shard-size", "0.00002"]) == 0
+    assert "<image> id" in capsys.readouterr().out
+    assert (out / "model.safetensors.index.json").is_file()
+    assert main([*argv, "--out", str(out)]) == 2  # not empty, no --overwrite
+    assert "not empty" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "convert",
+                "llava-med",
+                "--src",
+                str(tmp_path / "nope"),
+                "--clip",
+                str(release.clip),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
