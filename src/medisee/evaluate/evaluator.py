@@ -248,7 +248,7 @@ def evaluate(
                 mask, box = source.to_original(item.record, out.mask_logits[r], out.boxes[r])
                 score = score_target(mask, truth, box, item.target.box_xyxy)
                 accumulators["teacher_forced"].add(score, item.groups())
-                row.update(tf_dice=score.dice, tf_box_iou=score.box_iou)
+                row.update(tf_box=box, tf_dice=score.dice, tf_box_iou=score.box_iou)
         examples.extend(rows)
         bar.update(len(chunk))
     bar.close()
