@@ -25,7 +25,7 @@ def tiny() -> ModelConfig:
             num_layers=2,
             num_heads=2,
             intermediate_size=64,
-            max_position_embeddings=256,
+            max_position_embeddings=1024,
             image_grid=4,
             tokenizer_vocab_size=400,
         ),
