@@ -269,11 +269,15 @@ def train_with_fallback(
     notes = []
     candidates = [batch_size] + [b for b in FALLBACK_BATCHES if b < batch_size]
     for size in candidates:
+        failure = None
         try:
             result = step_check(model, device, size, text_tokens, steps)
         except torch.OutOfMemoryError as error:
-            first_line = str(error).splitlines()[0] if str(error) else "out of memory"
-            notes.append(f"batch {size}: out of memory ({first_line})")
+            failure = str(error).splitlines()[0] if str(error) else "out of memory"
+        if failure is not None:
+            # Outside the except block: the traceback (and the failed step's tensors it
+            # keeps alive) is gone, so the cache can really be emptied.
+            notes.append(f"batch {size}: out of memory ({failure})")
             model.zero_grad(set_to_none=True)
             reset_peak(device)
             continue
