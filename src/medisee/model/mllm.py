@@ -62,6 +62,23 @@ def position_ids_from_mask(attention_mask: torch.Tensor | None) -> torch.Tensor 
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def _run_language_model(
+    base: PreTrainedModel, attention_mask, past_key_values, use_cache: bool, **inputs
+) -> BackboneOutput:
+    """The HF model's trunk (``base.model``) then its LM head, over the whole sequence."""
+    out = base.model(
+        attention_mask=attention_mask,
+        position_ids=None
+        if past_key_values is not None
+        else position_ids_from_mask(attention_mask),
+        past_key_values=past_key_values,
+        use_cache=use_cache,
+        **inputs,
+    )
+    hidden = out.last_hidden_state
+    return BackboneOutput(base.lm_head(hidden), hidden, out.past_key_values)
+
+
 def _check_image_tokens(
     input_ids: torch.Tensor, image_token_id: int, expected: int
 ) -> torch.Tensor:
@@ -224,18 +241,9 @@ class LiteBackbone(LanguageBackbone):
         self, input_ids, attention_mask, vision_inputs, past_key_values=None, use_cache=False
     ):
         embeddings = self.embed(input_ids, vision_inputs)
-        base = self.base_model
-        out = base.model(
-            inputs_embeds=embeddings,
-            attention_mask=attention_mask,
-            position_ids=None
-            if past_key_values is not None
-            else position_ids_from_mask(attention_mask),
-            past_key_values=past_key_values,
-            use_cache=use_cache,
+        return _run_language_model(
+            self.base_model, attention_mask, past_key_values, use_cache, inputs_embeds=embeddings
         )
-        hidden = out.last_hidden_state
-        return BackboneOutput(base.lm_head(hidden), hidden, out.past_key_values)
 
     def generate(self, input_ids, attention_mask, vision_inputs, **generate_kwargs):
         embeddings = self.embed(input_ids, vision_inputs)
@@ -329,18 +337,14 @@ class LlavaBackbone(LanguageBackbone):
                 raise ValueError("input_ids contain image tokens but no pixel values were given")
             _check_image_tokens(input_ids, self.image_token_id, self.num_image_tokens)
         pixels = vision_inputs.to(base.model.vision_tower.dtype) if has_images else None
-        out = base.model(
+        return _run_language_model(
+            base,
+            attention_mask,
+            past_key_values,
+            use_cache,
             input_ids=input_ids,
             pixel_values=pixels,
-            attention_mask=attention_mask,
-            position_ids=None
-            if past_key_values is not None
-            else position_ids_from_mask(attention_mask),
-            past_key_values=past_key_values,
-            use_cache=use_cache,
         )
-        hidden = out.last_hidden_state
-        return BackboneOutput(base.lm_head(hidden), hidden, out.past_key_values)
 
     def generate(self, input_ids, attention_mask, vision_inputs, **generate_kwargs):
         _check_image_tokens(input_ids, self.image_token_id, self.num_image_tokens)
