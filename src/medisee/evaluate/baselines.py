@@ -45,9 +45,9 @@ class LabelMatcher:
         documents: dict[str, Counter[str]] = {}
         for label in self.labels:
             text = [label]
-            category = None
-            if ontology is not None and label in ontology:
-                category = ontology[label]
+            # resolve() maps synonyms and sides ("left clavicle" -> clavicle).
+            resolved = ontology.resolve(label) if ontology is not None else None
+            category = resolved.category if resolved is not None else None
             if category is not None:
                 text += [
                     category.function,
