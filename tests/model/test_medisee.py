@@ -250,3 +250,18 @@ def test_frozen_encoder_stays_in_eval_mode_and_keeps_its_statistics(tiny_model):
     tiny_model(**{k: batch[k] for k in MODEL_KEYS})
     after = encoder.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_fresh_model_embeds_with_pretrained_statistics(tiny_model):
+    """A just-built model is in train mode (PyTorch's default); embedding images must still
+    use the encoder's running statistics and leave them untouched."""
+    assert tiny_model.training
+    encoder = tiny_model.segmenter.image_encoder
+    assert not any(m.training for m in encoder.modules())
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    pixels = torch.rand(3, 3, 64, 64)
+    batch = tiny_model.embed_images(pixels)
+    encoder.train()  # even if someone flips it, embed_images puts it back
+    single = tiny_model.embed_images(pixels[:1])
+    torch.testing.assert_close(single, batch[:1], rtol=1e-4, atol=1e-5)  # no batch statistics
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())

@@ -121,6 +121,7 @@ class MediSee(nn.Module):
         self.segmenter = segmenter
         tokens = candidate_token_strings(config.num_candidate_tokens)
         self.candidate_token_ids: list[int] = list(tokenizer.convert_tokens_to_ids(tokens))
+        self.train(self.training)  # a new nn.Module is in train mode: freeze encoders' mode now
 
     def train(self, mode: bool = True) -> MediSee:
         """As ``nn.Module.train``, but frozen encoders stay in eval mode: TinyViT has
@@ -147,7 +148,12 @@ class MediSee(nn.Module):
 
     # ------------------------------------------------------------------ inputs
     def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Frozen segmenter encoder: ``[B, 3, S, S]`` in [0, 1] -> ``[B, C, g, g]``."""
+        """Frozen segmenter encoder: ``[B, 3, S, S]`` in [0, 1] -> ``[B, C, g, g]``.
+
+        Always in eval mode, whatever mode the model is in: TinyViT's BatchNorm must use
+        its pretrained running statistics, never a batch's (which would also update them).
+        """
+        self.segmenter.image_encoder.eval()
         with torch.no_grad():
             return self.segmenter.embed_images(pixel_values)
 
