@@ -265,3 +265,16 @@ def test_fresh_model_embeds_with_pretrained_statistics(tiny_model):
     single = tiny_model.embed_images(pixels[:1])
     torch.testing.assert_close(single, batch[:1], rtol=1e-4, atol=1e-5)  # no batch statistics
     assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
+
+
+def test_image_tokens_carry_their_2d_position():
+    """Identical image features at every cell still give distinct tokens per grid cell,
+    and the row/column halves of the table vary along rows/columns only."""
+    from medisee.model.mllm import ImageProjector, sincos_2d
+
+    table = sincos_2d(4, 8).view(4, 4, 8)
+    assert torch.equal(table[:, 0, :4], table[:, 3, :4])  # row half constant along a row
+    assert torch.equal(table[0, :, 4:], table[3, :, 4:])  # column half constant down a column
+    projector = ImageProjector(in_channels=6, hidden_size=8, grid=4)
+    tokens = projector(torch.ones(1, 6, 16, 16))[0]
+    assert len({tuple(t.tolist()) for t in tokens.round(decimals=5)}) == 16

@@ -35,11 +35,31 @@ class BackboneOutput:
     past_key_values: Any = None
 
 
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """``[grid², dim]`` 2-D sine-cosine table, row-major: half the channels encode the row,
+    half the column (as MAE/ViT fixed 2-D embeddings)."""
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos needs a width divisible by 4, got {dim}")
+    quarter = dim // 4
+    frequencies = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
+    coords = torch.arange(grid, dtype=torch.float32)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+
+    def encode(values: torch.Tensor) -> torch.Tensor:
+        angles = values.flatten()[:, None] * frequencies[None]
+        return torch.cat((angles.sin(), angles.cos()), dim=1)
+
+    return torch.cat((encode(rows), encode(cols)), dim=1)
+
+
 class ImageProjector(nn.Module):
     """Segmenter embedding ``[B, C, g, g]`` -> image tokens ``[B, grid², d]``.
 
-    Average-pools the grid to ``grid × grid`` (row-major token order), then a 2-layer MLP
-    (the LLaVA-1.5 projector shape) maps ``C`` to the LM width.
+    Average-pools the grid to ``grid × grid`` (row-major token order), a 2-layer MLP (the
+    LLaVA-1.5 projector shape) maps ``C`` to the LM width, and a learnable 2-D position
+    embedding (sin-cos initialised) is added. SAM's image embedding carries no absolute
+    position (SAM adds it inside the decoder) and the LM's RoPE only sees the flattened
+    1-D order, so without it the candidate tokens cannot say *where* something is.
     """
 
     def __init__(self, in_channels: int, hidden_size: int, grid: int) -> None:
@@ -48,10 +68,11 @@ class ImageProjector(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(in_channels, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
         )
+        self.position = nn.Parameter(sincos_2d(grid, hidden_size))
 
     def forward(self, image_embeddings: torch.Tensor) -> torch.Tensor:
         pooled = F.adaptive_avg_pool2d(image_embeddings, self.grid)
-        return self.mlp(pooled.flatten(2).transpose(1, 2))
+        return self.mlp(pooled.flatten(2).transpose(1, 2)) + self.position
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
