@@ -210,6 +210,8 @@ def load_exported(
             f"{source / WEIGHTS_NAME} does not fit the model: missing {missing[:10]}, "
             f"unexpected {unexpected[:10]}"
         )
+    # Strict in effect: every key outside the language model was checked just above (the
+    # allow-list is exactly the LM's own keys, already loaded from language_model/).
     result = model.load_state_dict(state, strict=False)
     assert not result.unexpected_keys
     assert all(key.startswith(_LANGUAGE_PREFIX) for key in result.missing_keys)

@@ -1,7 +1,7 @@
 """Tokenizers: the offline-trained one of the ``lite`` LM, and candidate tokens for all.
 
-Candidate-token ids are always read back with ``convert_tokens_to_ids`` (never from
-``tokenizer(tok).input_ids[0]``, which picks up BOS or a split piece).
+Candidate-token ids are always read back with ``convert_tokens_to_ids``, never from the
+first id of an encoding (which can be BOS or a split piece).
 """
 
 from __future__ import annotations
