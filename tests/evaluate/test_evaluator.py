@@ -90,11 +90,13 @@ def test_baselines_oracle_box_is_its_own_box(tiny_model, records):
     recs, root = records
     test = [r for r in recs if r.split == "test"]
     summaries = run_baselines(
-        tiny_model, test, root, prior_records=recs, progress=False, batch_size=3
+        tiny_model.segmenter, test, root, prior_records=recs, progress=False, batch_size=3
     )
     assert set(summaries) == {"whole_image_box", "label_match", "oracle_box"}
     assert summaries["oracle_box"]["overall"].box_iou == pytest.approx(1.0)
     assert summaries["whole_image_box"]["overall"].box_iou < 0.5
     assert all(s["overall"].count == 4 for s in summaries.values())
     with pytest.raises(ValueError, match="unknown baselines"):
-        run_baselines(tiny_model, test, root, prior_records=recs, which=["magic"], progress=False)
+        run_baselines(
+            tiny_model.segmenter, test, root, prior_records=recs, which=["magic"], progress=False
+        )

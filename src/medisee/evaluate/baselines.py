@@ -83,7 +83,7 @@ def label_box_priors(records: Sequence[Any]) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def run_baselines(
-    segmenter_model,
+    segmenter,
     records: Sequence[Any],
     root: str | Path,
     *,
@@ -99,20 +99,20 @@ def run_baselines(
 ) -> dict[str, dict[str, Any]]:
     """Summaries per baseline, grouped like ``evaluate``'s.
 
-    ``segmenter_model`` is a ``MediSee`` whose segmenter holds pretrained LiteMedSAM/MedSAM
-    weights (only its segmenter is used); ``prior_records`` (the training split) give the
+    ``segmenter`` is a ``PromptableSegmenter`` with pretrained LiteMedSAM/MedSAM weights
+    (``build_segmenter(mask_config)``); ``prior_records`` (the training split) give the
     label matcher its candidate labels and typical boxes.
     """
     unknown = set(which) - set(BASELINES)
     if unknown:
         raise ValueError(f"unknown baselines {sorted(unknown)}; known: {BASELINES}")
-    segmenter = segmenter_model.segmenter.eval()
-    source = _ImageSource(segmenter_model, Path(root), cache, device)
+    segmenter = segmenter.eval()
+    source = _ImageSource(segmenter, Path(root), cache, device)
     priors = label_box_priors(prior_records)
     matcher = LabelMatcher(list(priors), ontology)
     items = evaluation_items(records, kinds, max_examples)
     accumulators = {name: MetricAccumulator() for name in which}
-    scale_of = segmenter_model.config.mask.image_size
+    scale_of = segmenter.config.image_size
     bar = tqdm(total=len(items), desc="baselines", unit="q", disable=not progress)
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]

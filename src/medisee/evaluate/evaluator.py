@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from medisee.boxes import clip_box, denormalize_box
 from medisee.evaluate.metrics import MetricAccumulator, Summary, score_target
 from medisee.model.preprocess import SamTransform
+from medisee.train.dataset import right_pad
 
 GROUP_KEYS = ("split", "kind", "length", "perspective", "category", "modality")
 
@@ -118,17 +119,27 @@ def evaluation_items(
 class _ImageSource:
     """Image embeddings (cached or computed) and original-frame ground truth per record."""
 
-    def __init__(self, model, root: Path, cache=None, device: torch.device | str = "cpu") -> None:
-        self.model = model
+    def __init__(
+        self,
+        segmenter,
+        root: Path,
+        cache=None,
+        device: torch.device | str = "cpu",
+        always_pixels: bool = False,
+    ) -> None:
+        """``always_pixels``: also load pixels when embeddings are cached (LLaVA's CLIP
+        tower sees the image itself)."""
+        self.segmenter = segmenter
         self.root = Path(root)
         self.cache = cache
         self.device = torch.device(device)
-        self.transform = SamTransform(model.config.mask.image_size)
+        self.always_pixels = always_pixels
+        self.transform = SamTransform(segmenter.config.image_size)
 
     def inputs(self, records: Sequence[Any]) -> dict[str, torch.Tensor]:
         from medisee.data.io import read_image
 
-        needs_pixels = self.cache is None or not self.model.language.uses_segmenter_embedding
+        needs_pixels = self.cache is None or self.always_pixels
         out: dict[str, torch.Tensor] = {}
         if needs_pixels:
             pixels = [
@@ -140,7 +151,7 @@ class _ImageSource:
                 [self.cache.load(self.root / r.image) for r in records]
             ).to(self.device)
         else:
-            out["image_embeddings"] = self.model.embed_images(out["pixel_values"])
+            out["image_embeddings"] = self.segmenter.embed_images(out["pixel_values"])
         out["image_sizes"] = torch.tensor(
             [[r.height, r.width] for r in records], device=self.device
         )
@@ -184,7 +195,13 @@ def evaluate(
         raise ValueError(f"unknown evaluation modes {sorted(unknown)}")
     model.eval()
     items = evaluation_items(records, kinds, max_examples)
-    source = _ImageSource(model, Path(root), cache, device)
+    source = _ImageSource(
+        model.segmenter,
+        Path(root),
+        cache,
+        device,
+        always_pixels=not model.language.uses_segmenter_embedding,
+    )
     builder = model.prompt_builder()
     accumulators = {mode: MetricAccumulator() for mode in modes}
     examples: list[dict[str, Any]] = []
@@ -230,13 +247,7 @@ def evaluate(
                 )
                 for i in chunk
             ]
-            ids = torch.full(
-                (len(chunk), max(len(e.input_ids) for e in encoded)), model.tokenizer.pad_token_id
-            )
-            attention = torch.zeros_like(ids)
-            for r, e in enumerate(encoded):
-                ids[r, : len(e.input_ids)] = torch.tensor(e.input_ids)
-                attention[r, : len(e.input_ids)] = 1
+            ids, attention = right_pad([e.input_ids for e in encoded], model.tokenizer.pad_token_id)
             out = model(
                 ids.to(source.device),
                 attention.to(source.device),

@@ -7,8 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from medisee.evaluate.evaluator import EvalReport, evaluate, markdown_table
 
 
@@ -33,7 +31,7 @@ def evaluate_with_baselines(
     per-example ``predictions.jsonl`` (with each generated explanation) under ``out``."""
     from medisee.data.ontology import Ontology
     from medisee.evaluate.baselines import run_baselines
-    from medisee.model.builder import build_model
+    from medisee.model.mask_decoder import build_segmenter
     from medisee.model.medisee import MediSee
     from medisee.train.embedding_cache import EmbeddingCache, encoder_fingerprint
     from medisee.train.trainer import load_records
@@ -45,8 +43,8 @@ def evaluate_with_baselines(
     model = MediSee.from_pretrained(model_dir).to(device)
     cache = None
     if cache_dir is not None:
-        cache = EmbeddingCache(cache_dir, encoder_fingerprint(model))
-        cache.precompute(model, [root / r.image for r in chosen], progress=progress)
+        cache = EmbeddingCache(cache_dir, encoder_fingerprint(model.segmenter))
+        cache.precompute(model.segmenter, [root / r.image for r in chosen], progress=progress)
     report = evaluate(
         model,
         chosen,
@@ -63,13 +61,12 @@ def evaluate_with_baselines(
         f"medisee ({m.replace('_', '-')})": s for m, s in report.summaries.items()
     }
     if baselines:
-        reference_config = model.config
-        if reference_config.mask.weights is None:
+        if model.config.mask.weights is None:
             raise ValueError(
                 "the model's segmenter has no pretrained weights to build baselines from"
             )
-        with torch.no_grad():
-            reference = build_model(reference_config, tokenizer=model.tokenizer).to(device).eval()
+        # Only the pretrained segmenter: the baselines involve no language model.
+        reference = build_segmenter(model.config.mask).to(device).eval()
         reference_cache = None
         if cache is not None:
             reference_cache = EmbeddingCache(cache_dir, encoder_fingerprint(reference))

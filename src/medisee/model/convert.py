@@ -41,6 +41,8 @@ from typing import Any
 
 import torch
 
+from medisee.model.sam_checkpoint import format_keys
+
 logger = logging.getLogger(__name__)
 
 IMAGE_TOKEN = "<image>"
@@ -278,11 +280,6 @@ def _map(key: str, rules: Iterable[tuple[str, str]]) -> str | None:
     return None
 
 
-def _listing(keys: list[str], limit: int = 12) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
 def plan_conversion(
     llm: CheckpointReader,
     clip: CheckpointReader,
@@ -332,13 +329,13 @@ def plan_conversion(
     missing = sorted(set(target_shapes) - set(plan.sources))
     problems = []
     if unexpected:
-        problems.append(f"unexpected source keys: {_listing(unexpected)}")
+        problems.append(f"unexpected source keys: {format_keys(unexpected, limit=12)}")
     if missing:
-        problems.append(f"missing target keys: {_listing(missing)}")
+        problems.append(f"missing target keys: {format_keys(missing, limit=12)}")
     if duplicated:
-        problems.append(f"target keys filled twice: {_listing(duplicated)}")
+        problems.append(f"target keys filled twice: {format_keys(duplicated, limit=12)}")
     if mismatched:
-        problems.append(f"shape mismatches (source vs target): {_listing(mismatched)}")
+        problems.append(f"shape mismatches (source vs target): {format_keys(mismatched, limit=12)}")
     if problems:
         raise ValueError("cannot convert: " + "; ".join(problems))
     return plan

@@ -95,7 +95,10 @@ class PromptableSegmenter(nn.Module):
         """``[B, 3, S, S]`` SAM-input pixels in ``[0, 1]`` -> ``[B, prompt_dim, g, g]``.
 
         ``S = config.image_size``, ``g = config.embedding_size``. No ImageNet mean/std:
-        MedSAM and LiteMedSAM take min-max normalised images as they are.
+        MedSAM and LiteMedSAM take min-max normalised images as they are. The encoder is
+        frozen: it always runs in eval mode without gradients, whatever mode the module
+        is in (TinyViT's BatchNorm must use its pretrained running statistics, never a
+        batch's, which would also overwrite them).
         """
         size = self.config.image_size
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, size, size):
@@ -103,7 +106,9 @@ class PromptableSegmenter(nn.Module):
                 f"embed_images expects pixel values [B, 3, {size}, {size}], "
                 f"got {tuple(pixel_values.shape)}"
             )
-        output = self.image_encoder(pixel_values)
+        self.image_encoder.eval()
+        with torch.no_grad():
+            output = self.image_encoder(pixel_values)
         if not isinstance(output, torch.Tensor):  # transformers' SamVisionEncoderOutput
             output = output.last_hidden_state
         return output

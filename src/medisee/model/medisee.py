@@ -148,14 +148,9 @@ class MediSee(nn.Module):
 
     # ------------------------------------------------------------------ inputs
     def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Frozen segmenter encoder: ``[B, 3, S, S]`` in [0, 1] -> ``[B, C, g, g]``.
-
-        Always in eval mode, whatever mode the model is in: TinyViT's BatchNorm must use
-        its pretrained running statistics, never a batch's (which would also update them).
-        """
-        self.segmenter.image_encoder.eval()
-        with torch.no_grad():
-            return self.segmenter.embed_images(pixel_values)
+        """Frozen segmenter encoder: ``[B, 3, S, S]`` in [0, 1] -> ``[B, C, g, g]``
+        (eval mode, no gradients: see ``PromptableSegmenter.embed_images``)."""
+        return self.segmenter.embed_images(pixel_values)
 
     def vision_inputs(
         self, pixel_values: torch.Tensor | None, image_embeddings: torch.Tensor

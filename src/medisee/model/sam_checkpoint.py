@@ -259,7 +259,8 @@ def _matches(key: str, patterns: tuple[str, ...]) -> bool:
     return any(re.fullmatch(pattern, key) for pattern in patterns)
 
 
-def _listing(keys: list[str], limit: int = 20) -> str:
+def format_keys(keys: list[str], limit: int = 20) -> str:
+    """The first ``limit`` keys, comma-separated, and how many more (for error messages)."""
     shown = ", ".join(keys[:limit])
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
@@ -301,13 +302,13 @@ def map_segment_anything_state_dict(
     ]
     problems = []
     if unexpected:
-        problems.append(f"unexpected checkpoint keys: {_listing(unexpected)}")
+        problems.append(f"unexpected checkpoint keys: {format_keys(unexpected)}")
     if missing:
-        problems.append(f"missing keys (medisee names): {_listing(missing)}")
+        problems.append(f"missing keys (medisee names): {format_keys(missing)}")
     if duplicated:
-        problems.append(f"keys mapped twice: {_listing(duplicated)}")
+        problems.append(f"keys mapped twice: {format_keys(duplicated)}")
     if mismatched:
-        problems.append(f"shape mismatches (checkpoint vs model): {_listing(mismatched)}")
+        problems.append(f"shape mismatches (checkpoint vs model): {format_keys(mismatched)}")
     if problems:
         raise ValueError(
             f"checkpoint does not fit the {segmenter.config.encoder!r} segmenter: "

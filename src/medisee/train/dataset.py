@@ -175,7 +175,8 @@ class MediSeeDataset(Dataset):
         return example
 
 
-def _pad(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+def right_pad(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows -> right-padded ``[B, T]`` ids and their attention mask."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), value, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -192,8 +193,8 @@ class Collator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        input_ids, attention_mask = _pad([e["input_ids"] for e in examples], self.pad_token_id)
-        labels, _ = _pad([e["labels"] for e in examples], IGNORE_INDEX)
+        input_ids, attention_mask = right_pad([e["input_ids"] for e in examples], self.pad_token_id)
+        labels, _ = right_pad([e["labels"] for e in examples], IGNORE_INDEX)
         batch = {
             "index": torch.tensor([e["index"] for e in examples]),
             "input_ids": input_ids,
@@ -207,7 +208,7 @@ class Collator:
             if key in examples[0]:
                 batch[key] = torch.stack([e[key] for e in examples])
         if "label_input_ids" in examples[0]:
-            ids, mask = _pad([e["label_input_ids"] for e in examples], self.pad_token_id)
+            ids, mask = right_pad([e["label_input_ids"] for e in examples], self.pad_token_id)
             batch["label_input_ids"], batch["label_attention_mask"] = ids, mask
         return batch
 

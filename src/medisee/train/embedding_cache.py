@@ -21,12 +21,12 @@ from tqdm.auto import tqdm
 from medisee.model.preprocess import SamTransform
 
 
-def encoder_fingerprint(model) -> str:
-    """Hash of the segmenter config and its image-encoder weights."""
+def encoder_fingerprint(segmenter) -> str:
+    """Hash of a segmenter's config and its image-encoder weights."""
     digest = hashlib.sha256(
-        json.dumps(model.config.mask.__dict__, default=str, sort_keys=True).encode()
+        json.dumps(segmenter.config.__dict__, default=str, sort_keys=True).encode()
     )
-    for name, tensor in sorted(model.segmenter.image_encoder.state_dict().items()):
+    for name, tensor in sorted(segmenter.image_encoder.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
         digest.update(str(float(tensor.float().sum())).encode())
@@ -34,7 +34,7 @@ def encoder_fingerprint(model) -> str:
 
 
 class EmbeddingCache:
-    """``load(image_path) -> [C, g, g]`` float32; ``precompute(model, paths)`` fills it."""
+    """``load(image_path) -> [C, g, g]`` float32; ``precompute(segmenter, paths)`` fills it."""
 
     def __init__(self, directory: str | os.PathLike[str], fingerprint: str) -> None:
         self.directory = Path(directory) / fingerprint
@@ -68,7 +68,7 @@ class EmbeddingCache:
     @torch.no_grad()
     def precompute(
         self,
-        model,
+        segmenter,
         image_paths: Iterable[str | os.PathLike[str]],
         batch_size: int = 4,
         progress: bool = True,
@@ -77,15 +77,15 @@ class EmbeddingCache:
         from medisee.data.io import read_image
 
         todo = sorted({str(p) for p in image_paths if p not in self})
-        transform = SamTransform(model.config.mask.image_size)
-        device = next(model.segmenter.parameters()).device
+        transform = SamTransform(segmenter.config.image_size)
+        device = next(segmenter.parameters()).device
         bar = tqdm(total=len(todo), desc="embedding images", unit="img", disable=not progress)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             pixels = torch.stack([transform.prepare(read_image(p).pixels)[0] for p in chunk]).to(
                 device
             )
-            embeddings = model.embed_images(pixels)
+            embeddings = segmenter.embed_images(pixels)
             for path, embedding in zip(chunk, embeddings):
                 self.store(path, embedding)
             bar.update(len(chunk))

@@ -161,12 +161,14 @@ def train(
     cache = None
     if config.cache_embeddings and model.language.uses_segmenter_embedding:
         cache = EmbeddingCache(
-            config.cache_dir or output_dir / "embedding_cache", encoder_fingerprint(model)
+            config.cache_dir or output_dir / "embedding_cache", encoder_fingerprint(model.segmenter)
         )
         with accelerator.main_process_first():
             model.to(accelerator.device)
             paths = [root / r.image for r in train_records + eval_records]
-            cache.precompute(model, paths, progress=progress and accelerator.is_local_main_process)
+            cache.precompute(
+                model.segmenter, paths, progress=progress and accelerator.is_local_main_process
+            )
 
     builder = model.prompt_builder()
     dataset = MediSeeDataset(
