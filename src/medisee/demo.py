@@ -153,10 +153,11 @@ def plot_training_curve(history: list[dict], path: Path) -> None:
     rows = [h for h in history if "loss/total" in h]
     if not rows:
         return
-    steps = [h["step"] for h in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key in ("total", "text", "bce", "dice", "l1", "giou"):
-        ax.plot(steps, [h[f"loss/{key}"] for h in rows], label=key)
+    for key in ("total", "text", "bce", "dice", "l1", "giou", "ground"):
+        points = [(h["step"], h[f"loss/{key}"]) for h in rows if f"loss/{key}" in h]
+        if points:
+            ax.plot(*zip(*points), label=key)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")

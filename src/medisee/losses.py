@@ -3,7 +3,9 @@
 ``L_end = L_txt + L_mask + L_bbox`` with ``L_mask = w_bce·BCE + w_dice·Dice`` and
 ``L_bbox = w_l1·L1 + w_giou·GIoU``; the fine-tuning stage adds
 ``L_sim = w_js·JS + w_mse·MSE`` between the similarity map of the reasoning query and the
-one of the plain-label query (the target, no gradient).
+one of the plain-label query (the target, no gradient). Models with a grounding head
+(``lite``) add ``L_ground = w_ground_bce·BCE + w_ground_dice·Dice`` between its map and the
+ground-truth mask brought to the map's grid (area-averaged: soft targets keep thin parts).
 
 Every per-sample loss returns a ``[B]`` tensor; the criterion averages over targets.
 All of them are finite, with a gradient, on empty masks and degenerate boxes.
@@ -31,6 +33,8 @@ class LossWeights:
     giou: float = 1.0
     js: float = 2.0
     mse: float = 1.0
+    ground_bce: float = 1.0
+    ground_dice: float = 1.0
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -147,58 +151,86 @@ class LossBreakdown:
 
     total: torch.Tensor
     text: torch.Tensor
-    bce: torch.Tensor
-    dice: torch.Tensor
+    bce: torch.Tensor | None  # None on steps that skip the mask decoder
+    dice: torch.Tensor | None
     l1: torch.Tensor
     giou: torch.Tensor
     sim: torch.Tensor | None = None
+    ground: torch.Tensor | None = None
 
     def as_floats(self) -> dict[str, float]:
         return {k: float(v.detach()) for k, v in vars(self).items() if v is not None}
+
+
+def grid_targets(target_masks: torch.Tensor, grid: int) -> torch.Tensor:
+    """``[B, L, L]`` {0, 1} masks -> ``[B, g, g]`` fraction of each cell inside the mask."""
+    if target_masks.shape[-1] % grid or target_masks.shape[-2] % grid:
+        raise ValueError(
+            f"mask size {tuple(target_masks.shape[-2:])} is not a multiple of the grid {grid}"
+        )
+    return F.adaptive_avg_pool2d(target_masks[:, None].float(), grid)[:, 0]
+
+
+def grounding_loss(
+    grounding_logits: torch.Tensor, target_masks: torch.Tensor, weights: LossWeights
+) -> torch.Tensor:
+    """``L_ground`` per sample ``[B]``: grounding map ``[B, g, g]`` vs masks ``[B, L, L]``."""
+    targets = grid_targets(target_masks, grounding_logits.shape[-1]).to(grounding_logits.dtype)
+    return weights.ground_bce * sigmoid_bce(
+        grounding_logits, targets
+    ) + weights.ground_dice * dice_loss(grounding_logits, targets)
 
 
 def end_to_end_loss(
     *,
     text_logits: torch.Tensor,
     labels: torch.Tensor,
-    mask_logits: torch.Tensor,
+    mask_logits: torch.Tensor | None,
     target_masks: torch.Tensor,
     pred_boxes: torch.Tensor,
     target_boxes: torch.Tensor,
     weights: LossWeights,
     reasoning_map: torch.Tensor | None = None,
     label_map: torch.Tensor | None = None,
+    grounding_logits: torch.Tensor | None = None,
 ) -> LossBreakdown:
     """``L_end`` (and ``L_ft = L_end + L_sim`` when both similarity maps are given).
 
     Args:
         text_logits: ``[B, T, V]``; labels ``[B, T]`` with -100 outside the answer.
-        mask_logits: ``[B, H, W]`` predicted logits; target_masks ``[B, H, W]`` in {0, 1},
-            same frame and size.
+        mask_logits: ``[B, H, W]`` predicted logits, or ``None`` on steps that skip the mask
+            decoder (the mask terms are then 0); target_masks ``[B, H, W]`` in {0, 1}, same
+            frame and size.
         pred_boxes, target_boxes: ``[B, 4]`` normalised ``cxcywh``.
         reasoning_map, label_map: ``[B, N]`` similarity logits (fine-tuning stage).
+        grounding_logits: ``[B, g, g]`` grounding map (models with a grounding head).
     """
     if (reasoning_map is None) != (label_map is None):
         raise ValueError("similarity loss needs both reasoning_map and label_map, or neither")
-    if mask_logits.shape != target_masks.shape:
+    if mask_logits is not None and mask_logits.shape != target_masks.shape:
         raise ValueError(
             f"mask logits {tuple(mask_logits.shape)} and targets {tuple(target_masks.shape)} "
             "must have the same shape"
         )
     txt = text_loss(text_logits, labels)
-    bce = sigmoid_bce(mask_logits, target_masks).mean()
-    dice = dice_loss(mask_logits, target_masks).mean()
+    if mask_logits is not None:
+        bce = sigmoid_bce(mask_logits, target_masks).mean()
+        dice = dice_loss(mask_logits, target_masks).mean()
+    else:
+        bce = dice = None
     l1 = box_l1(pred_boxes, target_boxes).mean()
     giou = giou_loss(pred_boxes, target_boxes).mean()
-    total = (
-        weights.text * txt
-        + weights.bce * bce
-        + weights.dice * dice
-        + weights.l1 * l1
-        + weights.giou * giou
-    )
+    total = weights.text * txt + weights.l1 * l1 + weights.giou * giou
+    if bce is not None and dice is not None:
+        total = total + weights.bce * bce + weights.dice * dice
     sim = None
     if reasoning_map is not None and label_map is not None:
         sim = similarity_loss(reasoning_map, label_map, weights).mean()
         total = total + sim
-    return LossBreakdown(total=total, text=txt, bce=bce, dice=dice, l1=l1, giou=giou, sim=sim)
+    ground = None
+    if grounding_logits is not None:
+        ground = grounding_loss(grounding_logits, target_masks, weights).mean()
+        total = total + ground
+    return LossBreakdown(
+        total=total, text=txt, bce=bce, dice=dice, l1=l1, giou=giou, sim=sim, ground=ground
+    )

@@ -13,6 +13,7 @@ from torch import nn
 from medisee.model.box_decoder import BoxDecoder
 from medisee.model.config import ModelConfig
 from medisee.model.fusion import CandidateFusion
+from medisee.model.grounding import GroundingHead
 from medisee.model.medisee import MediSee
 from medisee.model.mllm import LanguageBackbone, LiteBackbone, LlavaBackbone
 from medisee.model.tokenizer import (
@@ -109,6 +110,11 @@ def build_model(
             hidden, config.mask.prompt_dim, config.seg_projection_hidden
         ),
         segmenter=segmenter,
+        grounding=(
+            GroundingHead(hidden, config.mask.prompt_dim, config.grounding)
+            if config.grounding.enabled
+            else None
+        ),
     )
     apply_trainable_policy(model)
     return model

@@ -133,6 +133,21 @@ class BoxDecoderConfig:
 
 
 @dataclass
+class GroundingConfig:
+    """Grounding head (``medisee.model.grounding``): when ``enabled``, the box comes from a
+    query-conditioned map over the segmenter's image embedding instead of the box decoder
+    (which is still trained, and used when the map has no cell above ``threshold``).
+    ``dim``: width of the query/key space."""
+
+    enabled: bool = False
+    dim: int = 128
+    threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_positive("GroundingConfig", dim=self.dim)
+
+
+@dataclass
 class TinyViTConfig:
     """medisee's TinyViT image encoder (LiteMedSAM): 4 stages, output stride 4, neck to out_dim."""
 
@@ -255,6 +270,7 @@ class ModelConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     box: BoxDecoderConfig = field(default_factory=BoxDecoderConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
+    grounding: GroundingConfig = field(default_factory=GroundingConfig)
     num_candidate_tokens: int = 2
     seg_projection_hidden: int | None = None
     box_prompt_gradient: bool = False
@@ -266,6 +282,7 @@ class ModelConfig:
             ("fusion", FusionConfig),
             ("box", BoxDecoderConfig),
             ("mask", MaskConfig),
+            ("grounding", GroundingConfig),
         ):
             value = getattr(self, name)
             if isinstance(value, dict):

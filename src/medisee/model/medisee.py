@@ -18,11 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from medisee.boxes import denormalize_box
+from medisee.boxes import denormalize_box, normalize_box
 from medisee.losses import similarity_logits
 from medisee.model.box_decoder import BoxDecoder
 from medisee.model.config import ModelConfig
 from medisee.model.fusion import CandidateFusion, FusionOutput
+from medisee.model.grounding import GroundingHead, peak_region, region_box
 from medisee.model.mllm import BackboneOutput, LanguageBackbone
 from medisee.model.prompting import PromptBuilder
 from medisee.model.tokenizer import candidate_token_strings
@@ -37,13 +38,26 @@ class MediSeeOutput:
     """Everything one forward pass produces; losses live outside (``medisee.losses``)."""
 
     logits: torch.Tensor  # [B, T, V] next-token logits
-    boxes: torch.Tensor  # [B, 4] normalised cxcywh of the original image
-    mask_logits: torch.Tensor  # [B, L, L] low-res logits in the segmenter input frame
-    iou_scores: torch.Tensor  # [B] the mask decoder's IoU estimate
+    boxes: torch.Tensor  # [B, 4] normalised cxcywh of the original image (the answer)
+    decoder_boxes: torch.Tensor  # [B, 4] the box decoder's own output (L_bbox)
+    grounding_logits: torch.Tensor | None  # [B, g, g] grounding map (lite), or None
+    mask_logits: torch.Tensor | None  # [B, L, L] low-res logits, segmenter input frame
+    iou_scores: torch.Tensor | None  # [B] the mask decoder's IoU estimate
     seg_state: torch.Tensor  # [B, d] h_seg
     det_state: torch.Tensor  # [B, d] h_det
     image_states: torch.Tensor  # [B, N, d] last-layer states at the image tokens (for Sim)
     fusion: FusionOutput
+
+
+@dataclass
+class TargetDecoding:
+    """What the decoders make of ``h_seg``/``h_det`` (see ``MediSee.decode_targets``)."""
+
+    boxes: torch.Tensor  # [B, 4] normalised cxcywh, original frame: the answer
+    decoder_boxes: torch.Tensor  # [B, 4] the box decoder's output
+    grounding_logits: torch.Tensor | None  # [B, g, g]
+    mask_logits: torch.Tensor | None  # [B, L, L]
+    iou_scores: torch.Tensor | None  # [B]
 
 
 @dataclass
@@ -99,6 +113,8 @@ class MediSee(nn.Module):
         box_decoder: h_det -> normalised box.
         seg_projection: h_seg -> SAM prompt token (``prompt_dim``).
         segmenter: ``PromptableSegmenter`` (frozen image encoder, prompt encoder, mask decoder).
+        grounding: optional ``GroundingHead`` (``config.grounding.enabled``): the box is read
+            off its map over the image embedding.
     """
 
     def __init__(
@@ -110,6 +126,7 @@ class MediSee(nn.Module):
         box_decoder: BoxDecoder,
         seg_projection: nn.Module,
         segmenter: nn.Module,
+        grounding: GroundingHead | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -119,6 +136,11 @@ class MediSee(nn.Module):
         self.box_decoder = box_decoder
         self.seg_projection = seg_projection
         self.segmenter = segmenter
+        if config.grounding.enabled != (grounding is not None):
+            raise ValueError(
+                "a grounding head must be given exactly when config.grounding.enabled is set"
+            )
+        self.grounding = grounding
         tokens = candidate_token_strings(config.num_candidate_tokens)
         self.candidate_token_ids: list[int] = list(tokenizer.convert_tokens_to_ids(tokens))
         self.train(self.training)  # a new nn.Module is in train mode: freeze encoders' mode now
@@ -170,13 +192,62 @@ class MediSee(nn.Module):
         det_state: torch.Tensor,
         image_embeddings: torch.Tensor,
         image_sizes: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """h_seg, h_det -> (normalised boxes [B, 4], mask logits [B, L, L], iou [B]).
+        prompt_boxes: torch.Tensor | None = None,
+        decode_masks: bool = True,
+    ) -> TargetDecoding:
+        """h_seg, h_det -> boxes (normalised, original frame), grounding map, mask logits.
 
-        The prompt mode decides the sparse prompts: T = the text token only; T+B adds the
-        predicted box; T+B+P also a positive point at the box centre.
+        The answer box is the grounding map's box when the head is enabled and its map has
+        a cell above the threshold, else the box decoder's. The prompt mode decides the
+        sparse prompts of the mask decoder: T = the text token only; T+B adds a box (the
+        answer box, or ``prompt_boxes`` [B, 4] normalised cxcywh when given: teacher
+        forcing in training); T+B+P also a positive point at the box centre.
+        ``decode_masks=False`` skips the mask decoder (the cheap steps of training).
         """
-        boxes = self.box_decoder(det_state)
+        decoder_boxes = self.box_decoder(det_state)
+        boxes = decoder_boxes
+        grounding_logits = None
+        if self.grounding is not None:
+            grounding_logits = self.grounding(
+                det_state, image_embeddings, self.segmenter.image_positional_embeddings()
+            )
+            boxes = self._grounded_boxes(grounding_logits, decoder_boxes, image_sizes)
+        mask_logits = iou = None
+        if decode_masks:
+            mask_logits, iou = self._decode_masks(
+                seg_state,
+                image_embeddings,
+                image_sizes,
+                boxes if prompt_boxes is None else prompt_boxes,
+            )
+        return TargetDecoding(boxes, decoder_boxes, grounding_logits, mask_logits, iou)
+
+    def _grounded_boxes(
+        self, logits: torch.Tensor, fallback: torch.Tensor, image_sizes: torch.Tensor
+    ) -> torch.Tensor:
+        """Grounding map ``[B, g, g]`` -> normalised cxcywh boxes of the original frame
+        (no gradient: the map is trained directly); ``fallback`` where no cell passes."""
+        with torch.no_grad():
+            threshold = self.config.grounding.threshold
+            cells = region_box(peak_region(logits.float(), threshold))  # grid units
+            # grid -> segmenter input pixels -> original pixels (resize by the longest side)
+            sizes = image_sizes.to(cells.dtype)
+            scale = self.config.mask.image_size / sizes.max(dim=1).values
+            cell = self.config.mask.image_size / logits.shape[-1]
+            pixels = cells * cell / scale[:, None]
+            limit = sizes.flip(1).repeat(1, 2)  # (W, H, W, H)
+            pixels = torch.minimum(pixels, limit)
+            grounded = normalize_box(pixels, sizes).to(fallback.dtype)
+            found = (logits.flatten(1).amax(1) > threshold)[:, None]
+        return torch.where(found, grounded, fallback)
+
+    def _decode_masks(
+        self,
+        seg_state: torch.Tensor,
+        image_embeddings: torch.Tensor,
+        image_sizes: torch.Tensor,
+        boxes: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         text_prompt = self.seg_projection(seg_state)
         mode = self.config.mask.prompt_mode
         box_prompt = point_prompt = None
@@ -192,7 +263,7 @@ class MediSee(nn.Module):
         out = self.segmenter.decode(
             image_embeddings, text_embeddings=text_prompt, boxes=box_prompt, points=point_prompt
         )
-        return boxes, out.mask_logits[:, 0], out.iou_scores[:, 0]
+        return out.mask_logits[:, 0], out.iou_scores[:, 0]
 
     # ------------------------------------------------------------------ forward
     def _read_states(
@@ -239,6 +310,8 @@ class MediSee(nn.Module):
         image_sizes: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         image_embeddings: torch.Tensor | None = None,
+        prompt_boxes: torch.Tensor | None = None,
+        decode_masks: bool = True,
     ) -> MediSeeOutput:
         """Teacher-forced pass over sequences that contain the candidate tokens.
 
@@ -248,6 +321,7 @@ class MediSee(nn.Module):
             pixel_values: ``[B, 3, S, S]`` segmenter input in [0, 1]; optional when
                 ``image_embeddings`` (``[B, C, g, g]``, e.g. cached) are given and the
                 backbone is ``lite``.
+            prompt_boxes, decode_masks: see ``decode_targets``.
         """
         if image_embeddings is None:
             if pixel_values is None:
@@ -256,14 +330,21 @@ class MediSee(nn.Module):
         lm, fused, image_states = self._read_states(
             input_ids, attention_mask, self.vision_inputs(pixel_values, image_embeddings)
         )
-        boxes, mask_logits, iou = self.decode_targets(
-            fused.seg_state, fused.det_state, image_embeddings, image_sizes
+        decoded = self.decode_targets(
+            fused.seg_state,
+            fused.det_state,
+            image_embeddings,
+            image_sizes,
+            prompt_boxes=prompt_boxes,
+            decode_masks=decode_masks,
         )
         return MediSeeOutput(
             logits=lm.logits,
-            boxes=boxes,
-            mask_logits=mask_logits,
-            iou_scores=iou,
+            boxes=decoded.boxes,
+            decoder_boxes=decoded.decoder_boxes,
+            grounding_logits=decoded.grounding_logits,
+            mask_logits=decoded.mask_logits,
+            iou_scores=decoded.iou_scores,
             seg_state=fused.seg_state,
             det_state=fused.det_state,
             image_states=image_states,
@@ -342,13 +423,13 @@ class MediSee(nn.Module):
             ]
             full_mask = torch.cat((attention_mask, new_mask), dim=1)[index]
             _, fused, _ = self._read_states(full_ids, full_mask, vision[index])
-            boxes, mask_logits, iou = self.decode_targets(
+            decoded = self.decode_targets(
                 fused.seg_state, fused.det_state, image_embeddings[index], image_sizes[index]
             )
             for i, row in enumerate(rows):
-                answers[row].box = boxes[i]
-                answers[row].mask_logits = mask_logits[i]
-                answers[row].iou_score = float(iou[i])
+                answers[row].box = decoded.boxes[i]
+                answers[row].mask_logits = decoded.mask_logits[i]
+                answers[row].iou_score = float(decoded.iou_scores[i])
         return answers
 
     def _emits_candidate_group(self, token_ids: list[int]) -> bool:

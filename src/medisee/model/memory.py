@@ -128,6 +128,7 @@ class ArchitectureSizes:
     box_hidden: int = 512
     box_layers: int = 3
     seg_projection_hidden: int | None = None
+    grounding_dim: int | None = None  # the grounding head's width when enabled
     lora: LoraSettings | None = field(default_factory=LoraSettings)
 
     @property
@@ -167,6 +168,7 @@ class ArchitectureSizes:
             box_hidden=config.box.hidden_size,
             box_layers=config.box.num_layers,
             seg_projection_hidden=config.seg_projection_hidden,
+            grounding_dim=config.grounding.dim if config.grounding.enabled else None,
             lora=config.language.lora,
         )
 
@@ -253,17 +255,22 @@ def sam_parameters(mask: MaskConfig) -> dict[str, int]:
 
 
 def head_parameters(sizes: ArchitectureSizes) -> dict[str, int]:
-    """medisee's routers (R_s, R_d), box decoder and seg projection."""
+    """medisee's routers (R_s, R_d), box decoder, seg projection and, when enabled, the
+    grounding head (query MLP d -> d -> k, 1x1 key conv C -> k, a scalar bias)."""
     d, n = sizes.text.hidden_size, sizes.num_candidates
     router = _linear(n * d, sizes.router_hidden) + _linear(sizes.router_hidden, n)
     h = sizes.box_hidden
     box = _linear(d, h) + (sizes.box_layers - 2) * _linear(h, h) + _linear(h, 4)
     inner = sizes.seg_projection_hidden or d
-    return {
+    heads = {
         "fusion": 2 * router,
         "box_decoder": box,
         "seg_projection": _linear(d, inner) + _linear(inner, sizes.mask.prompt_dim),
     }
+    if sizes.grounding_dim is not None:
+        k = sizes.grounding_dim
+        heads["grounding"] = _linear(d, d) + _linear(d, k) + _linear(sizes.mask.prompt_dim, k) + 1
+    return heads
 
 
 def lora_parameters(text: TextSizes, lora: LoraSettings | None) -> int:
@@ -479,7 +486,7 @@ def _inference_bytes(
     linear = text["layers"] - sizes.text.num_layers * 2 * sizes.text.hidden_size
     bf16_rest = counts["llm"] - linear + counts["vision_tower"] + counts["projector"]
     fp32 = sum(counts[p] for p in ("sam_image_encoder", "sam_prompt_encoder", "sam_mask_decoder"))
-    fp32 += sum(counts[p] for p in ("fusion", "box_decoder", "seg_projection"))
+    fp32 += sum(counts.get(p, 0) for p in ("fusion", "box_decoder", "seg_projection", "grounding"))
     kv_cache = 2 * sizes.text.num_layers * sizes.text.kv_size * length * BF16
     common = BF16 * bf16_rest + FP32 * fp32 + kv_cache
     return {

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from medisee.model.config import (
     BoxDecoderConfig,
     FusionConfig,
+    GroundingConfig,
     LanguageConfig,
     LoraSettings,
     MaskConfig,
@@ -46,6 +47,7 @@ def tiny() -> ModelConfig:
             decoder_num_heads=2,
             iou_head_hidden_dim=32,
         ),
+        grounding=GroundingConfig(enabled=True, dim=16),
         preset="tiny",
     )
 
@@ -66,6 +68,8 @@ def lite() -> ModelConfig:
         fusion=FusionConfig(router_hidden=1024),
         box=BoxDecoderConfig(hidden_size=512),
         mask=MaskConfig(encoder="tiny_vit", image_size=256, weights="litemedsam"),
+        # The box from a map over the SAM embedding: see medisee.model.grounding for why.
+        grounding=GroundingConfig(enabled=True, dim=128),
         preset="lite",
     )
 

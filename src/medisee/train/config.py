@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from medisee.losses import LossWeights
-from medisee.train.task import STAGES
+from medisee.train.task import MASK_PROMPTS, STAGES
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
@@ -40,6 +40,10 @@ class TrainConfig:
     warmup_steps: int = 100
     max_grad_norm: float = 1.0
     referring_ratio: float = 0.7
+    # Run the mask decoder (and L_mask) on every k-th step only: on a CPU it is most of a
+    # step's cost, while the LM and the box/grounding heads need many more samples.
+    mask_loss_every: int = 1
+    mask_prompt: str = "predicted"
     mixed_precision: str = "no"
     seed: int = 0
     log_every: int = 10
@@ -60,6 +64,10 @@ class TrainConfig:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
         if self.stage not in STAGES:
             raise ValueError(f"TrainConfig.stage must be one of {STAGES}, got {self.stage!r}")
+        if self.mask_prompt not in MASK_PROMPTS:
+            raise ValueError(
+                f"TrainConfig.mask_prompt must be one of {MASK_PROMPTS}, got {self.mask_prompt!r}"
+            )
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(
                 f"TrainConfig.mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}"
@@ -71,6 +79,7 @@ class TrainConfig:
             "log_every",
             "save_every",
             "keep_checkpoints",
+            "mask_loss_every",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")

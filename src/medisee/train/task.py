@@ -9,6 +9,10 @@ from medisee.losses import LossBreakdown, LossWeights, end_to_end_loss
 from medisee.model.medisee import MediSee
 
 STAGES = ("end2end", "finetune")
+# Which box prompts the mask decoder in training: the model's own ("predicted", the paper)
+# or the ground truth's ("target": teacher forcing, so that the decoder learns to follow
+# boxes while the box predictor is still poor).
+MASK_PROMPTS = ("predicted", "target")
 
 
 class MediSeeTask(nn.Module):
@@ -16,23 +20,37 @@ class MediSeeTask(nn.Module):
 
     ``end2end``: ``L_end``. ``finetune``: ``L_end + L_sim``, where the target map is the
     similarity map of the plain-label query for the same image, computed without gradient.
+    Models with a grounding head add ``L_ground``; ``L_bbox`` is on the box decoder's own
+    output.
     """
 
-    def __init__(self, model: MediSee, weights: LossWeights, stage: str = "end2end") -> None:
+    def __init__(
+        self,
+        model: MediSee,
+        weights: LossWeights,
+        stage: str = "end2end",
+        mask_prompt: str = "predicted",
+    ) -> None:
         super().__init__()
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        if mask_prompt not in MASK_PROMPTS:
+            raise ValueError(f"mask_prompt must be one of {MASK_PROMPTS}, got {mask_prompt!r}")
+        self.mask_prompt = mask_prompt
         self.model = model
         self.weights = weights
         self.stage = stage
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> LossBreakdown:
+    def forward(self, batch: dict[str, torch.Tensor], decode_masks: bool = True) -> LossBreakdown:
+        """``decode_masks=False``: skip the mask decoder and the mask terms (cheap steps)."""
         out = self.model(
             batch["input_ids"],
             batch["attention_mask"],
             batch["image_sizes"],
             pixel_values=batch.get("pixel_values"),
             image_embeddings=batch.get("image_embeddings"),
+            prompt_boxes=batch["target_boxes"] if self.mask_prompt == "target" else None,
+            decode_masks=decode_masks,
         )
         reasoning_map = label_map = None
         if self.stage == "finetune":
@@ -53,9 +71,10 @@ class MediSeeTask(nn.Module):
             labels=batch["labels"],
             mask_logits=out.mask_logits,
             target_masks=batch["target_masks"],
-            pred_boxes=out.boxes,
+            pred_boxes=out.decoder_boxes,
             target_boxes=batch["target_boxes"],
             weights=self.weights,
             reasoning_map=reasoning_map,
             label_map=label_map,
+            grounding_logits=out.grounding_logits,
         )

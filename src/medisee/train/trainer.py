@@ -184,7 +184,7 @@ def train(
         else None,
     )
 
-    task = MediSeeTask(model, config.losses, config.stage)
+    task = MediSeeTask(model, config.losses, config.stage, config.mask_prompt)
     parameters = [p for p in task.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         parameters, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
@@ -249,10 +249,11 @@ def train(
     step = start_step
     window: list[dict[str, float]] = []
     while step < config.max_steps:
+        decode_masks = step % config.mask_loss_every == 0
         for _ in range(config.grad_accum):
             batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
             with accelerator.accumulate(task):
-                losses = task(batch)
+                losses = task(batch, decode_masks=decode_masks)
                 accelerator.backward(losses.total)
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
@@ -263,7 +264,11 @@ def train(
         step += 1
         bar.update(1)
         if step % config.log_every == 0 or step == config.max_steps:
-            entry = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+            # Terms absent on some steps (the mask terms when skipped) average where present.
+            keys = sorted({k for w in window for k in w})
+            entry = {
+                k: sum(w[k] for w in window if k in w) / sum(k in w for w in window) for k in keys
+            }
             entry = {f"loss/{k}": v for k, v in entry.items()}
             entry.update(step=step, lr=scheduler.get_last_lr()[0])
             history.append(entry)

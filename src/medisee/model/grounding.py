@@ -1,0 +1,81 @@
+"""Grounding head (``lite`` preset): a query-conditioned coarse map over the SAM embedding.
+
+Why it exists: the paper's box decoder regresses a box from ``h_det`` alone, so the box's
+location must travel from the image through the LM's attention into one vector. At 7B
+scale with 1024 px and a pretrained MLLM that is learned; with a small LM trained from
+scratch on a CPU budget it is not (measured in ``docs/training.md``: the MLP box stays at
+the image centre). The grounding head instead scores every cell of the segmenter's image
+embedding against a query computed from ``h_det``:
+
+    map[b, y, x] = <q(h_det[b]), k(E[b, :, y, x] + PE[:, y, x])> / sqrt(dim) + bias
+
+(``E`` the frozen SAM embedding, ``PE`` SAM's dense positional encoding, so the keys know
+where a cell is). It is trained against the ground-truth mask at the embedding's grid
+(``medisee.losses.grounding_loss``), and the box is read off the map: the bounding box of
+the connected region above the threshold that holds the map's peak.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medisee.model.config import GroundingConfig
+
+
+class GroundingHead(nn.Module):
+    """``(h [B, d], E [B, C, g, g], PE [1, C, g, g]) -> logits [B, g, g]``."""
+
+    def __init__(self, hidden_size: int, embedding_dim: int, config: GroundingConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.query = nn.Sequential(
+            nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, config.dim)
+        )
+        self.keys = nn.Conv2d(embedding_dim, config.dim, kernel_size=1)
+        # Start with a low prior: most of the image is background for any one target.
+        self.bias = nn.Parameter(torch.tensor(-2.0))
+
+    def forward(
+        self, state: torch.Tensor, image_embeddings: torch.Tensor, positional: torch.Tensor
+    ) -> torch.Tensor:
+        keys = self.keys(image_embeddings + positional.to(image_embeddings.dtype))
+        query = self.query(state).to(keys.dtype)
+        return torch.einsum("bchw,bc->bhw", keys, query) / self.config.dim**0.5 + self.bias
+
+
+def peak_region(logits: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+    """``[B, g, g]`` logits -> ``[B, g, g]`` bool: the 8-connected region of cells with
+    ``logit > threshold`` that contains the peak cell (just the peak if none pass).
+
+    A flood fill by repeated 3x3 max-pooling, restricted to the cells above the threshold;
+    it stops when the region no longer grows (at most g*g rounds, usually a few dozen).
+    """
+    above = logits > threshold
+    flat = logits.flatten(1)
+    region = torch.zeros_like(above).flatten(1)
+    region[torch.arange(flat.shape[0]), flat.argmax(1)] = True
+    region = region.view_as(above)
+    allowed = above | region
+    for _ in range(logits.shape[-1] * logits.shape[-2]):
+        grown = F.max_pool2d(region[:, None].float(), 3, stride=1, padding=1)[:, 0].bool()
+        grown &= allowed
+        if torch.equal(grown, region):
+            break
+        region = grown
+    return region
+
+
+def region_box(region: torch.Tensor) -> torch.Tensor:
+    """``[B, g, g]`` bool (non-empty rows) -> ``[B, 4]`` xyxy in grid-cell units, edges of
+    the cells (a single cell ``(x, y)`` gives ``(x, y, x+1, y+1)``)."""
+    rows = region.any(dim=2)  # [B, g] over y
+    cols = region.any(dim=1)  # [B, g] over x
+    index = torch.arange(region.shape[-1], device=region.device)
+    big = region.shape[-1] + 1
+    x0 = torch.where(cols, index, big).min(1).values
+    x1 = torch.where(cols, index, -1).max(1).values + 1
+    y0 = torch.where(rows, index, big).min(1).values
+    y1 = torch.where(rows, index, -1).max(1).values + 1
+    return torch.stack((x0, y0, x1, y1), dim=1).float()
