@@ -25,6 +25,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--warmup-steps", type=int)
     parser.add_argument("--referring-ratio", type=float)
+    parser.add_argument(
+        "--mask-loss-every", type=int, help="run the mask decoder on every k-th step only"
+    )
+    parser.add_argument(
+        "--mask-prompt",
+        choices=("predicted", "target"),
+        help="box prompting the mask decoder in training (target = ground truth)",
+    )
     parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"))
     parser.add_argument("--save-every", type=int)
     parser.add_argument("--eval-every", type=int)
@@ -56,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
             "lr",
             "warmup_steps",
             "referring_ratio",
+            "mask_loss_every",
+            "mask_prompt",
             "mixed_precision",
             "save_every",
             "eval_every",
