@@ -148,3 +148,49 @@ def test_end_to_end_loss_rejects_bad_inputs():
         )
     with pytest.raises(ValueError, match="LossWeights.dice"):
         LossWeights(dice=-1.0)
+
+
+def test_grid_targets_are_cell_fractions() -> None:
+    from medisee.losses import grid_targets
+
+    mask = torch.zeros(1, 4, 4)
+    mask[0, 0, 0:2] = 1  # top-left cell: 2 of 4 pixels
+    mask[0, 2:4, 2:4] = 1  # bottom-right cell: all 4
+    torch.testing.assert_close(grid_targets(mask, 2), torch.tensor([[[0.5, 0.0], [0.0, 1.0]]]))
+    with pytest.raises(ValueError, match="multiple of the grid"):
+        grid_targets(torch.zeros(1, 5, 5), 2)
+
+
+def test_grounding_loss_hand_computed() -> None:
+    """Logits 0 everywhere: p = 0.5, BCE = ln 2 per cell whatever the soft target; cell
+    targets (1, 0.5, 0, 0) give Dice = 1 - (2*0.75 + 1)/(2 + 1.5 + 1) = 1 - 2.5/4.5."""
+    from medisee.losses import LossWeights, grounding_loss
+
+    mask = torch.zeros(1, 4, 4)
+    mask[0, 0:2, 0:2] = 1
+    mask[0, 0:2, 2] = 1  # top-right cell half full
+    loss = grounding_loss(torch.zeros(1, 2, 2), mask, LossWeights(ground_bce=1.0, ground_dice=2.0))
+    torch.testing.assert_close(loss, torch.tensor([math.log(2) + 2 * (1 - 2.5 / 4.5)]))
+
+
+def test_end_to_end_loss_without_masks_leaves_the_mask_terms_out() -> None:
+    from medisee.losses import LossWeights, end_to_end_loss
+
+    logits = torch.zeros(1, 3, 5, requires_grad=True)
+    labels = torch.tensor([[-100, 1, 2]])
+    boxes = torch.tensor([[0.5, 0.5, 0.2, 0.2]])
+    common = dict(
+        text_logits=logits,
+        labels=labels,
+        target_masks=torch.ones(1, 4, 4),
+        pred_boxes=boxes,
+        target_boxes=boxes,
+        weights=LossWeights(),
+    )
+    without = end_to_end_loss(mask_logits=None, **common)
+    with_masks = end_to_end_loss(mask_logits=torch.zeros(1, 4, 4), **common)
+    assert without.bce is None and without.dice is None
+    assert "bce" not in without.as_floats()
+    torch.testing.assert_close(without.total, without.text)  # boxes equal: L_bbox = 0
+    expected = without.total + 2.0 * with_masks.bce + 0.5 * with_masks.dice
+    torch.testing.assert_close(with_masks.total, expected)

@@ -138,3 +138,47 @@ def test_similarity_loss_changes_training(tmp_path, synthetic_records):
     assert not torch.equal(a["fusion.seg_router.net.0.weight"], b["fusion.seg_router.net.0.weight"])
     encoder = [k for k in a if k.startswith("segmenter.image_encoder.")]
     assert encoder and all(torch.equal(a[k], b[k]) for k in encoder)
+
+
+def test_mask_loss_every_runs_the_mask_decoder_on_those_steps_only(tmp_path, synthetic_records):
+    config = _config(tmp_path, eval_every=0, mask_loss_every=2)
+    result = train(config, progress=False, records=synthetic_records)
+    losses = [h for h in result.history if "loss/total" in h]
+    # Steps are logged after they ran: the 1st and 3rd steps (indices 0 and 2) decoded masks.
+    assert [h["step"] for h in losses if "loss/bce" in h] == [1, 3]
+    assert all("loss/ground" in h and "loss/giou" in h for h in losses)
+
+
+def test_target_mask_prompt_gives_the_decoder_the_ground_truth_box(tiny_model, monkeypatch):
+    """``mask_prompt="target"``: the decoder's box prompt is the target box in the
+    segmenter input frame; ``"predicted"``: the model's own (grounded) box."""
+    from medisee.boxes import denormalize_box
+    from medisee.losses import LossWeights
+    from medisee.train.task import MediSeeTask
+    from tests.conftest import make_batch
+
+    seen = []
+    decode = tiny_model.segmenter.decode
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["boxes"])
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_model.segmenter, "decode", spy)
+    batch = make_batch(tiny_model)
+    # make_batch's images are already image_size square: input frame = original frame.
+    expected = denormalize_box(batch["target_boxes"], batch["image_sizes"].float())
+    MediSeeTask(tiny_model, LossWeights(), mask_prompt="target")(batch)
+    torch.testing.assert_close(seen[-1], expected)
+    losses = MediSeeTask(tiny_model, LossWeights(), mask_prompt="predicted")(batch)
+    assert not torch.allclose(seen[-1], expected)
+    assert losses.ground is not None
+    skipped = MediSeeTask(tiny_model, LossWeights())(batch, decode_masks=False)
+    assert skipped.bce is None and len(seen) == 2
+
+
+def test_train_config_rejects_bad_mask_schedule(tmp_path):
+    with pytest.raises(ValueError, match="mask_loss_every"):
+        _config(tmp_path, mask_loss_every=0)
+    with pytest.raises(ValueError, match="mask_prompt"):
+        _config(tmp_path, mask_prompt="oracle")

@@ -34,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="box prompting the mask decoder in training (target = ground truth)",
     )
     parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"))
+    parser.add_argument(
+        "--cache-dir", help="embedding cache directory (default: the run's embedding_cache/)"
+    )
     parser.add_argument("--save-every", type=int)
     parser.add_argument("--eval-every", type=int)
     parser.add_argument("--seed", type=int)
@@ -67,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
             "mask_loss_every",
             "mask_prompt",
             "mixed_precision",
+            "cache_dir",
             "save_every",
             "eval_every",
             "seed",

@@ -20,12 +20,20 @@ from tqdm.auto import tqdm
 
 from medisee.model.preprocess import SamTransform
 
+# The fields of MaskConfig that change what the image encoder computes. Not ``weights``
+# (where the weights came from: a model rebuilt by ``from_pretrained`` says None while
+# holding the same tensors, which are hashed below) nor the prompt/decoder settings.
+_ENCODER_FIELDS = ("encoder", "image_size", "prompt_dim", "tiny_vit", "vit")
+
 
 def encoder_fingerprint(segmenter) -> str:
-    """Hash of a segmenter's config and its image-encoder weights."""
-    digest = hashlib.sha256(
-        json.dumps(segmenter.config.__dict__, default=str, sort_keys=True).encode()
-    )
+    """Hash of a segmenter's encoder configuration and its image-encoder weights."""
+    config = {name: getattr(segmenter.config, name) for name in _ENCODER_FIELDS}
+    if config["encoder"] == "tiny_vit":
+        config.pop("vit")
+    else:
+        config.pop("tiny_vit")
+    digest = hashlib.sha256(json.dumps(config, default=str, sort_keys=True).encode())
     for name, tensor in sorted(segmenter.image_encoder.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])

@@ -1,0 +1,137 @@
+"""Grounding head: the peak region, its box, the frames of the answer box, the fallback."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from medisee.model.config import GroundingConfig
+from medisee.model.grounding import GroundingHead, peak_region, region_box
+from tests.conftest import make_batch
+
+
+def _logits(size: int, cells: dict[tuple[int, int], float], background: float = -5.0):
+    """``[1, size, size]`` logits; ``cells`` maps (x, y) to a value."""
+    logits = torch.full((1, size, size), background)
+    for (x, y), value in cells.items():
+        logits[0, y, x] = value
+    return logits
+
+
+def test_peak_region_keeps_only_the_blob_holding_the_peak() -> None:
+    # Blob A (x 1..2, y 1..2) holds the peak 9; blob B (x 5..6, y 5) is above 0 but apart.
+    cells = {(1, 1): 1.0, (2, 1): 1.0, (1, 2): 9.0, (2, 2): 1.0, (5, 5): 3.0, (6, 5): 3.0}
+    region = peak_region(_logits(8, cells))
+    assert {(int(x), int(y)) for y, x in torch.nonzero(region[0]).tolist()} == {
+        (1, 1),
+        (2, 1),
+        (1, 2),
+        (2, 2),
+    }
+    assert region_box(region).tolist() == [[1.0, 1.0, 3.0, 3.0]]
+
+
+def test_peak_region_is_8_connected_and_follows_a_long_thin_path() -> None:
+    # A diagonal staircase from the peak at (0, 0) to (7, 7): one region, whole grid's box.
+    cells = {(i, i): 1.0 for i in range(8)}
+    cells[(0, 0)] = 5.0
+    region = peak_region(_logits(8, cells))
+    assert int(region.sum()) == 8
+    assert region_box(region).tolist() == [[0.0, 0.0, 8.0, 8.0]]
+
+
+def test_nothing_above_the_threshold_gives_the_peak_cell_alone() -> None:
+    region = peak_region(_logits(6, {(4, 2): -1.0}))
+    assert int(region.sum()) == 1 and bool(region[0, 2, 4])
+    assert region_box(region).tolist() == [[4.0, 2.0, 5.0, 3.0]]
+
+
+def test_region_box_is_per_row_of_a_batch() -> None:
+    region = torch.zeros(2, 4, 4, dtype=torch.bool)
+    region[0, 0, 3] = True  # x 3, y 0
+    region[1, 1:3, 0:2] = True  # x 0..1, y 1..2
+    assert region_box(region).tolist() == [[3.0, 0.0, 4.0, 1.0], [0.0, 1.0, 2.0, 3.0]]
+
+
+def test_grounding_head_scores_cells_by_position_too() -> None:
+    """Keys add SAM's positional encoding, so a constant image still gives a varying map,
+    and the gradient reaches the query MLP and the keys."""
+    torch.manual_seed(0)
+    head = GroundingHead(hidden_size=12, embedding_dim=8, config=GroundingConfig(dim=6))
+    state = torch.randn(2, 12)
+    embeddings = torch.ones(2, 8, 5, 5)
+    positional = torch.randn(1, 8, 5, 5)
+    logits = head(state, embeddings, positional)
+    assert logits.shape == (2, 5, 5)
+    assert float(logits[0].std()) > 0
+    logits.sum().backward()
+    assert head.query[0].weight.grad.abs().sum() > 0
+    assert head.keys.weight.grad.abs().sum() > 0
+
+
+def test_answer_box_from_the_map_in_the_original_frame(tiny_model) -> None:
+    """Grid cells -> input pixels -> original pixels (longest side resized) -> normalised.
+
+    tiny: image_size 64, grid 16 (4 px per cell). Cells x 2..5, y 4..7 -> grid box
+    (2, 4, 6, 8) -> input (8, 16, 24, 32); a 128 x 96 (H x W) image is scaled by 0.5, so
+    the original box is (16, 32, 48, 64): cxcywh (32/96, 48/128, 32/96, 32/128).
+    """
+    grid = tiny_model.config.mask.embedding_size
+    assert grid == 16
+    logits = torch.full((1, grid, grid), -3.0)
+    logits[0, 4:8, 2:6] = 2.0
+    fallback = torch.tensor([[0.9, 0.9, 0.1, 0.1]])
+    box = tiny_model._grounded_boxes(logits, fallback, torch.tensor([[128, 96]]))
+    expected = torch.tensor([[32 / 96, 48 / 128, 32 / 96, 32 / 128]])
+    torch.testing.assert_close(box, expected)
+
+
+def test_answer_box_falls_back_to_the_box_decoder_when_the_map_is_empty(tiny_model) -> None:
+    grid = tiny_model.config.mask.embedding_size
+    logits = torch.full((2, grid, grid), -3.0)
+    logits[1, 0, 0] = 1.0
+    fallback = torch.tensor([[0.4, 0.5, 0.2, 0.3], [0.4, 0.5, 0.2, 0.3]])
+    box = tiny_model._grounded_boxes(logits, fallback, torch.tensor([[64, 64], [64, 64]]))
+    torch.testing.assert_close(box[0], fallback[0])
+    torch.testing.assert_close(box[1], torch.tensor([0.5 / 16, 0.5 / 16, 1 / 16, 1 / 16]))
+
+
+def test_forward_answers_with_the_grounded_box_and_trains_the_decoder_box(tiny_model) -> None:
+    batch = make_batch(tiny_model)
+    out = tiny_model(
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["image_sizes"],
+        pixel_values=batch["pixel_values"],
+    )
+    grid = tiny_model.config.mask.embedding_size
+    assert out.grounding_logits.shape == (2, grid, grid)
+    expected = tiny_model._grounded_boxes(
+        out.grounding_logits, out.decoder_boxes, batch["image_sizes"]
+    )
+    torch.testing.assert_close(out.boxes, expected)
+    assert out.decoder_boxes.requires_grad  # L_bbox trains the box decoder
+
+
+def test_grounding_head_must_match_the_config(tiny_model) -> None:
+    from medisee.model.medisee import MediSee
+
+    config = dataclasses.replace(tiny_model.config, grounding=GroundingConfig(enabled=False))
+    with pytest.raises(ValueError, match="grounding head"):
+        MediSee(
+            config,
+            tiny_model.language,
+            tiny_model.tokenizer,
+            tiny_model.fusion,
+            tiny_model.box_decoder,
+            tiny_model.seg_projection,
+            tiny_model.segmenter,
+            grounding=tiny_model.grounding,
+        )
+
+
+def test_grounding_config_rejects_a_non_positive_width() -> None:
+    with pytest.raises(ValueError, match="GroundingConfig.dim"):
+        GroundingConfig(dim=0)

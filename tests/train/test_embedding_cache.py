@@ -1,0 +1,40 @@
+"""The embedding cache's key: the encoder's configuration and weights, not their origin."""
+
+import dataclasses
+
+import torch
+
+from medisee.model.mask_decoder import build_segmenter
+from medisee.model.medisee import MediSee
+from medisee.train.embedding_cache import EmbeddingCache, encoder_fingerprint
+
+
+def test_a_reloaded_model_reads_the_cache_its_training_run_wrote(tmp_path, tiny_model):
+    """``from_pretrained`` rebuilds the segmenter with ``weights=None`` and loads the same
+    tensors: the fingerprint must not change (it did, and evaluation missed the cache)."""
+    tiny_model.save_pretrained(tmp_path / "model")
+    reloaded = MediSee.from_pretrained(tmp_path / "model")
+    assert encoder_fingerprint(reloaded.segmenter) == encoder_fingerprint(tiny_model.segmenter)
+    relabelled = dataclasses.replace(tiny_model.segmenter.config, weights="elsewhere.pth")
+    tiny_model.segmenter.config = relabelled
+    assert encoder_fingerprint(reloaded.segmenter) == encoder_fingerprint(tiny_model.segmenter)
+
+
+def test_other_encoder_weights_or_sizes_get_another_key(tiny_model):
+    base = encoder_fingerprint(tiny_model.segmenter)
+    torch.manual_seed(1)
+    other = build_segmenter(tiny_model.config.mask)
+    assert encoder_fingerprint(other) != base
+    larger = build_segmenter(dataclasses.replace(tiny_model.config.mask, image_size=128))
+    assert encoder_fingerprint(larger) != base
+
+
+def test_store_and_load_round_trip_in_fp16(tmp_path, tiny_model):
+    image = tmp_path / "a.png"
+    image.write_bytes(b"not really a png, only its bytes are hashed")
+    cache = EmbeddingCache(tmp_path / "cache", encoder_fingerprint(tiny_model.segmenter))
+    assert image not in cache
+    embedding = torch.randn(32, 16, 16)
+    cache.store(image, embedding)
+    assert image in cache
+    torch.testing.assert_close(cache.load(image), embedding.half().float())
