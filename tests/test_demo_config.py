@@ -1,0 +1,32 @@
+"""The shipped ``lite-cpu.yaml`` is the demo's training schedule, and the demo validates."""
+
+from importlib import resources
+
+import pytest
+
+from medisee.demo import DemoConfig
+from medisee.train.config import TrainConfig
+
+
+def test_lite_cpu_yaml_matches_the_demo_schedule():
+    path = resources.files("medisee") / "configs" / "lite-cpu.yaml"
+    config = TrainConfig.from_yaml(str(path))
+    demo = DemoConfig()
+    assert config.model == "lite"
+    for train_name, demo_name in (
+        ("max_steps", "steps"),
+        ("batch_size", "batch_size"),
+        ("lr", "lr"),
+        ("warmup_steps", "warmup_steps"),
+        ("referring_ratio", "referring_ratio"),
+        ("mask_loss_every", "mask_loss_every"),
+        ("mask_prompt", "mask_prompt"),
+    ):
+        assert getattr(config, train_name) == getattr(demo, demo_name), train_name
+
+
+def test_demo_config_rejects_too_few_images_or_steps():
+    with pytest.raises(ValueError, match="30 images"):
+        DemoConfig(num_images=10)
+    with pytest.raises(ValueError, match="steps"):
+        DemoConfig(steps=0)
