@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/probe_grounding.json")
     args = parser.parse_args()
 
-    from medisee.boxes import box_iou
+    from medisee.boxes import box_iou, mask_to_box
     from medisee.data.manifest import read_manifest
     from medisee.data.masks import load_mask
     from medisee.losses import LossWeights, grounding_loss
@@ -92,7 +92,9 @@ def main() -> None:
             logits = head(label_states(label), image, positional)
             cells = region_box(peak_region(logits, config.grounding.threshold))
             predicted = cells * (low_res / logits.shape[-1])
-            target = torch.stack([_mask_box(m) for m in mask])
+            target = torch.tensor(
+                [mask_to_box(m.numpy() > 0) or (0, 0, 0, 0) for m in mask], dtype=torch.float32
+            )
             ious.append(box_iou(predicted, target))
         iou = torch.cat(ious)
         return {"box_iou": float(iou.mean()), "acc": float((iou > 0.5).float().mean())}
@@ -124,13 +126,6 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result["train"]))
-
-
-def _mask_box(mask: torch.Tensor) -> torch.Tensor:
-    ys, xs = torch.nonzero(mask, as_tuple=True)
-    if ys.numel() == 0:
-        return torch.zeros(4)
-    return torch.stack((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)).float()
 
 
 if __name__ == "__main__":

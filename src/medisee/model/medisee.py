@@ -222,6 +222,11 @@ class MediSee(nn.Module):
             )
         return TargetDecoding(boxes, decoder_boxes, grounding_logits, mask_logits, iou)
 
+    def _input_scale(self, image_sizes: torch.Tensor) -> torch.Tensor:
+        """``[B]`` original -> segmenter input pixels (the longest side is resized to S),
+        for float ``image_sizes`` ``[B, 2]`` (as ``ImageFrame.scale``)."""
+        return self.config.mask.image_size / image_sizes.max(dim=1).values
+
     def _grounded_boxes(
         self, logits: torch.Tensor, fallback: torch.Tensor, image_sizes: torch.Tensor
     ) -> torch.Tensor:
@@ -232,9 +237,8 @@ class MediSee(nn.Module):
             cells = region_box(peak_region(logits.float(), threshold))  # grid units
             # grid -> segmenter input pixels -> original pixels (resize by the longest side)
             sizes = image_sizes.to(cells.dtype)
-            scale = self.config.mask.image_size / sizes.max(dim=1).values
             cell = self.config.mask.image_size / logits.shape[-1]
-            pixels = cells * cell / scale[:, None]
+            pixels = cells * cell / self._input_scale(sizes)[:, None]
             limit = sizes.flip(1).repeat(1, 2)  # (W, H, W, H)
             pixels = torch.minimum(pixels, limit)
             grounded = normalize_box(pixels, sizes).to(fallback.dtype)
@@ -254,10 +258,8 @@ class MediSee(nn.Module):
         if mode in ("T+B", "T+B+P"):
             box_for_prompt = boxes if self.config.box_prompt_gradient else boxes.detach()
             # normalised (original frame) -> pixels -> segmenter input frame
-            scale = self.config.mask.image_size / image_sizes.max(dim=1).values.to(boxes.dtype)
-            box_prompt = (
-                denormalize_box(box_for_prompt, image_sizes.to(boxes.dtype)) * scale[:, None]
-            )
+            sizes = image_sizes.to(boxes.dtype)
+            box_prompt = denormalize_box(box_for_prompt, sizes) * self._input_scale(sizes)[:, None]
             if mode == "T+B+P":
                 point_prompt = (box_prompt[:, :2] + box_prompt[:, 2:]) / 2
         out = self.segmenter.decode(
