@@ -42,40 +42,25 @@ FALLBACK_BATCHES = (15, 8, 4, 2, 1)
 
 # ----------------------------------------------------------------------------- model
 def llava_med_hf_config(image_token_id: int, vocab_size: int, tiny: bool) -> dict[str, Any]:
-    """LLaVA-Med v1.5 (as ``medisee convert llava-med`` writes it), or a tiny twin."""
+    """LLaVA-Med v1.5 (as ``medisee convert llava-med`` writes it), or a tiny twin. The
+    full sizes are ``medisee.model.memory``'s defaults, the ones the estimate counts."""
+    from medisee.model.memory import TextSizes, VisionSizes
+
     if tiny:
-        text = dict(
+        text = TextSizes(
+            hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2
+        ).hf_fields()
+        vision = VisionSizes(
             hidden_size=32,
             intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-        )
-        vision = dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
+            num_layers=2,
+            num_heads=2,
             image_size=32,
             patch_size=8,
-        )
+        ).hf_fields()
     else:
-        text = dict(
-            hidden_size=4096,
-            intermediate_size=14336,
-            num_hidden_layers=32,
-            num_attention_heads=32,
-            num_key_value_heads=8,
-        )
-        vision = dict(
-            hidden_size=1024,
-            intermediate_size=4096,
-            num_hidden_layers=24,
-            num_attention_heads=16,
-            image_size=336,
-            patch_size=14,
-            hidden_act="quick_gelu",
-        )
+        text = TextSizes().hf_fields()
+        vision = {**VisionSizes().hf_fields(), "hidden_act": "quick_gelu"}
     return {
         "text_config": {
             "model_type": "mistral",

@@ -34,27 +34,13 @@ MEDISEE_7B = ArchitectureSizes.from_config(medisee_7b())
 def _mistral_config(text: TextSizes, vocab: int):
     from transformers import MistralConfig
 
-    return MistralConfig(
-        vocab_size=vocab,
-        hidden_size=text.hidden_size,
-        intermediate_size=text.intermediate_size,
-        num_hidden_layers=text.num_layers,
-        num_attention_heads=text.num_heads,
-        num_key_value_heads=text.num_kv_heads,
-    )
+    return MistralConfig(vocab_size=vocab, **text.hf_fields())
 
 
 def _clip_config(vision: VisionSizes):
     from transformers import CLIPVisionConfig
 
-    return CLIPVisionConfig(
-        hidden_size=vision.hidden_size,
-        intermediate_size=vision.intermediate_size,
-        num_hidden_layers=vision.num_layers,
-        num_attention_heads=vision.num_heads,
-        image_size=vision.image_size,
-        patch_size=vision.patch_size,
-    )
+    return CLIPVisionConfig(**vision.hf_fields())
 
 
 def _numel(module: torch.nn.Module) -> int:

@@ -78,6 +78,17 @@ class TextSizes:
     def kv_size(self) -> int:
         return self.num_kv_heads * self.head_dim
 
+    def hf_fields(self) -> dict[str, int]:
+        """These sizes under transformers' ``MistralConfig`` names (vocabulary left out:
+        callers add their tokens)."""
+        return {
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+        }
+
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """``(in, out)`` of each projection of one decoder layer."""
         d, q, kv, i = (
@@ -112,6 +123,17 @@ class VisionSizes:
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+    def hf_fields(self) -> dict[str, int]:
+        """These sizes under transformers' ``CLIPVisionConfig`` names."""
+        return {
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "image_size": self.image_size,
+            "patch_size": self.patch_size,
+        }
 
 
 @dataclass(frozen=True)
