@@ -14,6 +14,7 @@ against the target box in the segmenter input frame, on the test split.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -31,6 +32,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-every", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--refine-layers", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--refine-dim", type=int, default=None, help="default: the preset's")
     parser.add_argument("--out", default="benchmarks/results/probe_grounding.json")
     args = parser.parse_args()
 
@@ -49,6 +52,13 @@ def main() -> None:
     demo = Path(args.demo_dir)
     records, _ = read_manifest(demo / "data" / "manifest.jsonl")
     config = lite()
+    config.grounding = dataclasses.replace(
+        config.grounding,
+        refine_layers=config.grounding.refine_layers
+        if args.refine_layers is None
+        else args.refine_layers,
+        refine_dim=config.grounding.refine_dim if args.refine_dim is None else args.refine_dim,
+    )
     segmenter = build_segmenter(config.mask).eval()
     cache = EmbeddingCache(demo / "embedding_cache", encoder_fingerprint(segmenter))
     positional = segmenter.image_positional_embeddings().detach()
@@ -85,7 +95,7 @@ def main() -> None:
         )
 
     @torch.no_grad()
-    def evaluate(split: str) -> dict[str, float]:
+    def evaluate(split: str, per_item: bool = False):
         ious = []
         for start in range(0, len(items[split]), 32):
             image, label, mask = batch(items[split][start : start + 32])
@@ -97,7 +107,24 @@ def main() -> None:
             )
             ious.append(box_iou(predicted, target))
         iou = torch.cat(ious)
+        if per_item:
+            return iou.tolist()
         return {"box_iou": float(iou.mean()), "acc": float((iou > 0.5).float().mean())}
+
+    @torch.no_grad()
+    def by_label(split: str) -> dict[str, dict[str, float]]:
+        score = evaluate(split, per_item=True)
+        grouped: dict[str, list[float]] = {}
+        for item, iou in zip(items[split], score, strict=True):
+            grouped.setdefault(labels[item[1]], []).append(iou)
+        return {
+            label: {
+                "n": len(v),
+                "box_iou": sum(v) / len(v),
+                "acc": sum(i > 0.5 for i in v) / len(v),
+            }
+            for label, v in sorted(grouped.items())
+        }
 
     curve, started = [], time.perf_counter()
     for step in range(1, args.steps + 1):
@@ -115,13 +142,17 @@ def main() -> None:
     result = {
         "what": "grounding head with the ground-truth label (no LM), test split, input frame",
         "command": f"python benchmarks/probe_grounding.py --demo-dir {args.demo_dir} "
-        f"--steps {args.steps} --batch-size {args.batch_size} --lr {args.lr}",
+        f"--steps {args.steps} --batch-size {args.batch_size} --lr {args.lr} "
+        f"--refine-layers {config.grounding.refine_layers} "
+        f"--refine-dim {config.grounding.refine_dim}",
+        "grounding": dataclasses.asdict(config.grounding),
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads",
         "train_targets": len(items["train"]),
         "test_targets": len(items["test"]),
         "curve": curve,
         "train": evaluate("train"),
+        "test_by_label": by_label("test"),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))

@@ -3,9 +3,13 @@
 import json
 
 from medisee.cli import main
+from medisee.data.manifest import read_manifest
+from medisee.demo import write_overlays
+from medisee.model.medisee import MediSee
+from medisee.train.embedding_cache import EmbeddingCache, encoder_fingerprint
 
 
-def test_build_train_eval_predict(tmp_path):
+def test_build_train_eval_predict(tmp_path, monkeypatch):
     data, run, evaluation, predictions = (tmp_path / n for n in ("data", "run", "eval", "pred"))
     assert (
         main(
@@ -88,6 +92,21 @@ def test_build_train_eval_predict(tmp_path):
         == 0
     )
     assert any(predictions.rglob("*.png")), "predict wrote no overlay/mask"
+
+    # The demo's overlays take the embeddings the evaluation cached: with the encoder
+    # made to fail, they are still drawn.
+    records, _ = read_manifest(manifest)
+    chosen = [r for r in records if r.split == "test"][:2]
+    model = MediSee.from_pretrained(run / "model")
+    cache = EmbeddingCache(tmp_path / "cache", encoder_fingerprint(model.segmenter))
+    cache.precompute(model.segmenter, [data / r.image for r in chosen], progress=False)
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("an image with a cached embedding was encoded again")
+
+    monkeypatch.setattr(MediSee, "embed_images", no_encoder)
+    write_overlays(run / "model", records, data, tmp_path / "overlays", 2, tmp_path / "cache")
+    assert len(list((tmp_path / "overlays").glob("*.png"))) == 2
 
 
 def test_cli_reports_bad_input_with_exit_code_2(tmp_path, capsys):

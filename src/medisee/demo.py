@@ -141,7 +141,12 @@ def run_demo(config: DemoConfig) -> dict:
     print("[4/4] writing the training curve and overlays ...", flush=True)
     plot_training_curve(result.history, out / "training_curve.png")
     write_overlays(
-        result.model_dir, built.records, built.manifest.parent, out / "overlays", config.overlays
+        result.model_dir,
+        built.records,
+        built.manifest.parent,
+        out / "overlays",
+        config.overlays,
+        cache_dir=cache_dir,
     )
     timings["total"] = time.perf_counter() - started
 
@@ -180,18 +185,28 @@ def plot_training_curve(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_overlays(model_dir: Path, records, root: Path, out: Path, count: int) -> None:
+def write_overlays(
+    model_dir: Path, records, root: Path, out: Path, count: int, cache_dir: Path | None = None
+) -> None:
     """Overlays (image, mask, box, question, explanation) of reasoning questions from
-    test images, one per image."""
+    test images, one per image; embeddings come from ``cache_dir`` when it holds them (the
+    evaluation has just computed them), else from the encoder."""
     from medisee.inference import Predictor
+    from medisee.train.embedding_cache import EmbeddingCache, encoder_fingerprint
 
     predictor = Predictor.from_pretrained(model_dir)
+    cache = None
+    if cache_dir is not None:
+        cache = EmbeddingCache(cache_dir, encoder_fingerprint(predictor.model.segmenter))
     chosen = [r for r in records if r.split == "test"][:count]
     out.mkdir(parents=True, exist_ok=True)
     for record in chosen:
         qa = next((q for t in record.targets for q in t.qa if q.kind == "reasoning"), None)
         if qa is None:
             continue
-        predictor.set_image(root / record.image)
+        state = predictor.prepare(root / record.image)
+        if cache is not None and root / record.image in cache:
+            state.embedding = cache.load(root / record.image).to(predictor.device)
+        predictor.set_image(state)
         prediction = predictor.predict(qa.question)
         prediction.save_overlay(out / f"{record.id}.png")

@@ -71,6 +71,41 @@ def test_grounding_head_scores_cells_by_position_too() -> None:
     assert head.keys.weight.grad.abs().sum() > 0
 
 
+def test_refined_head_starts_as_the_linear_map_and_then_learns_from_neighbours() -> None:
+    """The refiner's last conv is zero-initialised: a new refined head gives exactly the
+    linear query-key map of the same weights; after one step its 3x3 convs have gradient."""
+    torch.manual_seed(0)
+    plain = GroundingHead(hidden_size=12, embedding_dim=8, config=GroundingConfig(dim=8))
+    refined = GroundingHead(
+        hidden_size=12,
+        embedding_dim=8,
+        config=GroundingConfig(dim=8, refine_layers=2, refine_dim=4),
+    )
+    refined.load_state_dict(plain.state_dict(), strict=False)
+    state, embeddings, positional = (
+        torch.randn(2, 12),
+        torch.randn(2, 8, 6, 6),
+        torch.randn(1, 8, 6, 6),
+    )
+    linear = plain(state, embeddings, positional)
+    torch.testing.assert_close(refined(state, embeddings, positional), linear)
+    # The linear map is the per-channel product summed, as the docstring says.
+    keys = plain.keys(embeddings + positional)
+    expected = torch.einsum("bchw,bc->bhw", keys, plain.query(state)) / 8**0.5 + plain.bias
+    torch.testing.assert_close(linear, expected)
+
+    optimizer = torch.optim.SGD(refined.parameters(), lr=0.1)
+    refined(state, embeddings, positional).square().sum().backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    refined(state, embeddings, positional).square().sum().backward()
+    convs = [
+        m for m in refined.refine if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
+    ]
+    assert len(convs) == 2 and all(c.weight.grad.abs().sum() > 0 for c in convs)
+    assert not torch.allclose(refined(state, embeddings, positional), linear)
+
+
 def test_answer_box_from_the_map_in_the_original_frame(tiny_model) -> None:
     """Grid cells -> input pixels -> original pixels (longest side resized) -> normalised.
 
@@ -135,3 +170,7 @@ def test_grounding_head_must_match_the_config(tiny_model) -> None:
 def test_grounding_config_rejects_a_non_positive_width() -> None:
     with pytest.raises(ValueError, match="GroundingConfig.dim"):
         GroundingConfig(dim=0)
+    with pytest.raises(ValueError, match="GroundingConfig.refine_layers"):
+        GroundingConfig(refine_layers=-1)
+    with pytest.raises(ValueError, match="GroundingConfig.refine_dim"):
+        GroundingConfig(refine_layers=1, refine_dim=0)

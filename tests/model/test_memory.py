@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from medisee.cli import main
-from medisee.model.config import LanguageConfig, LoraSettings, MaskConfig, ViTConfig
+from medisee.model.config import (
+    GroundingConfig,
+    LanguageConfig,
+    LoraSettings,
+    MaskConfig,
+    ViTConfig,
+)
 from medisee.model.memory import (
     ArchitectureSizes,
     TextSizes,
@@ -155,6 +161,7 @@ def test_trainable_and_frozen_totals_match_a_built_model() -> None:
     )
     config = tiny()
     config.mask = mask
+    config.grounding = GroundingConfig(enabled=True, dim=16, refine_layers=2, refine_dim=8)
     config.language = LanguageConfig(
         backbone="llava",
         hf_config={

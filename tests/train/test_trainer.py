@@ -53,6 +53,37 @@ def test_mixed_sampler_ratio_determinism_and_resume():
         MixedSampler([], [], 0.7, seed=0)
 
 
+def test_length_grouping_keeps_the_draws_sorts_batches_and_resumes():
+    referring, reasoning = list(range(70)), list(range(100, 130))
+    lengths = {i: (i * 37) % 101 for i in range(130)}
+
+    def sampler(**kwargs):
+        options = dict(seed=3, length=480, lengths=lengths, group_steps=4, step_draws=8)
+        return MixedSampler(referring, reasoning, 0.7, **(options | kwargs))
+
+    plain = list(MixedSampler(referring, reasoning, 0.7, seed=3, length=480))
+    grouped = list(sampler())
+    window = 4 * 8
+    for start in range(0, 480, window):
+        # Same draws in each window, only reordered ...
+        assert sorted(grouped[start : start + window]) == sorted(plain[start : start + window])
+
+    # ... into batches of neighbouring lengths: in each window, every batch's length range
+    # is disjoint from the others' (up to ties), so padding is far below the plain stream's.
+    def spread(stream):
+        batches = [stream[i : i + 8] for i in range(0, len(stream), 8)]
+        return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
+
+    assert spread(grouped) < spread(plain) / 3
+    assert grouped != plain
+    # A pure function of (seed, position): resume at a step boundary, and shards.
+    assert list(sampler(start=40, length=440)) == grouped[40:]
+    shards = [list(sampler(length=240, rank=r, world_size=2)) for r in (0, 1)]
+    assert shards[0] == grouped[0::2] and shards[1] == grouped[1::2]
+    with pytest.raises(ValueError, match="needs the examples' lengths"):
+        MixedSampler(referring, reasoning, 0.7, seed=0, group_steps=2)
+
+
 def test_warmup_linear_decay_schedule():
     factor = warmup_linear_decay(warmup_steps=4, total_steps=10)
     assert [factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
@@ -182,3 +213,5 @@ def test_train_config_rejects_bad_mask_schedule(tmp_path):
         _config(tmp_path, mask_loss_every=0)
     with pytest.raises(ValueError, match="mask_prompt"):
         _config(tmp_path, mask_prompt="oracle")
+    with pytest.raises(ValueError, match="group_by_length"):
+        _config(tmp_path, group_by_length=-1)

@@ -137,14 +137,22 @@ class GroundingConfig:
     """Grounding head (``medisee.model.grounding``): when ``enabled``, the box comes from a
     query-conditioned map over the segmenter's image embedding instead of the box decoder
     (which is still trained, and used when the map has no cell above ``threshold``).
-    ``dim``: width of the query/key space."""
+    ``dim``: width of the query/key space. ``refine_layers`` 3x3 convolutions of width
+    ``refine_dim`` over the query-modulated keys add a correction to the linear map (0: the
+    map is the plain query-key product)."""
 
     enabled: bool = False
     dim: int = 128
     threshold: float = 0.0
+    refine_layers: int = 0
+    refine_dim: int = 32
 
     def __post_init__(self) -> None:
-        _check_positive("GroundingConfig", dim=self.dim)
+        _check_positive("GroundingConfig", dim=self.dim, refine_dim=self.refine_dim)
+        if self.refine_layers < 0:
+            raise ValueError(
+                f"GroundingConfig.refine_layers must be >= 0, got {self.refine_layers}"
+            )
 
 
 @dataclass

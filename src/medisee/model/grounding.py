@@ -36,13 +36,34 @@ class GroundingHead(nn.Module):
         self.keys = nn.Conv2d(embedding_dim, config.dim, kernel_size=1)
         # Start with a low prior: most of the image is background for any one target.
         self.bias = nn.Parameter(torch.tensor(-2.0))
+        self.refine = _refiner(config) if config.refine_layers > 0 else None
 
     def forward(
         self, state: torch.Tensor, image_embeddings: torch.Tensor, positional: torch.Tensor
     ) -> torch.Tensor:
         keys = self.keys(image_embeddings + positional.to(image_embeddings.dtype))
         query = self.query(state).to(keys.dtype)
-        return torch.einsum("bchw,bc->bhw", keys, query) / self.config.dim**0.5 + self.bias
+        # Per-channel products; their sum over channels is the linear query-key score.
+        modulated = keys * query[:, :, None, None] / self.config.dim**0.5  # [B, k, g, g]
+        logits = modulated.sum(1) + self.bias
+        if self.refine is not None:
+            # A small conv tower sees each cell's neighbourhood, which a dot product cannot
+            # (a lesion is "a bright blob inside the organ", not one cell's feature).
+            logits = logits + self.refine(modulated)[:, 0]
+        return logits
+
+
+def _refiner(config: GroundingConfig) -> nn.Sequential:
+    """``[B, dim, g, g] -> [B, 1, g, g]``; the last layer starts at zero, so a new head
+    begins as the plain linear map."""
+    width = config.refine_dim
+    layers: list[nn.Module] = [nn.Conv2d(config.dim, width, kernel_size=1), nn.GELU()]
+    for _ in range(config.refine_layers):
+        layers += [nn.Conv2d(width, width, kernel_size=3, padding=1), nn.GELU()]
+    out = nn.Conv2d(width, 1, kernel_size=1)
+    nn.init.zeros_(out.weight)
+    nn.init.zeros_(out.bias)
+    return nn.Sequential(*layers, out)
 
 
 def peak_region(logits: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:

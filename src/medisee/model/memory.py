@@ -46,7 +46,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from medisee.model.config import LoraSettings, MaskConfig, ModelConfig
+from medisee.model.config import GroundingConfig, LoraSettings, MaskConfig, ModelConfig
 
 GiB = 2**30
 BF16 = 2
@@ -150,7 +150,7 @@ class ArchitectureSizes:
     box_hidden: int = 512
     box_layers: int = 3
     seg_projection_hidden: int | None = None
-    grounding_dim: int | None = None  # the grounding head's width when enabled
+    grounding: GroundingConfig | None = None  # the grounding head when enabled
     lora: LoraSettings | None = field(default_factory=LoraSettings)
 
     @property
@@ -190,7 +190,7 @@ class ArchitectureSizes:
             box_hidden=config.box.hidden_size,
             box_layers=config.box.num_layers,
             seg_projection_hidden=config.seg_projection_hidden,
-            grounding_dim=config.grounding.dim if config.grounding.enabled else None,
+            grounding=config.grounding if config.grounding.enabled else None,
             lora=config.language.lora,
         )
 
@@ -278,7 +278,8 @@ def sam_parameters(mask: MaskConfig) -> dict[str, int]:
 
 def head_parameters(sizes: ArchitectureSizes) -> dict[str, int]:
     """medisee's routers (R_s, R_d), box decoder, seg projection and, when enabled, the
-    grounding head (query MLP d -> d -> k, 1x1 key conv C -> k, a scalar bias)."""
+    grounding head (query MLP d -> d -> k, 1x1 key conv C -> k, a scalar bias, and the
+    optional refiner: 1x1 k -> r, L 3x3 r -> r, 1x1 r -> 1)."""
     d, n = sizes.text.hidden_size, sizes.num_candidates
     router = _linear(n * d, sizes.router_hidden) + _linear(sizes.router_hidden, n)
     h = sizes.box_hidden
@@ -289,9 +290,14 @@ def head_parameters(sizes: ArchitectureSizes) -> dict[str, int]:
         "box_decoder": box,
         "seg_projection": _linear(d, inner) + _linear(inner, sizes.mask.prompt_dim),
     }
-    if sizes.grounding_dim is not None:
-        k = sizes.grounding_dim
-        heads["grounding"] = _linear(d, d) + _linear(d, k) + _linear(sizes.mask.prompt_dim, k) + 1
+    if sizes.grounding is not None:
+        k = sizes.grounding.dim
+        grounding = _linear(d, d) + _linear(d, k) + _linear(sizes.mask.prompt_dim, k) + 1
+        if sizes.grounding.refine_layers:
+            r = sizes.grounding.refine_dim
+            grounding += _linear(k, r) + sizes.grounding.refine_layers * _linear(9 * r, r)
+            grounding += _linear(r, 1)
+        heads["grounding"] = grounding
     return heads
 
 

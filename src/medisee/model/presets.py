@@ -69,7 +69,7 @@ def lite() -> ModelConfig:
         box=BoxDecoderConfig(hidden_size=512),
         mask=MaskConfig(encoder="tiny_vit", image_size=256, weights="litemedsam"),
         # The box from a map over the SAM embedding: see medisee.model.grounding for why.
-        grounding=GroundingConfig(enabled=True, dim=128),
+        grounding=GroundingConfig(enabled=True, dim=128, refine_layers=2, refine_dim=32),
         preset="lite",
     )
 

@@ -33,6 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("predicted", "target"),
         help="box prompting the mask decoder in training (target = ground truth)",
     )
+    parser.add_argument(
+        "--group-by-length",
+        type=int,
+        metavar="STEPS",
+        help="sort each window of STEPS steps' samples by length so batches pad little (0: off)",
+    )
     parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"))
     parser.add_argument(
         "--cache-dir", help="embedding cache directory (default: the run's embedding_cache/)"
@@ -69,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
             "referring_ratio",
             "mask_loss_every",
             "mask_prompt",
+            "group_by_length",
             "mixed_precision",
             "cache_dir",
             "save_every",

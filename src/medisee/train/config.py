@@ -44,6 +44,9 @@ class TrainConfig:
     # step's cost, while the LM and the box/grounding heads need many more samples.
     mask_loss_every: int = 1
     mask_prompt: str = "predicted"
+    # Sort each window of this many steps' draws by length so batches pad little
+    # (0: off); see medisee.train.dataset.MixedSampler.
+    group_by_length: int = 0
     mixed_precision: str = "no"
     seed: int = 0
     log_every: int = 10
@@ -83,7 +86,13 @@ class TrainConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "eval_max_examples", "num_workers"):
+        for name in (
+            "warmup_steps",
+            "eval_every",
+            "eval_max_examples",
+            "num_workers",
+            "group_by_length",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:

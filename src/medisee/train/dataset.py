@@ -9,6 +9,7 @@ query ("Segment the liver.") whose similarity map is the target of ``L_sim``.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -118,6 +119,15 @@ class MediSeeDataset(Dataset):
     def __len__(self) -> int:
         return len(self.examples)
 
+    def text_lengths(self) -> list[int]:
+        """Characters of question, answer and explanation per example: a tokenizer-free
+        proxy for sequence length, used to group batches by length."""
+        lengths = []
+        for ref in self.examples:
+            item = self.records[ref.record].targets[ref.target].qa[ref.qa]
+            lengths.append(len(item.question) + len(item.answer) + len(item.explanation or ""))
+        return lengths
+
     def indices_of(self, kind: str) -> list[int]:
         return [i for i, ref in enumerate(self.examples) if ref.kind == kind]
 
@@ -221,6 +231,14 @@ class MixedSampler(Sampler[int]):
     every pass. The stream is a pure function of ``(seed, position)``, so a resumed run
     continues exactly where it stopped (``start`` = draws already consumed). Under data
     parallelism each process takes every ``world_size``-th draw of the one global stream.
+
+    Length grouping (``lengths`` given and ``group_steps > 0``): the global stream is cut
+    into windows of ``group_steps * step_draws`` draws; each window is sorted by length
+    and its ``step_draws``-sized slices (one optimizer step of every process) are put in
+    a seeded random order. A batch then pads to a length close to its members' (the
+    mixed-length draws of the demo data waste ~30% of a step on padding otherwise), the
+    draws themselves are unchanged, and the stream is still a pure function of
+    ``(seed, position)``, so resuming at a step boundary stays exact.
     """
 
     def __init__(
@@ -233,7 +251,16 @@ class MixedSampler(Sampler[int]):
         length: int | None = None,
         rank: int = 0,
         world_size: int = 1,
+        lengths: Sequence[int] | None = None,
+        group_steps: int = 0,
+        step_draws: int = 1,
     ) -> None:
+        if group_steps < 0 or step_draws <= 0:
+            raise ValueError(
+                f"group_steps must be >= 0 and step_draws > 0, got {group_steps}, {step_draws}"
+            )
+        if group_steps and lengths is None:
+            raise ValueError("length grouping (group_steps > 0) needs the examples' lengths")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         if not 0.0 <= referring_ratio <= 1.0:
@@ -253,16 +280,38 @@ class MixedSampler(Sampler[int]):
         self.length = length
         self.rank = rank
         self.world_size = world_size
+        self.lengths = lengths
+        self.group_steps = group_steps
+        self.step_draws = step_draws
 
     def __len__(self) -> int:
         return self.length if self.length is not None else 2**31 - 1
 
     def stream(self) -> Iterator[int]:
+        draws = self._draws()
+        if self.group_steps:
+            draws = self._grouped(draws)
+        for position, index in enumerate(draws):
+            if position >= self.start and position % self.world_size == self.rank:
+                yield index
+
+    def _grouped(self, draws: Iterator[int]) -> Iterator[int]:
+        assert self.lengths is not None
+        lengths = self.lengths
+        size = self.group_steps * self.step_draws
+        for number in itertools.count():
+            window = sorted(itertools.islice(draws, size), key=lambda i: -lengths[i])
+            slices = [window[i : i + self.step_draws] for i in range(0, size, self.step_draws)]
+            random.Random(f"{self.seed}-group-{number}").shuffle(slices)
+            for chunk in slices:
+                yield from chunk
+
+    def _draws(self) -> Iterator[int]:
+        """The global stream of draws, before grouping and sharding."""
         choice_rng = random.Random(f"{self.seed}-choice")
         cursors = [0, 0]
         passes = [0, 0]
         orders: list[list[int]] = [[], []]
-        position = 0
         while True:
             pool = 0 if choice_rng.random() < self.ratio else 1
             if cursors[pool] == len(orders[pool]):
@@ -270,11 +319,8 @@ class MixedSampler(Sampler[int]):
                 random.Random(f"{self.seed}-{pool}-{passes[pool]}").shuffle(orders[pool])
                 passes[pool] += 1
                 cursors[pool] = 0
-            index = orders[pool][cursors[pool]]
             cursors[pool] += 1
-            if position >= self.start and position % self.world_size == self.rank:
-                yield index
-            position += 1
+            yield orders[pool][cursors[pool] - 1]
 
     def __iter__(self) -> Iterator[int]:
         stream = self.stream()

@@ -221,6 +221,9 @@ def train(
         start=start_step * per_step * accelerator.num_processes,
         rank=accelerator.process_index,
         world_size=accelerator.num_processes,
+        lengths=dataset.text_lengths() if config.group_by_length else None,
+        group_steps=config.group_by_length,
+        step_draws=per_step * accelerator.num_processes,
     )
     loader = DataLoader(
         dataset,
