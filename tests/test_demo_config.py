@@ -21,6 +21,8 @@ def test_lite_cpu_yaml_matches_the_demo_schedule():
         ("referring_ratio", "referring_ratio"),
         ("mask_loss_every", "mask_loss_every"),
         ("mask_prompt", "mask_prompt"),
+        ("group_by_length", "group_by_length"),
+        ("repeat_threshold", "repeat_threshold"),
     ):
         assert getattr(config, train_name) == getattr(demo, demo_name), train_name
 

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from medisee.train.config import TrainConfig
-from medisee.train.dataset import Collator, MediSeeDataset, MixedSampler, mask_to_input_frame
+from medisee.train.dataset import (
+    Collator,
+    ExampleRef,
+    MediSeeDataset,
+    MixedSampler,
+    mask_to_input_frame,
+    repeat_factors,
+)
 from medisee.train.trainer import latest_checkpoint, train, warmup_linear_decay
 
 
@@ -82,6 +89,30 @@ def test_length_grouping_keeps_the_draws_sorts_batches_and_resumes():
     assert shards[0] == grouped[0::2] and shards[1] == grouped[1::2]
     with pytest.raises(ValueError, match="needs the examples' lengths"):
         MixedSampler(referring, reasoning, 0.7, seed=0, group_steps=2)
+
+
+def test_repeat_factors_by_hand_and_their_effect_on_the_stream():
+    # 4 images: "liver" in all 4 (f = 1), "spleen" in 1 (f = 1/4, two questions on it).
+    def ref(record, label):
+        return ExampleRef(record, 0, 0, "reasoning", None, "short", label, "train", "CT")
+
+    examples = [ref(r, "liver") for r in range(4)] + [ref(2, "spleen"), ref(2, "spleen")]
+    # t = 0.5: liver sqrt(0.5 / 1) < 1 -> 1; spleen sqrt(0.5 / 0.25) = sqrt(2).
+    assert repeat_factors(examples, 0.5) == pytest.approx([1, 1, 1, 1, 2**0.5, 2**0.5])
+    assert repeat_factors(examples, 0.0) == [1.0] * 6
+
+    factors = [3.0] * 10 + [1.0] * 90
+    draws = list(
+        MixedSampler([], list(range(100)), 0.0, seed=0, length=3000, repeat_factors=factors)
+    )
+    rare = sum(d < 10 for d in draws) / len(draws)
+    assert rare == pytest.approx(30 / 120, abs=0.02)  # 10 x 3 of 90 + 30 per pass
+    resumed = MixedSampler(
+        [], list(range(100)), 0.0, seed=0, start=700, length=2300, repeat_factors=factors
+    )
+    assert list(resumed) == draws[700:]
+    with pytest.raises(ValueError, match="repeat factors must be >= 1"):
+        MixedSampler([], [0], 0.0, seed=0, repeat_factors=[0.5])
 
 
 def test_warmup_linear_decay_schedule():
@@ -215,3 +246,5 @@ def test_train_config_rejects_bad_mask_schedule(tmp_path):
         _config(tmp_path, mask_prompt="oracle")
     with pytest.raises(ValueError, match="group_by_length"):
         _config(tmp_path, group_by_length=-1)
+    with pytest.raises(ValueError, match="repeat_threshold"):
+        _config(tmp_path, repeat_threshold=2.0)

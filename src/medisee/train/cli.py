@@ -39,6 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="STEPS",
         help="sort each window of STEPS steps' samples by length so batches pad little (0: off)",
     )
+    parser.add_argument(
+        "--repeat-threshold",
+        type=float,
+        metavar="T",
+        help="repeat-factor sampling: rare structures drawn max(1, sqrt(T/f)) times (0: off)",
+    )
     parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"))
     parser.add_argument(
         "--cache-dir", help="embedding cache directory (default: the run's embedding_cache/)"
@@ -76,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
             "mask_loss_every",
             "mask_prompt",
             "group_by_length",
+            "repeat_threshold",
             "mixed_precision",
             "cache_dir",
             "save_every",

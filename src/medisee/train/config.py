@@ -47,6 +47,9 @@ class TrainConfig:
     # Sort each window of this many steps' draws by length so batches pad little
     # (0: off); see medisee.train.dataset.MixedSampler.
     group_by_length: int = 0
+    # Repeat-factor sampling (LVIS): an example whose structure is in a fraction f of the
+    # training images is drawn max(1, sqrt(t / f)) times per pass (0: off).
+    repeat_threshold: float = 0.0
     mixed_precision: str = "no"
     seed: int = 0
     log_every: int = 10
@@ -102,6 +105,10 @@ class TrainConfig:
         if not 0 <= self.referring_ratio <= 1:
             raise ValueError(
                 f"TrainConfig.referring_ratio must be in [0, 1], got {self.referring_ratio}"
+            )
+        if not 0 <= self.repeat_threshold <= 1:
+            raise ValueError(
+                f"TrainConfig.repeat_threshold must be in [0, 1], got {self.repeat_threshold}"
             )
         if self.max_grad_norm < 0:
             raise ValueError(f"TrainConfig.max_grad_norm must be >= 0, got {self.max_grad_norm}")

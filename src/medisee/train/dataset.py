@@ -10,6 +10,7 @@ query ("Segment the liver.") whose similarity map is the target of ``L_sim``.
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,16 @@ class ExampleRef:
     label: str
     split: str
     modality: str
+
+
+def repeat_factors(examples: Sequence[ExampleRef], threshold: float) -> list[float]:
+    """LVIS repeat factors per example: ``max(1, sqrt(threshold / f))``, ``f`` the fraction
+    of the examples' images (records) that hold the example's structure."""
+    images: dict[str, set[int]] = {}
+    for ref in examples:
+        images.setdefault(ref.label, set()).add(ref.record)
+    count = len({ref.record for ref in examples})
+    return [max(1.0, math.sqrt(threshold * count / len(images[ref.label]))) for ref in examples]
 
 
 def label_query(label: str) -> tuple[str, str]:
@@ -127,6 +138,10 @@ class MediSeeDataset(Dataset):
             item = self.records[ref.record].targets[ref.target].qa[ref.qa]
             lengths.append(len(item.question) + len(item.answer) + len(item.explanation or ""))
         return lengths
+
+    def repeat_factors(self, threshold: float) -> list[float]:
+        """``repeat_factors`` of this dataset's examples."""
+        return repeat_factors(self.examples, threshold)
 
     def indices_of(self, kind: str) -> list[int]:
         return [i for i, ref in enumerate(self.examples) if ref.kind == kind]
@@ -239,6 +254,10 @@ class MixedSampler(Sampler[int]):
     mixed-length draws of the demo data waste ~30% of a step on padding otherwise), the
     draws themselves are unchanged, and the stream is still a pure function of
     ``(seed, position)``, so resuming at a step boundary stays exact.
+
+    Repeat-factor sampling (``repeat_factors`` given, LVIS-style): in each pass over a pool
+    an example with factor ``r >= 1`` appears ``floor(r)`` times, plus once more with
+    probability ``r - floor(r)`` (seeded per pass), so rare structures are seen more often.
     """
 
     def __init__(
@@ -254,7 +273,10 @@ class MixedSampler(Sampler[int]):
         lengths: Sequence[int] | None = None,
         group_steps: int = 0,
         step_draws: int = 1,
+        repeat_factors: Sequence[float] | None = None,
     ) -> None:
+        if repeat_factors is not None and min(repeat_factors, default=1.0) < 1.0:
+            raise ValueError("repeat factors must be >= 1")
         if group_steps < 0 or step_draws <= 0:
             raise ValueError(
                 f"group_steps must be >= 0 and step_draws > 0, got {group_steps}, {step_draws}"
@@ -283,6 +305,7 @@ class MixedSampler(Sampler[int]):
         self.lengths = lengths
         self.group_steps = group_steps
         self.step_draws = step_draws
+        self.repeat_factors = repeat_factors
 
     def __len__(self) -> int:
         return self.length if self.length is not None else 2**31 - 1
@@ -315,12 +338,23 @@ class MixedSampler(Sampler[int]):
         while True:
             pool = 0 if choice_rng.random() < self.ratio else 1
             if cursors[pool] == len(orders[pool]):
-                orders[pool] = list(self.pools[pool])
-                random.Random(f"{self.seed}-{pool}-{passes[pool]}").shuffle(orders[pool])
+                rng = random.Random(f"{self.seed}-{pool}-{passes[pool]}")
+                orders[pool] = self._pass(self.pools[pool], rng)
+                rng.shuffle(orders[pool])
                 passes[pool] += 1
                 cursors[pool] = 0
             cursors[pool] += 1
             yield orders[pool][cursors[pool] - 1]
+
+    def _pass(self, pool: list[int], rng: random.Random) -> list[int]:
+        """One pass over ``pool``, each example repeated by its factor."""
+        if self.repeat_factors is None:
+            return list(pool)
+        order = []
+        for index in pool:
+            factor = self.repeat_factors[index]
+            order += [index] * (int(factor) + (rng.random() < factor - int(factor)))
+        return order
 
     def __iter__(self) -> Iterator[int]:
         stream = self.stream()

@@ -224,6 +224,9 @@ def train(
         lengths=dataset.text_lengths() if config.group_by_length else None,
         group_steps=config.group_by_length,
         step_draws=per_step * accelerator.num_processes,
+        repeat_factors=dataset.repeat_factors(config.repeat_threshold)
+        if config.repeat_threshold
+        else None,
     )
     loader = DataLoader(
         dataset,
