@@ -28,6 +28,8 @@ def main() -> None:
     parser.add_argument("--mask-every", type=int, default=1, help="mask_loss_every")
     parser.add_argument("--mask-prompt", default="predicted")
     parser.add_argument("--mp", default="no", help="mixed precision")
+    parser.add_argument("--group", type=int, default=0, help="group_by_length (steps)")
+    parser.add_argument("--repeat", type=float, default=0.0, help="repeat_threshold")
     parser.add_argument("--ground-weight", type=float, default=1.0, help="x L_ground weights")
     parser.add_argument("--eval", type=int, default=60, help="test questions (0: none)")
     args = parser.parse_args()
@@ -57,6 +59,8 @@ def main() -> None:
         mask_loss_every=args.mask_every,
         mask_prompt=args.mask_prompt,
         referring_ratio=args.ratio,
+        group_by_length=args.group,
+        repeat_threshold=args.repeat,
         mixed_precision=args.mp,
         losses=LossWeights(ground_bce=args.ground_weight, ground_dice=args.ground_weight),
     )

@@ -119,3 +119,37 @@ def test_each_phantom_kind(kind, ontology):
             assert mask.shape == phantom.image.shape[:2] and mask.sum() >= 12
     again = generate(kind, [0, 5])
     np.testing.assert_array_equal(again.image, generate(kind, [0, 5]).image)
+
+
+def test_train_qa_variants_add_training_questions_only(tmp_path):
+    """Extra template draws add new reasoning questions to training images; validation and
+    test questions are exactly those of the plain build, and no target repeats a question."""
+    from medisee.data.sources.bundled import build_bundled
+
+    kwargs = dict(
+        num_images=20, mni_slices=2, kinds=["abdominal_ct", "thyroid_ultrasound", "mammography"]
+    )
+    plain = build_bundled(tmp_path / "plain", seed=5, **kwargs)
+    more = build_bundled(tmp_path / "more", seed=5, train_qa_variants=2, **kwargs)
+
+    def questions(result):
+        return {
+            (r.id, t.label): [(q.kind, q.question) for q in t.qa]
+            for r in result.records
+            for t in r.targets
+        }
+
+    before, after = questions(plain), questions(more)
+    splits = {r.id: r.split for r in more.records}
+    assert splits == {r.id: r.split for r in plain.records}
+    added = 0
+    for key, items in after.items():
+        assert len(set(items)) == len(items)
+        assert items[: len(before[key])] == before[key]  # the plain build's items come first
+        extra = items[len(before[key]) :]
+        if splits[key[0]] != "train":
+            assert not extra
+        assert all(kind == "reasoning" for kind, _ in extra)
+        added += len(extra)
+    assert added == more.info["train_variant_questions"] > 0
+    assert plain.info["train_variant_questions"] == 0

@@ -12,7 +12,7 @@ import numpy as np
 
 from medisee.data.ontology import Ontology
 from medisee.data.qa_template import TemplateEngine
-from medisee.data.schema import Record, SkipReport
+from medisee.data.schema import QAItem, Record, SkipReport
 from medisee.data.splits import DEFAULT_RATIOS, assign_splits, check_no_leakage
 from medisee.data.writer import DatasetWriter
 
@@ -50,6 +50,11 @@ class Builder:
 
     Usage: ``builder.add(...)`` per image (masks are only held while QA is generated),
     then ``builder.finish(info)``.
+
+    ``train_qa_variants`` = n > 0: n more template draws per image (other facts, location
+    descriptors and wording for the same targets); their new reasoning questions are
+    added to the images that the split puts in ``train`` only, so validation and test
+    questions are exactly those of a build without it.
     """
 
     def __init__(
@@ -63,15 +68,22 @@ class Builder:
         overwrite: bool = False,
         ontology: Ontology | None = None,
         allow_unknown_labels: bool = False,
+        train_qa_variants: int = 0,
     ) -> None:
         if qa not in QA_MODES:
             raise ValueError(f"qa must be one of {QA_MODES}, got {qa!r}")
+        if train_qa_variants < 0:
+            raise ValueError(f"train_qa_variants must be >= 0, got {train_qa_variants}")
         self.writer = DatasetWriter(out_dir, mask_format=mask_format, overwrite=overwrite)
         self.ontology = ontology if ontology is not None else Ontology.load()
         self.engine = TemplateEngine(self.ontology, seed=seed) if qa == "template" else None
         self.seed = seed
         self.ratios = ratios
         self.allow_unknown_labels = allow_unknown_labels
+        self.train_qa_variants = train_qa_variants if qa == "template" else 0
+        # Per record id, per target: reasoning items of the extra draws (kept until the
+        # split is known; text only).
+        self._variant_items: dict[str, list[list[QAItem]]] = {}
         self.records: list[Record] = []
         self.report = SkipReport()
         self.qa_report = SkipReport()
@@ -134,16 +146,42 @@ class Builder:
                 target.qa = items
             record.conversation = result.conversation
             self.qa_report.merge(result.report)
+            extra: list[list[QAItem]] = [[] for _ in record.targets]
+            for variant in range(1, self.train_qa_variants + 1):
+                drawn = self.engine.generate(record, masks, variant=variant)
+                for items, more in zip(extra, drawn.qa):
+                    items += [item for item in more if item.kind == "reasoning"]
+            if self.train_qa_variants:
+                self._variant_items[record.id] = extra
         self.records.append(record)
         return record
+
+    def _add_variant_questions(self) -> int:
+        """Append the extra draws' questions (new wording only) to training images."""
+        added = 0
+        for record in self.records:
+            extra = self._variant_items.get(record.id)
+            if record.split != "train" or extra is None:
+                continue
+            for target, items in zip(record.targets, extra):
+                seen = {item.question for item in target.qa}
+                for item in items:
+                    if item.question not in seen:
+                        seen.add(item.question)
+                        target.qa.append(item)
+                        added += 1
+        return added
 
     def finish(self, info: dict[str, Any]) -> BuildResult:
         if not self.records:
             raise ValueError(f"no usable images; {self.report.summary()}")
         assign_splits(self.records, self.ratios, seed=self.seed)
         check_no_leakage(self.records)
+        added = self._add_variant_questions()
         info = {
             **info,
+            "train_qa_variants": self.train_qa_variants,
+            "train_variant_questions": added,
             "seed": self.seed,
             "split_ratios": list(self.ratios),
             "skipped": self.report.to_dict(),

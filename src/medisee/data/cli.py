@@ -51,6 +51,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         "qa": args.qa,
         "ratios": ratios,
         "overwrite": args.overwrite,
+        "train_qa_variants": args.train_qa_variants,
     }
     if args.source != "bundled" and not args.input:
         raise ValueError(f"--source {args.source} needs --input DIR")
@@ -277,6 +278,14 @@ def register(subparsers: Any) -> None:
     )
     build.add_argument(
         "--overwrite", action="store_true", help="replace an existing manifest in --out"
+    )
+    build.add_argument(
+        "--train-qa-variants",
+        type=int,
+        default=0,
+        metavar="N",
+        help="template QA: N more draws per image, their new reasoning questions added to "
+        "training images only (val/test unchanged)",
     )
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
     build.set_defaults(func=cmd_build)

@@ -363,8 +363,13 @@ class TemplateEngine:
         ]
 
     # ----------------------------------------------------------------- main
-    def generate(self, record: Record, masks: Sequence[np.ndarray]) -> TemplateResult:
-        """QA for every target of ``record`` given its ``H x W`` bool ``masks`` (same order)."""
+    def generate(
+        self, record: Record, masks: Sequence[np.ndarray], variant: int = 0
+    ) -> TemplateResult:
+        """QA for every target of ``record`` given its ``H x W`` bool ``masks`` (same order).
+
+        ``variant`` > 0 draws another set of choices (facts, descriptors, wording) for the
+        same record: extra training questions (``Builder(train_qa_variants=...)``)."""
         report = SkipReport()
         if len(masks) != len(record.targets):
             raise ValueError(
@@ -372,7 +377,7 @@ class TemplateEngine:
             )
         if not record.targets:
             return TemplateResult([], None, report)
-        rng = record_rng(self.seed, record.id)
+        rng = record_rng(self.seed, record.id if not variant else f"{record.id}#{variant}")
         labels = [target.label for target in record.targets]
         layout = Layout(labels, masks)
         mod = MODALITY_NOUNS.get(record.modality, "image")

@@ -286,6 +286,7 @@ def build_bundled(
     ratios: Sequence[float] = (0.8, 0.1, 0.1),
     overwrite: bool = False,
     progress: Callable[[int], Any] | None = None,
+    train_qa_variants: int = 0,
 ) -> BuildResult:
     """Build the bundled dataset into ``out_dir``.
 
@@ -293,14 +294,21 @@ def build_bundled(
     pydicom samples if ``dicom``), phantoms for the rest, cycling through ``kinds``
     (default: all of :data:`medisee.data.phantom.GENERATORS`). Phantom ``i`` is drawn
     from ``(seed, i)``, so the build is deterministic for a seed. ``progress`` is called
-    with the number of images done after each one.
+    with the number of images done after each one. ``train_qa_variants``: see
+    :class:`medisee.data.build.Builder`.
     """
     kinds = list(kinds) if kinds else list(GENERATORS)
     unknown = [k for k in kinds if k not in GENERATORS]
     if unknown:
         raise ValueError(f"unknown phantom kinds {unknown}; kinds: {', '.join(GENERATORS)}")
     builder = Builder(
-        out_dir, seed=seed, mask_format=mask_format, qa=qa, ratios=ratios, overwrite=overwrite
+        out_dir,
+        seed=seed,
+        mask_format=mask_format,
+        qa=qa,
+        ratios=ratios,
+        overwrite=overwrite,
+        train_qa_variants=train_qa_variants,
     )
     real: list[RealImage] = []
     if mni_slices > 0:

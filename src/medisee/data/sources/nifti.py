@@ -81,6 +81,7 @@ def build_nifti(
     qa: str = "template",
     ratios: Sequence[float] = (0.8, 0.1, 0.1),
     overwrite: bool = False,
+    train_qa_variants: int = 0,
     allow_unknown_labels: bool = False,
     progress: Callable[[int], Any] | None = None,
 ) -> BuildResult:
@@ -100,6 +101,7 @@ def build_nifti(
         qa=qa,
         ratios=ratios,
         overwrite=overwrite,
+        train_qa_variants=train_qa_variants,
         allow_unknown_labels=allow_unknown_labels,
     )
     done = 0
