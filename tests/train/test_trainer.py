@@ -162,6 +162,24 @@ def test_train_runs_both_stages_and_writes_everything(tmp_path, synthetic_record
     assert json.loads((out / "history.json").read_text()) == result.history
 
 
+def test_without_periodic_evaluation_only_training_images_are_embedded(tmp_path, synthetic_records):
+    from medisee.model.medisee import MediSee
+    from medisee.train.embedding_cache import EmbeddingCache, encoder_fingerprint
+
+    train(_config(tmp_path, eval_every=0, max_steps=1), progress=False, records=synthetic_records)
+    records, root = synthetic_records
+    model = MediSee.from_pretrained(tmp_path / "run" / "model")
+    cache = EmbeddingCache(
+        tmp_path / "run" / "embedding_cache", encoder_fingerprint(model.segmenter)
+    )
+    cached = {
+        split: [root / r.image in cache for r in records if r.split == split]
+        for split in ("train", "val")
+    }
+    assert cached["train"] and all(cached["train"])
+    assert cached["val"] and not any(cached["val"])
+
+
 def test_resume_continues_to_the_same_step_and_same_losses(tmp_path, synthetic_records):
     """A run cut off after its step-2 checkpoint and resumed gives the same step-3/4
     losses as the uninterrupted run (sampler position, optimizer, scheduler, RNG)."""

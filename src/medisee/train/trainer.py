@@ -153,7 +153,10 @@ def train(
 
     all_records, root = records if records is not None else load_records(config.manifest)
     train_records = [r for r in all_records if r.split == config.train_split]
-    eval_records = [r for r in all_records if r.split == config.eval_split]
+    # Only embedded (and held) when the run evaluates periodically.
+    eval_records = (
+        [r for r in all_records if r.split == config.eval_split] if config.eval_every else []
+    )
     if not train_records:
         raise ValueError(f"{config.manifest} has no records in split {config.train_split!r}")
     model = _build_model(config, training_corpus(train_records))
