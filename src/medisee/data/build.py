@@ -146,12 +146,12 @@ class Builder:
                 target.qa = items
             record.conversation = result.conversation
             self.qa_report.merge(result.report)
-            extra: list[list[QAItem]] = [[] for _ in record.targets]
-            for variant in range(1, self.train_qa_variants + 1):
-                drawn = self.engine.generate(record, masks, variant=variant)
-                for items, more in zip(extra, drawn.qa):
-                    items += [item for item in more if item.kind == "reasoning"]
             if self.train_qa_variants:
+                extra: list[list[QAItem]] = [[] for _ in record.targets]
+                for variant in range(1, self.train_qa_variants + 1):
+                    drawn = self.engine.generate(record, masks, variant=variant)
+                    for items, more in zip(extra, drawn.qa):
+                        items += [item for item in more if item.kind == "reasoning"]
                 self._variant_items[record.id] = extra
         self.records.append(record)
         return record

@@ -139,10 +139,6 @@ class MediSeeDataset(Dataset):
             lengths.append(len(item.question) + len(item.answer) + len(item.explanation or ""))
         return lengths
 
-    def repeat_factors(self, threshold: float) -> list[float]:
-        """``repeat_factors`` of this dataset's examples."""
-        return repeat_factors(self.examples, threshold)
-
     def indices_of(self, kind: str) -> list[int]:
         return [i for i, ref in enumerate(self.examples) if ref.kind == kind]
 

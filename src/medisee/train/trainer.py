@@ -129,7 +129,7 @@ def train(
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
     from tqdm.auto import tqdm
 
-    from medisee.train.dataset import Collator, MediSeeDataset, MixedSampler
+    from medisee.train.dataset import Collator, MediSeeDataset, MixedSampler, repeat_factors
     from medisee.train.embedding_cache import EmbeddingCache, encoder_fingerprint
     from medisee.train.task import MediSeeTask
 
@@ -227,7 +227,7 @@ def train(
         lengths=dataset.text_lengths() if config.group_by_length else None,
         group_steps=config.group_by_length,
         step_draws=per_step * accelerator.num_processes,
-        repeat_factors=dataset.repeat_factors(config.repeat_threshold)
+        repeat_factors=repeat_factors(dataset.examples, config.repeat_threshold)
         if config.repeat_threshold
         else None,
     )
