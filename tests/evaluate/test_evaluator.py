@@ -100,3 +100,61 @@ def test_baselines_oracle_box_is_its_own_box(tiny_model, records):
         run_baselines(
             tiny_model.segmenter, test, root, prior_records=recs, which=["magic"], progress=False
         )
+
+
+def test_baselines_decode_each_prompt_once_and_score_like_a_direct_decode(
+    tiny_model, records, monkeypatch
+):
+    """Questions about the same target share one decode; the scores equal decoding each
+    question's prompt on its own."""
+    from medisee.evaluate.evaluator import _ImageSource
+    from medisee.evaluate.metrics import score_target
+
+    recs, root = records
+    test = [r for r in recs if r.split == "test"]
+    segmenter = tiny_model.segmenter.eval()
+    calls = []
+    decode = segmenter.decode
+    monkeypatch.setattr(
+        segmenter,
+        "decode",
+        lambda emb, **kw: calls.append(kw["boxes"].shape[0]) or decode(emb, **kw),
+    )
+    summary = run_baselines(
+        segmenter, test, root, prior_records=recs, which=["oracle_box"], progress=False
+    )["oracle_box"]["overall"]
+    items = evaluation_items(test)
+    assert sum(calls) == len({(i.record.id, i.target_index) for i in items}) < len(items)
+
+    monkeypatch.setattr(segmenter, "decode", decode)
+    source = _ImageSource(segmenter, root, None, "cpu")
+    dice = []
+    for item in items:
+        record = item.record
+        scale = segmenter.config.image_size / max(record.height, record.width)
+        box = torch.tensor([item.target.box_xyxy], dtype=torch.float32)
+        with torch.no_grad():
+            out = decode(source.inputs([record])["image_embeddings"], boxes=box * scale)
+        frame = source.transform.frame((record.height, record.width))
+        mask = frame.mask_logits_to_original(out.mask_logits[:, :1])[0, 0] > 0
+        truth = source.ground_truth(item)
+        dice.append(score_target(mask.numpy(), truth, item.target.box_xyxy, item.target.box_xyxy))
+    assert summary.dice == pytest.approx(np.mean([s.dice for s in dice]), abs=1e-6)
+
+
+def test_evaluation_subset_spreads_over_images_and_targets(records):
+    recs, _ = records
+    everything = evaluation_items(recs)
+    per_record = {r.id: sum(1 for i in everything if i.record is r) for r in recs}
+    assert min(per_record.values()) >= 2  # else the check below proves nothing
+    subset = evaluation_items(recs, max_examples=len(recs))
+    assert [i.record.id for i in subset] == [r.id for r in recs]  # one question per image
+    # each image's first turn goes to a different target than its second
+    pairs = evaluation_items(recs, max_examples=2 * len(recs))
+    for record in recs:
+        targets = [i.target_index for i in pairs if i.record is record]
+        assert len(targets) == 2 and (len(record.targets) == 1 or targets[0] != targets[1])
+    # a subset keeps manifest order; the full set is everything
+    order = [(recs.index(i.record), i.target_index, i.qa_index) for i in pairs]
+    assert order == sorted(order)
+    assert len(evaluation_items(recs, max_examples=10**6)) == len(everything)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -81,6 +82,22 @@ def label_box_priors(records: Sequence[Any]) -> dict[str, torch.Tensor]:
     return {label: torch.stack(items).mean(0) for label, items in boxes.items()}
 
 
+def _baseline_boxes(
+    item: Any, which: Sequence[str], priors: dict[str, torch.Tensor], matcher: LabelMatcher
+) -> dict[str, tuple[float, ...]]:
+    """Each baseline's box prompt for one question: ``xyxy`` pixels of the original image."""
+    height, width = item.record.height, item.record.width
+    boxes: dict[str, tuple[float, ...]] = {}
+    if "whole_image_box" in which:
+        boxes["whole_image_box"] = (0.0, 0.0, float(width), float(height))
+    if "label_match" in which:
+        prior = priors[matcher.match(item.qa.question)]
+        boxes["label_match"] = tuple(denormalize_box(prior, (height, width)).tolist())
+    if "oracle_box" in which:
+        boxes["oracle_box"] = tuple(float(v) for v in item.target.box_xyxy)
+    return {name: boxes[name] for name in which}
+
+
 @torch.no_grad()
 def run_baselines(
     segmenter,
@@ -113,39 +130,40 @@ def run_baselines(
     items = evaluation_items(records, kinds, max_examples)
     accumulators = {name: MetricAccumulator() for name in which}
     scale_of = segmenter.config.image_size
+    # A baseline's mask depends only on (image, box prompt): the whole-image box is the
+    # same for every question about an image, the oracle box for every question about a
+    # target, and label matching repeats across questions that match the same label. So
+    # each distinct prompt is decoded once (an image's prompts in one batch) and its
+    # original-frame mask reused.
+    masks: dict[tuple[str, tuple[float, ...]], np.ndarray] = {}
     bar = tqdm(total=len(items), desc="baselines", unit="q", disable=not progress)
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        inputs = source.inputs([i.record for i in chunk])
-        sizes = inputs["image_sizes"].float().cpu()
-        truths = [source.ground_truth(i) for i in chunk]
-        boxes_by_name: dict[str, torch.Tensor] = {}
-        if "whole_image_box" in which:
-            boxes_by_name["whole_image_box"] = torch.stack(
-                [torch.tensor([0.0, 0.0, w, h]) for h, w in sizes.tolist()]
+        boxes = [_baseline_boxes(item, which, priors, matcher) for item in chunk]
+        pending: dict[str, list[tuple[float, ...]]] = defaultdict(list)
+        for item, by_name in zip(chunk, boxes):
+            for box in by_name.values():
+                key = (item.record.id, box)
+                if key not in masks and box not in pending[item.record.id]:
+                    pending[item.record.id].append(box)
+        records = {item.record.id: item.record for item in chunk}
+        for record_id, prompts in pending.items():
+            record = records[record_id]
+            embedding = source.inputs([record])["image_embeddings"]
+            scale = scale_of / max(record.height, record.width)
+            pixel_boxes = torch.tensor(prompts, dtype=torch.float32) * scale
+            out = segmenter.decode(
+                embedding.expand(len(prompts), -1, -1, -1), boxes=pixel_boxes.to(source.device)
             )
-        if "oracle_box" in which:
-            boxes_by_name["oracle_box"] = torch.tensor(
-                [i.target.box_xyxy for i in chunk], dtype=torch.float32
-            )
-        if "label_match" in which:
-            rows = [
-                denormalize_box(priors[matcher.match(i.qa.question)], tuple(s))
-                for i, s in zip(chunk, sizes.tolist())
-            ]
-            boxes_by_name["label_match"] = torch.stack(rows)
-        for name, pixel_boxes in boxes_by_name.items():
-            scale = scale_of / sizes.max(dim=1).values
-            prompts = (pixel_boxes * scale[:, None]).to(source.device)
-            out = segmenter.decode(inputs["image_embeddings"], boxes=prompts)
-            for r, (item, truth) in enumerate(zip(chunk, truths)):
-                frame = source.transform.frame((item.record.height, item.record.width))
-                mask = (
-                    frame.mask_logits_to_original(out.mask_logits[r : r + 1].float().cpu())[0, 0]
-                    > 0
-                )
-                box = tuple(float(v) for v in pixel_boxes[r])
-                score = score_target(mask.numpy(), truth, box, item.target.box_xyxy)
+            frame = source.transform.frame((record.height, record.width))
+            original = frame.mask_logits_to_original(out.mask_logits[:, :1].float().cpu())
+            for box, logits in zip(prompts, original):
+                masks[(record_id, box)] = (logits[0] > 0).numpy()
+        for item, by_name in zip(chunk, boxes):
+            truth = source.ground_truth(item)
+            for name, box in by_name.items():
+                mask = masks[(item.record.id, box)]
+                score = score_target(mask, truth, box, item.target.box_xyxy)
                 accumulators[name].add(score, item.groups())
         bar.update(len(chunk))
     bar.close()

@@ -106,14 +106,36 @@ class _Item:
 def evaluation_items(
     records: Sequence[Any], kinds: Sequence[str] = ("reasoning",), max_examples: int | None = None
 ) -> list[_Item]:
-    items = [
-        _Item(record, t, q)
+    """The questions of ``kinds`` in manifest order (record, target, question).
+
+    With ``max_examples``, a subset spread over images and targets: the records take
+    turns, and within a record the targets do (each target's first question, then each
+    one's second, ...), so 120 questions of a 15-image split cover all 15 images rather
+    than the first few. The subset is returned in manifest order.
+    """
+    # per record: (rank of the question within its target, target index, item)
+    per_record = [
+        [
+            (rank, t, item)
+            for t, target in enumerate(record.targets)
+            for rank, item in enumerate(
+                _Item(record, t, q) for q, qa in enumerate(target.qa) if qa.kind in kinds
+            )
+        ]
         for record in records
-        for t, target in enumerate(record.targets)
-        for q, qa in enumerate(target.qa)
-        if qa.kind in kinds
     ]
-    return items[:max_examples] if max_examples is not None else items
+    items = [item for questions in per_record for _, _, item in questions]
+    if max_examples is None or max_examples >= len(items):
+        return items
+    turns = [[item for _, _, item in sorted(q, key=lambda e: e[:2])] for q in per_record]
+    chosen: set[int] = set()
+    depth = 0
+    while len(chosen) < max_examples:
+        for questions in turns:
+            if depth < len(questions) and len(chosen) < max_examples:
+                chosen.add(id(questions[depth]))
+        depth += 1
+    return [item for item in items if id(item) in chosen]
 
 
 class _ImageSource:
