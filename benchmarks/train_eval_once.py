@@ -31,7 +31,13 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=0, help="group_by_length (steps)")
     parser.add_argument("--repeat", type=float, default=0.0, help="repeat_threshold")
     parser.add_argument("--ground-weight", type=float, default=1.0, help="x L_ground weights")
+    parser.add_argument("--answer-weight", type=float, default=1.0, help="answer_tokens weight")
     parser.add_argument("--eval", type=int, default=60, help="test questions (0: none)")
+    parser.add_argument(
+        "--overrides",
+        default="{}",
+        help='model overrides as JSON, e.g. {"language": {"image_grid": 4}}',
+    )
     args = parser.parse_args()
 
     from medisee.evaluate.pipeline import evaluate_with_baselines
@@ -62,7 +68,12 @@ def main() -> None:
         group_by_length=args.group,
         repeat_threshold=args.repeat,
         mixed_precision=args.mp,
-        losses=LossWeights(ground_bce=args.ground_weight, ground_dice=args.ground_weight),
+        losses=LossWeights(
+            ground_bce=args.ground_weight,
+            ground_dice=args.ground_weight,
+            answer_tokens=args.answer_weight,
+        ),
+        model_overrides=json.loads(args.overrides),
     )
     result = train(config, records=records, progress=False)
     trained = time.perf_counter()

@@ -115,6 +115,26 @@ def test_text_loss_only_on_answer_tokens():
     assert none.item() == 0.0 and logits.grad is not None
 
 
+def test_text_loss_weights_the_answer_sentence():
+    # Position t predicts labels[t+1]. Sequence: prompt, prompt, answer, cand, expl, expl.
+    labels = torch.tensor([[-100, -100, 1, 2, 0, 0]])
+    logits = torch.zeros(1, 6, 3)
+    logits[0, 1, 1] = 5.0  # predicts label[2] = 1 well
+    logits[0, 2, 2] = 5.0  # predicts label[3] = 2 (the candidate token) well
+    # positions 3 and 4 (explanation) stay uniform: CE ln 3 each
+    good = -torch.log_softmax(torch.tensor([0.0, 5.0, 0.0]), 0)[1].item()
+    answer_end = torch.tensor([3])  # the candidate token sits at position 3
+    plain = (2 * good + 2 * math.log(3)) / 4
+    weighted = (4 * 2 * good + 2 * math.log(3)) / (4 * 2 + 2)
+    assert losses.text_loss(logits, labels).item() == pytest.approx(plain, rel=1e-6)
+    got = losses.text_loss(logits, labels, answer_end=answer_end, answer_weight=4.0)
+    assert got.item() == pytest.approx(weighted, rel=1e-6)
+    same = losses.text_loss(logits, labels, answer_end=answer_end, answer_weight=1.0)
+    assert same.item() == pytest.approx(plain, rel=1e-6)
+    with pytest.raises(ValueError, match="answer_tokens"):
+        LossWeights(answer_tokens=-1.0)
+
+
 def test_end_to_end_loss_is_the_weighted_sum():
     torch.manual_seed(0)
     kwargs = dict(

@@ -35,6 +35,10 @@ class LossWeights:
     mse: float = 1.0
     ground_bce: float = 1.0
     ground_dice: float = 1.0
+    # Weight of the answer sentence's tokens (up to the candidate tokens: "It is the
+    # liver. <cand_0><cand_1>") against the explanation's in L_txt; 1 is the paper's plain
+    # mean. The answer names the target, and its few tokens otherwise carry ~1/10 of L_txt.
+    answer_tokens: float = 1.0
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -134,15 +138,32 @@ def similarity_loss(
     return weights.js * js + weights.mse * mse
 
 
-def text_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+def text_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int = -100,
+    answer_end: torch.Tensor | None = None,
+    answer_weight: float = 1.0,
+) -> torch.Tensor:
     """Autoregressive CE: position t predicts ``labels[t+1]``; ``ignore_index`` marks prompt
-    and image positions. ``logits`` ``[B, T, V]``, ``labels`` ``[B, T]``. Returns a scalar
-    (mean over answer tokens; 0 with a gradient if there are none)."""
+    and image positions. ``logits`` ``[B, T, V]``, ``labels`` ``[B, T]``. Returns a scalar:
+    the mean over answer tokens, weighted when ``answer_end`` ``[B]`` (the position of each
+    row's last candidate token) is given: tokens at or before it count ``answer_weight``,
+    later ones (the explanation) 1. 0 with a gradient if there are no answer tokens."""
     shifted_logits = logits[:, :-1].flatten(0, 1).float()
     shifted_labels = labels[:, 1:].flatten()
-    if not (shifted_labels != ignore_index).any():
+    valid = shifted_labels != ignore_index
+    if not valid.any():
         return shifted_logits.sum() * 0.0
-    return F.cross_entropy(shifted_logits, shifted_labels, ignore_index=ignore_index)
+    if answer_end is None or answer_weight == 1.0:
+        return F.cross_entropy(shifted_logits, shifted_labels, ignore_index=ignore_index)
+    per_token = F.cross_entropy(
+        shifted_logits, shifted_labels, ignore_index=ignore_index, reduction="none"
+    )
+    positions = torch.arange(1, labels.shape[1], device=labels.device)  # label index
+    in_answer = positions[None, :] <= answer_end[:, None]
+    weights = torch.where(in_answer, answer_weight, 1.0).flatten() * valid
+    return (per_token * weights).sum() / weights.sum()
 
 
 @dataclass
@@ -193,6 +214,7 @@ def end_to_end_loss(
     reasoning_map: torch.Tensor | None = None,
     label_map: torch.Tensor | None = None,
     grounding_logits: torch.Tensor | None = None,
+    answer_end: torch.Tensor | None = None,
 ) -> LossBreakdown:
     """``L_end`` (and ``L_ft = L_end + L_sim`` when both similarity maps are given).
 
@@ -204,6 +226,8 @@ def end_to_end_loss(
         pred_boxes, target_boxes: ``[B, 4]`` normalised ``cxcywh``.
         reasoning_map, label_map: ``[B, N]`` similarity logits (fine-tuning stage).
         grounding_logits: ``[B, g, g]`` grounding map (models with a grounding head).
+        answer_end: ``[B]`` position of each row's last candidate token (for
+            ``weights.answer_tokens``; see ``text_loss``).
     """
     if (reasoning_map is None) != (label_map is None):
         raise ValueError("similarity loss needs both reasoning_map and label_map, or neither")
@@ -212,7 +236,7 @@ def end_to_end_loss(
             f"mask logits {tuple(mask_logits.shape)} and targets {tuple(target_masks.shape)} "
             "must have the same shape"
         )
-    txt = text_loss(text_logits, labels)
+    txt = text_loss(text_logits, labels, answer_end=answer_end, answer_weight=weights.answer_tokens)
     if mask_logits is not None:
         bce = sigmoid_bce(mask_logits, target_masks).mean()
         dice = dice_loss(mask_logits, target_masks).mean()

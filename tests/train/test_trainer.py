@@ -266,3 +266,37 @@ def test_train_config_rejects_bad_mask_schedule(tmp_path):
         _config(tmp_path, group_by_length=-1)
     with pytest.raises(ValueError, match="repeat_threshold"):
         _config(tmp_path, repeat_threshold=2.0)
+
+
+def test_answer_token_weight_reaches_the_text_loss(tiny_model):
+    """``LossWeights.answer_tokens`` weights the tokens up to each row's last candidate
+    token (read off ``input_ids``) in L_txt; 1 leaves the plain mean."""
+    from medisee.losses import LossWeights, text_loss
+    from medisee.model.medisee import candidate_positions
+    from medisee.train.task import MediSeeTask
+    from tests.conftest import make_batch
+
+    torch.manual_seed(0)
+    batch = make_batch(tiny_model)
+    tiny_model.eval()
+    with torch.no_grad():
+        plain = MediSeeTask(tiny_model, LossWeights())(batch, decode_masks=False).text
+        weighted = MediSeeTask(tiny_model, LossWeights(answer_tokens=4.0))(
+            batch, decode_masks=False
+        ).text
+        logits = tiny_model(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["image_sizes"],
+            image_embeddings=batch.get("image_embeddings"),
+            pixel_values=batch.get("pixel_values"),
+            decode_masks=False,
+        ).logits
+    end = candidate_positions(batch["input_ids"], tiny_model.candidate_token_ids)[:, -1]
+    supervised = batch["labels"][:, 1:] != -100
+    after = torch.arange(1, batch["labels"].shape[1])[None] > end[:, None]
+    assert (supervised & after).any() and (supervised & ~after).any()  # both kinds present
+    expected = text_loss(logits, batch["labels"], answer_end=end, answer_weight=4.0)
+    assert weighted.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert plain.item() == pytest.approx(text_loss(logits, batch["labels"]).item(), rel=1e-5)
+    assert weighted.item() != pytest.approx(plain.item(), rel=1e-3)
