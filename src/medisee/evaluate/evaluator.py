@@ -127,7 +127,12 @@ def evaluation_items(
     items = [item for questions in per_record for _, _, item in questions]
     if max_examples is None or max_examples >= len(items):
         return items
-    turns = [[item for _, _, item in sorted(q, key=lambda e: e[:2])] for q in per_record]
+    # Target t starts at its (t mod n)-th question, so the first turns are not all of the
+    # same template slot (a target's questions come in a fixed perspective/length order).
+    turns = [
+        [item for _, _, item in sorted(q, key=lambda e: (_rotated_rank(q, e), e[1]))]
+        for q in per_record
+    ]
     chosen: set[int] = set()
     depth = 0
     while len(chosen) < max_examples:
@@ -136,6 +141,12 @@ def evaluation_items(
                 chosen.add(id(questions[depth]))
         depth += 1
     return [item for item in items if id(item) in chosen]
+
+
+def _rotated_rank(questions: list[tuple[int, int, Any]], entry: tuple[int, int, Any]) -> int:
+    rank, target, _ = entry
+    count = sum(1 for _, t, _ in questions if t == target)
+    return (rank - target) % count
 
 
 class _ImageSource:
