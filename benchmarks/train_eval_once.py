@@ -40,6 +40,10 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    from medisee.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the CLI does (MEDISEE_DEFAULT_MALLOC=1 leaves glibc alone)
+
     from medisee.evaluate.pipeline import evaluate_with_baselines
     from medisee.losses import LossWeights
     from medisee.train.config import TrainConfig

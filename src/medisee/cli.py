@@ -51,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from medisee.allocator import keep_freed_memory
+
+    keep_freed_memory()
     try:
         result = args.func(args)
     except (ValueError, FileNotFoundError) as error:
