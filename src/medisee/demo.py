@@ -23,9 +23,9 @@ logger = logging.getLogger(__name__)
 class DemoConfig:
     out_dir: str = "outputs/demo"
     num_images: int = 150
-    steps: int = 1200
+    steps: int = 1400
     batch_size: int = 8
-    # Above the paper's 3e-4: the lite LM starts from scratch and gets only ~1200 steps.
+    # Above the paper's 3e-4: the lite LM starts from scratch and gets only ~1400 steps.
     lr: float = 1e-3
     warmup_steps: int = 50
     # The test questions are reasoning ones: 7 in 10 samples are (the paper's referring 7:3
