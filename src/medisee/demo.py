@@ -39,10 +39,10 @@ class DemoConfig:
     mask_prompt: str = "target"
     # Batches of similar length pad ~4% instead of ~26% (docs/training.md).
     group_by_length: int = 16
-    # Rare structures (a few CT images among 120) drawn up to ~2x as often as before.
+    # Rare structures (lesions in a few of the 128 training images) drawn more often.
     repeat_threshold: float = 0.2
-    # Three more template draws per training image: other facts and location descriptors
-    # for the same targets (val/test questions unchanged; docs/data.md).
+    # Eight more template draws per training image: other facts and location descriptors
+    # for the same targets (11 608 more questions; val/test unchanged; docs/data.md).
     train_qa_variants: int = 8
     # L_txt weight of the answer sentence's tokens ("It is the liver." + candidates) over
     # the explanation's: the answer decides the target (docs/training.md, session 4).
