@@ -5,8 +5,8 @@ raised dynamically up to 32 MiB) is a fresh ``mmap`` whose pages the kernel zero
 first touch, and freeing it unmaps them again. The TinyViT encoder and the grounding head
 allocate such tensors by the hundred per call, so on our 2-core machine a third of the
 CPU time was system time. Serving large blocks from the heap and not trimming it keeps
-the pages mapped between calls (measured in docs/environment.md: the LiteMedSAM encoder
-went from 2.0 to 1.3 s per image, system time from 1.3 s to 0.1 s).
+the pages mapped between calls (docs/environment.md: on a quiet machine the LiteMedSAM
+encoder went from 2.0 to 1.3 s per image, its system time from 1.3 s to under 0.1 s).
 """
 
 from __future__ import annotations

@@ -83,9 +83,9 @@ class EmbeddingCache:
     ) -> int:
         """Embed the images not yet cached; returns how many were computed.
 
-        ``batch_size`` defaults to 1 on CPU (TinyViT at 256 px: 1.3 s per image one at a
-        time, 1.7 s in batches of 4, whose activations outgrow the caches;
-        docs/environment.md) and 8 on an accelerator.
+        ``batch_size`` defaults to 1 on CPU (TinyViT at 256 px on a quiet 2-core machine:
+        1.3 s per image one at a time, 1.7 s in batches of 4; docs/environment.md) and 8 on
+        an accelerator.
         """
         from medisee.data.io import read_image
 
