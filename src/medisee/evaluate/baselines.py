@@ -146,9 +146,9 @@ def run_baselines(
                 key = (item.record.id, box)
                 if key not in masks and box not in pending[item.record.id]:
                     pending[item.record.id].append(box)
-        records = {item.record.id: item.record for item in chunk}
+        chunk_records = {item.record.id: item.record for item in chunk}
         for record_id, prompts in pending.items():
-            record = records[record_id]
+            record = chunk_records[record_id]
             embedding = source.inputs([record])["image_embeddings"]
             scale = scale_of / max(record.height, record.width)
             pixel_boxes = torch.tensor(prompts, dtype=torch.float32) * scale

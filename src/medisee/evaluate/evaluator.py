@@ -113,26 +113,25 @@ def evaluation_items(
     one's second, ...), so 120 questions of a 15-image split cover all 15 images rather
     than the first few. The subset is returned in manifest order.
     """
-    # per record: (rank of the question within its target, target index, item)
+    # per record, per target: its questions of ``kinds``
     per_record = [
         [
-            (rank, t, item)
+            [_Item(record, t, q) for q, qa in enumerate(target.qa) if qa.kind in kinds]
             for t, target in enumerate(record.targets)
-            for rank, item in enumerate(
-                _Item(record, t, q) for q, qa in enumerate(target.qa) if qa.kind in kinds
-            )
         ]
         for record in records
     ]
-    items = [item for questions in per_record for _, _, item in questions]
+    items = [item for targets in per_record for questions in targets for item in questions]
     if max_examples is None or max_examples >= len(items):
         return items
-    # Target t starts at its (t mod n)-th question, so the first turns are not all of the
-    # same template slot (a target's questions come in a fixed perspective/length order).
-    turns = [
-        [item for _, _, item in sorted(q, key=lambda e: (_rotated_rank(q, e), e[1]))]
-        for q in per_record
-    ]
+    turns = []
+    for targets in per_record:
+        # Target t starts at its (t mod n)-th question, so the first turns are not all of
+        # the same template slot (a target's questions come in a fixed perspective/length
+        # order).
+        rotated = [q[t % len(q) :] + q[: t % len(q)] for t, q in enumerate(targets) if q]
+        depth = max(map(len, rotated), default=0)
+        turns.append([q[d] for d in range(depth) for q in rotated if d < len(q)])
     chosen: set[int] = set()
     depth = 0
     while len(chosen) < max_examples:
@@ -141,12 +140,6 @@ def evaluation_items(
                 chosen.add(id(questions[depth]))
         depth += 1
     return [item for item in items if id(item) in chosen]
-
-
-def _rotated_rank(questions: list[tuple[int, int, Any]], entry: tuple[int, int, Any]) -> int:
-    rank, target, _ = entry
-    count = sum(1 for _, t, _ in questions if t == target)
-    return (rank - target) % count
 
 
 class _ImageSource:

@@ -47,6 +47,7 @@ class MediSeeOutput:
     det_state: torch.Tensor  # [B, d] h_det
     image_states: torch.Tensor  # [B, N, d] last-layer states at the image tokens (for Sim)
     fusion: FusionOutput
+    candidate_positions: torch.Tensor  # [B, n] where the candidate states were read
 
 
 @dataclass
@@ -270,9 +271,9 @@ class MediSee(nn.Module):
     # ------------------------------------------------------------------ forward
     def _read_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, vision: torch.Tensor
-    ) -> tuple[BackboneOutput, FusionOutput, torch.Tensor]:
+    ) -> tuple[BackboneOutput, FusionOutput, torch.Tensor, torch.Tensor]:
         """LM pass; candidate states gathered by mask and fused; image-token states
-        ``[B, N, d]`` (float32) for the similarity map."""
+        ``[B, N, d]`` (float32) for the similarity map; the candidate positions ``[B, n]``."""
         lm = self.language(input_ids, attention_mask, vision)
         positions = candidate_positions(input_ids, self.candidate_token_ids)
         batch_index = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None]
@@ -281,7 +282,7 @@ class MediSee(nn.Module):
         image_states = lm.hidden_states[image_mask].view(
             input_ids.shape[0], self.language.num_image_tokens, -1
         )
-        return lm, fused, image_states.float()
+        return lm, fused, image_states.float(), positions
 
     def similarity(self, image_states: torch.Tensor, seg_state: torch.Tensor) -> torch.Tensor:
         """``Sim(ĥ_img, ĥ_seg)`` ``[B, N]``: both sides through the seg projection, i.e. in
@@ -300,7 +301,7 @@ class MediSee(nn.Module):
         plain-label query's map is L_sim's target)."""
         if image_embeddings is None:
             image_embeddings = self.embed_images(pixel_values)
-        _, fused, image_states = self._read_states(
+        _, fused, image_states, _ = self._read_states(
             input_ids, attention_mask, self.vision_inputs(pixel_values, image_embeddings)
         )
         return self.similarity(image_states, fused.seg_state)
@@ -329,7 +330,7 @@ class MediSee(nn.Module):
             if pixel_values is None:
                 raise ValueError("give pixel_values or precomputed image_embeddings")
             image_embeddings = self.embed_images(pixel_values)
-        lm, fused, image_states = self._read_states(
+        lm, fused, image_states, positions = self._read_states(
             input_ids, attention_mask, self.vision_inputs(pixel_values, image_embeddings)
         )
         decoded = self.decode_targets(
@@ -351,6 +352,7 @@ class MediSee(nn.Module):
             det_state=fused.det_state,
             image_states=image_states,
             fusion=fused,
+            candidate_positions=positions,
         )
 
     # --------------------------------------------------------------- generation
@@ -424,7 +426,7 @@ class MediSee(nn.Module):
                 index
             ]
             full_mask = torch.cat((attention_mask, new_mask), dim=1)[index]
-            _, fused, _ = self._read_states(full_ids, full_mask, vision[index])
+            _, fused, _, _ = self._read_states(full_ids, full_mask, vision[index])
             decoded = self.decode_targets(
                 fused.seg_state, fused.det_state, image_embeddings[index], image_sizes[index]
             )

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from medisee.losses import LossBreakdown, LossWeights, end_to_end_loss
-from medisee.model.medisee import MediSee, candidate_positions
+from medisee.model.medisee import MediSee
 
 STAGES = ("end2end", "finetune")
 # Which box prompts the mask decoder in training: the model's own ("predicted", the paper)
@@ -77,9 +77,5 @@ class MediSeeTask(nn.Module):
             reasoning_map=reasoning_map,
             label_map=label_map,
             grounding_logits=out.grounding_logits,
-            answer_end=candidate_positions(batch["input_ids"], self.model.candidate_token_ids)[
-                :, -1
-            ]
-            if self.weights.answer_tokens != 1.0
-            else None,
+            answer_end=out.candidate_positions[:, -1],
         )
