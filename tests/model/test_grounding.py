@@ -123,6 +123,55 @@ def test_answer_box_from_the_map_in_the_original_frame(tiny_model) -> None:
     torch.testing.assert_close(box, expected)
 
 
+def test_box_margin_grows_the_map_box_by_whole_cells_inside_the_grid(
+    tiny_model, monkeypatch
+) -> None:
+    """Margin 1: cells x 2..5, y 4..7 -> grid box (1, 3, 7, 9) -> input (4, 12, 28, 36) ->
+    original (8, 24, 56, 72) on the 128 x 96 image; a region in the bottom-left corner
+    (x 0..1, y 14..15) grows to (0, 13, 3, 16), clamped at the grid's edges."""
+    monkeypatch.setattr(tiny_model.config.grounding, "box_margin", 1)
+    logits = torch.full((2, 16, 16), -3.0)
+    logits[0, 4:8, 2:6] = 2.0
+    logits[1, 14:16, 0:2] = 2.0
+    fallback = torch.zeros(2, 4)
+    box = tiny_model._grounded_boxes(logits, fallback, torch.tensor([[128, 96], [128, 96]]))
+    expected_first = torch.tensor([32 / 96, 48 / 128, 48 / 96, 48 / 128])
+    # (0, 13, 3, 16) cells -> input (0, 52, 12, 64) -> original (0, 104, 24, 128)
+    expected_corner = torch.tensor([12 / 96, 116 / 128, 24 / 96, 24 / 128])
+    torch.testing.assert_close(box, torch.stack((expected_first, expected_corner)))
+
+
+def test_mask_answer_box_is_the_decoded_masks_box_in_the_original_frame(tiny_model) -> None:
+    """tiny: low-res logits 64 x 64 = the input frame. Pixels x 10..19, y 20..29 -> input
+    (10, 20, 20, 30); the 128 x 96 image is scaled by 0.5 -> original (20, 40, 40, 60).
+    An empty mask keeps the fallback."""
+    logits = torch.full((2, 64, 64), -4.0)
+    logits[0, 20:30, 10:20] = 3.0
+    fallback = torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.6, 0.1, 0.4]])
+    box = tiny_model._mask_boxes(logits, fallback, torch.tensor([[128, 96], [128, 96]]))
+    torch.testing.assert_close(box[0], torch.tensor([30 / 96, 50 / 128, 20 / 96, 20 / 128]))
+    torch.testing.assert_close(box[1], fallback[1])
+
+
+def test_answer_box_mask_mode_answers_with_the_box_of_the_mask_it_returns(
+    tiny_model, monkeypatch
+) -> None:
+    batch = make_batch(tiny_model)
+    kwargs = {"pixel_values": batch["pixel_values"]}
+    args = (batch["input_ids"], batch["attention_mask"], batch["image_sizes"])
+    with torch.no_grad():
+        prompt_mode = tiny_model(*args, **kwargs)
+        monkeypatch.setattr(tiny_model.config, "answer_box", "mask")
+        mask_mode = tiny_model(*args, **kwargs)
+    # Same prompt, same mask; only the answer box differs.
+    torch.testing.assert_close(mask_mode.mask_logits, prompt_mode.mask_logits)
+    expected = tiny_model._mask_boxes(
+        mask_mode.mask_logits, prompt_mode.boxes, batch["image_sizes"]
+    )
+    torch.testing.assert_close(mask_mode.boxes, expected)
+    assert not torch.allclose(mask_mode.boxes, prompt_mode.boxes)
+
+
 def test_answer_box_falls_back_to_the_box_decoder_when_the_map_is_empty(tiny_model) -> None:
     grid = tiny_model.config.mask.embedding_size
     logits = torch.full((2, grid, grid), -3.0)
@@ -174,3 +223,10 @@ def test_grounding_config_rejects_a_non_positive_width() -> None:
         GroundingConfig(refine_layers=-1)
     with pytest.raises(ValueError, match="GroundingConfig.refine_dim"):
         GroundingConfig(refine_layers=1, refine_dim=0)
+    with pytest.raises(ValueError, match="GroundingConfig.box_margin"):
+        GroundingConfig(box_margin=-1)
+
+
+def test_model_config_rejects_an_unknown_answer_box(tiny_model) -> None:
+    with pytest.raises(ValueError, match="answer_box"):
+        dataclasses.replace(tiny_model.config, answer_box="decoder")

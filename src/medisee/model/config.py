@@ -15,6 +15,7 @@ FUSION_MODES = ("soft", "hard")
 PROMPT_MODES = ("T", "T+B", "T+B+P")
 BACKBONES = ("lite", "llava")
 IMAGE_ENCODERS = ("tiny_vit", "vit")
+ANSWER_BOXES = ("prompt", "mask")
 
 
 def _check_positive(owner: str, **values: int | float) -> None:
@@ -139,20 +140,24 @@ class GroundingConfig:
     (which is still trained, and used when the map has no cell above ``threshold``).
     ``dim``: width of the query/key space. ``refine_layers`` 3x3 convolutions of width
     ``refine_dim`` over the query-modulated keys add a correction to the linear map (0: the
-    map is the plain query-key product)."""
+    map is the plain query-key product). ``box_margin`` grid cells are added on each side
+    of the map's box (clamped to the grid): the map is trained against the mask at the
+    embedding's grid, where cells the target only partly covers fall below the threshold,
+    so the region's box is tight by up to a cell, and a box prompt that cuts the target
+    costs the mask decoder more than a loose one (``docs/training.md``, Session 5)."""
 
     enabled: bool = False
     dim: int = 128
     threshold: float = 0.0
     refine_layers: int = 0
     refine_dim: int = 32
+    box_margin: int = 0
 
     def __post_init__(self) -> None:
         _check_positive("GroundingConfig", dim=self.dim, refine_dim=self.refine_dim)
-        if self.refine_layers < 0:
-            raise ValueError(
-                f"GroundingConfig.refine_layers must be >= 0, got {self.refine_layers}"
-            )
+        for name in ("refine_layers", "box_margin"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"GroundingConfig.{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -272,7 +277,12 @@ class MaskConfig:
 
 @dataclass
 class ModelConfig:
-    """The whole MediSee model. ``num_candidate_tokens`` is n of the paper (1..3, default 2)."""
+    """The whole MediSee model. ``num_candidate_tokens`` is n of the paper (1..3, default 2).
+
+    ``answer_box``: ``"prompt"`` answers with the box that prompted the mask decoder (the
+    box decoder's, or the grounding map's); ``"mask"`` with the tight box of the decoded
+    mask, so box and mask agree (the prompt box where the mask is empty).
+    """
 
     language: LanguageConfig = field(default_factory=LanguageConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
@@ -282,6 +292,7 @@ class ModelConfig:
     num_candidate_tokens: int = 2
     seg_projection_hidden: int | None = None
     box_prompt_gradient: bool = False
+    answer_box: str = "prompt"
     preset: str | None = None
 
     def __post_init__(self) -> None:
@@ -301,6 +312,10 @@ class ModelConfig:
             )
         if self.seg_projection_hidden is not None:
             _check_positive("ModelConfig", seg_projection_hidden=self.seg_projection_hidden)
+        if self.answer_box not in ANSWER_BOXES:
+            raise ValueError(
+                f"ModelConfig.answer_box must be one of {ANSWER_BOXES}, got {self.answer_box!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return _to_jsonable(dataclasses.asdict(self))

@@ -198,11 +198,13 @@ class MediSee(nn.Module):
     ) -> TargetDecoding:
         """h_seg, h_det -> boxes (normalised, original frame), grounding map, mask logits.
 
-        The answer box is the grounding map's box when the head is enabled and its map has
-        a cell above the threshold, else the box decoder's. The prompt mode decides the
-        sparse prompts of the mask decoder: T = the text token only; T+B adds a box (the
-        answer box, or ``prompt_boxes`` [B, 4] normalised cxcywh when given: teacher
-        forcing in training); T+B+P also a positive point at the box centre.
+        The prompt box is the grounding map's box (grown by ``grounding.box_margin`` cells)
+        when the head is enabled and its map has a cell above the threshold, else the box
+        decoder's. The prompt mode decides the sparse prompts of the mask decoder: T = the
+        text token only; T+B adds a box (the prompt box, or ``prompt_boxes`` [B, 4]
+        normalised cxcywh when given: teacher forcing in training); T+B+P also a positive
+        point at the box centre. The answer box is the prompt box, or with
+        ``answer_box="mask"`` the decoded mask's box.
         ``decode_masks=False`` skips the mask decoder (the cheap steps of training).
         """
         decoder_boxes = self.box_decoder(det_state)
@@ -221,6 +223,8 @@ class MediSee(nn.Module):
                 image_sizes,
                 boxes if prompt_boxes is None else prompt_boxes,
             )
+            if self.config.answer_box == "mask":
+                boxes = self._mask_boxes(mask_logits, boxes, image_sizes)
         return TargetDecoding(boxes, decoder_boxes, grounding_logits, mask_logits, iou)
 
     def _input_scale(self, image_sizes: torch.Tensor) -> torch.Tensor:
@@ -236,6 +240,10 @@ class MediSee(nn.Module):
         with torch.no_grad():
             threshold = self.config.grounding.threshold
             cells = region_box(peak_region(logits.float(), threshold))  # grid units
+            margin = self.config.grounding.box_margin
+            if margin:
+                grow = torch.tensor([-margin, -margin, margin, margin], device=cells.device)
+                cells = (cells + grow).clamp(0, logits.shape[-1])
             # grid -> segmenter input pixels -> original pixels (resize by the longest side)
             sizes = image_sizes.to(cells.dtype)
             cell = self.config.mask.image_size / logits.shape[-1]
@@ -245,6 +253,23 @@ class MediSee(nn.Module):
             grounded = normalize_box(pixels, sizes).to(fallback.dtype)
             found = (logits.flatten(1).amax(1) > threshold)[:, None]
         return torch.where(found, grounded, fallback)
+
+    def _mask_boxes(
+        self, mask_logits: torch.Tensor, fallback: torch.Tensor, image_sizes: torch.Tensor
+    ) -> torch.Tensor:
+        """Low-res mask logits ``[B, L, L]`` (segmenter input frame) -> normalised cxcywh
+        boxes of the original frame around the pixels above 0; ``fallback`` where a mask is
+        empty."""
+        with torch.no_grad():
+            inside = mask_logits.float() > 0
+            cells = region_box(inside)  # low-res pixel units, pixel edges
+            sizes = image_sizes.to(cells.dtype)
+            pixel = self.config.mask.image_size / mask_logits.shape[-1]
+            pixels = cells * pixel / self._input_scale(sizes)[:, None]
+            pixels = torch.minimum(pixels, sizes.flip(1).repeat(1, 2))  # padding -> edge
+            boxes = normalize_box(pixels, sizes).to(fallback.dtype)
+            found = inside.flatten(1).any(1)[:, None]
+        return torch.where(found, boxes, fallback)
 
     def _decode_masks(
         self,

@@ -72,7 +72,14 @@ def lite() -> ModelConfig:
         box=BoxDecoderConfig(hidden_size=512),
         mask=MaskConfig(encoder="tiny_vit", image_size=256, weights="litemedsam"),
         # The box from a map over the SAM embedding: see medisee.model.grounding for why.
-        grounding=GroundingConfig(enabled=True, dim=128, refine_layers=2, refine_dim=32),
+        # Threshold -1 (p > 0.27): the map learns each cell's covered fraction, so a cell
+        # on the target's edge sits below 0.5 and a region at 0 cuts the target; the box
+        # prompt from the lower threshold gave the better mask, and the mask's own box the
+        # better answer box, on the validation split (docs/training.md, Session 5).
+        grounding=GroundingConfig(
+            enabled=True, dim=128, threshold=-1.0, refine_layers=2, refine_dim=32
+        ),
+        answer_box="mask",
         preset="lite",
     )
 
