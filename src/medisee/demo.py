@@ -102,6 +102,7 @@ def _run_from_args(args: argparse.Namespace) -> int:
 
 
 def run_demo(config: DemoConfig) -> dict:
+    from medisee.data.build import BuildOptions
     from medisee.data.sources.bundled import build_bundled
     from medisee.evaluate.pipeline import evaluate_with_baselines
     from medisee.losses import LossWeights
@@ -116,10 +117,8 @@ def run_demo(config: DemoConfig) -> dict:
     print(f"[1/4] building the bundled dataset ({config.num_images} images) ...", flush=True)
     built = build_bundled(
         out / "data",
-        seed=config.seed,
+        BuildOptions(seed=config.seed, overwrite=True, train_qa_variants=config.train_qa_variants),
         num_images=config.num_images,
-        overwrite=True,
-        train_qa_variants=config.train_qa_variants,
     )
     print(built.summary(), flush=True)
     records = (built.records, built.manifest.parent)

@@ -17,22 +17,24 @@ def ontology() -> Ontology:
 @pytest.fixture(scope="session")
 def bundled(tmp_path_factory: pytest.TempPathFactory):
     """A bundled build with all phantom kinds, 12 MNI slices and the pydicom samples."""
+    from medisee.data.build import BuildOptions
     from medisee.data.sources.bundled import build_bundled
 
     out = tmp_path_factory.mktemp("bundled")
-    result = build_bundled(out, seed=3, num_images=48)
+    result = build_bundled(out, BuildOptions(seed=3), num_images=48)
     return result
 
 
 @pytest.fixture(scope="session")
 def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two phantom images (about a dozen targets) for the LLM pipeline tests."""
+    from medisee.data.build import BuildOptions
     from medisee.data.sources.bundled import build_bundled
 
     out = tmp_path_factory.mktemp("tiny")
     build_bundled(
         out,
-        seed=1,
+        BuildOptions(seed=1),
         num_images=2,
         mni_slices=0,
         dicom=False,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from medisee.boxes import mask_to_box
+from medisee.data.build import BuildOptions
 from medisee.data.manifest import read_manifest
 from medisee.data.phantom import GENERATORS, generate
 from medisee.data.samples import load_target_mask
@@ -29,9 +30,9 @@ def test_build_is_deterministic_for_a_seed(tmp_path):
     kwargs = dict(
         num_images=14, mni_slices=2, kinds=["chest_ct", "fundus", "brain_mri", "chest_xray"]
     )
-    build_bundled(tmp_path / "a", seed=7, **kwargs)
-    build_bundled(tmp_path / "b", seed=7, **kwargs)
-    build_bundled(tmp_path / "c", seed=8, **kwargs)
+    build_bundled(tmp_path / "a", BuildOptions(seed=7), **kwargs)
+    build_bundled(tmp_path / "b", BuildOptions(seed=7), **kwargs)
+    build_bundled(tmp_path / "c", BuildOptions(seed=8), **kwargs)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
 
@@ -129,8 +130,8 @@ def test_train_qa_variants_add_training_questions_only(tmp_path):
     kwargs = dict(
         num_images=20, mni_slices=2, kinds=["abdominal_ct", "thyroid_ultrasound", "mammography"]
     )
-    plain = build_bundled(tmp_path / "plain", seed=5, **kwargs)
-    more = build_bundled(tmp_path / "more", seed=5, train_qa_variants=2, **kwargs)
+    plain = build_bundled(tmp_path / "plain", BuildOptions(seed=5), **kwargs)
+    more = build_bundled(tmp_path / "more", BuildOptions(seed=5, train_qa_variants=2), **kwargs)
 
     def questions(result):
         return {

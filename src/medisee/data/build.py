@@ -13,10 +13,56 @@ import numpy as np
 from medisee.data.ontology import Ontology
 from medisee.data.qa_template import TemplateEngine
 from medisee.data.schema import QAItem, Record, SkipReport
-from medisee.data.splits import DEFAULT_RATIOS, assign_splits, check_no_leakage
-from medisee.data.writer import DatasetWriter
+from medisee.data.splits import DEFAULT_RATIOS, assign_splits, check_no_leakage, check_ratios
+from medisee.data.writer import MASK_FORMATS, DatasetWriter
 
 QA_MODES = ("template", "none")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """The build options shared by every source (bundled, folder, SA-Med2D, NIfTI).
+
+    - ``seed``: seed for phantoms, QA wording and the split;
+    - ``mask_format``: ``"rle"`` (masks inline in the manifest) or ``"png"`` (mask files);
+    - ``qa``: ``"template"`` (template QA while building) or ``"none"``;
+    - ``ratios``: train, val and test fractions (by source image/volume; normalised by
+      the split);
+    - ``overwrite``: replace an existing manifest in the output directory;
+    - ``allow_unknown_labels``: keep labels that are not in the ontology (verbatim,
+      lower-cased) instead of skipping and counting them;
+    - ``train_qa_variants`` = n > 0: n more template draws per image (other facts,
+      location descriptors and wording for the same targets); their new reasoning
+      questions are added to the images that the split puts in ``train`` only, so
+      validation and test questions are exactly those of a build without it.
+
+    Invalid values raise ``ValueError`` naming the field.
+    """
+
+    seed: int = 0
+    mask_format: str = "rle"
+    qa: str = "template"
+    ratios: Sequence[float] = DEFAULT_RATIOS
+    overwrite: bool = False
+    allow_unknown_labels: bool = False
+    train_qa_variants: int = 0
+
+    def __post_init__(self) -> None:
+        if self.qa not in QA_MODES:
+            raise ValueError(f"qa must be one of {QA_MODES}, got {self.qa!r}")
+        if self.mask_format not in MASK_FORMATS:
+            raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {self.mask_format!r}")
+        if self.train_qa_variants < 0:
+            raise ValueError(f"train_qa_variants must be >= 0, got {self.train_qa_variants}")
+        try:
+            check_ratios(self.ratios)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"ratios must be three non-negative numbers (train, val, test) with a "
+                f"positive sum, got {self.ratios!r}"
+            ) from error
+        # A tuple, so the options are immutable (the values themselves are kept as given).
+        object.__setattr__(self, "ratios", tuple(self.ratios))
 
 
 @dataclass
@@ -49,38 +95,30 @@ class Builder:
     """Collects records from a source and writes the dataset (QA, splits, manifest).
 
     Usage: ``builder.add(...)`` per image (masks are only held while QA is generated),
-    then ``builder.finish(info)``.
-
-    ``train_qa_variants`` = n > 0: n more template draws per image (other facts, location
-    descriptors and wording for the same targets); their new reasoning questions are
-    added to the images that the split puts in ``train`` only, so validation and test
-    questions are exactly those of a build without it.
+    then ``builder.finish(info)``. ``options`` (default ``BuildOptions()``): see
+    :class:`BuildOptions`.
     """
 
     def __init__(
         self,
         out_dir: str | Path,
+        options: BuildOptions | None = None,
         *,
-        seed: int = 0,
-        mask_format: str = "rle",
-        qa: str = "template",
-        ratios: Sequence[float] = DEFAULT_RATIOS,
-        overwrite: bool = False,
         ontology: Ontology | None = None,
-        allow_unknown_labels: bool = False,
-        train_qa_variants: int = 0,
     ) -> None:
-        if qa not in QA_MODES:
-            raise ValueError(f"qa must be one of {QA_MODES}, got {qa!r}")
-        if train_qa_variants < 0:
-            raise ValueError(f"train_qa_variants must be >= 0, got {train_qa_variants}")
-        self.writer = DatasetWriter(out_dir, mask_format=mask_format, overwrite=overwrite)
+        options = options if options is not None else BuildOptions()
+        self.options = options
+        self.writer = DatasetWriter(
+            out_dir, mask_format=options.mask_format, overwrite=options.overwrite
+        )
         self.ontology = ontology if ontology is not None else Ontology.load()
-        self.engine = TemplateEngine(self.ontology, seed=seed) if qa == "template" else None
-        self.seed = seed
-        self.ratios = ratios
-        self.allow_unknown_labels = allow_unknown_labels
-        self.train_qa_variants = train_qa_variants if qa == "template" else 0
+        self.engine = (
+            TemplateEngine(self.ontology, seed=options.seed) if options.qa == "template" else None
+        )
+        self.seed = options.seed
+        self.ratios = options.ratios
+        self.allow_unknown_labels = options.allow_unknown_labels
+        self.train_qa_variants = options.train_qa_variants if options.qa == "template" else 0
         # Per record id, per target: reasoning items of the extra draws (kept until the
         # split is known; text only).
         self._variant_items: dict[str, list[list[QAItem]]] = {}

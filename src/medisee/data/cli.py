@@ -40,19 +40,20 @@ def _progress_bar(total: int | None, desc: str, enabled: bool) -> tuple[Any, Any
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from medisee.data.build import BuildOptions
     from medisee.data.io import parse_window
     from medisee.data.splits import parse_ratios
 
-    ratios = parse_ratios(args.split_ratios)
     window = parse_window(args.window) if args.window else "auto"
-    common: dict[str, Any] = {
-        "seed": args.seed,
-        "mask_format": args.mask_format,
-        "qa": args.qa,
-        "ratios": ratios,
-        "overwrite": args.overwrite,
-        "train_qa_variants": args.train_qa_variants,
-    }
+    options = BuildOptions(
+        seed=args.seed,
+        mask_format=args.mask_format,
+        qa=args.qa,
+        ratios=parse_ratios(args.split_ratios),
+        overwrite=args.overwrite,
+        allow_unknown_labels=args.allow_unknown_labels,
+        train_qa_variants=args.train_qa_variants,
+    )
     if args.source != "bundled" and not args.input:
         raise ValueError(f"--source {args.source} needs --input DIR")
     total = args.num_images if args.source in ("bundled", "samed2d") else None
@@ -63,12 +64,12 @@ def cmd_build(args: argparse.Namespace) -> int:
 
             result = build_bundled(
                 args.out,
+                options,
                 num_images=args.num_images if args.num_images is not None else DEFAULT_NUM_IMAGES,
                 kinds=_csv(args.kinds) if args.kinds else None,
                 mni_slices=args.mni_slices,
                 dicom=not args.no_dicom,
                 progress=progress,
-                **common,
             )
         elif args.source == "folder":
             from medisee.data.sources.folder import build_folder
@@ -76,14 +77,13 @@ def cmd_build(args: argparse.Namespace) -> int:
             result = build_folder(
                 args.input,
                 args.out,
+                options,
                 modality=args.modality,
                 label_map=args.label_map,
                 display=args.display,
                 source_id_regex=args.source_id_regex,
                 window=window,
-                allow_unknown_labels=args.allow_unknown_labels,
                 progress=progress,
-                **common,
             )
         elif args.source == "samed2d":
             from medisee.data.sources.samed2d import build_samed2d
@@ -91,12 +91,11 @@ def cmd_build(args: argparse.Namespace) -> int:
             result = build_samed2d(
                 args.input,
                 args.out,
+                options,
                 max_images=args.num_images,
                 datasets=_csv(args.datasets) if args.datasets else None,
                 display=args.display,
-                allow_unknown_labels=args.allow_unknown_labels,
                 progress=progress,
-                **common,
             )
         else:
             from medisee.data.sources.nifti import build_nifti
@@ -104,14 +103,13 @@ def cmd_build(args: argparse.Namespace) -> int:
             result = build_nifti(
                 args.input,
                 args.out,
+                options,
                 label_map=args.label_map,
                 modality=args.modality,
                 axis=args.axis,
                 slices_per_volume=args.slices_per_volume,
                 window=window,
-                allow_unknown_labels=args.allow_unknown_labels,
                 progress=progress,
-                **common,
             )
     except FileExistsError as error:
         raise ValueError(str(error)) from None

@@ -369,7 +369,7 @@ class TemplateEngine:
         """QA for every target of ``record`` given its ``H x W`` bool ``masks`` (same order).
 
         ``variant`` > 0 draws another set of choices (facts, descriptors, wording) for the
-        same record: extra training questions (``Builder(train_qa_variants=...)``)."""
+        same record: extra training questions (``BuildOptions(train_qa_variants=...)``)."""
         report = SkipReport()
         if len(masks) != len(record.targets):
             raise ValueError(

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medisee.data.build import Builder, BuildResult
+from medisee.data.build import Builder, BuildOptions, BuildResult
 from medisee.data.io import Window, apply_window, display_slice, read_dicom
 from medisee.data.phantom import GENERATORS, MIN_TARGET_AREA, generate
 from medisee.data.schema import SkipReport
@@ -275,18 +275,13 @@ def dicom_images(report: SkipReport | None = None) -> list[RealImage]:
 
 def build_bundled(
     out_dir: str | Path,
+    options: BuildOptions | None = None,
     *,
-    seed: int = 0,
     num_images: int = DEFAULT_NUM_IMAGES,
     kinds: Sequence[str] | None = None,
     mni_slices: int = DEFAULT_MNI_SLICES,
     dicom: bool = True,
-    mask_format: str = "rle",
-    qa: str = "template",
-    ratios: Sequence[float] = (0.8, 0.1, 0.1),
-    overwrite: bool = False,
     progress: Callable[[int], Any] | None = None,
-    train_qa_variants: int = 0,
 ) -> BuildResult:
     """Build the bundled dataset into ``out_dir``.
 
@@ -294,22 +289,18 @@ def build_bundled(
     pydicom samples if ``dicom``), phantoms for the rest, cycling through ``kinds``
     (default: all of :data:`medisee.data.phantom.GENERATORS`). Phantom ``i`` is drawn
     from ``(seed, i)``, so the build is deterministic for a seed. ``progress`` is called
-    with the number of images done after each one. ``train_qa_variants``: see
-    :class:`medisee.data.build.Builder`.
+    with the number of images done after each one. ``options``: see
+    :class:`medisee.data.build.BuildOptions`; its ``allow_unknown_labels`` is ignored
+    (every bundled label is in the ontology; unknown ones are skipped and counted).
     """
     kinds = list(kinds) if kinds else list(GENERATORS)
     unknown = [k for k in kinds if k not in GENERATORS]
     if unknown:
         raise ValueError(f"unknown phantom kinds {unknown}; kinds: {', '.join(GENERATORS)}")
-    builder = Builder(
-        out_dir,
-        seed=seed,
-        mask_format=mask_format,
-        qa=qa,
-        ratios=ratios,
-        overwrite=overwrite,
-        train_qa_variants=train_qa_variants,
-    )
+    # Every bundled label is in the ontology: unknown labels are never kept here.
+    options = replace(options or BuildOptions(), allow_unknown_labels=False)
+    builder = Builder(out_dir, options)
+    seed = options.seed
     real: list[RealImage] = []
     if mni_slices > 0:
         try:

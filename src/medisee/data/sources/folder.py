@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medisee.data.build import Builder, BuildResult
+from medisee.data.build import Builder, BuildOptions, BuildResult
 from medisee.data.io import ImageReadError, Window, read_image
 from medisee.data.masks import MaskError, read_mask_png
 from medisee.data.schema import slugify
@@ -76,19 +76,13 @@ def _read_label_image(path: Path) -> np.ndarray:
 def build_folder(
     root: str | Path,
     out_dir: str | Path,
+    options: BuildOptions | None = None,
     *,
     modality: str | None = None,
     label_map: str | Path | None = None,
     display: str | None = None,
     source_id_regex: str | None = None,
     window: str | Window | None = "auto",
-    seed: int = 0,
-    mask_format: str = "rle",
-    qa: str = "template",
-    ratios: Sequence[float] = (0.8, 0.1, 0.1),
-    overwrite: bool = False,
-    train_qa_variants: int = 0,
-    allow_unknown_labels: bool = False,
     progress: Callable[[int], Any] | None = None,
 ) -> BuildResult:
     """Build a dataset from a folder (see the module docstring for the layout)."""
@@ -104,16 +98,7 @@ def build_folder(
     display = display if display is not None else info.get("display")
     source_ids = info.get("source_ids", {})
     group = re.compile(source_id_regex) if source_id_regex else None
-    builder = Builder(
-        out_dir,
-        seed=seed,
-        mask_format=mask_format,
-        qa=qa,
-        ratios=ratios,
-        overwrite=overwrite,
-        train_qa_variants=train_qa_variants,
-        allow_unknown_labels=allow_unknown_labels,
-    )
+    builder = Builder(out_dir, options)
     paths = sorted(
         p for p in images_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
     )

@@ -14,13 +14,13 @@ taken evenly among those where any label is present. Every record of a volume sh
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medisee.data.build import Builder, BuildResult
+from medisee.data.build import Builder, BuildOptions, BuildResult
 from medisee.data.io import ImageReadError, Window, apply_window, load_volume, volume_window
 from medisee.data.schema import normalize_modality, slugify
 from medisee.data.sources.folder import _label_map_from, read_label_file
@@ -70,19 +70,13 @@ def choose_slices(present: np.ndarray, count: int) -> list[int]:
 def build_nifti(
     root: str | Path,
     out_dir: str | Path,
+    options: BuildOptions | None = None,
     *,
     label_map: str | Path | None = None,
     modality: str | None = None,
     axis: str = "axial",
     slices_per_volume: int = 5,
     window: str | Window | None = "auto",
-    seed: int = 0,
-    mask_format: str = "rle",
-    qa: str = "template",
-    ratios: Sequence[float] = (0.8, 0.1, 0.1),
-    overwrite: bool = False,
-    train_qa_variants: int = 0,
-    allow_unknown_labels: bool = False,
     progress: Callable[[int], Any] | None = None,
 ) -> BuildResult:
     """Build a dataset of 2-D slices from NIfTI image/label volume pairs."""
@@ -94,16 +88,7 @@ def build_nifti(
     if not names:
         raise ValueError("no label names: give --label-map or ROOT/dataset.json with 'labels'")
     modality = normalize_modality(modality or _modality_from(info) or "")
-    builder = Builder(
-        out_dir,
-        seed=seed,
-        mask_format=mask_format,
-        qa=qa,
-        ratios=ratios,
-        overwrite=overwrite,
-        train_qa_variants=train_qa_variants,
-        allow_unknown_labels=allow_unknown_labels,
-    )
+    builder = Builder(out_dir, options)
     done = 0
     for case, image_path, label_path in _pairs(root):
         if label_path is None:

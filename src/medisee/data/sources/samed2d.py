@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from medisee.data.build import Builder, BuildResult
+from medisee.data.build import Builder, BuildOptions, BuildResult
 from medisee.data.io import ImageReadError, read_raster
 from medisee.data.masks import MaskError, read_mask_png
 from medisee.data.schema import normalize_modality, slugify
@@ -70,17 +70,11 @@ def parse_mask_class(name: str) -> tuple[str, int]:
 def build_samed2d(
     root: str | Path,
     out_dir: str | Path,
+    options: BuildOptions | None = None,
     *,
     max_images: int | None = None,
     datasets: Sequence[str] | None = None,
     display: str | None = None,
-    seed: int = 0,
-    mask_format: str = "rle",
-    qa: str = "template",
-    ratios: Sequence[float] = (0.8, 0.1, 0.1),
-    overwrite: bool = False,
-    train_qa_variants: int = 0,
-    allow_unknown_labels: bool = False,
     progress: Callable[[int], Any] | None = None,
 ) -> BuildResult:
     """Build a dataset from an SA-Med2D-20M directory (see the module docstring)."""
@@ -97,16 +91,7 @@ def build_samed2d(
         mapping = json.loads(mapping_path.read_text("utf-8"))
         for dataset, classes in mapping.items():
             id_to_name[dataset] = {int(v): str(k) for k, v in classes.items()}
-    builder = Builder(
-        out_dir,
-        seed=seed,
-        mask_format=mask_format,
-        qa=qa,
-        ratios=ratios,
-        overwrite=overwrite,
-        train_qa_variants=train_qa_variants,
-        allow_unknown_labels=allow_unknown_labels,
-    )
+    builder = Builder(out_dir, options)
     wanted = set(datasets) if datasets else None
     done = 0
     for image_key in sorted(index):
