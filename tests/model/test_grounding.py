@@ -199,6 +199,30 @@ def test_forward_answers_with_the_grounded_box_and_trains_the_decoder_box(tiny_m
     assert out.decoder_boxes.requires_grad  # L_bbox trains the box decoder
 
 
+@pytest.mark.parametrize("detach", [False, True])
+def test_detach_state_keeps_the_grounding_loss_out_of_the_language_model(
+    tiny_model, monkeypatch, detach
+) -> None:
+    """With ``detach_state`` the map's gradient trains the head only; without it, it also
+    reaches the routers (and through them the LM)."""
+    monkeypatch.setattr(tiny_model.config.grounding, "detach_state", detach)
+    batch = make_batch(tiny_model)
+    tiny_model.zero_grad()
+    out = tiny_model(
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["image_sizes"],
+        pixel_values=batch["pixel_values"],
+        decode_masks=False,
+    )
+    out.grounding_logits.square().mean().backward()
+    head = [p.grad for p in tiny_model.grounding.parameters()]
+    assert all(g is not None for g in head) and any(g.abs().sum() > 0 for g in head)
+    routers = [p.grad for p in tiny_model.fusion.parameters()]
+    reached = any(g is not None and g.abs().sum() > 0 for g in routers)
+    assert reached is not detach
+
+
 def test_grounding_head_must_match_the_config(tiny_model) -> None:
     from medisee.model.medisee import MediSee
 

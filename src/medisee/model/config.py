@@ -144,7 +144,10 @@ class GroundingConfig:
     of the map's box (clamped to the grid): the map is trained against the mask at the
     embedding's grid, where cells the target only partly covers fall below the threshold,
     so the region's box is tight by up to a cell, and a box prompt that cuts the target
-    costs the mask decoder more than a loose one (``docs/training.md``, Session 5)."""
+    costs the mask decoder more than a loose one (``docs/training.md``, Session 5).
+    ``detach_state``: the head reads ``h_det`` without passing ``L_ground``'s gradient back
+    into the LM and routers, which then shape ``h_det`` through ``L_txt`` and ``L_bbox``
+    only."""
 
     enabled: bool = False
     dim: int = 128
@@ -152,6 +155,7 @@ class GroundingConfig:
     refine_layers: int = 0
     refine_dim: int = 32
     box_margin: int = 0
+    detach_state: bool = False
 
     def __post_init__(self) -> None:
         _check_positive("GroundingConfig", dim=self.dim, refine_dim=self.refine_dim)

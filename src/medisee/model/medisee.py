@@ -211,8 +211,9 @@ class MediSee(nn.Module):
         boxes = decoder_boxes
         grounding_logits = None
         if self.grounding is not None:
+            query_state = det_state.detach() if self.config.grounding.detach_state else det_state
             grounding_logits = self.grounding(
-                det_state, image_embeddings, self.segmenter.image_positional_embeddings()
+                query_state, image_embeddings, self.segmenter.image_positional_embeddings()
             )
             boxes = self._grounded_boxes(grounding_logits, decoder_boxes, image_sizes)
         mask_logits = iou = None
