@@ -233,6 +233,18 @@ class MediSee(nn.Module):
         for float ``image_sizes`` ``[B, 2]`` (as ``ImageFrame.scale``)."""
         return self.config.mask.image_size / image_sizes.max(dim=1).values
 
+    def _grid_boxes(
+        self, cells: torch.Tensor, side: int, image_sizes: torch.Tensor
+    ) -> torch.Tensor:
+        """``[B, 4]`` xyxy in units of a ``side x side`` grid over the segmenter input ->
+        normalised cxcywh of the original frame (resized by the longest side; boxes that
+        reach into the bottom/right padding stop at the image's edge)."""
+        sizes = image_sizes.to(cells.dtype)
+        unit = self.config.mask.image_size / side
+        pixels = cells * unit / self._input_scale(sizes)[:, None]
+        pixels = torch.minimum(pixels, sizes.flip(1).repeat(1, 2))  # (W, H, W, H)
+        return normalize_box(pixels, sizes)
+
     def _grounded_boxes(
         self, logits: torch.Tensor, fallback: torch.Tensor, image_sizes: torch.Tensor
     ) -> torch.Tensor:
@@ -240,18 +252,13 @@ class MediSee(nn.Module):
         (no gradient: the map is trained directly); ``fallback`` where no cell passes."""
         with torch.no_grad():
             threshold = self.config.grounding.threshold
+            side = logits.shape[-1]
             cells = region_box(peak_region(logits.float(), threshold))  # grid units
             margin = self.config.grounding.box_margin
             if margin:
                 grow = torch.tensor([-margin, -margin, margin, margin], device=cells.device)
-                cells = (cells + grow).clamp(0, logits.shape[-1])
-            # grid -> segmenter input pixels -> original pixels (resize by the longest side)
-            sizes = image_sizes.to(cells.dtype)
-            cell = self.config.mask.image_size / logits.shape[-1]
-            pixels = cells * cell / self._input_scale(sizes)[:, None]
-            limit = sizes.flip(1).repeat(1, 2)  # (W, H, W, H)
-            pixels = torch.minimum(pixels, limit)
-            grounded = normalize_box(pixels, sizes).to(fallback.dtype)
+                cells = (cells + grow).clamp(0, side)
+            grounded = self._grid_boxes(cells, side, image_sizes).to(fallback.dtype)
             found = (logits.flatten(1).amax(1) > threshold)[:, None]
         return torch.where(found, grounded, fallback)
 
@@ -264,13 +271,9 @@ class MediSee(nn.Module):
         with torch.no_grad():
             inside = mask_logits.float() > 0
             cells = region_box(inside)  # low-res pixel units, pixel edges
-            sizes = image_sizes.to(cells.dtype)
-            pixel = self.config.mask.image_size / mask_logits.shape[-1]
-            pixels = cells * pixel / self._input_scale(sizes)[:, None]
-            pixels = torch.minimum(pixels, sizes.flip(1).repeat(1, 2))  # padding -> edge
-            boxes = normalize_box(pixels, sizes).to(fallback.dtype)
+            boxes = self._grid_boxes(cells, mask_logits.shape[-1], image_sizes)
             found = inside.flatten(1).any(1)[:, None]
-        return torch.where(found, boxes, fallback)
+        return torch.where(found, boxes.to(fallback.dtype), fallback)
 
     def _decode_masks(
         self,
