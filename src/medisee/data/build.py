@@ -115,10 +115,6 @@ class Builder:
         self.engine = (
             TemplateEngine(self.ontology, seed=options.seed) if options.qa == "template" else None
         )
-        self.seed = options.seed
-        self.ratios = options.ratios
-        self.allow_unknown_labels = options.allow_unknown_labels
-        self.train_qa_variants = options.train_qa_variants if options.qa == "template" else 0
         # Per record id, per target: reasoning items of the extra draws (kept until the
         # split is known; text only).
         self._variant_items: dict[str, list[list[QAItem]]] = {}
@@ -137,6 +133,23 @@ class Builder:
             return " ".join(label.replace("_", " ").split()).lower()
         self.report.add("unknown label", where, repr(label))
         return None
+
+    @property
+    def seed(self) -> int:
+        return self.options.seed
+
+    @property
+    def ratios(self) -> Sequence[float]:
+        return self.options.ratios
+
+    @property
+    def allow_unknown_labels(self) -> bool:
+        return self.options.allow_unknown_labels
+
+    @property
+    def train_qa_variants(self) -> int:
+        """Extra template draws; none without template QA."""
+        return self.options.train_qa_variants if self.options.qa == "template" else 0
 
     def add(
         self,
