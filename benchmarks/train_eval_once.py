@@ -32,6 +32,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=float, default=0.0, help="repeat_threshold")
     parser.add_argument("--ground-weight", type=float, default=1.0, help="x L_ground weights")
     parser.add_argument("--answer-weight", type=float, default=1.0, help="answer_tokens weight")
+    parser.add_argument("--word-dropout", type=float, default=0.0, help="question_word_dropout")
+    parser.add_argument("--refit", type=int, default=0, help="grounding_refit_steps")
+    parser.add_argument(
+        "--model", default="lite", help="preset, or a saved model directory to continue from"
+    )
     parser.add_argument("--eval", type=int, default=60, help="test questions (0: none)")
     parser.add_argument(
         "--overrides",
@@ -56,8 +61,10 @@ def main() -> None:
     config = TrainConfig(
         manifest=str(manifest),
         output_dir=args.out,
-        model="lite",
+        model=args.model,
         max_steps=args.steps,
+        grounding_refit_steps=args.refit,
+        question_word_dropout=args.word_dropout,
         batch_size=args.batch,
         lr=args.lr,
         warmup_steps=args.warmup,
@@ -83,7 +90,7 @@ def main() -> None:
     trained = time.perf_counter()
     for entry in result.history:
         print({k: round(v, 4) for k, v in entry.items()})
-    print(f"train {trained - started:.1f} s, {(trained - started) / args.steps:.3f} s/step")
+    print(f"train {trained - started:.1f} s, {(trained - started) / max(1, args.steps + args.refit):.3f} s/step")
     if not args.eval:
         return
     summaries = evaluate_with_baselines(

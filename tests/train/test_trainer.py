@@ -14,7 +14,12 @@ from medisee.train.dataset import (
     mask_to_input_frame,
     repeat_factors,
 )
-from medisee.train.trainer import latest_checkpoint, train, warmup_linear_decay
+from medisee.train.trainer import (
+    latest_checkpoint,
+    train,
+    training_schedule,
+    warmup_linear_decay,
+)
 
 
 def _config(tmp_path, **kwargs) -> TrainConfig:
@@ -121,6 +126,64 @@ def test_warmup_linear_decay_schedule():
     assert factor(4) == 1.0 and factor(7) == pytest.approx(0.5) and factor(10) == 0.0
 
 
+def test_training_schedule_restarts_for_the_grounding_refit(tmp_path):
+    config = _config(tmp_path, max_steps=4, warmup_steps=2, grounding_refit_steps=4)
+    config.grounding_refit_warmup = 2
+    factor = training_schedule(config)
+    # Joint phase: 2 warm-up steps, decay to 0 at step 4; refit: its own ramp and decay.
+    assert [factor(s) for s in range(8)] == pytest.approx([0.5, 1, 1, 0.5, 0.5, 1, 1, 0.5])
+    assert factor(8) == 0.0
+    assert config.total_steps == 8
+
+
+def test_grounding_refit_config_is_validated(tmp_path):
+    with pytest.raises(ValueError, match="grounding_refit_steps must be >= 0"):
+        _config(tmp_path, grounding_refit_steps=-1)
+    with pytest.raises(ValueError, match="nothing to train"):
+        _config(tmp_path, max_steps=0)
+    assert _config(tmp_path, max_steps=0, grounding_refit_steps=2).total_steps == 2
+    with pytest.raises(ValueError, match="question_word_dropout"):
+        _config(tmp_path, question_word_dropout=1.0)
+
+
+def test_grounding_refit_trains_the_head_alone_after_the_joint_steps(tmp_path, synthetic_records):
+    """Joint steps, then refit steps: only the grounding head's weights move in the refit
+    phase, only L_ground is reported as the total there, and the run ends at the sum."""
+    from safetensors.torch import load_file
+
+    joint = train(_config(tmp_path / "a", eval_every=0), progress=False, records=synthetic_records)
+    refit = train(
+        _config(tmp_path / "b", eval_every=0, grounding_refit_steps=3),
+        progress=False,
+        records=synthetic_records,
+    )
+    assert refit.steps == 7
+    logged = [h for h in refit.history if "loss/total" in h]
+    assert [h["step"] for h in logged] == list(range(1, 8))
+    # The first 4 steps are the joint run's, bit for bit (same seed, same batches).
+    assert [h["loss/total"] for h in logged[:4]] == pytest.approx(
+        [h["loss/total"] for h in joint.history], rel=1e-6
+    )
+    for h in logged[4:]:
+        assert h["loss/total"] == pytest.approx(h["loss/ground"], rel=1e-6)
+        assert "loss/bce" not in h  # no mask decoding in the refit phase
+    a = load_file(str(tmp_path / "a" / "run" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "run" / "model" / "model.safetensors"))
+    moved = sorted(k for k in a if not torch.equal(a[k], b[k]))
+    assert moved and all(k.startswith("grounding.") for k in moved), moved
+    assert any(k.startswith("grounding.query.") for k in moved)
+
+
+def test_grounding_refit_needs_a_grounding_head(tmp_path, synthetic_records):
+    config = _config(
+        tmp_path,
+        grounding_refit_steps=2,
+        model_overrides={"grounding": {"enabled": False}},
+    )
+    with pytest.raises(ValueError, match="needs a model with a grounding head"):
+        train(config, progress=False, records=synthetic_records)
+
+
 def test_mask_to_input_frame_non_square():
     from medisee.model.preprocess import SamTransform
 
@@ -143,6 +206,39 @@ def test_dataset_items_and_collation(synthetic_records, tiny_model):
     assert batch["image_sizes"].tolist() == [[48, 64], [48, 64]]
     assert batch["label_input_ids"].shape[0] == 2
     assert ((batch["target_boxes"] >= 0) & (batch["target_boxes"] <= 1)).all()
+
+
+def test_question_word_dropout_drops_question_words_only(synthetic_records, tiny_model):
+    """Dropped words leave the question (a subsequence of its words, never empty); the
+    answer and its labels stay whole; the draw follows torch's global seed."""
+    records, root = synthetic_records
+    builder = tiny_model.prompt_builder()
+    plain = MediSeeDataset(records, root, builder, 64, 64)
+    dropping = MediSeeDataset(records, root, builder, 64, 64, question_word_dropout=0.5)
+    question = "Which round structure here stands out from its surroundings on the left?"
+    words = question.split()
+    torch.manual_seed(0)
+    kept = [dropping._drop_words(question).split() for _ in range(200)]
+    assert all(1 <= len(k) <= len(words) for k in kept)
+    for k in kept:  # order kept: each kept word is found after the previous one
+        rest = iter(words)
+        assert all(word in rest for word in k)
+    mean_kept = sum(map(len, kept)) / len(kept) / len(words)
+    assert 0.4 < mean_kept < 0.6
+    torch.manual_seed(0)
+    assert [dropping._drop_words(question).split() for _ in range(200)] == kept
+    assert MediSeeDataset(records, root, builder, 64, 64, question_word_dropout=0.9)._drop_words(
+        "one"
+    ) == "one"
+    # The answer's supervised tokens are the same with and without dropout.
+    index = plain.indices_of("reasoning")[0]
+    torch.manual_seed(1)
+    a, b = plain[index], dropping[index]
+    answer = [t for t in a["labels"] if t != -100]
+    assert answer == [t for t in b["labels"] if t != -100]
+    assert len(b["input_ids"]) < len(a["input_ids"])
+    with pytest.raises(ValueError, match="question_word_dropout"):
+        MediSeeDataset(records, root, builder, 64, 64, question_word_dropout=1.0)
 
 
 @pytest.mark.parametrize("stage", ["end2end", "finetune"])

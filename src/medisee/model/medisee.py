@@ -344,6 +344,7 @@ class MediSee(nn.Module):
         image_embeddings: torch.Tensor | None = None,
         prompt_boxes: torch.Tensor | None = None,
         decode_masks: bool = True,
+        language_grad: bool = True,
     ) -> MediSeeOutput:
         """Teacher-forced pass over sequences that contain the candidate tokens.
 
@@ -354,14 +355,17 @@ class MediSee(nn.Module):
                 ``image_embeddings`` (``[B, C, g, g]``, e.g. cached) are given and the
                 backbone is ``lite``.
             prompt_boxes, decode_masks: see ``decode_targets``.
+            language_grad: ``False`` runs the LM and the fusion without autograd (their
+                states are fixed inputs to the heads: the grounding refit phase).
         """
         if image_embeddings is None:
             if pixel_values is None:
                 raise ValueError("give pixel_values or precomputed image_embeddings")
             image_embeddings = self.embed_images(pixel_values)
-        lm, fused, image_states, positions = self._read_states(
-            input_ids, attention_mask, self.vision_inputs(pixel_values, image_embeddings)
-        )
+        with torch.set_grad_enabled(language_grad and torch.is_grad_enabled()):
+            lm, fused, image_states, positions = self._read_states(
+                input_ids, attention_mask, self.vision_inputs(pixel_values, image_embeddings)
+            )
         decoded = self.decode_targets(
             fused.seg_state,
             fused.det_state,

@@ -45,6 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="T",
         help="repeat-factor sampling: rare structures drawn max(1, sqrt(T/f)) times (0: off)",
     )
+    parser.add_argument(
+        "--grounding-refit-steps",
+        type=int,
+        metavar="N",
+        help="after --max-steps, N steps training the grounding head alone on the fixed LM",
+    )
     parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"))
     parser.add_argument(
         "--cache-dir", help="embedding cache directory (default: the run's embedding_cache/)"
@@ -83,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
             "mask_prompt",
             "group_by_length",
             "repeat_threshold",
+            "grounding_refit_steps",
             "mixed_precision",
             "cache_dir",
             "save_every",

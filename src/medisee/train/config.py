@@ -50,6 +50,15 @@ class TrainConfig:
     # Repeat-factor sampling (LVIS): an example whose structure is in a fraction f of the
     # training images is drawn max(1, sqrt(t / f)) times per pass (0: off).
     repeat_threshold: float = 0.0
+    # Drop each word of a training question with this probability (MediSeeDataset).
+    question_word_dropout: float = 0.0
+    # After the ``max_steps`` joint steps, this many more that train the grounding head
+    # alone on the now-fixed LM's states (models with a grounding head; 0: none). A head
+    # trained with its inputs moving under it lags one refit on the final states
+    # (docs/training.md, Session 6).
+    grounding_refit_steps: int = 0
+    # Warm-up of the refit phase's own learning-rate ramp (peak ``lr``, linear decay to 0).
+    grounding_refit_warmup: int = 10
     mixed_precision: str = "no"
     seed: int = 0
     log_every: int = 10
@@ -79,7 +88,6 @@ class TrainConfig:
                 f"TrainConfig.mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}"
             )
         for name in (
-            "max_steps",
             "batch_size",
             "grad_accum",
             "log_every",
@@ -95,9 +103,16 @@ class TrainConfig:
             "eval_max_examples",
             "num_workers",
             "group_by_length",
+            "max_steps",
+            "grounding_refit_steps",
+            "grounding_refit_warmup",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps + self.grounding_refit_steps == 0:
+            raise ValueError(
+                "TrainConfig needs max_steps > 0 or grounding_refit_steps > 0 (nothing to train)"
+            )
         if not self.lr > 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -110,8 +125,18 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.repeat_threshold must be in [0, 1], got {self.repeat_threshold}"
             )
+        if not 0 <= self.question_word_dropout < 1:
+            raise ValueError(
+                "TrainConfig.question_word_dropout must be in [0, 1), "
+                f"got {self.question_word_dropout}"
+            )
         if self.max_grad_norm < 0:
             raise ValueError(f"TrainConfig.max_grad_norm must be >= 0, got {self.max_grad_norm}")
+
+    @property
+    def total_steps(self) -> int:
+        """Joint steps then grounding-refit steps: what the step counter runs to."""
+        return self.max_steps + self.grounding_refit_steps
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

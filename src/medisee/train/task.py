@@ -41,8 +41,19 @@ class MediSeeTask(nn.Module):
         self.weights = weights
         self.stage = stage
 
-    def forward(self, batch: dict[str, torch.Tensor], decode_masks: bool = True) -> LossBreakdown:
-        """``decode_masks=False``: skip the mask decoder and the mask terms (cheap steps)."""
+    def forward(
+        self,
+        batch: dict[str, torch.Tensor],
+        decode_masks: bool = True,
+        grounding_only: bool = False,
+    ) -> LossBreakdown:
+        """``decode_masks=False``: skip the mask decoder and the mask terms (cheap steps).
+        ``grounding_only=True`` (the refit phase): the LM runs without autograd and only
+        ``L_ground`` is backpropagated; the other terms are still reported."""
+        if grounding_only and self.model.grounding is None:
+            raise ValueError("grounding_only needs a model with a grounding head")
+        if grounding_only:
+            decode_masks = False
         out = self.model(
             batch["input_ids"],
             batch["attention_mask"],
@@ -51,9 +62,10 @@ class MediSeeTask(nn.Module):
             image_embeddings=batch.get("image_embeddings"),
             prompt_boxes=batch["target_boxes"] if self.mask_prompt == "target" else None,
             decode_masks=decode_masks,
+            language_grad=not grounding_only,
         )
         reasoning_map = label_map = None
-        if self.stage == "finetune":
+        if self.stage == "finetune" and not grounding_only:
             if "label_input_ids" not in batch:
                 raise ValueError(
                     "the finetune stage needs label queries (dataset with_label_query=True)"
@@ -66,7 +78,7 @@ class MediSeeTask(nn.Module):
                     pixel_values=batch.get("pixel_values"),
                     image_embeddings=batch.get("image_embeddings"),
                 )
-        return end_to_end_loss(
+        losses = end_to_end_loss(
             text_logits=out.logits,
             labels=batch["labels"],
             mask_logits=out.mask_logits,
@@ -79,3 +91,6 @@ class MediSeeTask(nn.Module):
             grounding_logits=out.grounding_logits,
             answer_end=out.candidate_positions[:, -1],
         )
+        if grounding_only:
+            losses.total = losses.ground
+        return losses

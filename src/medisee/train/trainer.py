@@ -54,6 +54,22 @@ def warmup_linear_decay(warmup_steps: int, total_steps: int):
     return factor
 
 
+def training_schedule(config: TrainConfig):
+    """LR multiplier per step: ``warmup_linear_decay`` over the ``max_steps`` joint steps,
+    then a fresh warm-up (``grounding_refit_warmup``) and linear decay over the
+    ``grounding_refit_steps`` refit steps."""
+    joint = warmup_linear_decay(config.warmup_steps, config.max_steps)
+    refit = warmup_linear_decay(
+        min(config.grounding_refit_warmup, config.grounding_refit_steps),
+        config.grounding_refit_steps,
+    )
+
+    def factor(step: int) -> float:
+        return joint(step) if step < config.max_steps else refit(step - config.max_steps)
+
+    return factor
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
     temporary.write_text(text)
@@ -160,6 +176,11 @@ def train(
     if not train_records:
         raise ValueError(f"{config.manifest} has no records in split {config.train_split!r}")
     model = _build_model(config, training_corpus(train_records))
+    if config.grounding_refit_steps and model.grounding is None:
+        raise ValueError(
+            "grounding_refit_steps needs a model with a grounding head "
+            f"({model.config.preset!r} has none)"
+        )
 
     cache = None
     if config.cache_embeddings and model.language.uses_segmenter_embedding:
@@ -182,6 +203,7 @@ def train(
         model.config.mask.low_res_mask_size,
         embedding_cache=cache,
         with_label_query=config.stage == "finetune",
+        question_word_dropout=config.question_word_dropout,
         max_length=getattr(model.config.language, "max_position_embeddings", None)
         if model.config.language.backbone == "lite"
         else None,
@@ -193,7 +215,7 @@ def train(
         parameters, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_linear_decay(config.warmup_steps, config.max_steps)
+        optimizer, training_schedule(config)
     )
     task, optimizer = accelerator.prepare(task, optimizer)
     # The scheduler is stepped by us once per optimizer step (Accelerate's wrapper would
@@ -249,20 +271,24 @@ def train(
         )
     task.train()
     bar = tqdm(
-        total=config.max_steps,
+        total=config.total_steps,
         initial=start_step,
-        desc=f"train {config.stage}",
+        desc="refit grounding" if start_step >= config.max_steps else f"train {config.stage}",
         unit="step",
         disable=not (progress and accelerator.is_local_main_process),
     )
     step = start_step
     window: list[dict[str, float]] = []
-    while step < config.max_steps:
-        decode_masks = step % config.mask_loss_every == 0
+    while step < config.total_steps:
+        refitting = step >= config.max_steps
+        if refitting and step == config.max_steps:
+            bar.set_description("refit grounding")
+            logger.info("step %d: refitting the grounding head on the fixed LM", step)
+        decode_masks = not refitting and step % config.mask_loss_every == 0
         for _ in range(config.grad_accum):
             batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
             with accelerator.accumulate(task):
-                losses = task(batch, decode_masks=decode_masks)
+                losses = task(batch, decode_masks=decode_masks, grounding_only=refitting)
                 accelerator.backward(losses.total)
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
@@ -272,7 +298,7 @@ def train(
         scheduler.step()
         step += 1
         bar.update(1)
-        if step % config.log_every == 0 or step == config.max_steps:
+        if step % config.log_every == 0 or step == config.total_steps:
             # Terms absent on some steps (the mask terms when skipped) average where present.
             keys = sorted({k for w in window for k in w})
             entry = {
@@ -288,7 +314,7 @@ def train(
             metrics = _quick_eval(accelerator, task, eval_records, root, builder, cache, config)
             history.append({"step": step, **{f"val/{k}": v for k, v in metrics.items()}})
             accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
-        if step % config.save_every == 0 or step == config.max_steps:
+        if step % config.save_every == 0 or step == config.total_steps:
             _save_checkpoint(accelerator, output_dir, step, history, config)
     bar.close()
 
