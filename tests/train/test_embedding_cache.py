@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import pytest
 import torch
 
 from medisee.model.mask_decoder import build_segmenter
@@ -38,3 +39,23 @@ def test_store_and_load_round_trip_in_fp16(tmp_path, tiny_model):
     cache.store(image, embedding)
     assert image in cache
     torch.testing.assert_close(cache.load(image), embedding.half().float())
+
+
+def test_memory_entries_serve_repeat_loads_and_notice_a_changed_file(tmp_path):
+    images = [tmp_path / f"{name}.png" for name in "abc"]
+    for i, image in enumerate(images):
+        image.write_bytes(f"image {i}".encode())
+    cache = EmbeddingCache(tmp_path / "cache", "fp", memory_entries=2)
+    for i, image in enumerate(images):
+        cache.store(image, torch.full((2, 4, 4), float(i)))
+    for image in images:
+        cache.load(image)
+    assert len(cache._memory) == 2  # the least recently used (a) was dropped
+    # A memory hit does not touch the disk: remove the entry file and read it again.
+    cache.key(images[2]).unlink()
+    assert torch.equal(cache.load(images[2]), torch.full((2, 4, 4), 2.0))
+    # Rewriting the image (new size and time) misses the memory; its new bytes have no entry.
+    images[1].write_bytes(b"a different image, longer")
+    with pytest.raises(KeyError, match="no cached embedding"):
+        cache.load(images[1])
+    assert EmbeddingCache(tmp_path / "cache", "fp").memory_entries == 0
