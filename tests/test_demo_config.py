@@ -23,6 +23,7 @@ def test_lite_cpu_yaml_matches_the_demo_schedule():
         ("mask_prompt", "mask_prompt"),
         ("group_by_length", "group_by_length"),
         ("repeat_threshold", "repeat_threshold"),
+        ("grounding_refit_steps", "grounding_refit_steps"),
     ):
         assert getattr(config, train_name) == getattr(demo, demo_name), train_name
     assert config.losses.answer_tokens == demo.answer_token_weight
@@ -33,6 +34,8 @@ def test_demo_config_rejects_too_few_images_or_steps():
         DemoConfig(num_images=10)
     with pytest.raises(ValueError, match="steps"):
         DemoConfig(steps=0)
+    with pytest.raises(ValueError, match="grounding_refit_steps"):
+        DemoConfig(grounding_refit_steps=-1)
     with pytest.raises(ValueError, match="eval_examples"):
         DemoConfig(eval_examples=0)
     assert DemoConfig().eval_examples is None  # the whole test split

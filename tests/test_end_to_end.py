@@ -40,6 +40,8 @@ def test_build_train_eval_predict(tmp_path, monkeypatch):
                 "tiny",
                 "--max-steps",
                 "3",
+                "--grounding-refit-steps",
+                "2",
                 "--batch-size",
                 "2",
                 "--save-every",

@@ -47,6 +47,9 @@ class DemoConfig:
     # L_txt weight of the answer sentence's tokens ("It is the liver." + candidates) over
     # the explanation's: the answer decides the target (docs/training.md, session 4).
     answer_token_weight: float = 5.0
+    # Then train the grounding head alone on the finished LM's states: the jointly trained
+    # head chased states that kept moving (docs/training.md, Session 6).
+    grounding_refit_steps: int = 700
     # None: every reasoning question of the test split (~250 here); a number: a subset
     # spread over the test images (``evaluation_items``).
     eval_examples: int | None = None
@@ -54,6 +57,10 @@ class DemoConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.grounding_refit_steps < 0:
+            raise ValueError(
+                f"demo grounding_refit_steps must be >= 0, got {self.grounding_refit_steps}"
+            )
         for name in ("num_images", "steps", "batch_size", "eval_examples"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -82,6 +89,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=defaults.eval_examples,
         help="test questions to evaluate (default: all)",
     )
+    parser.add_argument(
+        "--grounding-refit-steps",
+        type=int,
+        default=defaults.grounding_refit_steps,
+        help="steps training the grounding head alone after the joint steps",
+    )
     parser.add_argument("--overlays", type=int, default=defaults.overlays)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.set_defaults(func=_run_from_args)
@@ -93,6 +106,7 @@ def _run_from_args(args: argparse.Namespace) -> int:
         num_images=args.num_images,
         steps=args.steps,
         batch_size=args.batch_size,
+        grounding_refit_steps=args.grounding_refit_steps,
         eval_examples=args.eval_examples,
         overlays=args.overlays,
         seed=args.seed,
@@ -124,7 +138,11 @@ def run_demo(config: DemoConfig) -> dict:
     records = (built.records, built.manifest.parent)
     timings["data"] = time.perf_counter() - started
 
-    print(f"[2/4] training the lite preset for {config.steps} steps ...", flush=True)
+    print(
+        f"[2/4] training the lite preset for {config.steps} steps, then "
+        f"{config.grounding_refit_steps} grounding-refit steps ...",
+        flush=True,
+    )
     cache_dir = out / "embedding_cache"
     train_config = TrainConfig(
         manifest=str(built.manifest),
@@ -139,9 +157,10 @@ def run_demo(config: DemoConfig) -> dict:
         mask_prompt=config.mask_prompt,
         group_by_length=config.group_by_length,
         repeat_threshold=config.repeat_threshold,
+        grounding_refit_steps=config.grounding_refit_steps,
         losses=LossWeights(answer_tokens=config.answer_token_weight),
         log_every=10,
-        save_every=max(50, config.steps // 4),
+        save_every=max(50, (config.steps + config.grounding_refit_steps) // 4),
         eval_every=0,
         seed=config.seed,
         cache_dir=str(cache_dir),
