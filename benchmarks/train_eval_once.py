@@ -90,7 +90,9 @@ def main() -> None:
     trained = time.perf_counter()
     for entry in result.history:
         print({k: round(v, 4) for k, v in entry.items()})
-    print(f"train {trained - started:.1f} s, {(trained - started) / max(1, args.steps + args.refit):.3f} s/step")
+    print(
+        f"train {trained - started:.1f} s, {(trained - started) / max(1, args.steps + args.refit):.3f} s/step"
+    )
     if not args.eval:
         return
     summaries = evaluate_with_baselines(

@@ -227,9 +227,10 @@ def test_question_word_dropout_drops_question_words_only(synthetic_records, tiny
     assert 0.4 < mean_kept < 0.6
     torch.manual_seed(0)
     assert [dropping._drop_words(question).split() for _ in range(200)] == kept
-    assert MediSeeDataset(records, root, builder, 64, 64, question_word_dropout=0.9)._drop_words(
-        "one"
-    ) == "one"
+    assert (
+        MediSeeDataset(records, root, builder, 64, 64, question_word_dropout=0.9)._drop_words("one")
+        == "one"
+    )
     # The answer's supervised tokens are the same with and without dropout.
     index = plain.indices_of("reasoning")[0]
     torch.manual_seed(1)

@@ -218,9 +218,7 @@ def train(
     optimizer = torch.optim.AdamW(
         parameters, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, training_schedule(config)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, training_schedule(config))
     task, optimizer = accelerator.prepare(task, optimizer)
     # The scheduler is stepped by us once per optimizer step (Accelerate's wrapper would
     # step it once per process), and saved with the rest of the state.
