@@ -50,9 +50,9 @@ class MediSeeTask(nn.Module):
         """``decode_masks=False``: skip the mask decoder and the mask terms (cheap steps).
         ``grounding_only=True`` (the refit phase): the LM runs without autograd and only
         ``L_ground`` is backpropagated; the other terms are still reported."""
-        if grounding_only and self.model.grounding is None:
-            raise ValueError("grounding_only needs a model with a grounding head")
         if grounding_only:
+            if self.model.grounding is None:
+                raise ValueError("grounding_only needs a model with a grounding head")
             decode_masks = False
         out = self.model(
             batch["input_ids"],
