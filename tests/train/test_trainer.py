@@ -174,6 +174,33 @@ def test_grounding_refit_trains_the_head_alone_after_the_joint_steps(tmp_path, s
     assert any(k.startswith("grounding.query.") for k in moved)
 
 
+def test_resume_inside_the_grounding_refit_phase(tmp_path, synthetic_records):
+    """Cut off after the step-3 checkpoint (the first refit step) and resumed, the run
+    ends at the same step with the same last loss and the same weights."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    def config(root):
+        return _config(root, eval_every=0, max_steps=2, grounding_refit_steps=2, save_every=1)
+
+    full = train(config(tmp_path / "a"), progress=False, records=synthetic_records)
+    cut = tmp_path / "b" / "run"
+    shutil.copytree(tmp_path / "a" / "run", cut)
+    shutil.rmtree(cut / "model")
+    shutil.rmtree(cut / "checkpoints" / "step_0000004")
+    (cut / "checkpoints" / "latest").write_text("step_0000003")
+    resumed = train(config(tmp_path / "b"), resume=True, progress=False, records=synthetic_records)
+    assert resumed.resumed_from == 3 and resumed.steps == 4
+    assert resumed.history[-1]["loss/total"] == pytest.approx(
+        full.history[-1]["loss/total"], rel=1e-5
+    )
+    a = load_file(str(tmp_path / "a" / "run" / "model" / "model.safetensors"))
+    b = load_file(str(cut / "model" / "model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
 def test_grounding_refit_needs_a_grounding_head(tmp_path, synthetic_records):
     config = _config(
         tmp_path,
