@@ -48,7 +48,7 @@ class EmbeddingCache:
     ``memory_entries``: also keep up to this many loaded entries in memory (fp16, least
     recently used dropped first; 2 MiB each at 64 x 64 x 256), keyed by path, size and
     modification time. Training reads each image's entry hundreds of times, and hashing
-    the file plus decoding the entry cost ~6 ms a sample on this project's CPU.
+    the file plus decoding the entry cost ~5 ms a sample on this project's CPU.
     """
 
     def __init__(

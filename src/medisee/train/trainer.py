@@ -283,7 +283,7 @@ def train(
     window: list[dict[str, float]] = []
     while step < config.total_steps:
         refitting = step >= config.max_steps
-        if refitting and step == config.max_steps:
+        if step == config.max_steps:  # inside the loop, so there are refit steps
             bar.set_description("refit grounding")
             logger.info("step %d: refitting the grounding head on the fixed LM", step)
         decode_masks = not refitting and step % config.mask_loss_every == 0
