@@ -106,6 +106,37 @@ def test_refined_head_starts_as_the_linear_map_and_then_learns_from_neighbours()
     assert not torch.allclose(refined(state, embeddings, positional), linear)
 
 
+@pytest.mark.parametrize("refine_layers", [0, 2])
+def test_folded_forward_is_the_reference_head_in_values_and_gradients(refine_layers) -> None:
+    """``forward`` folds keys, query product and the refiner's first conv into one matrix;
+    it must be the same function as ``reference_forward``, with the same gradients for
+    every parameter and for the state (the refiner's last conv is perturbed off zero so
+    its inputs matter)."""
+    torch.manual_seed(0)
+    config = GroundingConfig(dim=8, refine_layers=refine_layers, refine_dim=4)
+    head = GroundingHead(hidden_size=12, embedding_dim=6, config=config).double()
+    if head.refine is not None:
+        torch.nn.init.normal_(head.refine[-1].weight)
+    embeddings = torch.randn(3, 6, 5, 5, dtype=torch.float64)
+    positional = torch.randn(1, 6, 5, 5, dtype=torch.float64)
+    results = []
+    for method in (head.forward, head.reference_forward):
+        state = torch.randn(3, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        state.requires_grad_(True)
+        head.zero_grad()
+        logits = method(state, embeddings, positional)
+        (logits * torch.linspace(-1, 1, logits.numel()).view_as(logits)).sum().backward()
+        grads = {n: p.grad.clone() for n, p in head.named_parameters()}
+        results.append((logits.detach(), state.grad.clone(), grads))
+    (folded, folded_state, folded_grads), (reference, reference_state, reference_grads) = results
+    torch.testing.assert_close(folded, reference)
+    torch.testing.assert_close(folded_state, reference_state)
+    assert folded_grads.keys() == reference_grads.keys()
+    for name in folded_grads:
+        torch.testing.assert_close(folded_grads[name], reference_grads[name], msg=name)
+    assert float(folded.std()) > 0
+
+
 def test_answer_box_from_the_map_in_the_original_frame(tiny_model) -> None:
     """Grid cells -> input pixels -> original pixels (longest side resized) -> normalised.
 
@@ -151,6 +182,54 @@ def test_mask_answer_box_is_the_decoded_masks_box_in_the_original_frame(tiny_mod
     box = tiny_model._mask_boxes(logits, fallback, torch.tensor([[128, 96], [128, 96]]))
     torch.testing.assert_close(box[0], torch.tensor([30 / 96, 50 / 128, 20 / 96, 20 / 128]))
     torch.testing.assert_close(box[1], fallback[1])
+
+
+def test_map_fallback_replaces_only_masks_that_miss_the_maps_region(
+    tiny_model, monkeypatch
+) -> None:
+    """tiny: grid 16, low-res 64 (4 px per cell). Map region: cells x 2..3, y 2..3 ->
+    pixels 8..15. Row 0's mask is those pixels plus 16 more (IoU 64/80 = 0.8): kept.
+    Row 1's mask is pixels elsewhere (IoU 0): replaced by the region. Row 2's mask is
+    empty (IoU 0): replaced. Off (0) changes nothing."""
+    grid = tiny_model.config.mask.embedding_size
+    map_logits = torch.full((3, grid, grid), -5.0)
+    map_logits[:, 2:4, 2:4] = 4.0
+    mask_logits = torch.full((3, 64, 64), -3.0)
+    mask_logits[0, 8:16, 8:16] = 2.0
+    mask_logits[0, 16:18, 8:16] = 2.0
+    mask_logits[1, 40:50, 40:50] = 2.0
+    assert torch.equal(tiny_model._map_fallback(mask_logits, map_logits), mask_logits)
+
+    monkeypatch.setattr(tiny_model.config.grounding, "map_fallback_iou", 0.5)
+    out = tiny_model._map_fallback(mask_logits, map_logits)
+    torch.testing.assert_close(out[0], mask_logits[0])
+    region = torch.zeros(64, 64, dtype=torch.bool)
+    region[8:16, 8:16] = True
+    for row in (1, 2):
+        assert torch.equal(out[row] > 0, region)
+    monkeypatch.setattr(tiny_model.config.grounding, "map_fallback_iou", 0.85)
+    assert torch.equal(tiny_model._map_fallback(mask_logits, map_logits)[0] > 0, region)
+
+
+def test_map_fallback_acts_in_eval_only(tiny_model, monkeypatch) -> None:
+    """Training decodes the mask the loss needs; evaluation may replace it. With the
+    threshold at 1 every eval mask that is not exactly the map's region is replaced."""
+    monkeypatch.setattr(tiny_model.config.grounding, "map_fallback_iou", 1.0)
+    batch = make_batch(tiny_model)
+    args = (batch["input_ids"], batch["attention_mask"], batch["image_sizes"])
+    with torch.no_grad():
+        tiny_model.train()
+        trained = tiny_model(*args, pixel_values=batch["pixel_values"])
+        tiny_model.eval()
+        evaluated = tiny_model(*args, pixel_values=batch["pixel_values"])
+    expected = tiny_model._map_fallback(trained.mask_logits, evaluated.grounding_logits)
+    assert not torch.equal(expected, trained.mask_logits)
+    torch.testing.assert_close(evaluated.mask_logits, expected)
+
+
+def test_grounding_config_rejects_a_fallback_iou_outside_0_1() -> None:
+    with pytest.raises(ValueError, match="map_fallback_iou"):
+        GroundingConfig(map_fallback_iou=1.5)
 
 
 def test_answer_box_mask_mode_answers_with_the_box_of_the_mask_it_returns(

@@ -424,3 +424,29 @@ def test_answer_token_weight_reaches_the_text_loss(tiny_model):
     assert weighted.item() == pytest.approx(expected.item(), rel=1e-5)
     assert plain.item() == pytest.approx(text_loss(logits, batch["labels"]).item(), rel=1e-5)
     assert weighted.item() != pytest.approx(plain.item(), rel=1e-3)
+
+
+def test_refit_step_reads_the_states_without_the_explanation(tiny_model, monkeypatch):
+    """The refit phase runs the LM only through the last candidate token: the grounding
+    loss is the one of the full sequence (the LM is causal), over fewer columns."""
+    from medisee.losses import LossWeights
+    from medisee.train.task import MediSeeTask
+    from tests.conftest import make_batch
+
+    batch = make_batch(tiny_model)
+    tiny_model.eval()
+    widths = []
+    language_forward = tiny_model.language.forward
+
+    def spy(input_ids, *args, **kwargs):
+        widths.append(input_ids.shape[1])
+        return language_forward(input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_model.language, "forward", spy)
+    task = MediSeeTask(tiny_model, LossWeights())
+    with torch.no_grad():
+        full = task(batch, decode_masks=False)
+        refit = task(batch, grounding_only=True)
+    assert widths[1] < widths[0] == batch["input_ids"].shape[1]
+    torch.testing.assert_close(refit.ground, full.ground)
+    torch.testing.assert_close(refit.total, refit.ground)

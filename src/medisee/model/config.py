@@ -147,7 +147,12 @@ class GroundingConfig:
     costs the mask decoder more than a loose one (``docs/training.md``, Session 5).
     ``detach_state``: the head reads ``h_det`` without passing ``L_ground``'s gradient back
     into the LM and routers, which then shape ``h_det`` through ``L_txt`` and ``L_bbox``
-    only."""
+    only. ``map_fallback_iou`` (inference only; 0 turns it off): where the decoded mask
+    overlaps the map's peak region by less than this IoU, the answer mask is that region
+    instead. The box prompt from a coarse map can sit around a small target inside a
+    larger one (the optic cup in the disc, the macula), and the decoder then outlines
+    another structure or almost nothing, while the map itself is close
+    (``docs/training.md``, Session 7)."""
 
     enabled: bool = False
     dim: int = 128
@@ -156,9 +161,14 @@ class GroundingConfig:
     refine_dim: int = 32
     box_margin: int = 0
     detach_state: bool = False
+    map_fallback_iou: float = 0.0
 
     def __post_init__(self) -> None:
         _check_positive("GroundingConfig", dim=self.dim, refine_dim=self.refine_dim)
+        if not 0.0 <= self.map_fallback_iou <= 1.0:
+            raise ValueError(
+                f"GroundingConfig.map_fallback_iou must be in [0, 1], got {self.map_fallback_iou}"
+            )
         for name in ("refine_layers", "box_margin"):
             if getattr(self, name) < 0:
                 raise ValueError(f"GroundingConfig.{name} must be >= 0, got {getattr(self, name)}")

@@ -41,14 +41,52 @@ class GroundingHead(nn.Module):
     def forward(
         self, state: torch.Tensor, image_embeddings: torch.Tensor, positional: torch.Tensor
     ) -> torch.Tensor:
+        """Same function as ``reference_forward``, computed in the order that is cheap.
+
+        The keys (a 1x1 conv), the per-channel product with the query and the refiner's
+        first 1x1 conv are all linear in the embedding, so they fold into one per-sample
+        ``[1 + refine_dim, C]`` matrix applied to ``E + PE``: one batched matmul over the
+        cells instead of a ``dim``-wide key map, its product with the query and a conv over
+        that (~4x fewer FLOPs at the lite preset's widths, and the ``[B, dim, g, g]``
+        intermediates are never stored for backward).
+        """
+        inputs = image_embeddings + positional.to(image_embeddings.dtype)  # [B, C, g, g]
+        batch, channels, height, width = inputs.shape
+        key_weight = self.keys.weight[:, :, 0, 0].to(inputs.dtype)  # [k, C]
+        key_bias = self.keys.bias.to(inputs.dtype)  # [k]
+        query = self.query(state).to(inputs.dtype) / self.config.dim**0.5  # [B, k]
+        # Row 0: the linear score sum_k q_k (W x + b)_k; rows 1..: the refiner's first conv
+        # V (q * (W x + b)) + c.
+        weights = [query[:, None, :]]  # [B, 1, k]
+        offsets = [(query * key_bias)[:, None].sum(-1, keepdim=True)]  # [B, 1, 1]
+        if self.refine is not None:
+            first = self.refine[0]
+            project = first.weight[:, :, 0, 0].to(inputs.dtype)  # [w, k]
+            weights.append(project[None] * query[:, None, :])  # [B, w, k]
+            offsets.append(
+                ((project[None] * query[:, None, :]) @ key_bias)[..., None]
+                + first.bias.to(inputs.dtype)[None, :, None]
+            )
+        folded = torch.cat(weights, 1) @ key_weight  # [B, 1 + w, C]
+        scores = torch.bmm(folded, inputs.reshape(batch, channels, height * width))
+        scores = (scores + torch.cat(offsets, 1)).view(batch, -1, height, width)
+        logits = scores[:, 0] + self.bias
+        if self.refine is not None:
+            # A small conv tower sees each cell's neighbourhood, which a dot product cannot
+            # (a lesion is "a bright blob inside the organ", not one cell's feature).
+            logits = logits + self.refine[1:](scores[:, 1:])[:, 0]
+        return logits
+
+    def reference_forward(
+        self, state: torch.Tensor, image_embeddings: torch.Tensor, positional: torch.Tensor
+    ) -> torch.Tensor:
+        """The head as written in the module docstring (for tests and reading)."""
         keys = self.keys(image_embeddings + positional.to(image_embeddings.dtype))
         query = self.query(state).to(keys.dtype)
         # Per-channel products; their sum over channels is the linear query-key score.
         modulated = keys * query[:, :, None, None] / self.config.dim**0.5  # [B, k, g, g]
         logits = modulated.sum(1) + self.bias
         if self.refine is not None:
-            # A small conv tower sees each cell's neighbourhood, which a dot product cannot
-            # (a lesion is "a bright blob inside the organ", not one cell's feature).
             logits = logits + self.refine(modulated)[:, 0]
         return logits
 

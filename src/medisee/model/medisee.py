@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medisee.boxes import denormalize_box, normalize_box
@@ -224,6 +225,8 @@ class MediSee(nn.Module):
                 image_sizes,
                 boxes if prompt_boxes is None else prompt_boxes,
             )
+            if grounding_logits is not None and not self.training:
+                mask_logits = self._map_fallback(mask_logits, grounding_logits)
             if self.config.answer_box == "mask":
                 boxes = self._mask_boxes(mask_logits, boxes, image_sizes)
         return TargetDecoding(boxes, decoder_boxes, grounding_logits, mask_logits, iou)
@@ -261,6 +264,27 @@ class MediSee(nn.Module):
             grounded = self._grid_boxes(cells, side, image_sizes).to(fallback.dtype)
             found = (logits.flatten(1).amax(1) > threshold)[:, None]
         return torch.where(found, grounded, fallback)
+
+    def _map_fallback(
+        self, mask_logits: torch.Tensor, grounding_logits: torch.Tensor
+    ) -> torch.Tensor:
+        """Low-res mask logits ``[B, L, L]``, map ``[B, g, g]`` (both over the segmenter
+        input) -> the mask logits, with the map's peak region (nearest-upsampled, as
+        logits of +-10) in the rows whose decoded mask overlaps it by IoU below
+        ``grounding.map_fallback_iou``."""
+        below = self.config.grounding.map_fallback_iou
+        if below <= 0:
+            return mask_logits
+        with torch.no_grad():
+            region = peak_region(grounding_logits.float(), self.config.grounding.threshold)
+            size = mask_logits.shape[-2:]
+            region = F.interpolate(region[:, None].float(), size=size, mode="nearest")[:, 0] > 0
+            decoded = mask_logits > 0
+            overlap = (decoded & region).flatten(1).sum(1)
+            union = (decoded | region).flatten(1).sum(1).clamp(min=1)
+            use_map = (overlap / union < below)[:, None, None]
+            replacement = torch.where(region, 10.0, -10.0).to(mask_logits.dtype)
+        return torch.where(use_map, replacement, mask_logits)
 
     def _mask_boxes(
         self, mask_logits: torch.Tensor, fallback: torch.Tensor, image_sizes: torch.Tensor

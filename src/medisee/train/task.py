@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from medisee.losses import LossBreakdown, LossWeights, end_to_end_loss
-from medisee.model.medisee import MediSee
+from medisee.model.medisee import MediSee, candidate_positions
 
 STAGES = ("end2end", "finetune")
 # Which box prompts the mask decoder in training: the model's own ("predicted", the paper)
@@ -54,6 +54,7 @@ class MediSeeTask(nn.Module):
             if self.model.grounding is None:
                 raise ValueError("grounding_only needs a model with a grounding head")
             decode_masks = False
+            batch = self._through_last_candidate(batch)
         out = self.model(
             batch["input_ids"],
             batch["attention_mask"],
@@ -94,3 +95,15 @@ class MediSeeTask(nn.Module):
         if grounding_only:
             losses.total = losses.ground
         return losses
+
+    def _through_last_candidate(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch's token columns up to the last candidate token of any row.
+
+        The LM is causal, so ``h_seg``/``h_det`` do not depend on what follows them; the
+        refit phase reads only those states and can skip the explanation (~40 % of the
+        tokens of a reasoning example here). The text loss it reports then covers the
+        answer sentence only."""
+        positions = candidate_positions(batch["input_ids"], self.model.candidate_token_ids)
+        keep = int(positions.max()) + 1
+        columns = ("input_ids", "attention_mask", "labels")
+        return {k: v[:, :keep] if k in columns else v for k, v in batch.items()}
