@@ -50,9 +50,9 @@ class DemoConfig:
     answer_token_weight: float = 5.0
     # Then train the grounding head alone on the finished LM's states: the jointly trained
     # head chased states that kept moving (docs/training.md, Session 6). More refit steps
-    # kept helping (1400 over 600: teacher-forced Dice 0.780 against 0.757, Session 7);
-    # 1000 is what fits in 25 minutes.
-    grounding_refit_steps: int = 1000
+    # kept helping (1400 over 600: teacher-forced Dice 0.780 against 0.757), but 1000 took
+    # the demo to 26.8 minutes (Session 7).
+    grounding_refit_steps: int = 600
     # None: every reasoning question of the test split (~250 here); a number: a subset
     # spread over the test images (``evaluation_items``).
     eval_examples: int | None = None
