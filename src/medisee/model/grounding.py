@@ -47,8 +47,9 @@ class GroundingHead(nn.Module):
         first 1x1 conv are all linear in the embedding, so they fold into one per-sample
         ``[1 + refine_dim, C]`` matrix applied to ``E + PE``: one batched matmul over the
         cells instead of a ``dim``-wide key map, its product with the query and a conv over
-        that (~4x fewer FLOPs at the lite preset's widths, and the ``[B, dim, g, g]``
-        intermediates are never stored for backward).
+        that (~4x fewer FLOPs in those layers at the lite preset's widths, and the
+        ``[B, dim, g, g]`` intermediates are never stored for backward; half the time per
+        step, ``benchmarks/grounding_head.py``).
         """
         inputs = image_embeddings + positional.to(image_embeddings.dtype)  # [B, C, g, g]
         batch, channels, height, width = inputs.shape
@@ -62,9 +63,10 @@ class GroundingHead(nn.Module):
         if self.refine is not None:
             first = self.refine[0]
             project = first.weight[:, :, 0, 0].to(inputs.dtype)  # [w, k]
-            weights.append(project[None] * query[:, None, :])  # [B, w, k]
+            modulated_project = project[None] * query[:, None, :]  # [B, w, k]
+            weights.append(modulated_project)
             offsets.append(
-                ((project[None] * query[:, None, :]) @ key_bias)[..., None]
+                (modulated_project @ key_bias)[..., None]
                 + first.bias.to(inputs.dtype)[None, :, None]
             )
         folded = torch.cat(weights, 1) @ key_weight  # [B, 1 + w, C]
