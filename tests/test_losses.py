@@ -135,6 +135,40 @@ def test_text_loss_weights_the_answer_sentence():
         LossWeights(answer_tokens=-1.0)
 
 
+def test_text_loss_on_packed_logits_matches_the_full_sequence():
+    # Two rows of different prompt lengths; the packed form holds only the logit rows at
+    # next_token_supervised(labels), which are the ones the full form reads.
+    labels = torch.tensor([[-100, -100, 1, 2, 0, -100], [-100, 3, 2, 1, 1, 0]])
+    assert losses.next_token_supervised(labels).tolist() == [
+        [False, True, True, True, False, False],
+        [True, True, True, True, True, False],
+    ]
+    logits = torch.randn(2, 6, 4, generator=torch.Generator().manual_seed(0))
+    answer_end = torch.tensor([3, 2])
+    packed = logits[losses.next_token_supervised(labels)].clone().requires_grad_(True)
+    full = logits.clone().requires_grad_(True)
+    for kwargs in ({}, {"answer_end": answer_end, "answer_weight": 3.0}):
+        expected = losses.text_loss(full, labels, **kwargs)
+        got = losses.text_loss(packed, labels, **kwargs)
+        assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    # Hand check of the weighted form: weights are 3 for label indices <= answer_end.
+    per = -torch.log_softmax(logits, -1)
+    terms = [
+        (0, 1, 1, 3.0),
+        (0, 2, 2, 3.0),
+        (0, 3, 0, 1.0),
+        (1, 0, 3, 3.0),
+        (1, 1, 2, 3.0),
+        (1, 2, 1, 1.0),
+        (1, 3, 1, 1.0),
+        (1, 4, 0, 1.0),
+    ]  # (row, t, label[t+1], weight)
+    hand = sum(w * per[r, t, y] for r, t, y, w in terms) / sum(w for *_, w in terms)
+    assert got.item() == pytest.approx(hand.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="packed logits have 3 rows"):
+        losses.text_loss(packed[:3], labels)
+
+
 def test_end_to_end_loss_is_the_weighted_sum():
     torch.manual_seed(0)
     kwargs = dict(

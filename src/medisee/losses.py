@@ -138,6 +138,14 @@ def similarity_loss(
     return weights.js * js + weights.mse * mse
 
 
+def next_token_supervised(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """``[B, T]`` bool: positions ``t`` whose next label ``labels[t+1]`` is supervised, i.e.
+    the logits ``text_loss`` reads (the last column is always False)."""
+    supervised = torch.zeros_like(labels, dtype=torch.bool)
+    supervised[:, :-1] = labels[:, 1:] != ignore_index
+    return supervised
+
+
 def text_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -146,23 +154,31 @@ def text_loss(
     answer_weight: float = 1.0,
 ) -> torch.Tensor:
     """Autoregressive CE: position t predicts ``labels[t+1]``; ``ignore_index`` marks prompt
-    and image positions. ``logits`` ``[B, T, V]``, ``labels`` ``[B, T]``. Returns a scalar:
-    the mean over answer tokens, weighted when ``answer_end`` ``[B]`` (the position of each
-    row's last candidate token) is given: tokens at or before it count ``answer_weight``,
-    later ones (the explanation) 1. 0 with a gradient if there are no answer tokens."""
-    shifted_logits = logits[:, :-1].flatten(0, 1).float()
-    shifted_labels = labels[:, 1:].flatten()
-    valid = shifted_labels != ignore_index
-    if not valid.any():
-        return shifted_logits.sum() * 0.0
+    and image positions. ``logits`` ``[B, T, V]``, or ``[N, V]``: only the rows at
+    ``next_token_supervised(labels)``, row-major (same loss, without the LM head's work at
+    prompt positions); ``labels`` ``[B, T]``. Returns a scalar: the mean over answer
+    tokens, weighted when ``answer_end`` ``[B]`` (the position of each row's last candidate
+    token) is given: tokens at or before it count ``answer_weight``, later ones (the
+    explanation) 1. 0 with a gradient if there are no answer tokens."""
+    supervised = next_token_supervised(labels, ignore_index)  # [B, T] logit positions
+    if logits.dim() == 2:
+        if logits.shape[0] != int(supervised.sum()):
+            raise ValueError(
+                f"packed logits have {logits.shape[0]} rows but labels supervise "
+                f"{int(supervised.sum())} positions"
+            )
+        packed = logits.float()
+    else:
+        packed = logits.float()[supervised]
+    if packed.shape[0] == 0:
+        return logits.sum() * 0.0
+    targets = labels[:, 1:][supervised[:, :-1]]  # [N], row-major like ``packed``
     if answer_end is None or answer_weight == 1.0:
-        return F.cross_entropy(shifted_logits, shifted_labels, ignore_index=ignore_index)
-    per_token = F.cross_entropy(
-        shifted_logits, shifted_labels, ignore_index=ignore_index, reduction="none"
-    )
-    positions = torch.arange(1, labels.shape[1], device=labels.device)  # label index
-    in_answer = positions[None, :] <= answer_end[:, None]
-    weights = torch.where(in_answer, answer_weight, 1.0).flatten() * valid
+        return F.cross_entropy(packed, targets)
+    per_token = F.cross_entropy(packed, targets, reduction="none")
+    label_index = torch.arange(1, labels.shape[1] + 1, device=labels.device)  # of t + 1
+    in_answer = label_index[None, :] <= answer_end[:, None]  # [B, T]
+    weights = torch.where(in_answer[supervised], answer_weight, 1.0)
     return (per_token * weights).sum() / weights.sum()
 
 
@@ -219,7 +235,8 @@ def end_to_end_loss(
     """``L_end`` (and ``L_ft = L_end + L_sim`` when both similarity maps are given).
 
     Args:
-        text_logits: ``[B, T, V]``; labels ``[B, T]`` with -100 outside the answer.
+        text_logits: ``[B, T, V]``, or ``[N, V]`` at ``next_token_supervised(labels)``;
+            labels ``[B, T]`` with -100 outside the answer.
         mask_logits: ``[B, H, W]`` predicted logits, or ``None`` on steps that skip the mask
             decoder (the mask terms are then 0); target_masks ``[B, H, W]`` in {0, 1}, same
             frame and size.

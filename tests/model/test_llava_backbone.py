@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from medisee.losses import LossWeights, end_to_end_loss
+from medisee.losses import LossWeights, end_to_end_loss, next_token_supervised
 from medisee.model.builder import build_model, parameter_report
 from medisee.model.config import LanguageConfig, LoraSettings
 from medisee.model.medisee import MediSee
@@ -92,6 +92,16 @@ def test_llava_forward_backward_with_lora(llava_model):
     assert base_weights and all(not p.requires_grad for p in base_weights)
     report = parameter_report(llava_model)
     assert report.trainable["language.model"] < report.frozen["language.model"]
+
+
+def test_llava_logits_mask_selects_rows(llava_model):
+    llava_model.eval()
+    batch = make_batch(llava_model)
+    mask = next_token_supervised(batch["labels"])
+    with torch.no_grad():
+        full = llava_model(**{k: batch[k] for k in MODEL_KEYS})
+        packed = llava_model(**{k: batch[k] for k in MODEL_KEYS}, logits_mask=mask)
+    torch.testing.assert_close(packed.logits, full.logits[mask])
 
 
 def test_llava_save_load_identical(llava_model, tmp_path):

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from medisee.losses import LossWeights, end_to_end_loss
+from medisee.losses import LossWeights, end_to_end_loss, next_token_supervised, text_loss
 from medisee.model.builder import build_model, parameter_report
 from medisee.model.medisee import MediSee
 from medisee.model.presets import get_preset, tiny
@@ -126,6 +126,21 @@ def test_cached_embeddings_give_the_same_outputs(tiny_model):
         image_embeddings=tiny_model.embed_images(batch["pixel_values"]),
     )
     torch.testing.assert_close(direct.mask_logits, cached.mask_logits)
+
+
+def test_logits_mask_gives_the_same_rows_and_text_loss(tiny_model):
+    tiny_model.eval()
+    batch = make_batch(tiny_model)
+    inputs = {k: batch[k] for k in MODEL_KEYS}
+    with torch.no_grad():
+        full = tiny_model(**inputs)
+        mask = next_token_supervised(batch["labels"])
+        packed = tiny_model(**inputs, logits_mask=mask)
+    assert packed.logits.shape == (int(mask.sum()), full.logits.shape[-1])
+    torch.testing.assert_close(packed.logits, full.logits[mask])
+    torch.testing.assert_close(
+        text_loss(packed.logits, batch["labels"]), text_loss(full.logits, batch["labels"])
+    )
 
 
 def test_save_and_load_reproduce_identical_outputs(tiny_model, tmp_path):

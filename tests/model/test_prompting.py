@@ -10,6 +10,7 @@ from medisee.model.tokenizer import (
     default_corpus,
     train_lite_tokenizer,
 )
+from tests.conftest import TINY_CORPUS
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +107,14 @@ def test_candidate_positions_found_by_mask_and_checked():
         candidate_positions(torch.tensor([[1, 2, 3]]), ids)
     with pytest.raises(ValueError, match="out of order"):
         candidate_positions(torch.tensor([[8, 7, 1]]), ids)
+
+
+def test_lite_tokenizer_keeps_role_markers_whole():
+    from medisee.model.builder import build_tokenizer
+    from medisee.model.presets import tiny
+
+    tokenizer = build_tokenizer(tiny(), corpus=TINY_CORPUS)
+    text = "USER: Which organ filters blood? ASSISTANT: The kidney."
+    pieces = [tokenizer.decode([i]) for i in tokenizer(text)["input_ids"]]
+    assert "USER:" in pieces and "ASSISTANT:" in pieces
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text

@@ -16,6 +16,7 @@ from medisee.model.fusion import CandidateFusion
 from medisee.model.grounding import GroundingHead
 from medisee.model.medisee import MediSee
 from medisee.model.mllm import LanguageBackbone, LiteBackbone, LlavaBackbone
+from medisee.model.prompting import CHAT_FORMATS
 from medisee.model.tokenizer import (
     IMAGE_TOKEN,
     add_candidate_tokens,
@@ -37,7 +38,11 @@ def build_tokenizer(config: ModelConfig, corpus: Iterable[str] | None = None):
     checkpoint's own for ``llava`` (local files only)."""
     if config.language.backbone == "lite":
         texts = list(corpus) if corpus is not None else default_corpus()
-        return train_lite_tokenizer(texts, config.language.tokenizer_vocab_size)
+        tokenizer = train_lite_tokenizer(texts, config.language.tokenizer_vocab_size)
+        # The corpus holds no chat template, so BPE would spell "ASSISTANT:" in ten
+        # single-letter tokens: ~13 % of a lite training sequence.
+        tokenizer.add_tokens(list(CHAT_FORMATS[config.language.chat_format].role_markers))
+        return tokenizer
     if config.language.pretrained_path is None:
         raise ValueError(
             "a llava model built from an inline hf_config needs its tokenizer passed in"

@@ -38,7 +38,7 @@ TOKENIZER_DIR = "tokenizer"
 class MediSeeOutput:
     """Everything one forward pass produces; losses live outside (``medisee.losses``)."""
 
-    logits: torch.Tensor  # [B, T, V] next-token logits
+    logits: torch.Tensor  # [B, T, V] next-token logits ([N, V] under a logits_mask)
     boxes: torch.Tensor  # [B, 4] normalised cxcywh of the original image (the answer)
     decoder_boxes: torch.Tensor  # [B, 4] the box decoder's own output (L_bbox)
     grounding_logits: torch.Tensor | None  # [B, g, g] grounding map (lite), or None
@@ -323,11 +323,15 @@ class MediSee(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def _read_states(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, vision: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        vision: torch.Tensor,
+        logits_mask: torch.Tensor | None = None,
     ) -> tuple[BackboneOutput, FusionOutput, torch.Tensor, torch.Tensor]:
         """LM pass; candidate states gathered by mask and fused; image-token states
         ``[B, N, d]`` (float32) for the similarity map; the candidate positions ``[B, n]``."""
-        lm = self.language(input_ids, attention_mask, vision)
+        lm = self.language(input_ids, attention_mask, vision, logits_mask=logits_mask)
         positions = candidate_positions(input_ids, self.candidate_token_ids)
         batch_index = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None]
         fused = self.fusion(lm.hidden_states[batch_index, positions].float())  # [B, n, d] in
@@ -369,6 +373,7 @@ class MediSee(nn.Module):
         prompt_boxes: torch.Tensor | None = None,
         decode_masks: bool = True,
         language_grad: bool = True,
+        logits_mask: torch.Tensor | None = None,
     ) -> MediSeeOutput:
         """Teacher-forced pass over sequences that contain the candidate tokens.
 
@@ -381,6 +386,9 @@ class MediSee(nn.Module):
             prompt_boxes, decode_masks: see ``decode_targets``.
             language_grad: ``False`` runs the LM and the fusion without autograd (their
                 states are fixed inputs to the heads: the grounding refit phase).
+            logits_mask: ``[B, T]`` bool: text logits only at these positions, returned
+                row-major as ``[N, V]`` (``medisee.losses.next_token_supervised`` gives
+                the positions the text loss reads).
         """
         if image_embeddings is None:
             if pixel_values is None:
@@ -388,7 +396,10 @@ class MediSee(nn.Module):
             image_embeddings = self.embed_images(pixel_values)
         with torch.set_grad_enabled(language_grad and torch.is_grad_enabled()):
             lm, fused, image_states, positions = self._read_states(
-                input_ids, attention_mask, self.vision_inputs(pixel_values, image_embeddings)
+                input_ids,
+                attention_mask,
+                self.vision_inputs(pixel_values, image_embeddings),
+                logits_mask=logits_mask,
             )
         decoded = self.decode_targets(
             fused.seg_state,

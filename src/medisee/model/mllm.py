@@ -30,7 +30,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass
 class BackboneOutput:
-    logits: torch.Tensor  # [B, T, V]
+    logits: torch.Tensor  # [B, T, V], or [N, V] at the N positions of a ``logits_mask``
     hidden_states: torch.Tensor  # [B, T, d] last layer, over the expanded sequence
     past_key_values: Any = None
 
@@ -84,9 +84,17 @@ def position_ids_from_mask(attention_mask: torch.Tensor | None) -> torch.Tensor 
 
 
 def _run_language_model(
-    base: PreTrainedModel, attention_mask, past_key_values, use_cache: bool, **inputs
+    base: PreTrainedModel,
+    attention_mask,
+    past_key_values,
+    use_cache: bool,
+    logits_mask: torch.Tensor | None = None,
+    **inputs,
 ) -> BackboneOutput:
-    """The HF model's trunk (``base.model``) then its LM head, over the whole sequence."""
+    """The HF model's trunk (``base.model``) then its LM head: over the whole sequence, or,
+    with a ``[B, T]`` boolean ``logits_mask``, only at its positions (row-major ``[N, V]``;
+    training needs logits only where the next token is supervised, and the head over a
+    4096- to 32000-word vocabulary at every prompt position is a tenth of a lite step)."""
     out = base.model(
         attention_mask=attention_mask,
         position_ids=None
@@ -97,7 +105,8 @@ def _run_language_model(
         **inputs,
     )
     hidden = out.last_hidden_state
-    return BackboneOutput(base.lm_head(hidden), hidden, out.past_key_values)
+    selected = hidden if logits_mask is None else hidden[logits_mask]
+    return BackboneOutput(base.lm_head(selected), hidden, out.past_key_values)
 
 
 def _check_image_tokens(
@@ -191,7 +200,9 @@ class LanguageBackbone(nn.Module):
         vision_inputs: torch.Tensor | None,
         past_key_values: Any = None,
         use_cache: bool = False,
+        logits_mask: torch.Tensor | None = None,
     ) -> BackboneOutput:
+        """``logits_mask`` ``[B, T]`` bool: LM-head logits only at those positions."""
         raise NotImplementedError
 
     def generate(
@@ -259,11 +270,22 @@ class LiteBackbone(LanguageBackbone):
         return embeddings.masked_scatter(mask.unsqueeze(-1), features)
 
     def forward(
-        self, input_ids, attention_mask, vision_inputs, past_key_values=None, use_cache=False
+        self,
+        input_ids,
+        attention_mask,
+        vision_inputs,
+        past_key_values=None,
+        use_cache=False,
+        logits_mask=None,
     ):
         embeddings = self.embed(input_ids, vision_inputs)
         return _run_language_model(
-            self.base_model, attention_mask, past_key_values, use_cache, inputs_embeds=embeddings
+            self.base_model,
+            attention_mask,
+            past_key_values,
+            use_cache,
+            logits_mask,
+            inputs_embeds=embeddings,
         )
 
     def generate(self, input_ids, attention_mask, vision_inputs, **generate_kwargs):
@@ -349,7 +371,13 @@ class LlavaBackbone(LanguageBackbone):
         return (resized - mean) / std
 
     def forward(
-        self, input_ids, attention_mask, vision_inputs, past_key_values=None, use_cache=False
+        self,
+        input_ids,
+        attention_mask,
+        vision_inputs,
+        past_key_values=None,
+        use_cache=False,
+        logits_mask=None,
     ):
         base = self.base_model
         has_images = bool((input_ids == self.image_token_id).any())
@@ -363,6 +391,7 @@ class LlavaBackbone(LanguageBackbone):
             attention_mask,
             past_key_values,
             use_cache,
+            logits_mask,
             input_ids=input_ids,
             pixel_values=pixels,
         )

@@ -26,6 +26,9 @@ class ChatFormat:
     first_user: str
     user: str
     assistant_prefix: str
+    #: the role words, which a tokenizer trained here learns as whole tokens (see
+    #: ``medisee.model.builder.build_tokenizer``).
+    role_markers: tuple[str, ...] = ()
 
 
 CHAT_FORMATS: dict[str, ChatFormat] = {
@@ -34,10 +37,14 @@ CHAT_FORMATS: dict[str, ChatFormat] = {
         first_user="USER: {image}\n{q} ASSISTANT:",
         user="USER: {q} ASSISTANT:",
         assistant_prefix=" ",
+        role_markers=("USER:", "ASSISTANT:"),
     ),
     # LLaVA-Med v1.5 Mistral.
     "mistral": ChatFormat(
-        first_user="[INST] {image}\n{q} [/INST]", user="[INST] {q} [/INST]", assistant_prefix=" "
+        first_user="[INST] {image}\n{q} [/INST]",
+        user="[INST] {q} [/INST]",
+        assistant_prefix=" ",
+        role_markers=("[INST]", "[/INST]"),
     ),
 }
 

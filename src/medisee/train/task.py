@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medisee.losses import LossBreakdown, LossWeights, end_to_end_loss
+from medisee.losses import LossBreakdown, LossWeights, end_to_end_loss, next_token_supervised
 from medisee.model.medisee import MediSee, candidate_positions
 
 STAGES = ("end2end", "finetune")
@@ -64,6 +64,7 @@ class MediSeeTask(nn.Module):
             prompt_boxes=batch["target_boxes"] if self.mask_prompt == "target" else None,
             decode_masks=decode_masks,
             language_grad=not grounding_only,
+            logits_mask=next_token_supervised(batch["labels"]),
         )
         reasoning_map = label_map = None
         if self.stage == "finetune" and not grounding_only:
