@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 class DemoConfig:
     out_dir: str = "outputs/demo"
     num_images: int = 150
-    steps: int = 1400
+    steps: int = 1600
     batch_size: int = 8
     # Above the paper's 3e-4: the lite LM starts from scratch and gets only ~1400 steps.
     lr: float = 1e-3
@@ -52,7 +52,7 @@ class DemoConfig:
     # head chased states that kept moving (docs/training.md, Session 6). More refit steps
     # kept helping (1400 over 600: teacher-forced Dice 0.780 against 0.757), but 1000 took
     # the demo to 26.8 minutes (Session 7).
-    grounding_refit_steps: int = 600
+    grounding_refit_steps: int = 1000
     # None: every reasoning question of the test split (~250 here); a number: a subset
     # spread over the test images (``evaluation_items``).
     eval_examples: int | None = None
