@@ -51,26 +51,29 @@ class GroundingHead(nn.Module):
         ``[B, dim, g, g]`` intermediates are never stored for backward; half the time per
         step, ``benchmarks/grounding_head.py``).
         """
-        inputs = image_embeddings + positional.to(image_embeddings.dtype)  # [B, C, g, g]
-        batch, channels, height, width = inputs.shape
-        key_weight = self.keys.weight[:, :, 0, 0].to(inputs.dtype)  # [k, C]
-        key_bias = self.keys.bias.to(inputs.dtype)  # [k]
-        query = self.query(state).to(inputs.dtype) / self.config.dim**0.5  # [B, k]
+        dtype = image_embeddings.dtype
+        batch, channels, height, width = image_embeddings.shape
+        key_weight = self.keys.weight[:, :, 0, 0].to(dtype)  # [k, C]
+        key_bias = self.keys.bias.to(dtype)  # [k]
+        query = self.query(state).to(dtype) / self.config.dim**0.5  # [B, k]
         # Row 0: the linear score sum_k q_k (W x + b)_k; rows 1..: the refiner's first conv
         # V (q * (W x + b)) + c.
         weights = [query[:, None, :]]  # [B, 1, k]
         offsets = [(query * key_bias)[:, None].sum(-1, keepdim=True)]  # [B, 1, 1]
         if self.refine is not None:
             first = self.refine[0]
-            project = first.weight[:, :, 0, 0].to(inputs.dtype)  # [w, k]
+            project = first.weight[:, :, 0, 0].to(dtype)  # [w, k]
             modulated_project = project[None] * query[:, None, :]  # [B, w, k]
             weights.append(modulated_project)
             offsets.append(
                 (modulated_project @ key_bias)[..., None]
-                + first.bias.to(inputs.dtype)[None, :, None]
+                + first.bias.to(dtype)[None, :, None]
             )
         folded = torch.cat(weights, 1) @ key_weight  # [B, 1 + w, C]
-        scores = torch.bmm(folded, inputs.reshape(batch, channels, height * width))
+        # F (E + PE) as F E + F PE: PE is shared by the batch, so this skips a [B, C, g, g]
+        # sum (and keeping it for backward) for one small matmul.
+        scores = torch.bmm(folded, image_embeddings.reshape(batch, channels, height * width))
+        scores = scores + folded @ positional.to(dtype).reshape(channels, height * width)
         scores = (scores + torch.cat(offsets, 1)).view(batch, -1, height, width)
         logits = scores[:, 0] + self.bias
         if self.refine is not None:
