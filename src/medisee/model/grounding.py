@@ -66,8 +66,7 @@ class GroundingHead(nn.Module):
             modulated_project = project[None] * query[:, None, :]  # [B, w, k]
             weights.append(modulated_project)
             offsets.append(
-                (modulated_project @ key_bias)[..., None]
-                + first.bias.to(dtype)[None, :, None]
+                (modulated_project @ key_bias)[..., None] + first.bias.to(dtype)[None, :, None]
             )
         folded = torch.cat(weights, 1) @ key_weight  # [B, 1 + w, C]
         # F (E + PE) as F E + F PE: PE is shared by the batch, so this skips a [B, C, g, g]

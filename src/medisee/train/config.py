@@ -60,6 +60,10 @@ class TrainConfig:
     # Warm-up of the refit phase's own learning-rate ramp (peak ``lr``, linear decay to 0).
     grounding_refit_warmup: int = 10
     mixed_precision: str = "no"
+    # torch's fused AdamW kernel (CPU and CUDA): one pass over all parameters instead of a
+    # dozen foreach ops; 10 against 49 ms a step for the lite preset's ~10 M trainable
+    # parameters on 2 CPU cores (docs/training.md, Session 8).
+    fused_optimizer: bool = True
     seed: int = 0
     log_every: int = 10
     eval_every: int = 0

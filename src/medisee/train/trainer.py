@@ -216,7 +216,11 @@ def train(
     task = MediSeeTask(model, config.losses, config.stage, config.mask_prompt)
     parameters = [p for p in task.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        parameters, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        parameters,
+        lr=config.lr,
+        betas=config.betas,
+        weight_decay=config.weight_decay,
+        fused=config.fused_optimizer or None,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, training_schedule(config))
     task, optimizer = accelerator.prepare(task, optimizer)
