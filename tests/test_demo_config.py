@@ -4,7 +4,7 @@ from importlib import resources
 
 import pytest
 
-from medisee.demo import DemoConfig
+from medisee.demo import DemoConfig, cpu_times, steal_fraction
 from medisee.train.config import TrainConfig
 
 
@@ -39,3 +39,15 @@ def test_demo_config_rejects_too_few_images_or_steps():
     with pytest.raises(ValueError, match="eval_examples"):
         DemoConfig(eval_examples=0)
     assert DemoConfig().eval_examples is None  # the whole test split
+
+
+def test_steal_fraction_from_two_readings():
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    before = [100, 0, 20, 500, 0, 0, 0, 30, 7, 0]
+    after = [160, 0, 30, 520, 0, 0, 0, 130, 9, 0]
+    # deltas 60 + 10 + 20 + 100 steal = 190 ticks (guest excluded: already in user)
+    assert steal_fraction(before, after) == pytest.approx(100 / 190)
+    assert steal_fraction(None, after) is None
+    assert steal_fraction(before, before) is None
+    readings = cpu_times()
+    assert readings is None or (len(readings) >= 8 and all(v >= 0 for v in readings))

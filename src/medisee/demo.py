@@ -19,6 +19,30 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 
+def cpu_times() -> list[int] | None:
+    """The machine's aggregate CPU counters from ``/proc/stat`` (user, nice, system, idle,
+    iowait, irq, softirq, steal, ...; in clock ticks), or ``None`` off Linux."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    if first[0] != "cpu" or len(first) < 9:
+        return None
+    return [int(v) for v in first[1:]]
+
+
+def steal_fraction(before: list[int] | None, after: list[int] | None) -> float | None:
+    """Share of CPU time the hypervisor gave to other guests between two ``cpu_times``
+    readings (the ``st`` column of ``vmstat``). The demo's wall time grows with it, so the
+    report keeps it beside each phase's seconds."""
+    if before is None or after is None:
+        return None
+    # guest and guest_nice (fields 9-10) are already counted in user and nice.
+    deltas = [b - a for a, b in zip(before[:8], after[:8])]
+    total = sum(deltas)
+    return deltas[7] / total if total > 0 else None
+
+
 @dataclass
 class DemoConfig:
     out_dir: str = "outputs/demo"
@@ -50,8 +74,9 @@ class DemoConfig:
     answer_token_weight: float = 5.0
     # Then train the grounding head alone on the finished LM's states: the jointly trained
     # head chased states that kept moving (docs/training.md, Session 6). More refit steps
-    # kept helping (1400 over 600: teacher-forced Dice 0.780 against 0.757), but 1000 took
-    # the demo to 26.8 minutes (Session 7).
+    # kept helping (1400 over 600: teacher-forced Dice 0.780 against 0.757, Session 7);
+    # Session 8's cheaper steps pay for 1000 refit and 1600 joint steps (1400 before:
+    # more steps name more targets).
     grounding_refit_steps: int = 1000
     # None: every reasoning question of the test split (~250 here); a number: a subset
     # spread over the test images (``evaluation_items``).
@@ -129,7 +154,9 @@ def run_demo(config: DemoConfig) -> dict:
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
+    steal: dict[str, float | None] = {}
     started = time.perf_counter()
+    counters = {"start": cpu_times()}
 
     print(f"[1/4] building the bundled dataset ({config.num_images} images) ...", flush=True)
     built = build_bundled(
@@ -140,6 +167,7 @@ def run_demo(config: DemoConfig) -> dict:
     print(built.summary(), flush=True)
     records = (built.records, built.manifest.parent)
     timings["data"] = time.perf_counter() - started
+    counters["data"] = cpu_times()
 
     print(
         f"[2/4] training the lite preset for {config.steps} steps, then "
@@ -171,6 +199,7 @@ def run_demo(config: DemoConfig) -> dict:
     )
     result = train(train_config, resume=True, records=records)
     timings["train"] = time.perf_counter() - started - timings["data"]
+    counters["train"] = cpu_times()
 
     print(
         "[3/4] evaluating on the test split (generated + teacher-forced) and baselines ...",
@@ -186,6 +215,7 @@ def run_demo(config: DemoConfig) -> dict:
         records=records,
     )
     timings["eval"] = time.perf_counter() - started - timings["data"] - timings["train"]
+    counters["eval"] = cpu_times()
 
     print("[4/4] writing the training curve and overlays ...", flush=True)
     plot_training_curve(result.history, out / "training_curve.png")
@@ -198,14 +228,27 @@ def run_demo(config: DemoConfig) -> dict:
         cache_dir=cache_dir,
     )
     timings["total"] = time.perf_counter() - started
+    counters["total"] = cpu_times()
+    previous = "start"
+    for phase in ("data", "train", "eval"):
+        steal[phase] = steal_fraction(counters[previous], counters[phase])
+        previous = phase
+    steal["total"] = steal_fraction(counters["start"], counters["total"])
 
     table = (out / "eval" / "metrics.md").read_text()
     overall = {name: s["overall"].as_dict() for name, s in summaries.items()}
-    report = {"timings_s": timings, "overall": overall, "train_steps": result.steps}
+    report = {
+        "timings_s": timings,
+        "host_steal_fraction": steal,
+        "overall": overall,
+        "train_steps": result.steps,
+    }
     (out / "demo.json").write_text(json.dumps(report, indent=1))
     print("\n" + table)
+    stolen = "" if steal["total"] is None else f" (host steal {steal['total']:.0%})"
     print(
-        f"done in {timings['total'] / 60:.1f} min; outputs in {out}/ (demo.json, eval/, overlays/, training_curve.png)"
+        f"done in {timings['total'] / 60:.1f} min{stolen}; outputs in {out}/ "
+        "(demo.json, eval/, overlays/, training_curve.png)"
     )
     return report
 
