@@ -4,7 +4,7 @@ from importlib import resources
 
 import pytest
 
-from medisee.demo import DemoConfig, cpu_times, steal_fraction
+from medisee.demo import DemoConfig, cpu_times, process_cpu_seconds, steal_fraction
 from medisee.train.config import TrainConfig
 
 
@@ -51,3 +51,13 @@ def test_steal_fraction_from_two_readings():
     assert steal_fraction(before, before) is None
     readings = cpu_times()
     assert readings is None or (len(readings) >= 8 and all(v >= 0 for v in readings))
+
+
+def test_process_cpu_seconds_counts_work():
+    before = process_cpu_seconds()
+    if before is None:
+        pytest.skip("no resource module on this platform")
+    total = 0
+    for i in range(2_000_000):
+        total += i
+    assert process_cpu_seconds() > before

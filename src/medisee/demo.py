@@ -31,6 +31,18 @@ def cpu_times() -> list[int] | None:
     return [int(v) for v in first[1:]]
 
 
+def process_cpu_seconds() -> float | None:
+    """User + system CPU seconds of this process so far, all threads (``None`` where the
+    ``resource`` module is missing): with the wall time and the steal share it tells a
+    slow machine from a shared one."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def steal_fraction(before: list[int] | None, after: list[int] | None) -> float | None:
     """Share of CPU time the hypervisor gave to other guests between two ``cpu_times``
     readings (the ``st`` column of ``vmstat``). The demo's wall time grows with it, so the
@@ -229,6 +241,7 @@ def run_demo(config: DemoConfig) -> dict:
     )
     timings["total"] = time.perf_counter() - started
     counters["total"] = cpu_times()
+    cpu_seconds = process_cpu_seconds()
     previous = "start"
     for phase in ("data", "train", "eval"):
         steal[phase] = steal_fraction(counters[previous], counters[phase])
@@ -240,6 +253,7 @@ def run_demo(config: DemoConfig) -> dict:
     report = {
         "timings_s": timings,
         "host_steal_fraction": steal,
+        "process_cpu_s": cpu_seconds,
         "overall": overall,
         "train_steps": result.steps,
     }
