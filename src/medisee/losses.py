@@ -169,7 +169,7 @@ def text_loss(
             )
         packed = logits.float()
     else:
-        packed = logits.float()[supervised]
+        packed = logits[supervised].float()  # select first: no float copy of prompt rows
     if packed.shape[0] == 0:
         return logits.sum() * 0.0
     targets = labels[:, 1:][supervised[:, :-1]]  # [N], row-major like ``packed``
