@@ -149,3 +149,43 @@ def test_build_rejects_bad_sizes_and_weights(
         build_segmenter(
             dataclasses.replace(tiny_vit_config, weights="/nonexistent/no_such_file.pth")
         )
+
+
+def test_two_way_transformer_reads_token_major_memory_with_unchanged_results(
+    tiny_tinyvit_config: MaskConfig,
+) -> None:
+    # The pre-hook only changes the memory layout of the transformer's image inputs: the
+    # mask, the IoU score and every gradient must stay bitwise equal without it.
+    segmenter = _segmenter(tiny_tinyvit_config)
+    transformer = segmenter.mask_decoder.transformer
+    seen = {}
+
+    def spy(module, args, kwargs):
+        seen.update({k: kwargs[k] for k in ("image_embeddings", "image_positional_embeddings")})
+
+    embeddings = torch.randn(2, tiny_tinyvit_config.prompt_dim, 16, 16)
+    prompts = {k: v.detach() for k, v in _prompts(tiny_tinyvit_config).items()}
+
+    def run() -> list[torch.Tensor]:
+        segmenter.zero_grad()
+        text = prompts["text_embeddings"].clone().requires_grad_(True)
+        out = segmenter.decode(embeddings, text, boxes=prompts["boxes"])
+        (out.mask_logits.sigmoid().mean() + out.iou_scores.mean()).backward()
+        grads = [p.grad.clone() for p in segmenter.mask_decoder.parameters() if p.grad is not None]
+        return [out.mask_logits.detach(), out.iou_scores.detach(), text.grad, *grads]
+
+    handle = transformer.register_forward_pre_hook(spy, with_kwargs=True)  # runs after ours
+    with_hook = run()
+    handle.remove()
+    for name, value in seen.items():
+        flat = value.flatten(2).transpose(1, 2)
+        assert flat.is_contiguous(), name  # the [B, g*g, C] token view needs no copy
+    hooks = dict(transformer._forward_pre_hooks)
+    transformer._forward_pre_hooks.clear()
+    try:
+        without_hook = run()
+    finally:
+        transformer._forward_pre_hooks.update(hooks)
+    assert len(with_hook) == len(without_hook) > 3
+    for a, b in zip(with_hook, without_hook):
+        assert torch.equal(a, b)

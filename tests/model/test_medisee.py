@@ -293,3 +293,32 @@ def test_image_tokens_carry_their_2d_position():
     projector = ImageProjector(in_channels=6, hidden_size=8, grid=4)
     tokens = projector(torch.ones(1, 6, 16, 16))[0]
     assert len({tuple(t.tolist()) for t in tokens.round(decimals=5)}) == 16
+
+
+def test_answer_boxes_off_skips_the_map_box_unless_it_prompts(tiny_model, monkeypatch):
+    # Training reads only the box decoder's boxes: without answer boxes the flood fill
+    # behind the map's box runs only where that box prompts the mask decoder.
+    import medisee.model.medisee as medisee_module
+
+    tiny_model.eval()
+    batch = make_batch(tiny_model)
+    inputs = {k: batch[k] for k in MODEL_KEYS}
+    calls = []
+    flood_fill = medisee_module.peak_region
+    monkeypatch.setattr(
+        medisee_module, "peak_region", lambda *a, **k: calls.append(1) or flood_fill(*a, **k)
+    )
+    with torch.no_grad():
+        full = tiny_model(**inputs)
+        assert calls  # the default (inference) makes the map's box
+        calls.clear()
+        cheap = tiny_model(**inputs, answer_boxes=False, decode_masks=False)
+        assert not calls
+        torch.testing.assert_close(cheap.boxes, cheap.decoder_boxes)
+        torch.testing.assert_close(cheap.grounding_logits, full.grounding_logits)
+        teacher = tiny_model(**inputs, answer_boxes=False, prompt_boxes=batch["target_boxes"])
+        assert not calls
+        torch.testing.assert_close(teacher.boxes, teacher.decoder_boxes)
+        prompted = tiny_model(**inputs, answer_boxes=False)
+        assert calls  # the map's box prompts the decoder here
+    torch.testing.assert_close(prompted.mask_logits, full.mask_logits)

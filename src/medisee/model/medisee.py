@@ -196,6 +196,7 @@ class MediSee(nn.Module):
         image_sizes: torch.Tensor,
         prompt_boxes: torch.Tensor | None = None,
         decode_masks: bool = True,
+        answer_boxes: bool = True,
     ) -> TargetDecoding:
         """h_seg, h_det -> boxes (normalised, original frame), grounding map, mask logits.
 
@@ -207,6 +208,9 @@ class MediSee(nn.Module):
         point at the box centre. The answer box is the prompt box, or with
         ``answer_box="mask"`` the decoded mask's box.
         ``decode_masks=False`` skips the mask decoder (the cheap steps of training).
+        ``answer_boxes=False``: ``boxes`` is the box decoder's, and the map's box is made
+        only where it prompts the decoder (the training loss reads neither; the map's box
+        is a flood fill of a few dozen rounds, ~10 % of a cheap training step on CPU).
         """
         decoder_boxes = self.box_decoder(det_state)
         boxes = decoder_boxes
@@ -216,7 +220,8 @@ class MediSee(nn.Module):
             grounding_logits = self.grounding(
                 query_state, image_embeddings, self.segmenter.image_positional_embeddings()
             )
-            boxes = self._grounded_boxes(grounding_logits, decoder_boxes, image_sizes)
+            if answer_boxes or (decode_masks and prompt_boxes is None):
+                boxes = self._grounded_boxes(grounding_logits, decoder_boxes, image_sizes)
         mask_logits = iou = None
         if decode_masks:
             mask_logits, iou = self._decode_masks(
@@ -227,7 +232,7 @@ class MediSee(nn.Module):
             )
             if grounding_logits is not None and not self.training:
                 mask_logits = self._map_fallback(mask_logits, grounding_logits)
-            if self.config.answer_box == "mask":
+            if answer_boxes and self.config.answer_box == "mask":
                 boxes = self._mask_boxes(mask_logits, boxes, image_sizes)
         return TargetDecoding(boxes, decoder_boxes, grounding_logits, mask_logits, iou)
 
@@ -374,6 +379,7 @@ class MediSee(nn.Module):
         decode_masks: bool = True,
         language_grad: bool = True,
         logits_mask: torch.Tensor | None = None,
+        answer_boxes: bool = True,
     ) -> MediSeeOutput:
         """Teacher-forced pass over sequences that contain the candidate tokens.
 
@@ -383,7 +389,7 @@ class MediSee(nn.Module):
             pixel_values: ``[B, 3, S, S]`` segmenter input in [0, 1]; optional when
                 ``image_embeddings`` (``[B, C, g, g]``, e.g. cached) are given and the
                 backbone is ``lite``.
-            prompt_boxes, decode_masks: see ``decode_targets``.
+            prompt_boxes, decode_masks, answer_boxes: see ``decode_targets``.
             language_grad: ``False`` runs the LM and the fusion without autograd (their
                 states are fixed inputs to the heads: the grounding refit phase).
             logits_mask: ``[B, T]`` bool: text logits only at these positions, returned
@@ -408,6 +414,7 @@ class MediSee(nn.Module):
             image_sizes,
             prompt_boxes=prompt_boxes,
             decode_masks=decode_masks,
+            answer_boxes=answer_boxes,
         )
         return MediSeeOutput(
             logits=lm.logits,

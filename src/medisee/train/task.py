@@ -65,6 +65,8 @@ class MediSeeTask(nn.Module):
             decode_masks=decode_masks,
             language_grad=not grounding_only,
             logits_mask=next_token_supervised(batch["labels"]),
+            # The loss reads the box decoder's boxes, never the answer boxes.
+            answer_boxes=False,
         )
         reasoning_map = label_map = None
         if self.stage == "finetune" and not grounding_only:
