@@ -302,9 +302,7 @@ def build_segmenter(config: MaskConfig) -> PromptableSegmenter:
         )
     )
     mask_decoder = SamMaskDecoder(decoder_config)
-    mask_decoder.transformer.register_forward_pre_hook(
-        _token_major_image_inputs, with_kwargs=True
-    )
+    mask_decoder.transformer.register_forward_pre_hook(_token_major_image_inputs, with_kwargs=True)
     segmenter = PromptableSegmenter(
         config, image_encoder, prompt_encoder, mask_decoder, positional_embedding
     )
