@@ -39,6 +39,9 @@ def test_store_and_load_round_trip_in_fp16(tmp_path, tiny_model):
     cache.store(image, embedding)
     assert image in cache
     torch.testing.assert_close(cache.load(image), embedding.half().float())
+    assert cache.load(image).dtype == torch.float32
+    stored = cache.load(image, dtype=None)
+    assert stored.dtype == torch.float16 and torch.equal(stored, embedding.half())
 
 
 def test_memory_entries_serve_repeat_loads_and_notice_a_changed_file(tmp_path):

@@ -13,7 +13,9 @@ from medisee.train.dataset import (
     MixedSampler,
     mask_to_input_frame,
     repeat_factors,
+    stack_as_float32,
 )
+from medisee.train.embedding_cache import EmbeddingCache
 from medisee.train.trainer import (
     latest_checkpoint,
     train,
@@ -233,6 +235,36 @@ def test_dataset_items_and_collation(synthetic_records, tiny_model):
     assert batch["image_sizes"].tolist() == [[48, 64], [48, 64]]
     assert batch["label_input_ids"].shape[0] == 2
     assert ((batch["target_boxes"] >= 0) & (batch["target_boxes"] <= 1)).all()
+
+
+def test_cached_embeddings_and_memoised_masks_give_the_same_batches(
+    synthetic_records, tiny_model, tmp_path
+):
+    """Items keep the cache's fp16 embedding and the collator converts while stacking;
+    target masks are made once per target. The batch is what the plain path gives."""
+    records, root = synthetic_records
+    builder = tiny_model.prompt_builder()
+    cache = EmbeddingCache(tmp_path / "cache", "fp", memory_entries=8)
+    for record in records:
+        cache.store(root / record.image, torch.randn(32, 16, 16))
+    dataset = MediSeeDataset(records, root, builder, 64, 64, embedding_cache=cache)
+    item = dataset[0]
+    assert item["image_embeddings"].dtype == torch.float16
+    ref = dataset.examples[0]
+    expected_mask = mask_to_input_frame(
+        dataset.load_mask(ref.record, ref.target), dataset.transform, 64
+    )
+    assert torch.equal(item["target_mask"], expected_mask)
+    assert torch.equal(dataset[0]["target_mask"], expected_mask)  # from the memo
+    assert len(dataset._frame_masks) == 1
+    batch = Collator(tiny_model.tokenizer.pad_token_id)([dataset[0], dataset[7]])
+    plain = torch.stack(
+        [cache.load(dataset.image_path(dataset.examples[i].record)) for i in (0, 7)]
+    )
+    assert batch["image_embeddings"].dtype == torch.float32
+    assert torch.equal(batch["image_embeddings"], plain)
+    with pytest.raises(ValueError, match="different shapes"):
+        stack_as_float32([torch.zeros(2, 3), torch.zeros(3, 2)])
 
 
 def test_question_word_dropout_drops_question_words_only(synthetic_records, tiny_model):

@@ -118,6 +118,10 @@ class MediSeeDataset(Dataset):
         self.embedding_cache = embedding_cache
         self.with_label_query = with_label_query
         self.max_length = max_length
+        # Each target's mask in the low-res input frame, made on first use: a target is
+        # drawn dozens of times, and decoding + resizing its mask is ~1 ms each time.
+        # Kept as bool (L * L bytes, 64 KiB at LiteMedSAM's 256).
+        self._frame_masks: dict[tuple[int, int], torch.Tensor] = {}
         self.examples: list[ExampleRef] = []
         for r, record in enumerate(self.records):
             for t, target in enumerate(record.targets):
@@ -167,6 +171,14 @@ class MediSeeDataset(Dataset):
         target = record.targets[target_index]
         return load_mask(target.mask, self.root, shape=(record.height, record.width))
 
+    def input_frame_mask(self, record_index: int, target_index: int) -> torch.Tensor:
+        """``[L, L]`` float {0, 1}: ``mask_to_input_frame`` of the target's mask."""
+        key = (record_index, target_index)
+        if key not in self._frame_masks:
+            mask = self.load_mask(record_index, target_index)
+            self._frame_masks[key] = mask_to_input_frame(mask, self.transform, self.low_res) > 0
+        return self._frame_masks[key].float()
+
     def _encode(
         self, question: str, answer: str, explanation: str | None
     ) -> tuple[list[int], list[int]]:
@@ -195,19 +207,22 @@ class MediSeeDataset(Dataset):
         item = target.qa[ref.qa]
         question = self._drop_words(item.question)
         input_ids, labels = self._encode(question, item.answer, item.explanation)
-        mask = self.load_mask(ref.record, ref.target)
         example: dict[str, Any] = {
             "index": index,
             "input_ids": input_ids,
             "labels": labels,
             "image_size": (record.height, record.width),
-            "target_mask": mask_to_input_frame(mask, self.transform, self.low_res),
+            "target_mask": self.input_frame_mask(ref.record, ref.target),
             "target_box": normalize_box(
                 torch.tensor(target.box_xyxy, dtype=torch.float32), (record.height, record.width)
             ),
         }
         if self.embedding_cache is not None:
-            example["image_embeddings"] = self.embedding_cache.load(self.image_path(ref.record))
+            # As stored (fp16, possibly the cache's own tensor): ``Collator`` converts to
+            # float32 while stacking.
+            example["image_embeddings"] = self.embedding_cache.load(
+                self.image_path(ref.record), dtype=None
+            )
         else:
             example["pixel_values"] = self.transform.prepare(self.load_image(ref.record))[0]
         if self.with_label_query:
@@ -225,6 +240,18 @@ def right_pad(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Te
         ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         mask[i, : len(row)] = 1
     return ids, mask
+
+
+def stack_as_float32(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack`` into a float32 batch, converting each tensor as it is copied in (no
+    float32 copy per tensor first)."""
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) != 1:
+        raise ValueError(f"cannot stack tensors of different shapes {sorted(shapes)}")
+    batch = torch.empty((len(tensors), *tensors[0].shape), dtype=torch.float32)
+    for row, tensor in zip(batch, tensors):
+        row.copy_(tensor)
+    return batch
 
 
 class Collator:
@@ -247,7 +274,7 @@ class Collator:
         }
         for key in ("pixel_values", "image_embeddings"):
             if key in examples[0]:
-                batch[key] = torch.stack([e[key] for e in examples])
+                batch[key] = stack_as_float32([e[key] for e in examples])
         if "label_input_ids" in examples[0]:
             ids, mask = right_pad([e["label_input_ids"] for e in examples], self.pad_token_id)
             batch["label_input_ids"], batch["label_attention_mask"] = ids, mask

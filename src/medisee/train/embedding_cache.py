@@ -68,7 +68,15 @@ class EmbeddingCache:
     def __contains__(self, image_path: object) -> bool:
         return isinstance(image_path, (str, os.PathLike)) and self.key(image_path).is_file()
 
-    def load(self, image_path: str | os.PathLike[str]) -> torch.Tensor:
+    def load(
+        self, image_path: str | os.PathLike[str], dtype: torch.dtype | None = torch.float32
+    ) -> torch.Tensor:
+        """``[C, g, g]`` embedding of ``image_path``, converted to ``dtype``.
+
+        ``dtype=None`` gives the stored fp16 tensor itself, which may be the in-memory
+        entry: read it, never change it in place. The training collator converts while it
+        stacks a batch, which saves a full-size copy per sample.
+        """
         from safetensors.torch import load_file
 
         memo = None
@@ -77,7 +85,8 @@ class EmbeddingCache:
             memo = (os.fspath(image_path), stat.st_size, stat.st_mtime_ns)
             if memo in self._memory:
                 self._memory.move_to_end(memo)
-                return self._memory[memo].float()
+                stored = self._memory[memo]
+                return stored if dtype is None else stored.to(dtype)
         path = self.key(image_path)
         if not path.is_file():
             raise KeyError(f"no cached embedding for {image_path}; run precompute first")
@@ -86,7 +95,7 @@ class EmbeddingCache:
             self._memory[memo] = stored
             if len(self._memory) > self.memory_entries:
                 self._memory.popitem(last=False)
-        return stored.float()
+        return stored if dtype is None else stored.to(dtype)
 
     def store(self, image_path: str | os.PathLike[str], embedding: torch.Tensor) -> None:
         from safetensors.torch import save_file
