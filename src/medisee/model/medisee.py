@@ -214,14 +214,17 @@ class MediSee(nn.Module):
         """
         decoder_boxes = self.box_decoder(det_state)
         boxes = decoder_boxes
-        grounding_logits = None
+        grounding_logits = region = None
         if self.grounding is not None:
             query_state = det_state.detach() if self.config.grounding.detach_state else det_state
             grounding_logits = self.grounding(
                 query_state, image_embeddings, self.segmenter.image_positional_embeddings()
             )
             if answer_boxes or (decode_masks and prompt_boxes is None):
-                boxes = self._grounded_boxes(grounding_logits, decoder_boxes, image_sizes)
+                region = self._peak_region(grounding_logits)
+                boxes = self._grounded_boxes(
+                    grounding_logits, decoder_boxes, image_sizes, region=region
+                )
         mask_logits = iou = None
         if decode_masks:
             mask_logits, iou = self._decode_masks(
@@ -231,7 +234,7 @@ class MediSee(nn.Module):
                 boxes if prompt_boxes is None else prompt_boxes,
             )
             if grounding_logits is not None and not self.training:
-                mask_logits = self._map_fallback(mask_logits, grounding_logits)
+                mask_logits = self._map_fallback(mask_logits, grounding_logits, region=region)
             if answer_boxes and self.config.answer_box == "mask":
                 boxes = self._mask_boxes(mask_logits, boxes, image_sizes)
         return TargetDecoding(boxes, decoder_boxes, grounding_logits, mask_logits, iou)
@@ -253,15 +256,27 @@ class MediSee(nn.Module):
         pixels = torch.minimum(pixels, sizes.flip(1).repeat(1, 2))  # (W, H, W, H)
         return normalize_box(pixels, sizes)
 
+    def _peak_region(self, logits: torch.Tensor) -> torch.Tensor:
+        """``[B, g, g]`` map -> ``[B, g, g]`` bool: its peak region (``peak_region``)."""
+        with torch.no_grad():
+            return peak_region(logits.float(), self.config.grounding.threshold)
+
     def _grounded_boxes(
-        self, logits: torch.Tensor, fallback: torch.Tensor, image_sizes: torch.Tensor
+        self,
+        logits: torch.Tensor,
+        fallback: torch.Tensor,
+        image_sizes: torch.Tensor,
+        region: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Grounding map ``[B, g, g]`` -> normalised cxcywh boxes of the original frame
-        (no gradient: the map is trained directly); ``fallback`` where no cell passes."""
+        (no gradient: the map is trained directly); ``fallback`` where no cell passes.
+        ``region``: the map's ``_peak_region`` when the caller has it already."""
         with torch.no_grad():
             threshold = self.config.grounding.threshold
             side = logits.shape[-1]
-            cells = region_box(peak_region(logits.float(), threshold))  # grid units
+            if region is None:
+                region = self._peak_region(logits)
+            cells = region_box(region)  # grid units
             margin = self.config.grounding.box_margin
             if margin:
                 grow = torch.tensor([-margin, -margin, margin, margin], device=cells.device)
@@ -271,7 +286,10 @@ class MediSee(nn.Module):
         return torch.where(found, grounded, fallback)
 
     def _map_fallback(
-        self, mask_logits: torch.Tensor, grounding_logits: torch.Tensor
+        self,
+        mask_logits: torch.Tensor,
+        grounding_logits: torch.Tensor,
+        region: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Low-res mask logits ``[B, L, L]``, map ``[B, g, g]`` (both over the segmenter
         input) -> the mask logits, with the map's peak region (nearest-upsampled, as
@@ -281,7 +299,8 @@ class MediSee(nn.Module):
         if below <= 0:
             return mask_logits
         with torch.no_grad():
-            region = peak_region(grounding_logits.float(), self.config.grounding.threshold)
+            if region is None:
+                region = self._peak_region(grounding_logits)
             size = mask_logits.shape[-2:]
             region = F.interpolate(region[:, None].float(), size=size, mode="nearest")[:, 0] > 0
             decoded = mask_logits > 0
