@@ -19,6 +19,7 @@ weights mean the change did not alter the arithmetic).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -35,14 +36,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from medisee.demo import DemoConfig, cpu_times, steal_fraction
-    from medisee.losses import LossWeights
     from medisee.train import task as task_module
-    from medisee.train.config import TrainConfig
     from medisee.train.trainer import load_records, train
 
     demo_dir = Path(args.demo_dir)
     manifest = demo_dir / "data" / "manifest.jsonl"
-    demo = DemoConfig()
     stamps: list[tuple[float, bool, bool]] = []
     forward = task_module.MediSeeTask.forward
 
@@ -51,26 +49,12 @@ def main() -> None:
         return forward(self, batch, decode_masks, grounding_only)
 
     task_module.MediSeeTask.forward = timed_forward
-    config = TrainConfig(
-        manifest=str(manifest),
-        output_dir=args.out,
-        model="lite",
-        max_steps=args.steps,
-        batch_size=demo.batch_size,
-        lr=demo.lr,
-        warmup_steps=demo.warmup_steps,
-        referring_ratio=demo.referring_ratio,
-        mask_loss_every=demo.mask_loss_every,
-        mask_prompt=demo.mask_prompt,
-        group_by_length=demo.group_by_length,
-        repeat_threshold=demo.repeat_threshold,
-        grounding_refit_steps=args.refit_steps,
-        losses=LossWeights(answer_tokens=demo.answer_token_weight),
+    # The demo's run, shortened; no checkpoint inside the timed steps.
+    config = dataclasses.replace(
+        DemoConfig(steps=args.steps, grounding_refit_steps=args.refit_steps).train_config(
+            manifest, args.out, demo_dir / "embedding_cache"
+        ),
         save_every=10**9,
-        eval_every=0,
-        seed=demo.seed,
-        cache_dir=str(demo_dir / "embedding_cache"),
-        cpu=True,
     )
     before = cpu_times()
     started = time.perf_counter()

@@ -11,22 +11,24 @@ from medisee.train.config import TrainConfig
 def test_lite_cpu_yaml_matches_the_demo_schedule():
     path = resources.files("medisee") / "configs" / "lite-cpu.yaml"
     config = TrainConfig.from_yaml(str(path))
-    demo = DemoConfig()
-    assert config.model == "lite"
-    for train_name, demo_name in (
-        ("max_steps", "steps"),
-        ("batch_size", "batch_size"),
-        ("lr", "lr"),
-        ("warmup_steps", "warmup_steps"),
-        ("referring_ratio", "referring_ratio"),
-        ("mask_loss_every", "mask_loss_every"),
-        ("mask_prompt", "mask_prompt"),
-        ("group_by_length", "group_by_length"),
-        ("repeat_threshold", "repeat_threshold"),
-        ("grounding_refit_steps", "grounding_refit_steps"),
+    demo = DemoConfig().train_config("data/manifest.jsonl", "run", "cache")
+    assert config.model == demo.model == "lite"
+    for name in (
+        "max_steps",
+        "batch_size",
+        "lr",
+        "warmup_steps",
+        "referring_ratio",
+        "mask_loss_every",
+        "mask_prompt",
+        "group_by_length",
+        "repeat_threshold",
+        "grounding_refit_steps",
+        "losses",
+        "cpu",
     ):
-        assert getattr(config, train_name) == getattr(demo, demo_name), train_name
-    assert config.losses.answer_tokens == demo.answer_token_weight
+        assert getattr(config, name) == getattr(demo, name), name
+    assert demo.max_steps == DemoConfig().steps and demo.cache_dir == "cache"
 
 
 def test_demo_config_rejects_too_few_images_or_steps():

@@ -15,6 +15,10 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from medisee.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +114,37 @@ class DemoConfig:
         if self.num_images < 30:
             raise ValueError("the demo needs >= 30 images to leave a test split")
 
+    def train_config(
+        self, manifest: str | Path, output_dir: str | Path, cache_dir: str | Path
+    ) -> TrainConfig:
+        """The demo's ``lite`` training run (a ``medisee.train.config.TrainConfig``) on the
+        data of ``manifest``, with image embeddings cached under ``cache_dir``."""
+        from medisee.losses import LossWeights
+        from medisee.train.config import TrainConfig
+
+        return TrainConfig(
+            manifest=str(manifest),
+            output_dir=str(output_dir),
+            model="lite",
+            max_steps=self.steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            warmup_steps=self.warmup_steps,
+            referring_ratio=self.referring_ratio,
+            mask_loss_every=self.mask_loss_every,
+            mask_prompt=self.mask_prompt,
+            group_by_length=self.group_by_length,
+            repeat_threshold=self.repeat_threshold,
+            grounding_refit_steps=self.grounding_refit_steps,
+            losses=LossWeights(answer_tokens=self.answer_token_weight),
+            log_every=10,
+            save_every=max(50, (self.steps + self.grounding_refit_steps) // 4),
+            eval_every=0,
+            seed=self.seed,
+            cache_dir=str(cache_dir),
+            cpu=True,
+        )
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     defaults = DemoConfig()
@@ -159,8 +194,6 @@ def run_demo(config: DemoConfig) -> dict:
     from medisee.data.build import BuildOptions
     from medisee.data.sources.bundled import build_bundled
     from medisee.evaluate.pipeline import evaluate_with_baselines
-    from medisee.losses import LossWeights
-    from medisee.train.config import TrainConfig
     from medisee.train.trainer import train
 
     out = Path(config.out_dir)
@@ -187,28 +220,7 @@ def run_demo(config: DemoConfig) -> dict:
         flush=True,
     )
     cache_dir = out / "embedding_cache"
-    train_config = TrainConfig(
-        manifest=str(built.manifest),
-        output_dir=str(out / "run"),
-        model="lite",
-        max_steps=config.steps,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        warmup_steps=config.warmup_steps,
-        referring_ratio=config.referring_ratio,
-        mask_loss_every=config.mask_loss_every,
-        mask_prompt=config.mask_prompt,
-        group_by_length=config.group_by_length,
-        repeat_threshold=config.repeat_threshold,
-        grounding_refit_steps=config.grounding_refit_steps,
-        losses=LossWeights(answer_tokens=config.answer_token_weight),
-        log_every=10,
-        save_every=max(50, (config.steps + config.grounding_refit_steps) // 4),
-        eval_every=0,
-        seed=config.seed,
-        cache_dir=str(cache_dir),
-        cpu=True,
-    )
+    train_config = config.train_config(built.manifest, out / "run", cache_dir)
     result = train(train_config, resume=True, records=records)
     timings["train"] = time.perf_counter() - started - timings["data"]
     counters["train"] = cpu_times()
