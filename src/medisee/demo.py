@@ -199,7 +199,6 @@ def run_demo(config: DemoConfig) -> dict:
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    steal: dict[str, float | None] = {}
     started = time.perf_counter()
     counters = {"start": cpu_times()}
 
@@ -254,11 +253,16 @@ def run_demo(config: DemoConfig) -> dict:
     timings["total"] = time.perf_counter() - started
     counters["total"] = cpu_times()
     cpu_seconds = process_cpu_seconds()
-    previous = "start"
-    for phase in ("data", "train", "eval"):
-        steal[phase] = steal_fraction(counters[previous], counters[phase])
-        previous = phase
-    steal["total"] = steal_fraction(counters["start"], counters["total"])
+    # Each phase from the reading before it; "total" over the whole run.
+    steal = {
+        phase: steal_fraction(counters[previous], counters[phase])
+        for previous, phase in (
+            ("start", "data"),
+            ("data", "train"),
+            ("train", "eval"),
+            ("start", "total"),
+        )
+    }
 
     table = (out / "eval" / "metrics.md").read_text()
     overall = {name: s["overall"].as_dict() for name, s in summaries.items()}
