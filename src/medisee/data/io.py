@@ -23,6 +23,13 @@ Display convention (what "left" means):
 * Windowing is linear: ``lo = center - width / 2``; output ``round(255 * clip((v - lo) /
   width, 0, 1))`` (half rounds up). ``MONOCHROME1`` images are inverted after windowing so
   that bright always means high attenuation/signal on screen.
+
+Refusals are ``ImageReadError`` (a ``ValueError``) with the reason in the message:
+corrupt or unsupported files; ``ImageTooLargeError`` for rasters over Pillow's
+decompression-bomb limit (the message gives the header's real pixel count); and
+``BlankImageError`` for grey data with nothing to show: a DICOM frame, a NIfTI volume or a
+16-bit/float raster with no finite values or a single value everywhere. 8-bit photographs
+are not checked (a black PNG is still a picture).
 """
 
 from __future__ import annotations
@@ -63,6 +70,45 @@ AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 class ImageReadError(ValueError):
     """A file that cannot be read as an image (corrupt, truncated, unsupported)."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image whose header declares more pixels than a reader will decode.
+
+    Attributes:
+        pixels: the pixel count the header declares (``W * H``).
+        limit: the count that was exceeded.
+    """
+
+    def __init__(self, message: str, pixels: int, limit: int) -> None:
+        super().__init__(message)
+        self.pixels = pixels
+        self.limit = limit
+
+
+class BlankImageError(ImageReadError):
+    """A file that decodes but holds nothing to look at: no finite values (all NaN or
+    infinite) or one value everywhere. Its display would be a flat field, so a mask drawn
+    on it would mean nothing."""
+
+
+def check_informative(values: np.ndarray, what: str) -> None:
+    """Raise ``BlankImageError`` if ``values`` have no finite or no varying values.
+
+    ``what`` names the data in the message ("the image", "the volume", "slice 3").
+    """
+    data = np.asarray(values)
+    if data.size == 0:
+        raise BlankImageError(f"{what} is empty (shape {data.shape})")
+    if np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.complexfloating):
+        finite = np.isfinite(data)
+        if not finite.any():
+            raise BlankImageError(f"{what} has no finite values (every value is NaN or infinite)")
+        if not finite.all():
+            data = data[finite]
+    low, high = data.min(), data.max()
+    if low == high:
+        raise BlankImageError(f"{what} has no varying values (every finite value is {low:g})")
 
 
 @dataclass(frozen=True)
@@ -252,6 +298,45 @@ def read_image(
     return read_raster(path, window=window, modality=modality)
 
 
+def raster_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(width, height)`` of a Pillow-readable file, read from its header only.
+
+    Unlike ``Image.open`` this also answers for images over Pillow's decompression-bomb
+    limit, so that a refusal can say how large the image is. Raises ``ImageReadError``.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Image.DecompressionBombError:
+        pass  # the header was read; open it again without Pillow's size check
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageReadError(f"cannot read image {path}: {error}") from error
+    Image.init()
+    with open(path, "rb") as handle:
+        prefix = handle.read(16)
+        for name in Image.ID:
+            factory, accept = Image.OPEN[name]
+            if accept is not None and not accept(prefix):
+                continue
+            handle.seek(0)
+            try:
+                return factory(handle, str(path)).size
+            except (OSError, SyntaxError, ValueError, IndexError, TypeError):
+                continue
+    raise ImageReadError(f"cannot read image {path}: no reader for its header")
+
+
+def _pillow_pixel_limit() -> int:
+    """The size over which ``Image.open`` raises ``DecompressionBombError``."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    return 2 * int(limit) if limit else 2**63 - 1
+
+
 def read_raster(
     path: str | os.PathLike[str],
     *,
@@ -296,10 +381,24 @@ def read_raster(
             values = np.asarray(image, dtype=np.float32)
     except FileNotFoundError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except Image.DecompressionBombError:
+        width, height = raster_size(path)
+        limit = _pillow_pixel_limit()
+        raise ImageTooLargeError(
+            f"image too large: {width * height} pixels ({width} x {height}), over the "
+            f"{limit} pixels Pillow decodes (a decompression bomb?)",
+            width * height,
+            limit,
+        ) from None
+    except UnidentifiedImageError:
+        raise ImageReadError(
+            f"cannot read image {path}: not an image (PNG/JPEG/TIFF/BMP, DICOM or NIfTI)"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as error:
         raise ImageReadError(f"cannot read image {path}: {error}") from error
     if values.ndim != 2:
         raise ImageReadError(f"{path}: unsupported image mode {mode} with shape {values.shape}")
+    check_informative(values, f"the image {path}")
     resolved = resolve_window(window) or stretch_window(values)
     gray = apply_window(values, resolved)
     meta = ImageMeta(format=fmt, modality=modality, window=(resolved.center, resolved.width))
@@ -396,6 +495,7 @@ def read_dicom(
             rgb = np.floor(rgb.astype(np.float64) / (2**bits - 1) * 255 + 0.5).astype(np.uint8)
         return MedicalImage(np.ascontiguousarray(rgb), None, meta)
     values = np.asarray(apply_modality_lut(np.asarray(array), dataset), dtype=np.float32)
+    check_informative(values, f"the image {path}" if frames == 1 else f"frame {frame} of {path}")
     resolved = resolve_window(window)
     policy = window.strip().lower() if isinstance(window, str) else None
     if resolved is None and policy in (None, "auto", "header"):
@@ -547,11 +647,20 @@ def read_nifti(
     from medisee.data.schema import normalize_modality
 
     vol = load_volume(path, volume=volume)
+    check_informative(vol.data, f"the volume {path}")
     modality = normalize_modality(modality) if modality else None
     axis_i = vol.axis_index(axis)
     count = vol.num_slices(axis_i)
     index = count // 2 if index is None else index
     values = vol.slice(axis_i, index)
+    if not np.isfinite(values).any():
+        # A blank slice of a varying volume is shown (one window for the volume), but
+        # one with no finite value has nothing to show at all.
+        axis_name = {v: k for k, v in AXES.items()}[axis_i]
+        raise BlankImageError(
+            f"{axis_name} slice {index} of {path} has no finite values (every value is NaN "
+            "or infinite)"
+        )
     resolved = volume_window(vol, window, modality)
     gray = apply_window(values, resolved)
     axis_name = {v: k for k, v in AXES.items()}[axis_i]

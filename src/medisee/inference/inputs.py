@@ -8,7 +8,8 @@ frame masks and boxes are returned in):
   model sees test images the way it saw training images);
 * a ``MedicalImage``: used as is;
 * an array: ``H x W`` or ``H x W x {1, 3, 4}``. ``uint8`` passes through; any other dtype
-  (CT values, floats, 16-bit) is displayed with a percentile stretch, its values kept.
+  (CT values, floats, 16-bit) is displayed with a percentile stretch, its values kept, and
+  refused (``BlankImageError``) when it has no finite or no varying values.
 
 Uploads (the server) are sniffed by content, not by name, and their size is probed from
 the header before any pixel is decoded, so a decompression bomb is refused cheaply.
@@ -29,7 +30,9 @@ from medisee.data.io import (
     MedicalImage,
     Window,
     apply_window,
+    check_informative,
     gray_to_rgb,
+    raster_size,
     stretch_window,
 )
 
@@ -88,6 +91,8 @@ def array_to_image(array: np.ndarray) -> MedicalImage:
     if data.dtype == np.uint8:
         pixels = gray_to_rgb(data) if data.ndim == 2 else np.ascontiguousarray(data)
         return MedicalImage(pixels, None, meta)
+    # Wide dtypes are stretched: with no finite or no varying value there is no stretch.
+    check_informative(data, "the image array")
     if data.ndim == 3:
         # Colour with a wide dtype: one stretch over all channels keeps the hue.
         window = stretch_window(data)
@@ -177,14 +182,5 @@ def probe_pixel_count(path: str | os.PathLike[str], options: ReadOptions | None 
         except Exception as error:  # pydicom raises many types for a bad file
             raise ImageReadError(f"cannot read DICOM header: {error}") from error
         return rows * columns * frames
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except Image.DecompressionBombError:
-        # Pillow's own guard fired: certainly over any limit we would set.
-        return 2**62
-    except Exception as error:  # UnidentifiedImageError, OSError, SyntaxError...
-        raise ImageReadError(f"not a readable image: {error}") from error
+    width, height = raster_size(path)  # answers for decompression bombs too
     return int(width) * int(height)

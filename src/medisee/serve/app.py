@@ -28,6 +28,7 @@ import logging
 import os
 import tempfile
 import time
+import unicodedata
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -100,6 +101,7 @@ class ImageInfo(BaseModel):
     window: list[float] | None = None
     axis: str | None = None
     slice_index: int | None = None
+    frame: int | None = Field(None, description="the frame shown, for a multi-frame DICOM")
 
 
 class Timing(BaseModel):
@@ -171,7 +173,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in {
         400: "unreadable image or body",
         401: "missing or wrong API key",
-        404: "unknown or expired session",
+        404: "unknown session",
+        410: "session evicted (store full) or expired (idle)",
         413: "upload or image too large",
         415: "not an image / unsupported content type",
         422: "invalid fields (empty question, image and session together...)",
@@ -327,7 +330,7 @@ def _decode_upload(
     pydicom/nibabel only, no torch)."""
     from PIL import Image
 
-    from medisee.data.io import ImageReadError, parse_window
+    from medisee.data.io import BlankImageError, ImageReadError, ImageTooLargeError, parse_window
     from medisee.inference.inputs import ReadOptions, load_image, probe_pixel_count, sniff_suffix
 
     if not data:
@@ -358,22 +361,42 @@ def _decode_upload(
         )
     except ValueError as error:
         raise HTTPException(422, str(error)) from None
+    shown = repr(filename) if filename else "the upload"
     with tempfile.TemporaryDirectory(prefix="medisee-upload-") as folder:
         path = Path(folder) / f"upload{suffix if suffix != '.img-raster' else ''}"
         path.write_bytes(data)
+
+        def public(error: Exception) -> str:
+            # The readers name the file they read: here a temporary file, which is no
+            # business of the client's. Name the upload instead.
+            text = str(error)
+            for private in (str(path), folder, path.name):
+                text = text.replace(private, shown)
+            return text
+
         try:
             pixels = probe_pixel_count(path)
         except ImageReadError as error:
-            raise HTTPException(400, f"cannot read the upload as an image: {error}") from None
-        limit = settings.max_voxels if suffix in (".nii", ".nii.gz") else settings.max_pixels
-        if pixels > limit:
             raise HTTPException(
-                413, f"image too large: {pixels} pixels/voxels, the limit is {limit}"
-            )
+                400, f"cannot read the upload as an image: {public(error)}"
+            ) from None
+        volume = suffix in (".nii", ".nii.gz")
+        limit = settings.max_voxels if volume else settings.max_pixels
+        if pixels > limit:
+            unit = "voxels" if volume else "pixels"
+            raise HTTPException(413, f"image too large: {pixels} {unit}, the limit is {limit}")
         try:
             image = load_image(path, options)
-        except (ImageReadError, ValueError) as error:
-            raise HTTPException(400, f"cannot read the upload as an image: {error}") from None
+        except ImageTooLargeError as error:
+            raise HTTPException(413, public(error)) from None
+        except BlankImageError as error:
+            raise HTTPException(422, f"nothing to segment: {public(error)}") from None
+        except ImageReadError as error:
+            raise HTTPException(
+                400, f"cannot read the upload as an image: {public(error)}"
+            ) from None
+        except ValueError as error:  # frame/slice out of range, window='header' without one
+            raise HTTPException(422, public(error)) from None
     meta = image.meta
     height, width = image.height, image.width
     info = {
@@ -386,6 +409,7 @@ def _decode_upload(
         "window": list(meta.window) if meta.window else None,
         "axis": meta.axis,
         "slice_index": meta.index if meta.format == "nifti" else None,
+        "frame": meta.index if meta.format == "dicom" else None,
     }
     return image, info
 
@@ -493,6 +517,29 @@ def _response_body(
     }
 
 
+def _is_control(character: str) -> bool:
+    """C0/C1 control characters other than tab and newlines (a NUL in a question is a
+    client's bug, and tokenizers treat such bytes unpredictably)."""
+    return unicodedata.category(character) == "Cc" and character not in "\t\n\r"
+
+
+def _session_missing(sessions: SessionStore, session_id: str, settings: ServeSettings):
+    """410 for a session this server dropped (and why), 404 for one it does not know."""
+    reason = sessions.gone(session_id)
+    if reason == "evicted":
+        return HTTPException(
+            410,
+            f"session_id evicted: the server keeps the {settings.max_sessions} most recently "
+            "used conversations; upload the image again",
+        )
+    if reason == "expired":
+        return HTTPException(
+            410,
+            f"session_id expired after {settings.session_ttl_s:g} s idle; upload the image again",
+        )
+    return HTTPException(404, "unknown or expired session_id: upload the image again")
+
+
 # ------------------------------------------------------------------------------ app
 def create_app(
     predictor: Any,
@@ -545,10 +592,12 @@ def create_app(
     app.state.settings = settings
     app.state.sessions = sessions
 
+    retry_after = {"Retry-After": str(settings.retry_after_s)}
+
     def worker() -> ModelWorker:
         found = holder.get("worker")
         if found is None or not found.ready:
-            raise HTTPException(503, "the model is not loaded yet")
+            raise HTTPException(503, "the model is not loaded yet", retry_after)
         return found
 
     def require_key(request: Request) -> None:
@@ -595,6 +644,11 @@ def create_app(
         question = params.question.strip()
         if not question:
             raise HTTPException(422, "the question is empty")
+        control = next((c for c in question if _is_control(c)), None)
+        if control is not None:
+            raise HTTPException(
+                422, f"the question contains the control character U+{ord(control):04X}"
+            )
         if len(question) > settings.max_question_chars:
             raise HTTPException(
                 422, f"the question is longer than {settings.max_question_chars} characters"
@@ -613,7 +667,7 @@ def create_app(
                 )
             session = sessions.get(params.session_id)
             if session is None:
-                raise HTTPException(404, "unknown or expired session_id: upload the image again")
+                raise _session_missing(sessions, params.session_id, settings)
             is_new = False
         else:
             image, info = await run_in_threadpool(_decode_upload, data, filename, params, settings)
@@ -636,7 +690,7 @@ def create_app(
         try:
             future = model_worker.submit(job)
         except QueueFullError as error:
-            raise HTTPException(503, f"busy: {error}; retry later", {"Retry-After": "1"}) from None
+            raise HTTPException(503, f"busy: {error}; retry later", retry_after) from None
         except WorkerStoppedError as error:
             raise HTTPException(503, str(error)) from None
         try:
@@ -661,13 +715,13 @@ def create_app(
     @app.delete(
         "/v1/sessions/{session_id}",
         status_code=204,
-        responses={404: _ERRORS[404], 401: _ERRORS[401]},
+        responses={404: _ERRORS[404], 410: _ERRORS[410], 401: _ERRORS[401]},
         dependencies=[Depends(require_key)],
     )
     async def delete_session(session_id: str) -> Response:
         """Forget a conversation (its image and embedding)."""
         if not sessions.remove(session_id):
-            raise HTTPException(404, "unknown or expired session_id")
+            raise _session_missing(sessions, session_id, settings)
         return Response(status_code=204)
 
     return app

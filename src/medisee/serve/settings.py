@@ -16,9 +16,10 @@ class ServeSettings:
         max_voxels: largest NIfTI volume (it is read whole to choose a slice).
         max_question_chars: longest question.
         request_timeout_s: queue wait + model time allowed per request -> 504 after.
-        queue_size: requests waiting for the model worker; more -> 503.
+        queue_size: requests waiting for the model worker; more -> 503 with a
+            ``Retry-After: <retry_after_s>`` header.
         max_batch_size: queued requests the worker may answer in one generation batch.
-        session_ttl_s: a conversation idle this long is forgotten (-> 404).
+        session_ttl_s: a conversation idle this long is forgotten (-> 410).
         max_sessions: most conversations kept (each holds an image embedding, ~4 MB for
             LiteMedSAM); the least recently used is dropped first.
         max_new_tokens: default answer length; ``max_new_tokens_limit`` the most a
@@ -35,6 +36,7 @@ class ServeSettings:
     max_question_chars: int = 2000
     request_timeout_s: float = 120.0
     queue_size: int = 32
+    retry_after_s: int = 1
     max_batch_size: int = 4
     session_ttl_s: float = 1800.0
     max_sessions: int = 64
@@ -51,6 +53,7 @@ class ServeSettings:
             "max_question_chars": self.max_question_chars,
             "request_timeout_s": self.request_timeout_s,
             "queue_size": self.queue_size,
+            "retry_after_s": self.retry_after_s,
             "max_batch_size": self.max_batch_size,
             "session_ttl_s": self.session_ttl_s,
             "max_sessions": self.max_sessions,
