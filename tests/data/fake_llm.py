@@ -3,6 +3,17 @@
 It listens on 127.0.0.1 only, answers the medisee pipeline's stages deterministically
 from the JSON block in the prompt, and can be told to fail (429/500), hang, reply with
 garbage, or leak the label into a question.
+
+Structured output: ``accepts`` names the ``response_format`` forms it takes (the others get
+``refuse_status``), as a real server of each kind would:
+
+- :data:`OPENAI` ``json_schema`` and plain ``json_object`` (a ``schema`` key is refused);
+- :data:`LLAMA_CPP_PYTHON` ``json_object`` with or without ``schema`` (``json_schema`` is
+  refused, as llama-cpp-python 0.3 does);
+- :data:`NO_FORMAT` no ``response_format`` at all.
+
+Without a ``response_format`` it answers in prose around a fenced JSON block (with a stray
+``{...}`` before it), as chat models do.
 """
 
 from __future__ import annotations
@@ -15,6 +26,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 MARKER = "INPUT JSON:\n"
+ALL_FORMS = frozenset({"json_schema", "json_object+schema", "json_object", "none"})
+OPENAI = frozenset({"json_schema", "json_object", "none"})
+LLAMA_CPP_PYTHON = frozenset({"json_object+schema", "json_object", "none"})
+NO_FORMAT = frozenset({"none"})
+
+
+def request_form(body: dict[str, Any]) -> str:
+    """Which structured-output form a request body uses."""
+    form = body.get("response_format")
+    if form is None:
+        return "none"
+    if form.get("type") == "json_schema":
+        return "json_schema"
+    return "json_object+schema" if "schema" in form else "json_object"
 
 
 class FakeLLM:
@@ -25,6 +50,11 @@ class FakeLLM:
         self.hang_seconds = 2.0
         self.garbage_stages: set[str] = set()  # first reply of these stages is not JSON
         self.leak = False  # transform adds a question that names the label
+        self.accepts: frozenset[str] = ALL_FORMS
+        self.refuse_status = 400
+        self.forms: Counter[str] = Counter()  # served requests by form
+        self.schemas: dict[str, dict[str, Any]] = {}  # last schema sent per stage
+        self.probes = 0
         self.requests: Counter[str] = Counter()
         self.statuses: Counter[int] = Counter()
         self.server: ThreadingHTTPServer | None = None
@@ -82,15 +112,31 @@ class FakeLLM:
             time.sleep(self.hang_seconds)
         if action == "body":
             return self._count(200, b"<html>proxy error</html>", {})
-        stage, content = self.respond(body.get("messages", []))
+        form = request_form(body)
+        if form not in self.accepts:
+            detail = {"error": {"message": f"response_format {form} is not supported"}}
+            return self._count(self.refuse_status, detail, {})
+        messages = body.get("messages", [])
+        if any("Is the liver an organ?" in str(m.get("content")) for m in messages):
+            with self.lock:
+                self.probes += 1
+            content = '{"answer": "yes"}' if form != "none" else "Yes, the liver is an organ."
+            return self._count(200, _reply(content), {})
+        stage, content = self.respond(messages)
+        if form == "none" and content.startswith("{"):
+            content = (
+                "Sure! Here is the answer {as requested}:\n```json\n"
+                + content
+                + "\n```\nLet me know if you need more {or fewer} items."
+            )
         with self.lock:
             self.requests[stage] += 1
-        reply = {
-            "id": "fake",
-            "object": "chat.completion",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
-        }
-        return self._count(200, reply, {})
+            self.forms[form] += 1
+            rf = body.get("response_format") or {}
+            schema = rf.get("schema") or rf.get("json_schema", {}).get("schema")
+            if schema is not None:
+                self.schemas[stage] = schema
+        return self._count(200, _reply(content), {})
 
     def _count(
         self, status: int, payload: Any, headers: dict[str, str]
@@ -173,3 +219,11 @@ class FakeLLM:
             ]
             return stage, json.dumps({"items": items})
         return stage, "{}"
+
+
+def _reply(content: str) -> dict[str, Any]:
+    return {
+        "id": "fake",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
+    }

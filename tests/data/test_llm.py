@@ -154,22 +154,12 @@ def test_gives_up_and_leaves_job_for_the_next_run(fake, tiny_manifest, tmp_path)
     records[0].targets = records[0].targets[:1]
     fake.plan = ["500"] * 3
     cache = tmp_path / "c"
-    report = generate_llm(
-        records,
-        tiny_manifest.parent,
-        _config(fake.url, max_retries=2, workers=1),
-        cache,
-        progress=False,
-    )
+    # A forced dialect: no probe request to absorb the failures.
+    config = _config(fake.url, max_retries=2, workers=1, structured="json_schema")
+    report = generate_llm(records, tiny_manifest.parent, config, cache, progress=False)
     assert report.unfinished["transient errors"] == 1 and report.items == 0
     assert not (cache / JOURNAL_NAME).read_text()
-    report = generate_llm(
-        records,
-        tiny_manifest.parent,
-        _config(fake.url, max_retries=2, workers=1),
-        cache,
-        progress=False,
-    )
+    report = generate_llm(records, tiny_manifest.parent, config, cache, progress=False)
     assert report.finished == 1 and report.items == 6
 
 

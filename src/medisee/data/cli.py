@@ -144,7 +144,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             f"template QA: {sum(len(t.qa) for r in records for t in r.targets)} items; {report.summary()}"
         )
     else:
-        from medisee.data.qa_llm import LLMConfig, generate_llm
+        from medisee.data.qa_llm import LLMConfig, LLMError, generate_llm
 
         if not args.endpoint or not args.model:
             raise ValueError("--engine llm needs --endpoint and --model")
@@ -160,11 +160,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
             backoff=args.backoff,
             timeout=args.timeout,
             temperature=args.temperature,
+            max_tokens=args.max_tokens,
+            structured=args.structured,
+            seed=args.seed,
         )
         cache = Path(args.cache) if args.cache else root / ".llm_cache"
-        report = generate_llm(
-            records, root, config, cache, limit=args.limit, progress=not args.no_progress
-        )
+        try:
+            report = generate_llm(
+                records, root, config, cache, limit=args.limit, progress=not args.no_progress
+            )
+        except LLMError as error:
+            # The dialect probe could not reach the server: nothing was generated.
+            print(f"medisee data generate: {error}", file=sys.stderr)
+            return 1
         print(report.summary())
         (cache / "last_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
         if report.unfinished:
@@ -294,7 +302,12 @@ def register(subparsers: Any) -> None:
     generate.add_argument("--manifest", required=True, help="dataset directory or manifest.jsonl")
     generate.add_argument("--engine", choices=("template", "llm"), default="template")
     generate.add_argument("--out", help="output manifest (default: replace the input, atomically)")
-    generate.add_argument("--seed", type=int, default=0, help="template: wording seed")
+    generate.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="template: wording seed; llm: sampling seed sent with every request",
+    )
     generate.add_argument(
         "--endpoint", help="llm: OpenAI-compatible API base, e.g. http://127.0.0.1:8000/v1"
     )
@@ -325,6 +338,17 @@ def register(subparsers: Any) -> None:
     )
     generate.add_argument(
         "--temperature", type=float, default=0.2, help="llm: sampling temperature"
+    )
+    generate.add_argument(
+        "--max-tokens", type=int, default=1024, help="llm: reply length limit per request"
+    )
+    generate.add_argument(
+        "--structured",
+        choices=("auto", "json_schema", "json_object", "none"),
+        default="auto",
+        help="llm: structured-output form: json_schema (OpenAI, vLLM, llama-server), "
+        "json_object (with a schema key for llama-cpp-python, else plain), none (extract "
+        "the JSON from the text), or auto (probe once, fall back when refused)",
     )
     generate.add_argument("--limit", type=int, help="llm: only the first N targets")
     generate.add_argument("--no-progress", action="store_true", help="no progress bar")

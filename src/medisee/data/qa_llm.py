@@ -10,10 +10,20 @@ Per target (one *job*), following the paper's Fig. 3:
 4. **transform** turns each kept description into question + answer + explanation;
 5. a second prompt asks for ``extra_pairs`` more, different, pairs.
 
-Replies must be JSON; a malformed reply (not JSON, fields missing or of the wrong type)
-is answered with a correction request up to ``max_attempts`` times, then the stage
-fails. Items whose question names the label (or a synonym) or whose answer does not name
-the target are rejected. Every rejection is counted per reason.
+Replies must be JSON. Every stage but the caption sends the JSON schema of its reply in
+the server's *dialect* of structured output (:data:`DIALECTS`): OpenAI's ``json_schema``
+(also vLLM and llama.cpp's ``llama-server``), ``json_object`` with a ``schema`` key
+(llama-cpp-python), plain ``json_object``, or nothing, in which case the first JSON object
+is extracted from the text. ``structured="auto"`` finds the dialect once per run with a
+small probe request per form (a refused form, HTTP 400/422, falls back to the next); the
+outcome is kept in the cache directory, so a rerun sends no probe. A malformed reply (not
+JSON, fields missing or of the wrong type) is answered with a correction request up to
+``max_attempts`` times, then the stage fails.
+
+Accepted items pass :func:`item_problem`: a reasoning question must not contain the label,
+its synonyms, category name or adjectives (the check the template engine applies), must be
+a question of at least :data:`MIN_QUESTION_WORDS` words about something in the image, and
+the answer must name the target. Every rejection is counted per reason.
 
 Engineering: requests run on a thread pool of ``workers``; HTTP 429/5xx, timeouts and
 connection errors are retried with exponential back-off and jitter (``Retry-After`` is
@@ -35,6 +45,7 @@ import json
 import logging
 import os
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -52,8 +63,20 @@ from medisee.data.writer import atomic_write_text
 log = logging.getLogger(__name__)
 
 #: Bump when prompts change: it is part of every job key, so old journal lines no longer match.
-PROMPT_VERSION = "mlmr-1"
+PROMPT_VERSION = "mlmr-2"
 JOURNAL_NAME = "journal.jsonl"
+DIALECT_NAME = "dialect.json"
+
+#: Forms of structured output, in the order ``structured="auto"`` tries them.
+DIALECTS = ("json_schema", "json_object+schema", "json_object", "none")
+#: What ``LLMConfig.structured`` accepts: ``json_object`` tries the form with a schema first.
+STRUCTURED_MODES = ("auto", "json_schema", "json_object", "none")
+_MODE_CANDIDATES = {
+    "auto": DIALECTS,
+    "json_schema": ("json_schema",),
+    "json_object": ("json_object+schema", "json_object"),
+    "none": ("none",),
+}
 
 
 class LLMError(RuntimeError):
@@ -62,6 +85,14 @@ class LLMError(RuntimeError):
 
 class TransientLLMError(LLMError):
     """Retries exhausted on 429/5xx/timeouts: worth running again later."""
+
+
+class RefusedError(LLMError):
+    """HTTP 400/422: the server rejects the request as such (e.g. its ``response_format``)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
 
 
 class ReplyError(ValueError):
@@ -90,8 +121,14 @@ class LLMConfig:
     workers: int = 4
     extra_pairs: int = 2
     max_attempts: int = 2
+    structured: str = "auto"
+    seed: int | None = 0
 
     def __post_init__(self) -> None:
+        if self.structured not in STRUCTURED_MODES:
+            raise ValueError(
+                f"structured must be one of {STRUCTURED_MODES}, got {self.structured!r}"
+            )
         if not self.endpoint.startswith(("http://", "https://")):
             raise ValueError(f"endpoint must be an http(s) URL, got {self.endpoint!r}")
         if not self.model:
@@ -136,14 +173,44 @@ class ChatClient:
             json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()
         ).hexdigest()
 
-    def complete(self, messages: list[dict[str, Any]], *, model: str | None = None) -> str:
-        """The assistant's reply text (from the cache if this exact request was made before)."""
-        payload = {
+    def payload(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        model: str | None = None,
+        response_format: dict[str, Any] | None = None,
+        max_tokens: int | None = None,
+    ) -> dict[str, Any]:
+        """The request body (``response_format`` and ``seed`` only when set)."""
+        payload: dict[str, Any] = {
             "model": model or self.config.model,
             "messages": messages,
             "temperature": self.config.temperature,
-            "max_tokens": self.config.max_tokens,
+            "max_tokens": max_tokens or self.config.max_tokens,
         }
+        if self.config.seed is not None:
+            payload["seed"] = self.config.seed
+        if response_format is not None:
+            payload["response_format"] = response_format
+        return payload
+
+    def complete(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        model: str | None = None,
+        response_format: dict[str, Any] | None = None,
+        max_tokens: int | None = None,
+    ) -> str:
+        """The assistant's reply text (from the cache if this exact request was made before).
+
+        Raises:
+            RefusedError: HTTP 400/422 (not cached, not retried).
+            TransientLLMError: retries exhausted on 429/5xx/timeouts.
+        """
+        payload = self.payload(
+            messages, model=model, response_format=response_format, max_tokens=max_tokens
+        )
         key = self.request_key(payload)
         path = self.cache_dir / key[:2] / f"{key}.json"
         if path.exists():
@@ -188,6 +255,9 @@ class ChatClient:
                             retry_after = float(header)
                         except ValueError:
                             retry_after = None
+                elif status in (400, 422):
+                    self._count(f"HTTP {status}")
+                    raise RefusedError(status, f"{config.url}: {response.text[:300]}")
                 elif status >= 400:
                     self._count(f"HTTP {status}")
                     raise LLMError(f"HTTP {status} from {config.url}: {response.text[:300]}")
@@ -251,6 +321,170 @@ SYSTEM_EXTRA = (
 )
 
 
+# ---------------------------------------------------------------------- structured output
+#: Length bounds of the strings in the reply schemas. They keep a small model's constrained
+#: decoding from running on to ``max_tokens``; the ``json_schema`` dialect drops them
+#: (OpenAI's strict mode refuses ``minLength``/``maxLength``).
+SHORT_CHARS = 200
+LONG_CHARS = 500
+
+
+def _text(max_chars: int) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": max_chars}
+
+
+def _object(properties: dict[str, Any]) -> dict[str, Any]:
+    # Every property required and nothing else allowed: what OpenAI's strict mode demands.
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
+
+
+def descriptions_schema(*, nullable: bool) -> dict[str, Any]:
+    """``{"attribute": {"short", "long"}, "location": {"short", "long"}}``; with ``nullable``
+    (the evaluator) each description may be ``null``."""
+
+    def text(max_chars: int) -> dict[str, Any]:
+        return {"anyOf": [_text(max_chars), {"type": "null"}]} if nullable else _text(max_chars)
+
+    return _object(
+        {
+            perspective: _object({"short": text(SHORT_CHARS), "long": text(LONG_CHARS)})
+            for perspective in PERSPECTIVES
+        }
+    )
+
+
+def items_schema(max_items: int) -> dict[str, Any]:
+    """``{"items": [{perspective, length, question, answer, explanation}, ...]}``."""
+    item = _object(
+        {
+            "perspective": {"type": "string", "enum": list(PERSPECTIVES)},
+            "length": {"type": "string", "enum": list(LENGTHS)},
+            "question": _text(LONG_CHARS),
+            "answer": _text(SHORT_CHARS),
+            "explanation": _text(LONG_CHARS),
+        }
+    )
+    return _object(
+        {"items": {"type": "array", "items": item, "minItems": 1, "maxItems": max(1, max_items)}}
+    )
+
+
+def _without_lengths(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {
+            k: _without_lengths(v) for k, v in schema.items() if k not in ("minLength", "maxLength")
+        }
+    if isinstance(schema, list):
+        return [_without_lengths(v) for v in schema]
+    return schema
+
+
+def response_format(dialect: str, name: str, schema: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``response_format`` field asking for ``schema`` in ``dialect`` (``None``: send none)."""
+    if dialect == "json_schema":
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": name, "schema": _without_lengths(schema), "strict": True},
+        }
+    if dialect == "json_object+schema":
+        return {"type": "json_object", "schema": schema}
+    if dialect == "json_object":
+        return {"type": "json_object"}
+    if dialect == "none":
+        return None
+    raise ValueError(f"unknown structured-output dialect {dialect!r}; known: {DIALECTS}")
+
+
+PROBE_SCHEMA = _object({"answer": {"type": "string", "enum": ["yes", "no"]}})
+PROBE_MESSAGES = [
+    {"role": "system", "content": "You answer with JSON only."},
+    {
+        "role": "user",
+        "content": 'Is the liver an organ? Reply with JSON: {"answer": "yes"} or {"answer": "no"}.',
+    },
+]
+
+
+@dataclass
+class StructuredOutput:
+    """The dialect a run uses, how it was chosen, and what each probed form did."""
+
+    requested: str
+    dialect: str
+    source: str  # "forced" | "probe" | "cache"
+    probes: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "requested": self.requested,
+            "dialect": self.dialect,
+            "source": self.source,
+            "probes": dict(self.probes),
+        }
+
+
+def detect_dialect(
+    client: ChatClient, cache_dir: str | os.PathLike[str] | None = None
+) -> StructuredOutput:
+    """The structured-output dialect to use with ``client``'s endpoint.
+
+    A forced single form (``json_schema``, ``none``) is used as is. Otherwise each
+    candidate form is tried, in :data:`DIALECTS` order, with one small request
+    (:data:`PROBE_MESSAGES`): the first form the server answers with a JSON object wins;
+    HTTP 400/422 counts as refused, prose as ignored; if no form gives JSON, ``none``
+    (``json_object`` mode: its last form). The result is kept in ``cache_dir`` and reused
+    for the same endpoint, model and mode.
+    """
+    config = client.config
+    candidates = _MODE_CANDIDATES[config.structured]
+    if len(candidates) == 1:
+        return StructuredOutput(config.structured, candidates[0], "forced")
+    identity = {"endpoint": config.url, "model": config.model, "requested": config.structured}
+    path = Path(cache_dir) / DIALECT_NAME if cache_dir is not None else None
+    if path is not None and path.exists():
+        try:
+            saved = json.loads(path.read_text("utf-8"))
+            if all(saved.get(k) == v for k, v in identity.items()) and saved["dialect"] in (
+                candidates
+            ):
+                return StructuredOutput(
+                    config.structured, saved["dialect"], "cache", dict(saved.get("probes", {}))
+                )
+        except (json.JSONDecodeError, KeyError, OSError, TypeError):
+            pass  # probe again
+    probes: dict[str, str] = {}
+    chosen = candidates[-1]
+    for form in candidates:
+        try:
+            reply = client.complete(
+                PROBE_MESSAGES,
+                response_format=response_format(form, "probe", PROBE_SCHEMA),
+                max_tokens=32,
+            )
+        except RefusedError as error:
+            probes[form] = f"refused (HTTP {error.status})"
+            continue
+        try:
+            parse_json_reply(reply)
+        except ReplyError:
+            probes[form] = "ignored (no JSON in the reply)"
+            continue
+        probes[form] = "ok"
+        chosen = form
+        break
+    result = StructuredOutput(config.structured, chosen, "probe", probes)
+    if path is not None:
+        atomic_write_text(
+            path, json.dumps({**identity, "dialect": chosen, "probes": probes}, indent=2) + "\n"
+        )
+    return result
+
+
 def _user(instruction: str, payload: dict[str, Any]) -> dict[str, Any]:
     """A user message: the instruction, then the data as a JSON block (easy for models and
     for the test stand-in server to read)."""
@@ -260,18 +494,26 @@ def _user(instruction: str, payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_DECODER = json.JSONDecoder()
+
+
 def parse_json_reply(text: str) -> dict[str, Any]:
-    """The JSON object in a reply (tolerates a Markdown code fence and surrounding prose)."""
-    start, end = text.find("{"), text.rfind("}")
-    if start < 0 or end <= start:
-        raise ReplyError("non-json", text[:120])
-    try:
-        data = json.loads(text[start : end + 1])
-    except json.JSONDecodeError as error:
-        raise ReplyError("non-json", str(error)) from None
-    if not isinstance(data, dict):
-        raise ReplyError("non-json", "not a JSON object")
-    return data
+    """The first JSON object in a reply: tolerates a Markdown code fence, prose before or
+    after it and stray braces in the prose (each ``{`` is tried until one starts a valid
+    object)."""
+    start = text.find("{")
+    tries = 0
+    while start >= 0 and tries < 200:  # bounded: prose with many braces
+        tries += 1
+        try:
+            data, _ = _DECODER.raw_decode(text, start)
+        except json.JSONDecodeError:
+            start = text.find("{", start + 1)
+            continue
+        if isinstance(data, dict):
+            return data
+        start = text.find("{", start + 1)
+    raise ReplyError("non-json", text[:120])
 
 
 def _descriptions(data: dict[str, Any], *, allow_null: bool) -> dict[str, dict[str, str | None]]:
@@ -303,6 +545,88 @@ def _raw_items(data: dict[str, Any]) -> list[Any]:
     return items
 
 
+# ---------------------------------------------------------------------- item checks
+#: A reasoning question shorter than this many words is rejected as too short.
+MIN_QUESTION_WORDS = 5
+_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
+_ASKING = re.compile(
+    r"^(which|what|where|whose|who|how|can|could|would|identify|find|locate|point|show|"
+    r"segment|mark|highlight|outline|indicate|select|delineate|please)\b",
+    re.IGNORECASE,
+)
+#: Words by which a question points at something in the image.
+IMAGE_WORDS = frozenset(
+    """structure structures organ organs region regions area areas part parts object objects
+    tissue tissues vessel vessels bone bones lesion lesions abnormality abnormalities
+    chamber chambers mass masses image scan slice view picture radiograph mammogram
+    photograph ultrasound shown visible seen appears appearing bright dark
+    left right upper lower top bottom centre center central middle above below near
+    beside between adjacent next side corner edge inside outside surrounding box""".split()
+)
+_STOPWORDS = frozenset(
+    """the and for with that this from which what where into onto over under than then
+    their there these those they them its it's is are was were be been being has have
+    had does do did can could would should will shall may might must not only also very
+    about each other such most more less some any all one two both""".split()
+)
+
+
+def _content_words(text: str) -> set[str]:
+    return {
+        word
+        for word in (w.lower() for w in _WORD.findall(text))
+        if len(word) >= 4 and word not in _STOPWORDS
+    }
+
+
+def item_problem(item: QAItem, record: Record, target_index: int, ontology: Ontology) -> str | None:
+    """Why an LLM reasoning item about ``record.targets[target_index]`` is rejected, or
+    ``None`` if it is accepted.
+
+    In order: ``"label leaked"`` (the question contains the label, its category name, a
+    synonym or an adjective: :meth:`Ontology.leaked_term`, the template engine's check),
+    ``"too short"`` (fewer than :data:`MIN_QUESTION_WORDS` words),
+    ``"not a question"`` (no question mark and no asking/imperative opening),
+    ``"off-topic"`` (no word pointing at the image: a kind or position word, a content word
+    of the target's ontology entry or a neighbour's label), and
+    ``"answer does not name the target"``.
+    """
+    label = record.targets[target_index].label
+    question = item.question.strip()
+    words = _WORD.findall(question)
+    if ontology.leaked_term(question, label) is not None:
+        return "label leaked"
+    if len(words) < MIN_QUESTION_WORDS:
+        return "too short"
+    if not (question.endswith("?") or _ASKING.match(question)):
+        return "not a question"
+    lowered = {word.lower() for word in words}
+    topical = set(IMAGE_WORDS)
+    resolved = ontology.resolve(label)
+    if resolved is not None:
+        category = resolved.category
+        topical.update(category.noun.split())
+        for text in (
+            category.function,
+            category.location,
+            *category.attributes,
+            *category.appearance.values(),
+            *category.conditions,
+        ):
+            topical.update(_content_words(text))
+    modality_noun = MODALITY_NOUNS.get(record.modality, "")
+    topical.update(modality_noun.lower().split())
+    topical.update(record.modality.lower().split())
+    for i, other in enumerate(record.targets):
+        if i != target_index:
+            topical.update(_content_words(other.label))
+    if not lowered & topical:
+        return "off-topic"
+    if ontology.leaked_term(item.answer, label) is None:
+        return "answer does not name the target"
+    return None
+
+
 @dataclass
 class Job:
     """One target of one record to generate questions for."""
@@ -326,10 +650,12 @@ class JobResult:
     rejects: Counter[str] = field(default_factory=Counter)
 
 
-def job_key(config: LLMConfig, record: Record, target_index: int) -> str:
-    """Stable id of a job: record, target, label and every setting that shapes the output."""
+def job_key(config: LLMConfig, record: Record, target_index: int, dialect: str = "none") -> str:
+    """Stable id of a job: record, target, label and every setting that shapes the output
+    (the structured-output dialect among them)."""
     parts = [
         PROMPT_VERSION,
+        dialect,
         config.model,
         config.caption_model or "",
         str(config.extra_pairs),
@@ -343,10 +669,15 @@ def job_key(config: LLMConfig, record: Record, target_index: int) -> str:
 class Pipeline:
     """Runs the five stages for one job with a :class:`ChatClient`."""
 
-    def __init__(self, config: LLMConfig, client: ChatClient, ontology: Ontology) -> None:
+    def __init__(
+        self, config: LLMConfig, client: ChatClient, ontology: Ontology, dialect: str = "none"
+    ) -> None:
+        if dialect not in DIALECTS:
+            raise ValueError(f"dialect must be one of {DIALECTS}, got {dialect!r}")
         self.config = config
         self.client = client
         self.ontology = ontology
+        self.dialect = dialect
 
     def _ask(
         self,
@@ -354,11 +685,14 @@ class Pipeline:
         parse: Callable[[str], Any],
         rejects: Counter[str],
         stage: str,
+        schema: dict[str, Any] | None = None,
         model: str | None = None,
     ) -> Any:
-        """Send ``messages``; on a malformed reply, ask again with a correction (bounded)."""
+        """Send ``messages`` (asking for ``schema`` in the run's dialect); on a malformed
+        reply, ask again with a correction (bounded by ``max_attempts``)."""
+        form = response_format(self.dialect, stage, schema) if schema is not None else None
         for attempt in range(self.config.max_attempts):
-            reply = self.client.complete(messages, model=model)
+            reply = self.client.complete(messages, model=model, response_format=form)
             try:
                 return parse(reply)
             except ReplyError as error:
@@ -434,7 +768,7 @@ class Pipeline:
             return None
 
     def _valid_items(
-        self, raw: list[Any], label: str, rejects: Counter[str], stage: str, seen: set[str]
+        self, raw: list[Any], job: Job, rejects: Counter[str], stage: str, seen: set[str]
     ) -> list[QAItem]:
         out = []
         for entry in raw:
@@ -446,21 +780,19 @@ class Pipeline:
                     kind="reasoning",
                     perspective=entry.get("perspective"),
                     length=entry.get("length"),
-                    question=str(entry.get("question", "")).strip(),
-                    answer=str(entry.get("answer", "")).strip(),
-                    explanation=str(entry.get("explanation", "")).strip(),
+                    question=" ".join(str(entry.get("question", "")).split()),
+                    answer=" ".join(str(entry.get("answer", "")).split()),
+                    explanation=" ".join(str(entry.get("explanation", "")).split()),
                     engine="llm",
                 )
             except ValueError:
                 rejects[f"{stage}: missing fields"] += 1
                 continue
-            if self.ontology.leaked_term(item.question, label) is not None:
-                rejects[f"{stage}: label leaked"] += 1
+            problem = item_problem(item, job.record, job.target_index, self.ontology)
+            if problem is not None:
+                rejects[f"{stage}: {problem}"] += 1
                 continue
-            if self.ontology.leaked_term(item.answer, label) is None:
-                rejects[f"{stage}: answer does not name the target"] += 1
-                continue
-            key = " ".join(item.question.lower().split())
+            key = item.question.lower()
             if key in seen:
                 rejects[f"{stage}: duplicate question"] += 1
                 continue
@@ -483,6 +815,7 @@ class Pipeline:
                 lambda text: _descriptions(parse_json_reply(text), allow_null=False),
                 rejects,
                 "describe",
+                descriptions_schema(nullable=False),
             )
             # Descriptions that already name the object would make leaking questions.
             for perspective in PERSPECTIVES:
@@ -507,6 +840,7 @@ class Pipeline:
                 lambda text: _descriptions(parse_json_reply(text), allow_null=True),
                 rejects,
                 "evaluate",
+                descriptions_schema(nullable=True),
             )
         except ReplyError as error:
             return JobResult(
@@ -544,12 +878,13 @@ class Pipeline:
                 lambda text: _raw_items(parse_json_reply(text)),
                 rejects,
                 "transform",
+                items_schema(len(PERSPECTIVES) * len(LENGTHS)),
             )
         except ReplyError as error:
             return JobResult(
                 job.key, "failed", reason=f"malformed reply ({error.reason})", rejects=rejects
             )
-        items = self._valid_items(raw, label, rejects, "transform", seen)
+        items = self._valid_items(raw, job, rejects, "transform", seen)
         if self.config.extra_pairs > 0:
             try:
                 raw_extra = self._ask(
@@ -568,9 +903,10 @@ class Pipeline:
                     lambda text: _raw_items(parse_json_reply(text)),
                     rejects,
                     "extra",
+                    items_schema(self.config.extra_pairs),
                 )
                 items += self._valid_items(
-                    raw_extra[: self.config.extra_pairs], label, rejects, "extra", seen
+                    raw_extra[: self.config.extra_pairs], job, rejects, "extra", seen
                 )
             except ReplyError:
                 pass  # extra pairs are a bonus; the rejection is counted
@@ -646,9 +982,12 @@ class GenerationReport:
     rejects: Counter[str] = field(default_factory=Counter)
     client: Counter[str] = field(default_factory=Counter)
     items: int = 0
+    structured: StructuredOutput | None = None
+    targets_with_items: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "structured": self.structured.to_dict() if self.structured else None,
             "jobs": self.jobs,
             "already_done": self.already_done,
             "finished_now": self.finished,
@@ -657,15 +996,23 @@ class GenerationReport:
             "rejected": dict(self.rejects),
             "client": dict(self.client),
             "items": self.items,
+            "targets_with_items": self.targets_with_items,
         }
 
     def summary(self) -> str:
         lines = [
             f"jobs {self.jobs}: {self.already_done} from the journal, {self.finished} now, "
-            f"{sum(self.unfinished.values())} unfinished; {self.items} LLM items in the output",
+            f"{sum(self.unfinished.values())} unfinished; {self.items} LLM items in the output "
+            f"({self.targets_with_items} targets with at least one)",
             "client: "
             + (", ".join(f"{k} {v}" for k, v in sorted(self.client.items())) or "no requests"),
         ]
+        if self.structured is not None:
+            lines.insert(
+                1,
+                f"structured output: {self.structured.dialect} "
+                f"({self.structured.source}, requested {self.structured.requested})",
+            )
         if self.failed:
             lines.append("failed jobs: " + ", ".join(f"{k} {v}" for k, v in self.failed.items()))
         if self.rejects:
@@ -680,9 +1027,19 @@ class GenerationReport:
         return "\n".join(lines)
 
 
-def merge_llm_items(records: Sequence[Record], jobs: Sequence[Job], journal: Journal) -> int:
+def merge_llm_items(
+    records: Sequence[Record],
+    jobs: Sequence[Job],
+    journal: Journal,
+    ontology: Ontology | None = None,
+    rejects: Counter[str] | None = None,
+) -> int:
     """Replace the ``engine == "llm"`` items of each target whose job is in the journal
-    (finished, ok or failed) with the journal's items; returns how many were added."""
+    (finished, ok or failed) with the journal's items; returns how many were added.
+
+    With ``ontology``, every journal item is checked again with :func:`item_problem` (a
+    journal written by hand or by an older check cannot put a leaking item in the
+    manifest); those rejected are counted in ``rejects`` as ``"journal: <reason>"``."""
     by_target = {(job.record.id, job.target_index): job.key for job in jobs}
     total = 0
     for record in records:
@@ -693,9 +1050,19 @@ def merge_llm_items(records: Sequence[Record], jobs: Sequence[Job], journal: Jou
                 continue  # not generated (yet): keep whatever the target had
             kept = [item for item in target.qa if item.engine != "llm"]
             if entry.get("status") == "ok":
-                new = [QAItem.from_dict(item) for item in entry.get("items", [])]
-                kept += new
-                total += len(new)
+                for data in entry.get("items", []):
+                    item = QAItem.from_dict(data)
+                    problem = (
+                        item_problem(item, record, t_index, ontology)
+                        if ontology is not None
+                        else None
+                    )
+                    if problem is not None:
+                        if rejects is not None:
+                            rejects[f"journal: {problem}"] += 1
+                        continue
+                    kept.append(item)
+                    total += 1
             target.qa = kept
     return total
 
@@ -711,68 +1078,101 @@ def generate_llm(
     progress: bool = True,
 ) -> GenerationReport:
     """Run the pipeline for every target of ``records`` (in place: LLM items are merged into
-    the targets' ``qa``). Resumable through ``cache_dir`` (see the module docstring)."""
+    the targets' ``qa``). Resumable through ``cache_dir`` (see the module docstring).
+
+    The report's ``rejects`` and ``failed`` count the jobs of this output, those read back
+    from the journal included, so a resumed run reports the same totals as an
+    uninterrupted one."""
     ontology = ontology if ontology is not None else Ontology.load()
     root = Path(root)
-    jobs = [
-        Job(job_key(config, record, t), record, t, root)
-        for record in records
-        for t in range(len(record.targets))
-    ]
-    if limit is not None:
-        jobs = jobs[:limit]
-    report = GenerationReport(jobs=len(jobs))
-    journal = Journal(Path(cache_dir) / JOURNAL_NAME)
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
     client = ChatClient(config, cache_dir)
-    pipeline = Pipeline(config, client, ontology)
-    pending = [job for job in jobs if job.key not in journal]
-    report.already_done = len(jobs) - len(pending)
+    journal: Journal | None = None
     try:
-        with ThreadPoolExecutor(max_workers=config.workers) as pool:
-            futures = {pool.submit(pipeline.run, job): job for job in pending}
-            bar = None
-            if progress:
-                from tqdm import tqdm
-
-                bar = tqdm(total=len(pending), desc="generate (llm)", unit="target")
-            try:
-                for future in as_completed(futures):
-                    job = futures[future]
-                    try:
-                        result = future.result()
-                    except TransientLLMError as error:
-                        report.unfinished["transient errors"] += 1
-                        log.warning("job %s (%s) unfinished: %s", job.record.id, job.label, error)
-                        continue
-                    except LLMError as error:
-                        report.unfinished["request errors"] += 1
-                        log.error("job %s (%s) failed: %s", job.record.id, job.label, error)
-                        continue
-                    finally:
-                        if bar is not None:
-                            bar.update(1)
-                    report.rejects.update(result.rejects)
-                    if result.status != "ok":
-                        report.failed[result.reason or "failed"] += 1
-                    journal.append(
-                        {
-                            "job": job.key,
-                            "record": job.record.id,
-                            "target": job.target_index,
-                            "label": job.label,
-                            "status": result.status,
-                            "reason": result.reason,
-                            "rejects": dict(result.rejects),
-                            "items": [item.to_dict() for item in result.items],
-                        }
-                    )
-                    report.finished += 1
-            finally:
-                if bar is not None:
-                    bar.close()
+        structured = detect_dialect(client, cache_dir)
+        log.info("structured output: %s (%s)", structured.dialect, structured.source)
+        jobs = [
+            Job(job_key(config, record, t, structured.dialect), record, t, root)
+            for record in records
+            for t in range(len(record.targets))
+        ]
+        if limit is not None:
+            jobs = jobs[:limit]
+        report = GenerationReport(jobs=len(jobs), structured=structured)
+        journal = Journal(cache_dir / JOURNAL_NAME)
+        pipeline = Pipeline(config, client, ontology, structured.dialect)
+        pending = [job for job in jobs if job.key not in journal]
+        report.already_done = len(jobs) - len(pending)
+        _run_jobs(pipeline, pending, journal, report, config.workers, progress)
     finally:
         client.close()
-        journal.close()
+        if journal is not None:
+            journal.close()
     report.client = Counter(client.stats)
-    report.items = merge_llm_items(records, jobs, journal)
+    for job in jobs:
+        entry = journal.entries.get(job.key)
+        if entry is None:
+            continue
+        report.rejects.update(entry.get("rejects", {}))
+        if entry.get("status") != "ok":
+            report.failed[entry.get("reason") or "failed"] += 1
+    report.items = merge_llm_items(records, jobs, journal, ontology, report.rejects)
+    keys = {(job.record.id, job.target_index) for job in jobs}
+    report.targets_with_items = sum(
+        1
+        for record in records
+        for t, target in enumerate(record.targets)
+        if (record.id, t) in keys and any(item.engine == "llm" for item in target.qa)
+    )
     return report
+
+
+def _run_jobs(
+    pipeline: Pipeline,
+    pending: Sequence[Job],
+    journal: Journal,
+    report: GenerationReport,
+    workers: int,
+    progress: bool,
+) -> None:
+    """Run ``pending`` on a thread pool; each finished job goes to the journal at once."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(pipeline.run, job): job for job in pending}
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(pending), desc="generate (llm)", unit="target")
+        try:
+            for future in as_completed(futures):
+                job = futures[future]
+                try:
+                    result = future.result()
+                except TransientLLMError as error:
+                    report.unfinished["transient errors"] += 1
+                    log.warning("job %s (%s) unfinished: %s", job.record.id, job.label, error)
+                    continue
+                except LLMError as error:
+                    report.unfinished["request errors"] += 1
+                    log.error("job %s (%s) failed: %s", job.record.id, job.label, error)
+                    continue
+                finally:
+                    if bar is not None:
+                        bar.update(1)
+                journal.append(
+                    {
+                        "job": job.key,
+                        "record": job.record.id,
+                        "target": job.target_index,
+                        "label": job.label,
+                        "status": result.status,
+                        "reason": result.reason,
+                        "rejects": dict(result.rejects),
+                        "items": [item.to_dict() for item in result.items],
+                    }
+                )
+                report.finished += 1
+        finally:
+            if bar is not None:
+                bar.close()
