@@ -89,8 +89,7 @@ def force_targets(model) -> None:
 
 
 def build(args: argparse.Namespace):
-    from medisee.model.builder import build_model
-    from medisee.model.medisee import MediSee
+    from medisee.model.medisee import MediSee, build_model
     from medisee.model.presets import get_preset
 
     torch.manual_seed(0)

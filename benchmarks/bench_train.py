@@ -56,7 +56,8 @@ def peak_memory_mib(device: torch.device) -> float:
 
 def main() -> None:
     from medisee.losses import LossWeights
-    from medisee.model.builder import build_model, parameter_report
+    from medisee.model.builder import parameter_report
+    from medisee.model.medisee import build_model
     from medisee.model.presets import get_preset
     from medisee.train.task import MediSeeTask
 

@@ -122,7 +122,7 @@ def default_dtype(dtype: torch.dtype):
 def build_full_size(device: torch.device, tiny: bool, dtype: torch.dtype = torch.bfloat16):
     """Random-weight model built directly on ``device`` in ``dtype``; trainable parameters
     are then kept in fp32 (master weights), as mixed-precision training does."""
-    from medisee.model.builder import build_model
+    from medisee.model.medisee import build_model
     from medisee.model.tokenizer import default_corpus, train_lite_tokenizer
 
     # Any tokenizer with <image> works for random weights; its ids are < the LLaVA vocab.

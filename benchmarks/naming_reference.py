@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--out", help="JSON file for the results")
     args = parser.parse_args()
 
-    from medisee.train.trainer import load_records
+    from medisee.data.manifest import load_records
 
     records, _ = load_records(args.manifest)
     namer = NaiveBayesNamer(questions(records, "train"))

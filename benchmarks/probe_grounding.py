@@ -41,12 +41,12 @@ def main() -> None:
     from medisee.data.manifest import read_manifest
     from medisee.data.masks import load_mask
     from medisee.losses import LossWeights, grounding_loss
+    from medisee.model.embedding_cache import EmbeddingCache, encoder_fingerprint
     from medisee.model.grounding import GroundingHead, peak_region, region_box
     from medisee.model.mask_decoder import build_segmenter
     from medisee.model.preprocess import SamTransform
     from medisee.model.presets import lite
     from medisee.train.dataset import mask_to_input_frame
-    from medisee.train.embedding_cache import EmbeddingCache, encoder_fingerprint
 
     torch.manual_seed(args.seed)
     demo = Path(args.demo_dir)

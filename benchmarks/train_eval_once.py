@@ -49,10 +49,11 @@ def main() -> None:
 
     keep_freed_memory()  # as the CLI does (MEDISEE_DEFAULT_MALLOC=1 leaves glibc alone)
 
+    from medisee.data.manifest import load_records
     from medisee.evaluate.pipeline import evaluate_with_baselines
     from medisee.losses import LossWeights
     from medisee.train.config import TrainConfig
-    from medisee.train.trainer import load_records, train
+    from medisee.train.trainer import train
 
     demo = Path(args.demo_dir)
     manifest = demo / "data" / "manifest.jsonl"

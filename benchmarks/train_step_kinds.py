@@ -35,9 +35,10 @@ def main() -> None:
     parser.add_argument("--json", help="also write the medians here")
     args = parser.parse_args()
 
+    from medisee.data.manifest import load_records
     from medisee.demo import DemoConfig, cpu_times, steal_fraction
     from medisee.train import task as task_module
-    from medisee.train.trainer import load_records, train
+    from medisee.train.trainer import train
 
     demo_dir = Path(args.demo_dir)
     manifest = demo_dir / "data" / "manifest.jsonl"

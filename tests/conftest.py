@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medisee.model.builder import build_model
+from medisee.model.medisee import build_model
 from medisee.model.presets import tiny
 from medisee.model.tokenizer import default_corpus
 

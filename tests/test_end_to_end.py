@@ -5,8 +5,8 @@ import json
 from medisee.cli import main
 from medisee.data.manifest import read_manifest
 from medisee.demo import write_overlays
+from medisee.model.embedding_cache import EmbeddingCache, encoder_fingerprint
 from medisee.model.medisee import MediSee
-from medisee.train.embedding_cache import EmbeddingCache, encoder_fingerprint
 
 
 def test_build_train_eval_predict(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import torch
 
 from medisee import losses
 from medisee.losses import LossWeights
+from medisee.model.medisee import similarity_logits
 
 
 def test_bce_hand_computed_2x2():
@@ -89,7 +90,7 @@ def test_similarity_logits_hand_computed():
     image_states = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])
     query = torch.tensor([[2.0, 0.0]])
     expected = torch.tensor([[2.0, 0.0, 2.0]]) / math.sqrt(2)
-    torch.testing.assert_close(losses.similarity_logits(image_states, query), expected)
+    torch.testing.assert_close(similarity_logits(image_states, query), expected)
 
 
 def test_similarity_loss_weights_and_target_has_no_gradient():

@@ -314,7 +314,7 @@ def write_overlays(
     test images, one per image; embeddings come from ``cache_dir`` when it holds them (the
     evaluation has just computed them), else from the encoder."""
     from medisee.inference import Predictor
-    from medisee.train.embedding_cache import EmbeddingCache, encoder_fingerprint
+    from medisee.model.embedding_cache import EmbeddingCache, encoder_fingerprint
 
     predictor = Predictor.from_pretrained(model_dir)
     cache = None

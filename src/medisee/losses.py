@@ -107,16 +107,6 @@ def giou_loss(pred_cxcywh: torch.Tensor, target_cxcywh: torch.Tensor) -> torch.T
     return 1.0 - generalized_box_iou(cxcywh_to_xyxy(pred_cxcywh), cxcywh_to_xyxy(target_cxcywh))
 
 
-def similarity_logits(image_states: torch.Tensor, query_state: torch.Tensor) -> torch.Tensor:
-    """``Sim(h_img, h_seg)``: scaled dot product of each image token with the query.
-
-    Args: ``image_states`` ``[B, N, d]`` (LM last-layer states at the image tokens),
-    ``query_state`` ``[B, d]``. Returns ``[B, N]`` logits over image tokens.
-    """
-    scale = image_states.shape[-1] ** -0.5
-    return torch.einsum("bnd,bd->bn", image_states, query_state) * scale
-
-
 def js_divergence(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
     """Jensen-Shannon divergence (nats) between ``softmax`` over the last dim. Returns ``[B]``."""
     log_p = logits_p.log_softmax(-1)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from medisee.inference.predictor import Predictor
-from medisee.model.builder import build_model
+from medisee.model.medisee import build_model
 from medisee.model.presets import tiny
 from tests.conftest import TINY_CORPUS
 

@@ -314,7 +314,7 @@ def test_public_releases_build_a_medisee_7b_shaped_model(
     """Converted LLaVA-Med + a segment-anything-format MedSAM file -> ``build_model`` of the
     ``medisee-7b`` preset (sizes shrunk): the SAM file loads strictly into the segmenter, the
     tokenizer comes from the converted directory, LoRA is on, a forward pass runs."""
-    from medisee.model.builder import build_model
+    from medisee.model.medisee import build_model
     from medisee.model.presets import medisee_7b
     from tests.conftest import make_batch
     from tests.model.test_sam_checkpoint import sam_vit_state

@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from medisee.cli import main
-from medisee.model.builder import build_model
 from medisee.model.config import LanguageConfig, LoraSettings
 from medisee.model.export import LANGUAGE_MODEL_DIR, export_model, is_exported, merge_lora
-from medisee.model.medisee import MediSee
+from medisee.model.medisee import MediSee, build_model
 from medisee.model.mllm import QUANTIZATION_SKIP_MODULES
 from medisee.model.presets import tiny
 from medisee.model.tokenizer import train_lite_tokenizer

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from medisee.losses import LossWeights, end_to_end_loss, next_token_supervised
-from medisee.model.builder import build_model, parameter_report
+from medisee.model.builder import parameter_report
 from medisee.model.config import LanguageConfig, LoraSettings
-from medisee.model.medisee import MediSee
+from medisee.model.medisee import MediSee, build_model
 from medisee.model.presets import tiny
 from medisee.model.tokenizer import IMAGE_TOKEN, train_lite_tokenizer
 from tests.conftest import TINY_CORPUS, make_batch

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from medisee.losses import LossWeights, end_to_end_loss, next_token_supervised, text_loss
-from medisee.model.builder import build_model, parameter_report
-from medisee.model.medisee import MediSee
+from medisee.model.builder import parameter_report
+from medisee.model.medisee import MediSee, build_model
 from medisee.model.presets import get_preset, tiny
 from tests.conftest import TINY_CORPUS, make_batch
 

@@ -142,7 +142,8 @@ def test_lora_count_equals_peft(targets: tuple[str, ...]) -> None:
 def test_trainable_and_frozen_totals_match_a_built_model() -> None:
     """The whole accounting (LLM, CLIP, projector, LoRA, new token rows, SAM, heads, and
     the trainable/frozen split of ``apply_trainable_policy``) on a tiny built model."""
-    from medisee.model.builder import build_model, parameter_report
+    from medisee.model.builder import parameter_report
+    from medisee.model.medisee import build_model
     from medisee.model.presets import tiny
     from medisee.model.tokenizer import train_lite_tokenizer
     from tests.conftest import TINY_CORPUS

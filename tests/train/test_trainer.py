@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from medisee.model.embedding_cache import EmbeddingCache
 from medisee.train.config import TrainConfig
 from medisee.train.dataset import (
     Collator,
@@ -15,7 +16,6 @@ from medisee.train.dataset import (
     repeat_factors,
     stack_as_float32,
 )
-from medisee.train.embedding_cache import EmbeddingCache
 from medisee.train.trainer import (
     latest_checkpoint,
     train,
@@ -319,8 +319,8 @@ def test_train_runs_both_stages_and_writes_everything(tmp_path, synthetic_record
 
 
 def test_without_periodic_evaluation_only_training_images_are_embedded(tmp_path, synthetic_records):
+    from medisee.model.embedding_cache import EmbeddingCache, encoder_fingerprint
     from medisee.model.medisee import MediSee
-    from medisee.train.embedding_cache import EmbeddingCache, encoder_fingerprint
 
     train(_config(tmp_path, eval_every=0, max_steps=1), progress=False, records=synthetic_records)
     records, root = synthetic_records

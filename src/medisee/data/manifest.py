@@ -9,6 +9,7 @@ targets whose label it does not know. Nothing is dropped silently: the returned
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +19,8 @@ from medisee.data.masks import MaskError, load_mask
 from medisee.data.ontology import Ontology
 from medisee.data.schema import Record, SchemaVersionError, SkipReport, Target
 from medisee.data.writer import MANIFEST_NAME
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_manifest(path: str | os.PathLike[str]) -> Path:
@@ -168,3 +171,12 @@ def read_manifest(
             if filtered is not None:
                 records.append(filtered)
     return records, report
+
+
+def load_records(manifest: str | os.PathLike[str]) -> tuple[list[Record], Path]:
+    """Records of a manifest (invalid ones skipped with a warning) and the directory their
+    relative paths start from."""
+    records, report = read_manifest(manifest)
+    if report:
+        logger.warning("manifest %s: skipped %s", manifest, report.summary())
+    return records, resolve_manifest(manifest).parent

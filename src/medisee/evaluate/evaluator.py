@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from medisee.boxes import clip_box, denormalize_box
 from medisee.evaluate.metrics import MetricAccumulator, Summary, score_target
 from medisee.model.preprocess import SamTransform
-from medisee.train.dataset import right_pad
+from medisee.model.prompting import right_pad
 
 GROUP_KEYS = ("split", "kind", "length", "perspective", "category", "modality")
 

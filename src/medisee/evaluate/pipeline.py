@@ -29,12 +29,12 @@ def evaluate_with_baselines(
 ) -> dict[str, dict[str, Any]]:
     """Returns ``{method: summary}``; writes ``metrics.json``, ``metrics.md`` and the
     per-example ``predictions.jsonl`` (with each generated explanation) under ``out``."""
+    from medisee.data.manifest import load_records
     from medisee.data.ontology import Ontology
     from medisee.evaluate.baselines import run_baselines
+    from medisee.model.embedding_cache import EmbeddingCache, encoder_fingerprint
     from medisee.model.mask_decoder import build_segmenter
     from medisee.model.medisee import MediSee
-    from medisee.train.embedding_cache import EmbeddingCache, encoder_fingerprint
-    from medisee.train.trainer import load_records
 
     all_records, root = records if records is not None else load_records(manifest)
     chosen = [r for r in all_records if r.split == split]

@@ -1,4 +1,8 @@
-"""Assemble a ``MediSee`` from a ``ModelConfig``, and the trainable/frozen policy."""
+"""Build the parts of a ``MediSee`` from a ``ModelConfig``, and the trainable/frozen policy.
+
+``medisee.model.medisee.build_model`` assembles the parts into the composite; this module
+does not import the composite (so ``MediSee.from_pretrained`` can build through it).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import dataclasses
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -14,7 +19,6 @@ from medisee.model.box_decoder import BoxDecoder
 from medisee.model.config import ModelConfig
 from medisee.model.fusion import CandidateFusion
 from medisee.model.grounding import GroundingHead
-from medisee.model.medisee import MediSee
 from medisee.model.mllm import LanguageBackbone, LiteBackbone, LlavaBackbone
 from medisee.model.prompting import CHAT_FORMATS
 from medisee.model.tokenizer import (
@@ -23,6 +27,9 @@ from medisee.model.tokenizer import (
     default_corpus,
     train_lite_tokenizer,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from medisee.model.medisee import MediSee
 
 logger = logging.getLogger(__name__)
 
@@ -53,16 +60,17 @@ def build_tokenizer(config: ModelConfig, corpus: Iterable[str] | None = None):
     return AutoTokenizer.from_pretrained(config.language.pretrained_path, local_files_only=True)
 
 
-def build_model(
+def build_parts(
     config: ModelConfig,
     tokenizer=None,
     corpus: Iterable[str] | None = None,
     load_segmenter_weights: bool = True,
     llm_dtype: torch.dtype | None = None,
     llm_quantization: str | None = None,
-) -> MediSee:
-    """Build every part from ``config``; candidate tokens are added to the tokenizer and
-    the vocabulary, LoRA applied if configured, and the trainable policy set.
+) -> dict[str, Any]:
+    """Build every part of a ``MediSee`` from ``config``, as the composite's constructor
+    arguments (``config`` included); candidate tokens are added to the tokenizer and the
+    vocabulary, and LoRA applied if configured.
 
     ``load_segmenter_weights=False`` skips ``config.mask.weights`` (used when a full
     checkpoint will be loaded on top). ``llm_dtype`` / ``llm_quantization`` (``"8bit"``,
@@ -106,24 +114,22 @@ def build_model(
         )
 
     hidden = language.hidden_size
-    model = MediSee(
-        config=config,
-        language=language,
-        tokenizer=tokenizer,
-        fusion=CandidateFusion(hidden, config.num_candidate_tokens, config.fusion),
-        box_decoder=BoxDecoder(hidden, config.box),
-        seg_projection=_seg_projection(
+    return {
+        "config": config,
+        "language": language,
+        "tokenizer": tokenizer,
+        "fusion": CandidateFusion(hidden, config.num_candidate_tokens, config.fusion),
+        "box_decoder": BoxDecoder(hidden, config.box),
+        "seg_projection": _seg_projection(
             hidden, config.mask.prompt_dim, config.seg_projection_hidden
         ),
-        segmenter=segmenter,
-        grounding=(
+        "segmenter": segmenter,
+        "grounding": (
             GroundingHead(hidden, config.mask.prompt_dim, config.grounding)
             if config.grounding.enabled
             else None
         ),
-    )
-    apply_trainable_policy(model)
-    return model
+    }
 
 
 @dataclass

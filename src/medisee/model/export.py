@@ -30,15 +30,21 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:  # pragma: no cover
-    from medisee.model.medisee import MediSee
+from medisee.model.medisee import (
+    CONFIG_NAME,
+    LANGUAGE_MODEL_DIR,
+    LANGUAGE_PREFIX,
+    TOKENIZER_DIR,
+    WEIGHTS_NAME,
+    MediSee,
+    is_exported,
+)
 
-LANGUAGE_MODEL_DIR = "language_model"
-_LANGUAGE_PREFIX = "language."
+__all__ = ["LANGUAGE_MODEL_DIR", "ExportReport", "export_model", "is_exported", "merge_lora"]
+
 _ADAPTER_MARKERS = ("lora_", "trainable_tokens", "token_adapter")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -57,11 +63,6 @@ class ExportReport:
         return (
             f"wrote {self.out_dir} ({self.backbone}, {merged}, {self.num_parameters:,} parameters)"
         )
-
-
-def is_exported(directory: str | os.PathLike[str]) -> bool:
-    """Whether ``directory`` is an export whose LLaVA model lives in ``language_model/``."""
-    return (Path(directory) / LANGUAGE_MODEL_DIR / "config.json").is_file()
 
 
 def merge_lora(model: MediSee) -> bool:
@@ -108,8 +109,6 @@ def export_model(
             (``float32``, ``bfloat16``, ``float16``); default: as stored. ``llava`` only.
         overwrite: replace a non-empty ``out_dir``.
     """
-    from medisee.model.medisee import MediSee
-
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
@@ -132,7 +131,6 @@ def save_exported(model: MediSee, out_dir: str | os.PathLike[str]) -> Path:
     """Write ``model`` (without PEFT wrappers) in the export layout described above."""
     from safetensors.torch import save_file
 
-    from medisee.model.medisee import CONFIG_NAME, TOKENIZER_DIR, WEIGHTS_NAME
     from medisee.model.mllm import LlavaBackbone
 
     if hasattr(model.language.model, "peft_config"):
@@ -157,7 +155,7 @@ def save_exported(model: MediSee, out_dir: str | os.PathLike[str]) -> Path:
         rest = {
             key: value.detach().contiguous()
             for key, value in model.state_dict().items()
-            if not key.startswith(_LANGUAGE_PREFIX)
+            if not key.startswith(LANGUAGE_PREFIX)
         }
         save_file(rest, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
     except BaseException:
@@ -167,52 +165,3 @@ def save_exported(model: MediSee, out_dir: str | os.PathLike[str]) -> Path:
         shutil.rmtree(out)
     staging.rename(out)
     return out
-
-
-def load_exported(
-    directory: str | os.PathLike[str],
-    map_location: str | torch.device = "cpu",
-    llm_dtype: torch.dtype | None = None,
-    llm_quantization: str | None = None,
-) -> MediSee:
-    """Load an export with a ``language_model/`` directory (``MediSee.from_pretrained``
-    calls this). The LLaVA model comes from that directory through transformers (in
-    ``llm_dtype``, quantized by bitsandbytes when ``llm_quantization`` is set); every other
-    weight comes from ``model.safetensors``, whose keys must be exactly the model's
-    non-language keys."""
-    from safetensors.torch import load_file
-    from transformers import AutoTokenizer
-
-    from medisee.model.builder import build_model
-    from medisee.model.config import ModelConfig
-    from medisee.model.medisee import CONFIG_NAME, TOKENIZER_DIR, WEIGHTS_NAME
-
-    source = Path(directory)
-    config = ModelConfig.from_dict(json.loads((source / CONFIG_NAME).read_text()))
-    if config.language.backbone != "llava":
-        raise ValueError(f"{source}: a {LANGUAGE_MODEL_DIR}/ directory needs a llava backbone")
-    config.language = dataclasses.replace(
-        config.language, pretrained_path=str(source / LANGUAGE_MODEL_DIR), hf_config=None
-    )
-    tokenizer = AutoTokenizer.from_pretrained(str(source / TOKENIZER_DIR))
-    model = build_model(
-        config,
-        tokenizer=tokenizer,
-        load_segmenter_weights=False,
-        llm_dtype=llm_dtype,
-        llm_quantization=llm_quantization,
-    )
-    state = load_file(str(source / WEIGHTS_NAME), device=str(map_location))
-    expected = {key for key in model.state_dict() if not key.startswith(_LANGUAGE_PREFIX)}
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ValueError(
-            f"{source / WEIGHTS_NAME} does not fit the model: missing {missing[:10]}, "
-            f"unexpected {unexpected[:10]}"
-        )
-    # Strict in effect: every key outside the language model was checked just above (the
-    # allow-list is exactly the LM's own keys, already loaded from language_model/).
-    result = model.load_state_dict(state, strict=False)
-    assert not result.unexpected_keys
-    assert all(key.startswith(_LANGUAGE_PREFIX) for key in result.missing_keys)
-    return model

@@ -8,9 +8,11 @@ frame at low resolution (``[B, L, L]``, L = 256 for LiteMedSAM and MedSAM; see
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from medisee.boxes import denormalize_box, normalize_box
-from medisee.losses import similarity_logits
 from medisee.model.box_decoder import BoxDecoder
 from medisee.model.config import ModelConfig
 from medisee.model.fusion import CandidateFusion, FusionOutput
@@ -32,6 +33,14 @@ from medisee.model.tokenizer import candidate_token_strings
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
+#: an export's HF LLaVA directory (``medisee.model.export``)
+LANGUAGE_MODEL_DIR = "language_model"
+LANGUAGE_PREFIX = "language."
+
+
+def is_exported(directory: str | os.PathLike[str]) -> bool:
+    """Whether ``directory`` is an export whose LLaVA model lives in ``language_model/``."""
+    return (Path(directory) / LANGUAGE_MODEL_DIR / "config.json").is_file()
 
 
 @dataclass
@@ -76,6 +85,16 @@ class GeneratedAnswer:
     @property
     def found_target(self) -> bool:
         return self.box is not None
+
+
+def similarity_logits(image_states: torch.Tensor, query_state: torch.Tensor) -> torch.Tensor:
+    """``Sim(h_img, h_seg)``: scaled dot product of each image token with the query.
+
+    Args: ``image_states`` ``[B, N, d]`` (LM last-layer states at the image tokens),
+    ``query_state`` ``[B, d]``. Returns ``[B, N]`` logits over image tokens.
+    """
+    scale = image_states.shape[-1] ** -0.5
+    return torch.einsum("bnd,bd->bn", image_states, query_state) * scale
 
 
 def candidate_positions(input_ids: torch.Tensor, candidate_ids: list[int]) -> torch.Tensor:
@@ -580,14 +599,11 @@ class MediSee(nn.Module):
         from safetensors.torch import load_model
         from transformers import AutoTokenizer
 
-        from medisee.model.builder import build_model
-        from medisee.model.export import is_exported, load_exported
-
         source = Path(directory)
         if not (source / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"{source} has no {CONFIG_NAME}: not a medisee checkpoint")
         if is_exported(source):
-            return load_exported(source, map_location, llm_dtype, llm_quantization)
+            return _load_exported(source, map_location, llm_dtype, llm_quantization)
         if llm_quantization is not None:
             raise ValueError(
                 f"{source}: quantized loading needs a checkpoint written by `medisee export` "
@@ -601,6 +617,81 @@ class MediSee(nn.Module):
         )
         load_model(model, str(source / WEIGHTS_NAME), strict=True, device=str(map_location))
         return model
+
+
+def build_model(
+    config: ModelConfig,
+    tokenizer=None,
+    corpus: Iterable[str] | None = None,
+    load_segmenter_weights: bool = True,
+    llm_dtype: torch.dtype | None = None,
+    llm_quantization: str | None = None,
+) -> MediSee:
+    """A fresh ``MediSee`` from ``config`` (``medisee.model.builder.build_parts``), with
+    the trainable policy set. ``corpus``: text the ``lite`` tokenizer is trained on.
+
+    ``load_segmenter_weights=False`` skips ``config.mask.weights`` (used when a full
+    checkpoint will be loaded on top). ``llm_dtype`` / ``llm_quantization`` (``"8bit"``,
+    ``"4bit"``) apply to the LLaVA backbone only; the segmenter and heads stay fp32.
+    """
+    from medisee.model.builder import apply_trainable_policy, build_parts
+
+    parts = build_parts(
+        config,
+        tokenizer=tokenizer,
+        corpus=corpus,
+        load_segmenter_weights=load_segmenter_weights,
+        llm_dtype=llm_dtype,
+        llm_quantization=llm_quantization,
+    )
+    model = MediSee(**parts)
+    apply_trainable_policy(model)
+    return model
+
+
+def _load_exported(
+    directory: str | os.PathLike[str],
+    map_location: str | torch.device = "cpu",
+    llm_dtype: torch.dtype | None = None,
+    llm_quantization: str | None = None,
+) -> MediSee:
+    """Load an export with a ``language_model/`` directory (``MediSee.from_pretrained``
+    calls this). The LLaVA model comes from that directory through transformers (in
+    ``llm_dtype``, quantized by bitsandbytes when ``llm_quantization`` is set); every other
+    weight comes from ``model.safetensors``, whose keys must be exactly the model's
+    non-language keys."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    source = Path(directory)
+    config = ModelConfig.from_dict(json.loads((source / CONFIG_NAME).read_text()))
+    if config.language.backbone != "llava":
+        raise ValueError(f"{source}: a {LANGUAGE_MODEL_DIR}/ directory needs a llava backbone")
+    config.language = dataclasses.replace(
+        config.language, pretrained_path=str(source / LANGUAGE_MODEL_DIR), hf_config=None
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(source / TOKENIZER_DIR))
+    model = build_model(
+        config,
+        tokenizer=tokenizer,
+        load_segmenter_weights=False,
+        llm_dtype=llm_dtype,
+        llm_quantization=llm_quantization,
+    )
+    state = load_file(str(source / WEIGHTS_NAME), device=str(map_location))
+    expected = {key for key in model.state_dict() if not key.startswith(LANGUAGE_PREFIX)}
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"{source / WEIGHTS_NAME} does not fit the model: missing {missing[:10]}, "
+            f"unexpected {unexpected[:10]}"
+        )
+    # Strict in effect: every key outside the language model was checked just above (the
+    # allow-list is exactly the LM's own keys, already loaded from language_model/).
+    result = model.load_state_dict(state, strict=False)
+    assert not result.unexpected_keys
+    assert all(key.startswith(LANGUAGE_PREFIX) for key in result.missing_keys)
+    return model
 
 
 def _remove_tree(path: Path) -> None:

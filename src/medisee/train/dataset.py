@@ -24,7 +24,7 @@ from torch.utils.data import Dataset, Sampler
 
 from medisee.boxes import normalize_box
 from medisee.model.preprocess import SamTransform
-from medisee.model.prompting import IGNORE_INDEX, PromptBuilder
+from medisee.model.prompting import IGNORE_INDEX, PromptBuilder, right_pad
 
 
 @dataclass(frozen=True)
@@ -229,17 +229,6 @@ class MediSeeDataset(Dataset):
             question, answer = label_query(target.label)
             example["label_input_ids"] = self._encode(question, answer, None)[0]
         return example
-
-
-def right_pad(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token rows -> right-padded ``[B, T]`` ids and their attention mask."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), value, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return ids, mask
 
 
 def stack_as_float32(tensors: list[torch.Tensor]) -> torch.Tensor:

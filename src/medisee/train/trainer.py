@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from medisee.data.manifest import load_records
 from medisee.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -86,9 +87,8 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 def _build_model(config: TrainConfig, corpus: list[str]):
-    from medisee.model.builder import build_model
     from medisee.model.config import ModelConfig
-    from medisee.model.medisee import MediSee
+    from medisee.model.medisee import MediSee, build_model
     from medisee.model.presets import get_preset
 
     if Path(config.model).is_dir():
@@ -119,16 +119,6 @@ def training_corpus(records) -> list[str]:
     return texts
 
 
-def load_records(manifest: str | Path):
-    """Records of a manifest and the directory their relative paths start from."""
-    from medisee.data.manifest import read_manifest, resolve_manifest
-
-    records, report = read_manifest(manifest)
-    if report:
-        logger.warning("manifest %s: skipped %s", manifest, report.summary())
-    return records, resolve_manifest(manifest).parent
-
-
 def train(
     config: TrainConfig,
     *,
@@ -145,8 +135,8 @@ def train(
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
     from tqdm.auto import tqdm
 
+    from medisee.model.embedding_cache import EmbeddingCache, encoder_fingerprint
     from medisee.train.dataset import Collator, MediSeeDataset, MixedSampler, repeat_factors
-    from medisee.train.embedding_cache import EmbeddingCache, encoder_fingerprint
     from medisee.train.task import MediSeeTask
 
     started = time.perf_counter()

@@ -5,9 +5,9 @@ import dataclasses
 import pytest
 import torch
 
+from medisee.model.embedding_cache import EmbeddingCache, encoder_fingerprint
 from medisee.model.mask_decoder import build_segmenter
 from medisee.model.medisee import MediSee
-from medisee.train.embedding_cache import EmbeddingCache, encoder_fingerprint
 
 
 def test_a_reloaded_model_reads_the_cache_its_training_run_wrote(tmp_path, tiny_model):
