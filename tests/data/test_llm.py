@@ -16,6 +16,7 @@ import pytest
 from medisee.data.manifest import read_manifest
 from medisee.data.qa_llm import JOURNAL_NAME, LLMConfig, generate_llm
 
+from . import fake_llm
 from .fake_llm import FakeLLM
 
 
@@ -263,3 +264,178 @@ def test_journal_cuts_a_torn_last_line(tmp_path):
     lines = path.read_text().splitlines()
     assert [json.loads(line)["job"] for line in lines] == ["a", "b", "c"]
     assert journal.duplicates == 1
+
+
+# ---------------------------------------------------------------------- structured output
+@pytest.mark.parametrize(
+    ("accepts", "refuse_status", "expected"),
+    [
+        (fake_llm.ALL_FORMS, 400, "json_schema"),  # vLLM, llama-server
+        (fake_llm.OPENAI, 400, "json_schema"),
+        (fake_llm.LLAMA_CPP_PYTHON, 422, "json_object+schema"),
+        (frozenset({"json_object", "none"}), 400, "json_object"),
+        (fake_llm.NO_FORMAT, 400, "none"),  # rejects any response_format
+    ],
+)
+def test_dialect_is_detected_once_and_used_for_every_stage(
+    fake, tiny_manifest, tmp_path, accepts, refuse_status, expected
+):
+    fake.accepts = accepts
+    fake.refuse_status = refuse_status
+    records, _ = read_manifest(tiny_manifest)
+    records = records[:1]
+    n_targets = len(records[0].targets)
+    cache = tmp_path / "c"
+    report = generate_llm(records, tiny_manifest.parent, _config(fake.url), cache, progress=False)
+    assert report.structured.dialect == expected and report.structured.source == "probe"
+    assert report.structured.probes[expected] == ("fallback" if expected == "none" else "ok")
+    assert report.finished == n_targets and report.items == n_targets * 6
+    assert report.to_dict()["structured"]["dialect"] == expected
+    # The probe's outcome is the only thing sent in other forms; every stage used the dialect.
+    assert dict(fake.forms) == {expected: n_targets * 4}
+    if expected in ("json_schema", "json_object+schema"):
+        assert set(fake.schemas) == {"describe", "evaluate", "transform", "extra"}
+        assert fake.schemas["describe"]["required"] == ["attribute", "location"]
+        assert fake.schemas["transform"]["properties"]["items"]["type"] == "array"
+    else:
+        assert not fake.schemas
+    probes = fake.probes
+
+    # A second run (journal removed) reads the dialect and every reply from the cache.
+    (cache / JOURNAL_NAME).unlink()
+    again, _ = read_manifest(tiny_manifest)
+    again = again[:1]
+    report2 = generate_llm(again, tiny_manifest.parent, _config(fake.url), cache, progress=False)
+    assert report2.structured.dialect == expected and report2.structured.source == "cache"
+    assert fake.probes == probes and report2.client["requests"] == 0
+    assert _llm_items(again) == _llm_items(records)
+
+
+def test_forced_json_object_falls_back_to_the_plain_form(fake, tiny_manifest, tmp_path):
+    fake.accepts = fake_llm.OPENAI  # refuses a "schema" key
+    records, _ = read_manifest(tiny_manifest)
+    records = records[:1]
+    config = _config(fake.url, structured="json_object")
+    report = generate_llm(records, tiny_manifest.parent, config, tmp_path / "c", progress=False)
+    assert report.structured.dialect == "json_object"
+    assert report.structured.probes == {
+        "json_object+schema": "refused (HTTP 400)",
+        "json_object": "ok",
+    }
+    assert report.items == len(records[0].targets) * 6
+
+
+def test_forced_dialect_is_not_probed_and_a_refusal_leaves_jobs_unfinished(
+    fake, tiny_manifest, tmp_path
+):
+    fake.accepts = fake_llm.LLAMA_CPP_PYTHON
+    fake.refuse_status = 422
+    records, _ = read_manifest(tiny_manifest)
+    records = records[:1]
+    config = _config(fake.url, structured="json_schema")
+    report = generate_llm(records, tiny_manifest.parent, config, tmp_path / "c", progress=False)
+    assert report.structured.source == "forced" and fake.probes == 0
+    assert report.unfinished["request errors"] == len(records[0].targets)
+    assert report.items == 0 and report.client["HTTP 422"] == len(records[0].targets)
+
+
+def test_schemas_fit_openai_strict_mode():
+    from medisee.data.qa_llm import descriptions_schema, items_schema, response_format
+
+    def objects(schema):
+        if isinstance(schema, dict):
+            if schema.get("type") == "object":
+                yield schema
+            for value in schema.values():
+                yield from objects(value)
+        elif isinstance(schema, list):
+            for value in schema:
+                yield from objects(value)
+
+    for schema in (descriptions_schema(nullable=False), descriptions_schema(nullable=True)):
+        for block in objects(schema):
+            assert block["additionalProperties"] is False
+            assert block["required"] == list(block["properties"])
+    strict = response_format("json_schema", "transform", items_schema(4))
+    assert strict["json_schema"]["strict"] is True
+    assert "maxLength" not in json.dumps(strict)
+    schema_form = response_format("json_object+schema", "transform", items_schema(4))
+    assert schema_form["schema"]["properties"]["items"]["maxItems"] == 4
+    assert "maxLength" in json.dumps(schema_form)
+    assert response_format("json_object", "x", items_schema(1)) == {"type": "json_object"}
+    assert response_format("none", "x", items_schema(1)) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"a": 1}', {"a": 1}),
+        ('Sure {as asked}:\n```json\n{"a": {"b": "}"}}\n```\nmore {x}', {"a": {"b": "}"}}),
+        ('first {"a": 1} then {"b": 2}', {"a": 1}),
+        ('[1, 2] and {"a": [1, {"c": 3}]} trailing }', {"a": [1, {"c": 3}]}),
+    ],
+)
+def test_first_json_object_is_extracted(text, expected):
+    from medisee.data.qa_llm import parse_json_reply
+
+    assert parse_json_reply(text) == expected
+
+
+@pytest.mark.parametrize("text", ["no json here", "{broken", "[1, 2, 3]", ""])
+def test_no_json_object_is_a_reply_error(text):
+    from medisee.data.qa_llm import ReplyError, parse_json_reply
+
+    with pytest.raises(ReplyError, match="non-json"):
+        parse_json_reply(text)
+
+
+def test_item_checks(tiny_manifest, ontology):
+    from medisee.data.qa_llm import item_problem
+    from medisee.data.schema import QAItem
+
+    records, _ = read_manifest(tiny_manifest)
+    record = records[0]
+    index, target = next(
+        (i, t) for i, t in enumerate(record.targets) if ontology.resolve(t.label) is not None
+    )
+    category = ontology.resolve(target.label).category
+
+    def problem(question, answer=None):
+        item = QAItem(
+            kind="reasoning",
+            perspective="attribute",
+            length="short",
+            question=question,
+            answer=answer or f"The {target.label}.",
+            engine="llm",
+        )
+        return item_problem(item, record, index, ontology)
+
+    assert problem("Which structure in this image lies near the centre of the box?") is None
+    assert problem(f"What does the {target.label} do in the human body?") == "label leaked"
+    for term in (*category.synonyms, *category.adjectives, category.name.upper()):
+        assert problem(f"Which structure here is the {term} one shown?") == "label leaked", term
+    assert problem("Which structure is it?") == "too short"
+    assert problem("Tell me about the structure near the centre.") == "not a question"
+    assert problem("What is the capital city of France today?") == "off-topic"
+    assert (
+        problem("Which structure lies near the centre of the image?", answer="Nothing at all.")
+        == "answer does not name the target"
+    )
+
+
+def test_leaking_journal_items_never_reach_the_manifest(fake, tiny_manifest, tmp_path):
+    records, _ = read_manifest(tiny_manifest)
+    records = records[:1]
+    cache = tmp_path / "c"
+    generate_llm(records, tiny_manifest.parent, _config(fake.url), cache, progress=False)
+    journal = cache / JOURNAL_NAME
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    label = lines[0]["label"]
+    lines[0]["items"][0]["question"] = f"Which structure is the {label} in this image?"
+    journal.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    again, _ = read_manifest(tiny_manifest)
+    again = again[:1]
+    report = generate_llm(again, tiny_manifest.parent, _config(fake.url), cache, progress=False)
+    assert report.rejects["journal: label leaked"] == 1
+    assert report.items == len(records[0].targets) * 6 - 1

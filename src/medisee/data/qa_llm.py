@@ -436,9 +436,9 @@ def detect_dialect(
     A forced single form (``json_schema``, ``none``) is used as is. Otherwise each
     candidate form is tried, in :data:`DIALECTS` order, with one small request
     (:data:`PROBE_MESSAGES`): the first form the server answers with a JSON object wins;
-    HTTP 400/422 counts as refused, prose as ignored; if no form gives JSON, ``none``
-    (``json_object`` mode: its last form). The result is kept in ``cache_dir`` and reused
-    for the same endpoint, model and mode.
+    HTTP 400/422 counts as refused, prose as ignored; ``none`` is taken without a request
+    when every earlier form failed (``json_object`` mode ends with plain ``json_object``).
+    The result is kept in ``cache_dir`` and reused for the same endpoint, model and mode.
     """
     config = client.config
     candidates = _MODE_CANDIDATES[config.structured]
@@ -460,6 +460,10 @@ def detect_dialect(
     probes: dict[str, str] = {}
     chosen = candidates[-1]
     for form in candidates:
+        if form == "none":  # nothing to ask the server: the last resort
+            probes[form] = "fallback"
+            chosen = form
+            break
         try:
             reply = client.complete(
                 PROBE_MESSAGES,
