@@ -291,6 +291,8 @@ def read_image(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such image: {path}")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ImageReadError(f"cannot read image {path}: the file is empty (0 bytes)")
     if _is_nifti(path):
         return read_nifti(path, axis=axis, index=index, window=window, modality=modality)
     if _is_dicom(path):
@@ -577,6 +579,7 @@ def load_volume(path: str | os.PathLike[str], *, labels: bool = False, volume: i
     """
     import nibabel as nib
     from nibabel.filebasedimages import ImageFileError
+    from nibabel.spatialimages import HeaderDataError
 
     path = Path(path)
     if not path.exists():
@@ -597,7 +600,17 @@ def load_volume(path: str | os.PathLike[str], *, labels: bool = False, volume: i
             data = canonical.get_fdata(dtype=np.float32)
     except FileNotFoundError:
         raise
-    except (ImageFileError, OSError, EOFError, ValueError) as error:
+    # A bad header fails in many ways: nibabel's own errors, and negative dimensions
+    # reach numpy's memory map as an OverflowError.
+    except (
+        ImageFileError,
+        HeaderDataError,
+        OSError,
+        EOFError,
+        ValueError,
+        OverflowError,
+        MemoryError,
+    ) as error:
         if isinstance(error, ImageReadError):
             raise
         raise ImageReadError(f"cannot read NIfTI {path}: {error}") from error

@@ -169,6 +169,8 @@ def probe_pixel_count(path: str | os.PathLike[str], options: ReadOptions | None 
             shape = nib.load(str(path)).shape
         except Exception as error:  # nibabel raises many types for a bad header
             raise ImageReadError(f"cannot read NIfTI header: {error}") from error
+        if not shape or min(shape) < 1:
+            raise ImageReadError(f"cannot read NIfTI header: it declares the shape {shape}")
         return int(np.prod(shape[:4], dtype=np.int64))
     with open(path, "rb") as handle:
         head = handle.read(132)
