@@ -272,6 +272,8 @@ def test_journal_cuts_a_torn_last_line(tmp_path):
     [
         (fake_llm.ALL_FORMS, 400, "json_schema"),  # vLLM, llama-server
         (fake_llm.OPENAI, 400, "json_schema"),
+        # llama-cpp-python 0.3 answers json_schema with a 500 that names response_format.
+        (fake_llm.LLAMA_CPP_PYTHON, 500, "json_object+schema"),
         (fake_llm.LLAMA_CPP_PYTHON, 422, "json_object+schema"),
         (frozenset({"json_object", "none"}), 400, "json_object"),
         (fake_llm.NO_FORMAT, 400, "none"),  # rejects any response_format
@@ -289,6 +291,7 @@ def test_dialect_is_detected_once_and_used_for_every_stage(
     report = generate_llm(records, tiny_manifest.parent, _config(fake.url), cache, progress=False)
     assert report.structured.dialect == expected and report.structured.source == "probe"
     assert report.structured.probes[expected] == ("fallback" if expected == "none" else "ok")
+    assert report.client["retries"] == 0  # a refusal is not retried
     assert report.finished == n_targets and report.items == n_targets * 6
     assert report.to_dict()["structured"]["dialect"] == expected
     # The probe's outcome is the only thing sent in other forms; every stage used the dialect.

@@ -15,7 +15,7 @@ the server's *dialect* of structured output (:data:`DIALECTS`): OpenAI's ``json_
 (also vLLM and llama.cpp's ``llama-server``), ``json_object`` with a ``schema`` key
 (llama-cpp-python), plain ``json_object``, or nothing, in which case the first JSON object
 is extracted from the text. ``structured="auto"`` finds the dialect once per run with a
-small probe request per form (a refused form, HTTP 400/422, falls back to the next); the
+small probe request per form (a refused form falls back to the next); the
 outcome is kept in the cache directory, so a rerun sends no probe. A malformed reply (not
 JSON, fields missing or of the wrong type) is answered with a correction request up to
 ``max_attempts`` times, then the stage fails.
@@ -88,7 +88,8 @@ class TransientLLMError(LLMError):
 
 
 class RefusedError(LLMError):
-    """HTTP 400/422: the server rejects the request as such (e.g. its ``response_format``)."""
+    """The server rejects the request as such (HTTP 400/422, or a 5xx naming the
+    ``response_format``): retrying would not help."""
 
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(f"HTTP {status}: {detail}")
@@ -142,6 +143,15 @@ class LLMConfig:
     def url(self) -> str:
         base = self.endpoint.rstrip("/")
         return base if base.endswith("/chat/completions") else f"{base}/chat/completions"
+
+
+def _is_refusal(status: int, text: str, payload: dict[str, Any]) -> bool:
+    """HTTP 400/422, or a 5xx whose body names the ``response_format`` we sent
+    (llama-cpp-python 0.3 answers an unknown form with a 500 wrapping the validation
+    error): not worth retrying."""
+    if status in (400, 422):
+        return True
+    return status >= 500 and "response_format" in payload and "response_format" in text
 
 
 class ChatClient:
@@ -205,7 +215,7 @@ class ChatClient:
         """The assistant's reply text (from the cache if this exact request was made before).
 
         Raises:
-            RefusedError: HTTP 400/422 (not cached, not retried).
+            RefusedError: HTTP 400/422 or a 5xx naming ``response_format`` (not retried).
             TransientLLMError: retries exhausted on 429/5xx/timeouts.
         """
         payload = self.payload(
@@ -246,6 +256,9 @@ class ChatClient:
             else:
                 self._count("requests")
                 status = response.status_code
+                if _is_refusal(status, response.text, payload):
+                    self._count(f"HTTP {status}")
+                    raise RefusedError(status, f"{config.url}: {response.text[:300]}")
                 if status == 429 or status >= 500:
                     last = f"HTTP {status}"
                     self._count(f"HTTP {status}")
@@ -255,9 +268,6 @@ class ChatClient:
                             retry_after = float(header)
                         except ValueError:
                             retry_after = None
-                elif status in (400, 422):
-                    self._count(f"HTTP {status}")
-                    raise RefusedError(status, f"{config.url}: {response.text[:300]}")
                 elif status >= 400:
                     self._count(f"HTTP {status}")
                     raise LLMError(f"HTTP {status} from {config.url}: {response.text[:300]}")
@@ -436,7 +446,7 @@ def detect_dialect(
     A forced single form (``json_schema``, ``none``) is used as is. Otherwise each
     candidate form is tried, in :data:`DIALECTS` order, with one small request
     (:data:`PROBE_MESSAGES`): the first form the server answers with a JSON object wins;
-    HTTP 400/422 counts as refused, prose as ignored; ``none`` is taken without a request
+    :class:`RefusedError` counts as refused, prose as ignored; ``none`` is taken without a request
     when every earlier form failed (``json_object`` mode ends with plain ``json_object``).
     The result is kept in ``cache_dir`` and reused for the same endpoint, model and mode.
     """
