@@ -35,8 +35,10 @@ def main() -> None:
     parser.add_argument("--json", help="also write the medians here")
     args = parser.parse_args()
 
+    from host_load import cpu_times, steal_fraction
+
     from medisee.data.manifest import load_records
-    from medisee.demo import DemoConfig, cpu_times, steal_fraction
+    from medisee.demo import DemoConfig
     from medisee.train import task as task_module
     from medisee.train.trainer import train
 

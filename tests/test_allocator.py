@@ -1,4 +1,4 @@
-"""``medisee.allocator``: glibc thresholds set by the CLI, skippable by environment."""
+"""``medisee.allocator``: glibc thresholds, set only when asked for."""
 
 import platform
 import subprocess
@@ -6,21 +6,25 @@ import sys
 
 import pytest
 
-from medisee.allocator import keep_freed_memory
+from medisee.allocator import ENV_VAR, tune_from_environment
 
 
-def test_opt_out_leaves_the_allocator_alone(monkeypatch):
-    monkeypatch.setenv("MEDISEE_DEFAULT_MALLOC", "1")
-    assert keep_freed_memory() is False
+def test_the_allocator_is_left_alone_unless_asked(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert tune_from_environment() is False
+    monkeypatch.setenv(ENV_VAR, "0")
+    assert tune_from_environment() is False
 
 
 @pytest.mark.skipif(
     not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
     reason="mallopt is glibc's",
 )
-def test_thresholds_are_set_on_glibc(monkeypatch):
-    monkeypatch.delenv("MEDISEE_DEFAULT_MALLOC", raising=False)
+def test_thresholds_are_set_on_glibc_when_asked():
     # In a child process, so this test process keeps its allocator settings.
-    code = "from medisee.allocator import keep_freed_memory as k; print(k())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    code = "from medisee.allocator import tune_from_environment as t; print(t())"
+    env = {"MEDISEE_MALLOC_TUNING": "1", "PATH": ""}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
     assert out.stdout.strip() == "True"

@@ -1,34 +1,73 @@
-"""The shipped ``lite-cpu.yaml`` is the demo's training schedule, and the demo validates."""
+"""``medisee train --model lite`` trains the demo's recipe; the demo and recipes validate."""
 
-from importlib import resources
+import dataclasses
 
 import pytest
 
-from medisee.demo import DemoConfig, cpu_times, process_cpu_seconds, steal_fraction
-from medisee.train.config import TrainConfig
+from medisee.cli import build_parser
+from medisee.demo import DemoConfig
+from medisee.losses import LossWeights
+from medisee.train.cli import config_from_args
+from medisee.train.recipes import RECIPES, config_from_yaml, recipe_config
 
 
-def test_lite_cpu_yaml_matches_the_demo_schedule():
-    path = resources.files("medisee") / "configs" / "lite-cpu.yaml"
-    config = TrainConfig.from_yaml(str(path))
+def _cli_config(*argv: str):
+    return config_from_args(build_parser().parse_args(["train", *argv]))
+
+
+def test_train_lite_with_no_other_flags_is_the_demo_recipe():
+    cli = _cli_config("--model", "lite", "--manifest", "data/manifest.jsonl", "--out", "run")
     demo = DemoConfig().train_config("data/manifest.jsonl", "run", "cache")
-    assert config.model == demo.model == "lite"
-    for name in (
-        "max_steps",
-        "batch_size",
-        "lr",
-        "warmup_steps",
-        "referring_ratio",
-        "mask_loss_every",
-        "mask_prompt",
-        "group_by_length",
-        "repeat_threshold",
-        "grounding_refit_steps",
-        "losses",
-        "cpu",
-    ):
-        assert getattr(config, name) == getattr(demo, name), name
-    assert demo.max_steps == DemoConfig().steps and demo.cache_dir == "cache"
+    # The demo only says where to cache embeddings and that it runs on the CPU.
+    assert dataclasses.replace(demo, cache_dir=None, cpu=False) == cli
+    assert demo.cache_dir == "cache" and demo.cpu
+    # ... and that recipe is not the paper's defaults.
+    assert (cli.max_steps, cli.lr, cli.grounding_refit_steps) == (1600, 1e-3, 1000)
+    assert cli.losses == LossWeights(answer_tokens=5.0)
+    # --model defaults to lite.
+    assert _cli_config("--manifest", "data/manifest.jsonl", "--out", "run") == cli
+
+
+def test_flags_override_the_recipe_and_only_given_ones():
+    config = _cli_config("--manifest", "m", "--out", "o", "--max-steps", "7", "--lr", "0.01")
+    assert (config.max_steps, config.lr) == (7, 0.01)
+    assert config.grounding_refit_steps == 1000  # not given: the recipe's
+    demo = DemoConfig(steps=5, grounding_refit_steps=0).train_config("m", "o", "c")
+    assert (demo.max_steps, demo.grounding_refit_steps, demo.batch_size) == (5, 0, 8)
+
+
+def test_every_preset_has_a_recipe_and_unknown_fields_are_refused():
+    from medisee.model.presets import PRESETS
+
+    assert set(RECIPES) == set(PRESETS)
+    for name in RECIPES:
+        assert recipe_config(name, "m", "o").model == name
+    assert recipe_config("tiny", "m", "o").lr == 3e-4  # the paper's defaults
+    with pytest.raises(ValueError, match="unknown keys"):
+        recipe_config("lite", "m", "o", learning_rate=1.0)
+
+
+def test_a_yaml_config_sits_over_its_presets_recipe(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "manifest: m.jsonl\noutput_dir: out\nmodel: lite\nbatch_size: 4\nlosses:\n  text: 2.0\n"
+    )
+    config = config_from_yaml(path, max_steps=3, lr=None)
+    assert (config.batch_size, config.max_steps, config.lr) == (4, 3, 1e-3)
+    # Loss weights given by name leave the recipe's other weights alone.
+    assert config.losses == LossWeights(text=2.0, answer_tokens=5.0)
+    path.write_text("model: lite\n")
+    with pytest.raises(ValueError, match="manifest and output_dir"):
+        config_from_yaml(path)
+
+
+def test_the_shipped_7b_yaml_is_the_7b_recipe_with_local_paths():
+    from importlib import resources
+
+    path = resources.files("medisee") / "configs" / "medisee-7b.yaml"
+    config = config_from_yaml(str(path))
+    assert config.model == "medisee-7b" and config.mixed_precision == "bf16"
+    assert config.batch_size == 15 and config.language_path and config.segmenter_weights
 
 
 def test_demo_config_rejects_too_few_images_or_steps():
@@ -41,25 +80,3 @@ def test_demo_config_rejects_too_few_images_or_steps():
     with pytest.raises(ValueError, match="eval_examples"):
         DemoConfig(eval_examples=0)
     assert DemoConfig().eval_examples is None  # the whole test split
-
-
-def test_steal_fraction_from_two_readings():
-    # user nice system idle iowait irq softirq steal guest guest_nice
-    before = [100, 0, 20, 500, 0, 0, 0, 30, 7, 0]
-    after = [160, 0, 30, 520, 0, 0, 0, 130, 9, 0]
-    # deltas 60 + 10 + 20 + 100 steal = 190 ticks (guest excluded: already in user)
-    assert steal_fraction(before, after) == pytest.approx(100 / 190)
-    assert steal_fraction(None, after) is None
-    assert steal_fraction(before, before) is None
-    readings = cpu_times()
-    assert readings is None or (len(readings) >= 8 and all(v >= 0 for v in readings))
-
-
-def test_process_cpu_seconds_counts_work():
-    before = process_cpu_seconds()
-    if before is None:
-        pytest.skip("no resource module on this platform")
-    total = 0
-    for i in range(2_000_000):
-        total += i
-    assert process_cpu_seconds() > before

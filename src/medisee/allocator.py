@@ -5,8 +5,12 @@ raised dynamically up to 32 MiB) is a fresh ``mmap`` whose pages the kernel zero
 first touch, and freeing it unmaps them again. The TinyViT encoder and the grounding head
 allocate such tensors by the hundred per call, so on our 2-core machine a third of the
 CPU time was system time. Serving large blocks from the heap and not trimming it keeps
-the pages mapped between calls (docs/environment.md: on a quiet machine the LiteMedSAM
-encoder went from 2.0 to 1.3 s per image, its system time from 1.3 s to under 0.1 s).
+the pages mapped between calls (on a quiet 2-core machine the LiteMedSAM encoder went
+from 2.0 to 1.3 s per image, its system time from 1.3 s to under 0.1 s;
+``benchmarks/experiments/encoder_allocator.py``).
+
+It changes a process-wide setting of the C library, so it is opt-in: the CLI calls
+``tune_from_environment`` and sets the thresholds only when ``MEDISEE_MALLOC_TUNING=1``.
 """
 
 from __future__ import annotations
@@ -27,14 +31,23 @@ TRIM_THRESHOLD = 1 << 31
 logger = logging.getLogger(__name__)
 
 
+#: set to 1 to have the CLI tune the allocator
+ENV_VAR = "MEDISEE_MALLOC_TUNING"
+
+
+def tune_from_environment() -> bool:
+    """``keep_freed_memory()`` when ``MEDISEE_MALLOC_TUNING=1``; returns whether it ran
+    and took effect."""
+    return os.environ.get(ENV_VAR) == "1" and keep_freed_memory()
+
+
 def keep_freed_memory() -> bool:
     """Set glibc's mmap and trim thresholds for this process (``mallopt``).
 
-    Returns whether they were set: a no-op (False) off Linux/glibc, or when the
-    environment variable ``MEDISEE_DEFAULT_MALLOC=1`` asks to leave the allocator alone.
-    Call it once, early, from an entry point (the CLI does), never at import.
+    Returns whether they were set: a no-op (False) off Linux/glibc. Call it once, early,
+    from an entry point, never at import.
     """
-    if os.environ.get("MEDISEE_DEFAULT_MALLOC") == "1" or not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux"):
         return False
     name = ctypes.util.find_library("c")
     try:

@@ -13,8 +13,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-# Modules that add verbs, imported when the parser is built (not at import time).
-_SUBSYSTEMS = (
+# Modules that add verbs, imported when the parser is built (not at import time). They
+# import only the standard library at module level: a verb imports what it needs when it
+# runs, so a missing optional extra fails that verb alone.
+SUBSYSTEMS = (
     "medisee.data.cli",
     "medisee.model.cli",
     "medisee.train.cli",
@@ -23,6 +25,36 @@ _SUBSYSTEMS = (
     "medisee.serve.cli",
     "medisee.demo",
 )
+
+#: top-level module of an optional dependency -> the extra that installs it
+EXTRA_OF_MODULE = {
+    "accelerate": "train",
+    "tensorboard": "train",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "multipart": "serve",
+    "python_multipart": "serve",
+    "nibabel": "data",
+    "pydicom": "data",
+    "nilearn": "data",
+    "pycocotools": "data",
+    "skimage": "data",
+    "scipy": "data",
+    "matplotlib": "data",
+    "httpx": "data",
+}
+
+
+def missing_extra_message(error: ModuleNotFoundError) -> str | None:
+    """The install hint for an optional dependency that is missing, or ``None`` when the
+    missing module is medisee's own (a broken install or a bug: re-raise it)."""
+    missing = (error.name or "").split(".")[0]
+    if not missing or missing == "medisee":
+        return None
+    extra = EXTRA_OF_MODULE.get(missing, "all")
+    return (
+        f"{missing!r} is not installed: install medisee[{extra}] (pip install 'medisee[{extra}]')"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,14 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="<command>")
     subparsers.required = True
-    for module_name in _SUBSYSTEMS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            # A subsystem whose optional extra is not installed adds no verbs.
-            logging.getLogger(__name__).debug("skipping %s: %s", module_name, error)
-            continue
-        module.register(subparsers)
+    for module_name in SUBSYSTEMS:
+        importlib.import_module(module_name).register(subparsers)
     return parser
 
 
@@ -51,11 +77,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from medisee.allocator import keep_freed_memory
+    from medisee.allocator import tune_from_environment
 
-    keep_freed_memory()
+    tune_from_environment()
     try:
         result = args.func(args)
+    except ModuleNotFoundError as error:
+        hint = missing_extra_message(error)
+        if hint is None:
+            raise
+        print(f"medisee {args.command}: error: {hint}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError) as error:
         print(f"medisee {args.command}: error: {error}", file=sys.stderr)
         return 2

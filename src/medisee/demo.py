@@ -23,77 +23,20 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def cpu_times() -> list[int] | None:
-    """The machine's aggregate CPU counters from ``/proc/stat`` (user, nice, system, idle,
-    iowait, irq, softirq, steal, ...; in clock ticks), or ``None`` off Linux."""
-    try:
-        first = Path("/proc/stat").read_text().splitlines()[0].split()
-    except (OSError, IndexError):
-        return None
-    if first[0] != "cpu" or len(first) < 9:
-        return None
-    return [int(v) for v in first[1:]]
-
-
-def process_cpu_seconds() -> float | None:
-    """User + system CPU seconds of this process so far, all threads (``None`` where the
-    ``resource`` module is missing): with the wall time and the steal share it tells a
-    slow machine from a shared one."""
-    try:
-        import resource
-    except ImportError:
-        return None
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def steal_fraction(before: list[int] | None, after: list[int] | None) -> float | None:
-    """Share of CPU time the hypervisor gave to other guests between two ``cpu_times``
-    readings (the ``st`` column of ``vmstat``). The demo's wall time grows with it, so the
-    report keeps it beside each phase's seconds."""
-    if before is None or after is None:
-        return None
-    # guest and guest_nice (fields 9-10) are already counted in user and nice.
-    deltas = [b - a for a, b in zip(before[:8], after[:8])]
-    total = sum(deltas)
-    return deltas[7] / total if total > 0 else None
-
-
 @dataclass
 class DemoConfig:
+    """The demo's data, evaluation and outputs. Training is the ``lite`` recipe
+    (``medisee.train.recipes``), exactly what ``medisee train --model lite`` runs; ``steps``,
+    ``batch_size`` and ``grounding_refit_steps`` override it when given (short runs)."""
+
     out_dir: str = "outputs/demo"
     num_images: int = 150
-    steps: int = 1600
-    batch_size: int = 8
-    # Above the paper's 3e-4: the lite LM starts from scratch and gets only ~1400 steps.
-    lr: float = 1e-3
-    warmup_steps: int = 50
-    # The test questions are reasoning ones: 9 in 10 samples are (the paper's referring 7:3
-    # is for a pretrained MLLM that already reads such questions). Fewer referring samples
-    # named more test targets: 0.5 -> 0.3 took 44 -> 67 of 120 at 600 steps (Session 4),
-    # 0.3 -> 0.1 took 204 -> 217 of 248 at 1400 steps (Session 6; docs/training.md).
-    referring_ratio: float = 0.1
-    # The mask decoder is ~4x the cost of the rest of a CPU step (docs/training.md) while
-    # the LM and grounding head need the samples: decode masks on every 20th step, with
-    # ground-truth box prompts so that the decoder keeps following boxes.
-    mask_loss_every: int = 20
-    mask_prompt: str = "target"
-    # Batches of similar length pad ~4% instead of ~26% (docs/training.md).
-    group_by_length: int = 16
-    # Rare structures (lesions in a few of the 128 training images) drawn more often.
-    repeat_threshold: float = 0.2
+    steps: int | None = None
+    batch_size: int | None = None
+    grounding_refit_steps: int | None = None
     # Eight more template draws per training image: other facts and location descriptors
-    # for the same targets (11 608 more questions; val/test unchanged; docs/data.md).
+    # for the same targets (val/test unchanged; docs/data.md).
     train_qa_variants: int = 8
-    # L_txt weight of the answer sentence's tokens ("It is the liver." + candidates) over
-    # the explanation's: the answer decides the target (docs/training.md, session 4).
-    answer_token_weight: float = 5.0
-    # Then train the grounding head alone on the finished LM's states: the jointly trained
-    # head chased states that kept moving (docs/training.md, Session 6). More refit steps
-    # kept helping (1400 over 600: teacher-forced Dice 0.780 against 0.757, Session 7);
-    # Session 8's cheaper steps pay for 1000 refit and 1600 joint steps (1400 before:
-    # more steps name more targets).
-    grounding_refit_steps: int = 1000
     # None: every reasoning question of the test split (~250 here); a number: a subset
     # spread over the test images (``evaluation_items``).
     eval_examples: int | None = None
@@ -101,7 +44,7 @@ class DemoConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.grounding_refit_steps < 0:
+        if self.grounding_refit_steps is not None and self.grounding_refit_steps < 0:
             raise ValueError(
                 f"demo grounding_refit_steps must be >= 0, got {self.grounding_refit_steps}"
             )
@@ -117,29 +60,17 @@ class DemoConfig:
     def train_config(
         self, manifest: str | Path, output_dir: str | Path, cache_dir: str | Path
     ) -> TrainConfig:
-        """The demo's ``lite`` training run (a ``medisee.train.config.TrainConfig``) on the
-        data of ``manifest``, with image embeddings cached under ``cache_dir``."""
-        from medisee.losses import LossWeights
-        from medisee.train.config import TrainConfig
+        """The ``lite`` recipe on the data of ``manifest``, on the CPU, with image
+        embeddings cached under ``cache_dir``."""
+        from medisee.train.recipes import recipe_config
 
-        return TrainConfig(
-            manifest=str(manifest),
-            output_dir=str(output_dir),
-            model="lite",
+        return recipe_config(
+            "lite",
+            str(manifest),
+            str(output_dir),
             max_steps=self.steps,
             batch_size=self.batch_size,
-            lr=self.lr,
-            warmup_steps=self.warmup_steps,
-            referring_ratio=self.referring_ratio,
-            mask_loss_every=self.mask_loss_every,
-            mask_prompt=self.mask_prompt,
-            group_by_length=self.group_by_length,
-            repeat_threshold=self.repeat_threshold,
             grounding_refit_steps=self.grounding_refit_steps,
-            losses=LossWeights(answer_tokens=self.answer_token_weight),
-            log_every=10,
-            save_every=max(50, (self.steps + self.grounding_refit_steps) // 4),
-            eval_every=0,
             seed=self.seed,
             cache_dir=str(cache_dir),
             cpu=True,
@@ -156,8 +87,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", default=defaults.out_dir)
     parser.add_argument("--num-images", type=int, default=defaults.num_images)
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument(
+        "--steps", type=int, default=defaults.steps, help="joint steps (default: the recipe's)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="default: the recipe's"
+    )
     parser.add_argument(
         "--eval-examples",
         type=int,
@@ -168,7 +103,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--grounding-refit-steps",
         type=int,
         default=defaults.grounding_refit_steps,
-        help="steps training the grounding head alone after the joint steps",
+        help="steps training the grounding head alone after the joint steps "
+        "(default: the recipe's)",
     )
     parser.add_argument("--overlays", type=int, default=defaults.overlays)
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -200,7 +136,6 @@ def run_demo(config: DemoConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    counters = {"start": cpu_times()}
 
     print(f"[1/4] building the bundled dataset ({config.num_images} images) ...", flush=True)
     built = build_bundled(
@@ -211,18 +146,16 @@ def run_demo(config: DemoConfig) -> dict:
     print(built.summary(), flush=True)
     records = (built.records, built.manifest.parent)
     timings["data"] = time.perf_counter() - started
-    counters["data"] = cpu_times()
 
-    print(
-        f"[2/4] training the lite preset for {config.steps} steps, then "
-        f"{config.grounding_refit_steps} grounding-refit steps ...",
-        flush=True,
-    )
     cache_dir = out / "embedding_cache"
     train_config = config.train_config(built.manifest, out / "run", cache_dir)
+    print(
+        f"[2/4] training the lite preset for {train_config.max_steps} steps, then "
+        f"{train_config.grounding_refit_steps} grounding-refit steps ...",
+        flush=True,
+    )
     result = train(train_config, resume=True, records=records)
     timings["train"] = time.perf_counter() - started - timings["data"]
-    counters["train"] = cpu_times()
 
     print(
         "[3/4] evaluating on the test split (generated + teacher-forced) and baselines ...",
@@ -238,7 +171,6 @@ def run_demo(config: DemoConfig) -> dict:
         records=records,
     )
     timings["eval"] = time.perf_counter() - started - timings["data"] - timings["train"]
-    counters["eval"] = cpu_times()
 
     print("[4/4] writing the training curve and overlays ...", flush=True)
     plot_training_curve(result.history, out / "training_curve.png")
@@ -251,33 +183,18 @@ def run_demo(config: DemoConfig) -> dict:
         cache_dir=cache_dir,
     )
     timings["total"] = time.perf_counter() - started
-    counters["total"] = cpu_times()
-    cpu_seconds = process_cpu_seconds()
-    # Each phase from the reading before it; "total" over the whole run.
-    steal = {
-        phase: steal_fraction(counters[previous], counters[phase])
-        for previous, phase in (
-            ("start", "data"),
-            ("data", "train"),
-            ("train", "eval"),
-            ("start", "total"),
-        )
-    }
 
     table = (out / "eval" / "metrics.md").read_text()
     overall = {name: s["overall"].as_dict() for name, s in summaries.items()}
     report = {
         "timings_s": timings,
-        "host_steal_fraction": steal,
-        "process_cpu_s": cpu_seconds,
         "overall": overall,
         "train_steps": result.steps,
     }
     (out / "demo.json").write_text(json.dumps(report, indent=1))
     print("\n" + table)
-    stolen = "" if steal["total"] is None else f" (host steal {steal['total']:.0%})"
     print(
-        f"done in {timings['total'] / 60:.1f} min{stolen}; outputs in {out}/ "
+        f"done in {timings['total'] / 60:.1f} min; outputs in {out}/ "
         "(demo.json, eval/, overlays/, training_curve.png)"
     )
     return report

@@ -138,30 +138,28 @@ class GroundingConfig:
     """Grounding head (``medisee.model.grounding``): when ``enabled``, the box comes from a
     query-conditioned map over the segmenter's image embedding instead of the box decoder
     (which is still trained, and used when the map has no cell above ``threshold``).
-    ``dim``: width of the query/key space. ``refine_layers`` 3x3 convolutions of width
-    ``refine_dim`` over the query-modulated keys add a correction to the linear map (0: the
-    map is the plain query-key product). ``box_margin`` grid cells are added on each side
-    of the map's box (clamped to the grid): the map is trained against the mask at the
-    embedding's grid, where cells the target only partly covers fall below the threshold,
-    so the region's box is tight by up to a cell, and a box prompt that cuts the target
-    costs the mask decoder more than a loose one (``docs/training.md``, Session 5).
-    ``detach_state``: the head reads ``h_det`` without passing ``L_ground``'s gradient back
-    into the LM and routers, which then shape ``h_det`` through ``L_txt`` and ``L_bbox``
-    only. ``map_fallback_iou`` (inference only; 0 turns it off): where the decoded mask
-    overlaps the map's peak region by less than this IoU, the answer mask is that region
-    instead. The box prompt from a coarse map can sit around a small target inside a
-    larger one (the optic cup in the disc, the macula), and the decoder then outlines
-    another structure or almost nothing, while the map itself is close
-    (``docs/training.md``, Session 7)."""
+
+    The defaults are the head ``docs/architecture.md`` describes and the ``lite`` preset
+    uses, each chosen on the validation split (``docs/training.md``, "Design notes"):
+
+    * ``dim``: width of the query/key space.
+    * ``threshold`` -1 (p > 0.27): the map learns each cell's covered fraction, so a cell
+      on the target's edge sits below 0.5 and a region at 0 cuts the target.
+    * ``refine_layers`` 3x3 convolutions of width ``refine_dim`` over the query-modulated
+      keys add a correction to the linear map (0: the plain query-key product).
+    * ``map_fallback_iou`` (inference only; 0 turns it off): where the decoded mask
+      overlaps the map's peak region by less than this IoU, the answer mask is that
+      region instead. The box prompt from a coarse map can sit around a small target
+      inside a larger one (the optic cup in the disc, the macula), and the decoder then
+      outlines another structure or almost nothing, while the map itself is close.
+    """
 
     enabled: bool = False
     dim: int = 128
-    threshold: float = 0.0
-    refine_layers: int = 0
+    threshold: float = -1.0
+    refine_layers: int = 2
     refine_dim: int = 32
-    box_margin: int = 0
-    detach_state: bool = False
-    map_fallback_iou: float = 0.0
+    map_fallback_iou: float = 0.2
 
     def __post_init__(self) -> None:
         _check_positive("GroundingConfig", dim=self.dim, refine_dim=self.refine_dim)
@@ -169,9 +167,10 @@ class GroundingConfig:
             raise ValueError(
                 f"GroundingConfig.map_fallback_iou must be in [0, 1], got {self.map_fallback_iou}"
             )
-        for name in ("refine_layers", "box_margin"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"GroundingConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.refine_layers < 0:
+            raise ValueError(
+                f"GroundingConfig.refine_layers must be >= 0, got {self.refine_layers}"
+            )
 
 
 @dataclass
@@ -305,7 +304,6 @@ class ModelConfig:
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
     num_candidate_tokens: int = 2
     seg_projection_hidden: int | None = None
-    box_prompt_gradient: bool = False
     answer_box: str = "prompt"
     preset: str | None = None
 
@@ -336,11 +334,42 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        data = _drop_retired(data)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"ModelConfig got unknown keys {sorted(unknown)}")
         return cls(**data)
+
+
+#: Switches that were tried, left at these values, and removed; a saved config that still
+#: holds one at that value means the same model without it.
+_RETIRED_FIELDS = {
+    (): {"box_prompt_gradient": False},
+    ("grounding",): {"box_margin": 0, "detach_state": False},
+}
+
+
+def _drop_retired(data: dict[str, Any]) -> dict[str, Any]:
+    data = dict(data)
+    for path, fields in _RETIRED_FIELDS.items():
+        section = data
+        for key in path:
+            if not isinstance(section.get(key), dict):
+                section = {}
+                break
+            section[key] = dict(section[key])
+            section = section[key]
+        for name, value in fields.items():
+            if name in section:
+                if section[name] != value:
+                    where = ".".join((*path, name))
+                    raise ValueError(
+                        f"ModelConfig.{where} = {section[name]!r} is no longer supported "
+                        f"(only {value!r}, now the fixed behaviour)"
+                    )
+                del section[name]
+    return data
 
 
 def _to_jsonable(value: Any) -> Any:

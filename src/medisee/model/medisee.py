@@ -219,8 +219,7 @@ class MediSee(nn.Module):
     ) -> TargetDecoding:
         """h_seg, h_det -> boxes (normalised, original frame), grounding map, mask logits.
 
-        The prompt box is the grounding map's box (grown by ``grounding.box_margin`` cells)
-        when the head is enabled and its map has a cell above the threshold, else the box
+        The prompt box is the grounding map's box when the head is enabled and its map has a cell above the threshold, else the box
         decoder's. The prompt mode decides the sparse prompts of the mask decoder: T = the
         text token only; T+B adds a box (the prompt box, or ``prompt_boxes`` [B, 4]
         normalised cxcywh when given: teacher forcing in training); T+B+P also a positive
@@ -235,9 +234,8 @@ class MediSee(nn.Module):
         boxes = decoder_boxes
         grounding_logits = region = None
         if self.grounding is not None:
-            query_state = det_state.detach() if self.config.grounding.detach_state else det_state
             grounding_logits = self.grounding(
-                query_state, image_embeddings, self.segmenter.image_positional_embeddings()
+                det_state, image_embeddings, self.segmenter.image_positional_embeddings()
             )
             if answer_boxes or (decode_masks and prompt_boxes is None):
                 region = self._peak_region(grounding_logits)
@@ -296,10 +294,6 @@ class MediSee(nn.Module):
             if region is None:
                 region = self._peak_region(logits)
             cells = region_box(region)  # grid units
-            margin = self.config.grounding.box_margin
-            if margin:
-                grow = torch.tensor([-margin, -margin, margin, margin], device=cells.device)
-                cells = (cells + grow).clamp(0, side)
             grounded = self._grid_boxes(cells, side, image_sizes).to(fallback.dtype)
             found = (logits.flatten(1).amax(1) > threshold)[:, None]
         return torch.where(found, grounded, fallback)
@@ -353,10 +347,10 @@ class MediSee(nn.Module):
         mode = self.config.mask.prompt_mode
         box_prompt = point_prompt = None
         if mode in ("T+B", "T+B+P"):
-            box_for_prompt = boxes if self.config.box_prompt_gradient else boxes.detach()
-            # normalised (original frame) -> pixels -> segmenter input frame
+            # The box decoder learns from the box loss alone: no mask gradient through
+            # the prompt. normalised (original frame) -> pixels -> segmenter input frame
             sizes = image_sizes.to(boxes.dtype)
-            box_prompt = denormalize_box(box_for_prompt, sizes) * self._input_scale(sizes)[:, None]
+            box_prompt = denormalize_box(boxes.detach(), sizes) * self._input_scale(sizes)[:, None]
             if mode == "T+B+P":
                 point_prompt = (box_prompt[:, :2] + box_prompt[:, 2:]) / 2
         out = self.segmenter.decode(

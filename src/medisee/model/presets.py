@@ -47,7 +47,7 @@ def tiny() -> ModelConfig:
             decoder_num_heads=2,
             iou_head_hidden_dim=32,
         ),
-        grounding=GroundingConfig(enabled=True, dim=16),
+        grounding=GroundingConfig(enabled=True, dim=16, refine_dim=8),
         preset="tiny",
     )
 
@@ -71,21 +71,10 @@ def lite() -> ModelConfig:
         fusion=FusionConfig(router_hidden=1024),
         box=BoxDecoderConfig(hidden_size=512),
         mask=MaskConfig(encoder="tiny_vit", image_size=256, weights="litemedsam"),
-        # The box from a map over the SAM embedding: see medisee.model.grounding for why.
-        # Threshold -1 (p > 0.27): the map learns each cell's covered fraction, so a cell
-        # on the target's edge sits below 0.5 and a region at 0 cuts the target; the box
-        # prompt from the lower threshold gave the better mask, and the mask's own box the
-        # better answer box, on the validation split (docs/training.md, Session 5).
-        # A decoded mask that overlaps the map's region by IoU < 0.2 gives way to the
-        # region (small targets inside larger ones; best of 0.2-0.5 on val, Session 7).
-        grounding=GroundingConfig(
-            enabled=True,
-            dim=128,
-            threshold=-1.0,
-            refine_layers=2,
-            refine_dim=32,
-            map_fallback_iou=0.2,
-        ),
+        # The box from a map over the SAM embedding (medisee.model.grounding says why), with
+        # GroundingConfig's defaults; the decoded mask's own box answers, so box and mask
+        # agree (the better answer box on the validation split, docs/training.md).
+        grounding=GroundingConfig(enabled=True),
         answer_box="mask",
         preset="lite",
     )

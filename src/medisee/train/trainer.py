@@ -13,13 +13,16 @@ steps. The final model goes to ``<output_dir>/model`` (``save_pretrained`` forma
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -55,14 +58,17 @@ def warmup_linear_decay(warmup_steps: int, total_steps: int):
     return factor
 
 
+#: warm-up steps of the grounding refit's own learning-rate ramp (peak ``lr``)
+REFIT_WARMUP_STEPS = 10
+
+
 def training_schedule(config: TrainConfig):
     """LR multiplier per step: ``warmup_linear_decay`` over the ``max_steps`` joint steps,
-    then a fresh warm-up (``grounding_refit_warmup``) and linear decay over the
+    then a fresh warm-up (``REFIT_WARMUP_STEPS``) and linear decay over the
     ``grounding_refit_steps`` refit steps."""
     joint = warmup_linear_decay(config.warmup_steps, config.max_steps)
     refit = warmup_linear_decay(
-        min(config.grounding_refit_warmup, config.grounding_refit_steps),
-        config.grounding_refit_steps,
+        min(REFIT_WARMUP_STEPS, config.grounding_refit_steps), config.grounding_refit_steps
     )
 
     def factor(step: int) -> float:
@@ -86,22 +92,21 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return directory if (directory / STATE_FILE).is_file() else None
 
 
-def _build_model(config: TrainConfig, corpus: list[str]):
-    from medisee.model.config import ModelConfig
+def build_training_model(config: TrainConfig, corpus: list[str]):
+    """A fresh model of the preset ``config.model`` (with ``language_path`` and
+    ``segmenter_weights`` when given), or the saved model in that directory."""
     from medisee.model.medisee import MediSee, build_model
     from medisee.model.presets import get_preset
 
     if Path(config.model).is_dir():
         return MediSee.from_pretrained(config.model)
     model_config = get_preset(config.model)
-    if config.model_overrides:
-        merged = model_config.to_dict()
-        for key, value in config.model_overrides.items():
-            if isinstance(value, dict) and isinstance(merged.get(key), dict):
-                merged[key].update(value)
-            else:
-                merged[key] = value
-        model_config = ModelConfig.from_dict(merged)
+    if config.language_path is not None:
+        model_config.language = dataclasses.replace(
+            model_config.language, pretrained_path=config.language_path
+        )
+    if config.segmenter_weights is not None:
+        model_config.mask = dataclasses.replace(model_config.mask, weights=config.segmenter_weights)
     return build_model(model_config, corpus=corpus)
 
 
@@ -119,6 +124,27 @@ def training_corpus(records) -> list[str]:
     return texts
 
 
+@dataclass
+class TrainingRun:
+    """Everything ``train`` sets up before its loop (``setup_training``)."""
+
+    config: TrainConfig
+    accelerator: Any
+    task: Any  # the prepared MediSeeTask
+    model: Any  # the unwrapped MediSee
+    optimizer: Any
+    scheduler: Any
+    parameters: list[torch.nn.Parameter]
+    batches: Iterator[dict[str, torch.Tensor]]
+    eval_records: list
+    root: Path
+    builder: Any
+    cache: Any
+    start_step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int | None = None
+
+
 def train(
     config: TrainConfig,
     *,
@@ -131,15 +157,39 @@ def train(
     ``records``: ``(records, root)`` already in memory, instead of reading
     ``config.manifest``.
     """
+    started = time.perf_counter()
+    run = setup_training(config, resume=resume, progress=progress, records=records)
+    step = training_loop(run, progress=progress)
+    model_dir = Path(config.output_dir) / "model"
+    accelerator = run.accelerator
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(run.task).model.save_pretrained(model_dir)
+        _atomic_write_text(
+            Path(config.output_dir) / "history.json", json.dumps(run.history, indent=1)
+        )
+    accelerator.end_training()
+    return TrainResult(
+        step, model_dir, run.history, time.perf_counter() - started, run.resumed_from
+    )
+
+
+def setup_training(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    records: tuple[list, Path] | None = None,
+) -> TrainingRun:
+    """Accelerator, model, embedding cache, data, optimizer and schedule; the state of the
+    last checkpoint when ``resume`` finds one."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
-    from tqdm.auto import tqdm
 
     from medisee.model.embedding_cache import EmbeddingCache, encoder_fingerprint
     from medisee.train.dataset import Collator, MediSeeDataset, MixedSampler, repeat_factors
     from medisee.train.task import MediSeeTask
 
-    started = time.perf_counter()
     output_dir = Path(config.output_dir)
     accelerator = Accelerator(
         cpu=config.cpu,
@@ -165,7 +215,7 @@ def train(
     )
     if not train_records:
         raise ValueError(f"{config.manifest} has no records in split {config.train_split!r}")
-    model = _build_model(config, training_corpus(train_records))
+    model = build_training_model(config, training_corpus(train_records))
     if config.grounding_refit_steps and model.grounding is None:
         raise ValueError(
             "grounding_refit_steps needs a model with a grounding head "
@@ -197,7 +247,6 @@ def train(
         model.config.mask.low_res_mask_size,
         embedding_cache=cache,
         with_label_query=config.stage == "finetune",
-        question_word_dropout=config.question_word_dropout,
         max_length=getattr(model.config.language, "max_position_embeddings", None)
         if model.config.language.backbone == "lite"
         else None,
@@ -256,8 +305,32 @@ def train(
         num_workers=config.num_workers,
         collate_fn=Collator(model.tokenizer.pad_token_id),
     )
-    batches = iter(loader)
+    return TrainingRun(
+        config=config,
+        accelerator=accelerator,
+        task=task,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        parameters=parameters,
+        batches=iter(loader),
+        eval_records=eval_records,
+        root=root,
+        builder=builder,
+        cache=cache,
+        start_step=start_step,
+        history=history,
+        resumed_from=resumed_from,
+    )
 
+
+def training_loop(run: TrainingRun, *, progress: bool = True) -> int:
+    """The joint steps, then the grounding-refit steps, from ``run.start_step`` to
+    ``config.total_steps``: logging, periodic evaluation and checkpoints. Appends to
+    ``run.history``; returns the last step."""
+    from tqdm.auto import tqdm
+
+    config, accelerator, task = run.config, run.accelerator, run.task
     if accelerator.is_main_process:
         accelerator.init_trackers(
             "medisee",
@@ -268,12 +341,12 @@ def train(
     task.train()
     bar = tqdm(
         total=config.total_steps,
-        initial=start_step,
-        desc="refit grounding" if start_step >= config.max_steps else f"train {config.stage}",
+        initial=run.start_step,
+        desc="refit grounding" if run.start_step >= config.max_steps else f"train {config.stage}",
         unit="step",
         disable=not (progress and accelerator.is_local_main_process),
     )
-    step = start_step
+    step = run.start_step
     window: list[dict[str, float]] = []
     while step < config.total_steps:
         refitting = step >= config.max_steps
@@ -282,45 +355,42 @@ def train(
             logger.info("step %d: refitting the grounding head on the fixed LM", step)
         decode_masks = not refitting and step % config.mask_loss_every == 0
         for _ in range(config.grad_accum):
-            batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
+            batch = {k: v.to(accelerator.device) for k, v in next(run.batches).items()}
             with accelerator.accumulate(task):
                 losses = task(batch, decode_masks=decode_masks, grounding_only=refitting)
                 accelerator.backward(losses.total)
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
+                    accelerator.clip_grad_norm_(run.parameters, config.max_grad_norm)
+                run.optimizer.step()
+                run.optimizer.zero_grad()
             window.append(losses.as_floats())
-        scheduler.step()
+        run.scheduler.step()
         step += 1
         bar.update(1)
         if step % config.log_every == 0 or step == config.total_steps:
-            # Terms absent on some steps (the mask terms when skipped) average where present.
-            keys = sorted({k for w in window for k in w})
-            entry = {
-                k: sum(w[k] for w in window if k in w) / sum(k in w for w in window) for k in keys
-            }
-            entry = {f"loss/{k}": v for k, v in entry.items()}
-            entry.update(step=step, lr=scheduler.get_last_lr()[0])
-            history.append(entry)
+            entry = _window_means(window)
+            entry.update(step=step, lr=float(run.scheduler.get_last_lr()[0]))
+            run.history.append(entry)
             accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=step)
             bar.set_postfix(loss=f"{entry['loss/total']:.3f}")
             window = []
-        if config.eval_every and step % config.eval_every == 0 and eval_records:
-            metrics = _quick_eval(accelerator, task, eval_records, root, builder, cache, config)
-            history.append({"step": step, **{f"val/{k}": v for k, v in metrics.items()}})
+        if config.eval_every and step % config.eval_every == 0 and run.eval_records:
+            metrics = _quick_eval(run)
+            run.history.append({"step": step, **{f"val/{k}": v for k, v in metrics.items()}})
             accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
         if step % config.save_every == 0 or step == config.total_steps:
-            _save_checkpoint(accelerator, output_dir, step, history, config)
+            _save_checkpoint(accelerator, Path(config.output_dir), step, run.history, config)
     bar.close()
+    return step
 
-    model_dir = output_dir / "model"
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        accelerator.unwrap_model(task).model.save_pretrained(model_dir)
-        _atomic_write_text(output_dir / "history.json", json.dumps(history, indent=1))
-    accelerator.end_training()
-    return TrainResult(step, model_dir, history, time.perf_counter() - started, resumed_from)
+
+def _window_means(window: list[dict[str, float]]) -> dict[str, float]:
+    """Each loss term's mean over the logged window, as ``loss/<term>``; terms absent on
+    some steps (the mask terms when skipped) average where present."""
+    keys = sorted({k for w in window for k in w})
+    return {
+        f"loss/{k}": sum(w[k] for w in window if k in w) / sum(k in w for w in window) for k in keys
+    }
 
 
 def _save_checkpoint(
@@ -347,23 +417,21 @@ def _save_checkpoint(
 
 
 @torch.no_grad()
-def _quick_eval(
-    accelerator, task, records, root, builder, cache, config: TrainConfig
-) -> dict[str, float]:
+def _quick_eval(run: TrainingRun) -> dict[str, float]:
     """Teacher-forced Dice and box IoU on up to ``eval_max_examples`` held-out examples."""
     from medisee.evaluate.evaluator import teacher_forced_scores
 
-    model = accelerator.unwrap_model(task).model
+    model = run.accelerator.unwrap_model(run.task).model
     was_training = model.training
     model.eval()
     summary = teacher_forced_scores(
         model,
-        records,
-        root,
-        cache=cache,
-        max_examples=config.eval_max_examples,
-        batch_size=config.batch_size,
-        device=accelerator.device,
+        run.eval_records,
+        run.root,
+        cache=run.cache,
+        max_examples=run.config.eval_max_examples,
+        batch_size=run.config.batch_size,
+        device=run.accelerator.device,
     )
     model.train(was_training)
     return {"dice": summary.dice, "box_iou": summary.box_iou, "acc": summary.acc}

@@ -1,0 +1,111 @@
+"""Training recipes: the schedule each model preset is trained with, by preset name.
+
+``RECIPES`` sits beside ``medisee.model.presets.PRESETS`` and has the same keys. A recipe
+is the ``TrainConfig`` fields a preset needs beyond the paper's defaults (the dataclass
+defaults of ``TrainConfig``, SPEC §3). ``recipe_config`` is the one place a run's config
+is made from a preset name: ``medisee train --model lite``, a ``--config`` YAML that
+names ``model: lite``, ``medisee demo`` and the tests all go through it, so each trains
+exactly the recipe unless a field is given explicitly.
+
+The ``lite`` recipe is the CPU schedule ``docs/training.md`` explains ("Design notes"):
+the small LM starts from scratch, so it gets a higher learning rate, mostly reasoning
+questions, the mask decoder on every 20th step only, and a grounding-head refit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medisee.losses import LossWeights
+from medisee.train.config import TrainConfig
+
+
+def paper_recipe() -> dict[str, Any]:
+    """The paper's schedule (MediSee §5.1): ``TrainConfig``'s own defaults."""
+    return {}
+
+
+def lite_recipe() -> dict[str, Any]:
+    """The CPU schedule of the ``lite`` preset (what ``medisee demo`` trains)."""
+    return {
+        "max_steps": 1600,
+        "batch_size": 8,
+        # Above the paper's 3e-4: the lite LM starts from scratch.
+        "lr": 1e-3,
+        "warmup_steps": 50,
+        # The questions a user asks are reasoning ones; the paper's referring 7:3 is for
+        # a pretrained MLLM that already reads such questions.
+        "referring_ratio": 0.1,
+        # The mask decoder is most of a CPU step; decode masks on every 20th step, with
+        # ground-truth box prompts so that the decoder keeps following boxes.
+        "mask_loss_every": 20,
+        "mask_prompt": "target",
+        "group_by_length": 16,
+        "repeat_threshold": 0.2,
+        # Then the grounding head alone on the finished LM's states.
+        "grounding_refit_steps": 1000,
+        "losses": LossWeights(answer_tokens=5.0),
+        "save_every": 200,
+    }
+
+
+def medisee_7b_recipe() -> dict[str, Any]:
+    """The paper's 7B run: 10k steps of per-device batch 15 in bf16 (4 GPUs, ZeRO-2)."""
+    return {
+        "max_steps": 10_000,
+        "batch_size": 15,
+        "mixed_precision": "bf16",
+        "save_every": 500,
+        "eval_every": 500,
+        # The 1024 px ViT-B embedding is 64 x 64 x 256 per image as well, but a GPU
+        # encodes it in milliseconds: not worth the disk.
+        "cache_embeddings": False,
+    }
+
+
+RECIPES: dict[str, Callable[[], dict[str, Any]]] = {
+    "tiny": paper_recipe,
+    "lite": lite_recipe,
+    "medisee-7b": medisee_7b_recipe,
+}
+
+
+def recipe_config(model: str, manifest: str, output_dir: str, **fields: Any) -> TrainConfig:
+    """The ``TrainConfig`` of a run of ``model``: its recipe, then ``fields`` over it.
+
+    ``model`` is a preset name or a saved model directory (a directory continues training
+    with the paper's defaults). ``fields`` whose value is ``None`` are ignored, so CLI
+    flags that were not given leave the recipe alone.
+    """
+    recipe = RECIPES.get(model, paper_recipe)()
+    given = {k: v for k, v in fields.items() if v is not None}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(given) - known - {"manifest", "output_dir", "model"})
+    if unknown:
+        raise ValueError(f"TrainConfig got unknown keys {unknown}")
+    if isinstance(given.get("losses"), dict):
+        # Loss weights given by name change those weights only, not the recipe's others.
+        base = recipe.get("losses", LossWeights())
+        given["losses"] = LossWeights(**{**dataclasses.asdict(base), **given["losses"]})
+    return TrainConfig(
+        manifest=str(manifest), output_dir=str(output_dir), model=model, **{**recipe, **given}
+    )
+
+
+def config_from_yaml(path: str | Path, **overrides: Any) -> TrainConfig:
+    """A ``TrainConfig`` YAML over its preset's recipe, then ``overrides`` (``None``
+    ignored) over both. The YAML names the preset in ``model`` (default ``lite``)."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a TrainConfig YAML must be a mapping of fields")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    missing = [key for key in ("manifest", "output_dir") if not data.get(key)]
+    if missing:
+        raise ValueError(f"{path}: give {' and '.join(missing)} (in the YAML or as flags)")
+    model = data.pop("model", None) or "lite"
+    return recipe_config(model, data.pop("manifest"), data.pop("output_dir"), **data)
