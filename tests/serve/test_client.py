@@ -86,18 +86,24 @@ def test_the_client_gives_up_and_does_not_retry_client_errors(monkeypatch):
 CLIENTS = 50
 
 
-def _first_batch_slow(predictor, monkeypatch, seconds: float) -> None:
-    """The first batch waits, so that the burst certainly overfills the queue."""
+def _hold_first_batch_until_the_queue_is_full(predictor, monkeypatch, base_url, capacity):
+    """The worker's first batch waits (at most 10 s) until ``/healthz`` shows a full
+    queue, so that the burst is certainly shed in part, however fast the machine."""
     run = predictor.run
     calls = []
 
-    def run_slowly(requests, options=None):
+    def run_when_full(requests, options=None):
         if not calls:
-            time.sleep(seconds)
+            deadline = time.monotonic() + 10
+            with httpx.Client(base_url=base_url, timeout=5) as probe:
+                while time.monotonic() < deadline:
+                    if probe.get("/healthz").json()["queue_depth"] >= capacity:
+                        break
+                    time.sleep(0.01)
         calls.append(len(requests))
         return run(requests, options)
 
-    monkeypatch.setattr(predictor, "run", run_slowly)
+    monkeypatch.setattr(predictor, "run", run_when_full)
 
 
 def test_fifty_concurrent_clients_get_fifty_of_fifty_answers_with_retries(echo, monkeypatch):
@@ -114,7 +120,7 @@ def test_fifty_concurrent_clients_get_fifty_of_fifty_answers_with_retries(echo, 
                 client.predict("Again?", session_id=first["session_id"])
                 single.append(time.perf_counter() - start)
         pair_s = statistics.median(single)
-        _first_batch_slow(echo, monkeypatch, 0.3)
+        _hold_first_batch_until_the_queue_is_full(echo, monkeypatch, base_url, settings.queue_size)
 
         async def one(number: int, client: AsyncClient) -> tuple[dict, dict]:
             first = await client.predict(f"Client {number} asks?", image=images[number])

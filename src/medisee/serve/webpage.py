@@ -221,7 +221,7 @@ async function ask(event) {
     try { data = await response.json(); } catch (e) { data = { detail: response.statusText }; }
     if (!response.ok) {
       setStatus("Error " + response.status + ": " + (data.detail || response.statusText), true);
-      if (response.status === 404) { state.sessionId = null; }
+      if (response.status === 404 || response.status === 410) { state.sessionId = null; }
       return;
     }
     if (!followUp) {
