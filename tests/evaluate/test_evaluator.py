@@ -107,7 +107,7 @@ def test_baselines_decode_each_prompt_once_and_score_like_a_direct_decode(
 ):
     """Questions about the same target share one decode; the scores equal decoding each
     question's prompt on its own."""
-    from medisee.evaluate.evaluator import _ImageSource
+    from medisee.evaluate.evaluator import ImageSource
     from medisee.evaluate.metrics import score_target
 
     recs, root = records
@@ -127,7 +127,7 @@ def test_baselines_decode_each_prompt_once_and_score_like_a_direct_decode(
     assert sum(calls) == len({(i.record.id, i.target_index) for i in items}) < len(items)
 
     monkeypatch.setattr(segmenter, "decode", decode)
-    source = _ImageSource(segmenter, root, None, "cpu")
+    source = ImageSource(segmenter, root, None, "cpu")
     dice = []
     for item in items:
         record = item.record
@@ -158,3 +158,65 @@ def test_evaluation_subset_spreads_over_images_and_targets(records):
     order = [(recs.index(i.record), i.target_index, i.qa_index) for i in pairs]
     assert order == sorted(order)
     assert len(evaluation_items(recs, max_examples=10**6)) == len(everything)
+
+
+def test_medisee_eval_scores_what_the_predictor_returns(tiny_model, records, tmp_path, monkeypatch):
+    """``medisee eval`` (batched, embeddings from the cache) gives the figures of scoring
+    ``Predictor.predict`` answers one by one: the product's inference path."""
+    from medisee.cli import main
+    from medisee.data.masks import load_mask
+    from medisee.data.writer import write_manifest
+    from medisee.evaluate.metrics import MetricAccumulator, score_target
+    from medisee.inference import Predictor
+    from medisee.model.embedding_cache import EmbeddingCache, encoder_fingerprint
+    from medisee.model.medisee import MediSee
+    from medisee.model.mllm import LiteBackbone
+
+    recs, root = records
+    write_manifest(root / "manifest.jsonl", recs)
+    # The untrained map's peak region would replace every mask (the map fallback).
+    monkeypatch.setattr(tiny_model.config.grounding, "map_fallback_iou", 0.0)
+    tiny_model.save_pretrained(tmp_path / "model")
+    tokenizer, builder = tiny_model.tokenizer, tiny_model.prompt_builder()
+
+    def fake_generate(self, input_ids, attention_mask, vision, **kwargs):
+        # An untrained model emits no candidates: make every reply name a target, so
+        # that masks and boxes are decoded and scored.
+        reply = builder.format.assistant_prefix + builder.answer_text("It is the liver.")
+        row = tokenizer(reply, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        return torch.tensor([row] * input_ids.shape[0])
+
+    def fake_decode_masks(self, seg_state, image_embeddings, image_sizes, boxes):
+        # An untrained decoder paints nothing: masks from the image itself instead (the
+        # embedding's channel mean above its median, at the low-res size), so the scores
+        # depend on the image reading, the embedding and the mapping back.
+        side = self.config.mask.low_res_mask_size
+        mean = torch.nn.functional.interpolate(image_embeddings.mean(1, keepdim=True), side)
+        logits = mean[:, 0] - mean.flatten(1).median(1).values[:, None, None]
+        return logits * 100, torch.ones(len(logits))
+
+    monkeypatch.setattr(LiteBackbone, "generate", fake_generate)
+    monkeypatch.setattr(MediSee, "_decode_masks", fake_decode_masks)
+    args = ["eval", "--model", str(tmp_path / "model"), "--manifest", str(root / "manifest.jsonl")]
+    args += ["--split", "test", "--out", str(tmp_path / "eval"), "--baselines", "none"]
+    args += ["--modes", "generated", "--batch-size", "3", "--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 0
+    reported = json.loads((tmp_path / "eval" / "summary.json").read_text())["medisee (generated)"]
+
+    predictor = Predictor.from_pretrained(tmp_path / "model")
+    cache = EmbeddingCache(tmp_path / "cache", encoder_fingerprint(predictor.model.segmenter))
+    accumulator = MetricAccumulator()
+    test = [r for r in recs if r.split == "test"]
+    for item in evaluation_items(test):
+        state = predictor.prepare(root / item.record.image)
+        state.embedding = cache.load(root / item.record.image)  # what eval read
+        predictor.set_image(state)
+        answer = predictor.predict(item.qa.question, max_new_tokens=48)
+        assert answer.found_target
+        truth = load_mask(item.target.mask, root, shape=answer.image_size)
+        accumulator.add(score_target(answer.mask, truth, answer.box, item.target.box_xyxy))
+    expected = accumulator.summary()["overall"].as_dict()
+    assert expected["count"] == reported["count"] == 4 and 0.05 < expected["dice"] < 0.99
+    # The batch pads prompts (left, 3 rows): float rounding only.
+    for key in ("dice", "giou", "ciou", "box_iou", "acc", "found_rate"):
+        assert reported[key] == pytest.approx(expected[key], abs=1e-3), key

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from medisee.boxes import denormalize_box, normalize_box
-from medisee.evaluate.evaluator import _ImageSource, evaluation_items
+from medisee.evaluate.evaluator import ImageSource, evaluation_items
 from medisee.evaluate.metrics import MetricAccumulator, score_target
 
 BASELINES = ("whole_image_box", "label_match", "oracle_box")
@@ -124,7 +124,7 @@ def run_baselines(
     if unknown:
         raise ValueError(f"unknown baselines {sorted(unknown)}; known: {BASELINES}")
     segmenter = segmenter.eval()
-    source = _ImageSource(segmenter, Path(root), cache, device)
+    source = ImageSource(segmenter, Path(root), cache, device)
     priors = label_box_priors(prior_records)
     matcher = LabelMatcher(list(priors), ontology)
     items = evaluation_items(records, kinds, max_examples)

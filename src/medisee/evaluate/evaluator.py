@@ -1,17 +1,21 @@
 """Evaluate a model on manifest records, generated (headline) and teacher-forced.
 
 * **generated**: the model sees only the question and must itself emit its candidate
-  tokens; a reply without them scores an empty mask and no box.
+  tokens; a reply without them scores an empty mask and no box. These are the answers of
+  ``medisee.inference.Predictor``, the code ``predict``, ``chat`` and ``serve`` run: the
+  same image reading, prompt, decoding and mapping to the original frame, batched, with
+  the image embeddings read from the cache when one is given.
 * **teacher-forced**: the reference answer (with candidate tokens) is fed in, as the
   released MediSee code evaluated; reported beside the headline, never instead of it.
 
-Masks are scored in the original image frame (the low-res logits are mapped back through
-``ImageFrame``), boxes as pixel ``xyxy`` in the original frame (``medisee.boxes``).
+Masks are scored in the original image frame, boxes as pixel ``xyxy`` in the original
+frame (``medisee.inference.predictor.to_original_frame`` maps both modes' answers).
 """
 
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +25,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from medisee.boxes import clip_box, denormalize_box
 from medisee.evaluate.metrics import MetricAccumulator, Summary, score_target
+from medisee.inference.predictor import (
+    GenerationOptions,
+    ImageState,
+    Predictor,
+    PredictRequest,
+    to_original_frame,
+)
 from medisee.model.preprocess import SamTransform
 from medisee.model.prompting import right_pad
 
@@ -79,7 +89,7 @@ def markdown_table(
 
 
 @dataclass
-class _Item:
+class EvalItem:
     record: Any
     target_index: int
     qa_index: int
@@ -105,7 +115,7 @@ class _Item:
 
 def evaluation_items(
     records: Sequence[Any], kinds: Sequence[str] = ("reasoning",), max_examples: int | None = None
-) -> list[_Item]:
+) -> list[EvalItem]:
     """The questions of ``kinds`` in manifest order (record, target, question).
 
     With ``max_examples``, a subset spread over images and targets: the records take
@@ -116,7 +126,7 @@ def evaluation_items(
     # per record, per target: its questions of ``kinds``
     per_record = [
         [
-            [_Item(record, t, q) for q, qa in enumerate(target.qa) if qa.kind in kinds]
+            [EvalItem(record, t, q) for q, qa in enumerate(target.qa) if qa.kind in kinds]
             for t, target in enumerate(record.targets)
         ]
         for record in records
@@ -142,8 +152,9 @@ def evaluation_items(
     return [item for item in items if id(item) in chosen]
 
 
-class _ImageSource:
-    """Image embeddings (cached or computed) and original-frame ground truth per record."""
+class ImageSource:
+    """Image embeddings (cached or computed) and original-frame ground truth per record,
+    for models without a ``Predictor`` (the segmenter-only baselines)."""
 
     def __init__(
         self,
@@ -151,21 +162,17 @@ class _ImageSource:
         root: Path,
         cache=None,
         device: torch.device | str = "cpu",
-        always_pixels: bool = False,
     ) -> None:
-        """``always_pixels``: also load pixels when embeddings are cached (LLaVA's CLIP
-        tower sees the image itself)."""
         self.segmenter = segmenter
         self.root = Path(root)
         self.cache = cache
         self.device = torch.device(device)
-        self.always_pixels = always_pixels
         self.transform = SamTransform(segmenter.config.image_size)
 
     def inputs(self, records: Sequence[Any]) -> dict[str, torch.Tensor]:
         from medisee.data.io import read_image
 
-        needs_pixels = self.cache is None or self.always_pixels
+        needs_pixels = self.cache is None
         out: dict[str, torch.Tensor] = {}
         if needs_pixels:
             pixels = [
@@ -183,21 +190,40 @@ class _ImageSource:
         )
         return out
 
-    def ground_truth(self, item: _Item) -> np.ndarray:
-        from medisee.data.masks import load_mask
+    def ground_truth(self, item: EvalItem) -> np.ndarray:
+        return ground_truth(item, self.root)
 
-        return load_mask(item.target.mask, self.root, shape=(item.record.height, item.record.width))
 
-    def to_original(self, record, mask_logits: torch.Tensor | None, box: torch.Tensor | None):
-        """Low-res logits ``[L, L]`` and normalised box -> original-frame bool mask and
-        pixel box (or ``None`` s)."""
-        if mask_logits is None or box is None:
-            return None, None
-        size = (record.height, record.width)
-        frame = self.transform.frame(size)
-        mask = frame.mask_logits_to_original(mask_logits[None, None].float().cpu())[0, 0] > 0
-        pixel_box = clip_box(denormalize_box(box.float().cpu(), size), size)
-        return mask.numpy(), tuple(float(v) for v in pixel_box)
+class _States:
+    """``ImageState`` per record image: read once, embedding from the cache when it holds
+    the image; the last few are kept (questions come grouped by image)."""
+
+    def __init__(self, predictor: Predictor, root: Path, cache=None, keep: int = 16) -> None:
+        self.predictor = predictor
+        self.root = root
+        self.cache = cache
+        self.keep = keep
+        self._recent: OrderedDict[str, ImageState] = OrderedDict()
+
+    def __call__(self, record: Any) -> ImageState:
+        state = self._recent.get(record.image)
+        if state is None:
+            path = self.root / record.image
+            state = self.predictor.prepare(path)
+            if self.cache is not None and path in self.cache:
+                state.embedding = self.cache.load(path).to(self.predictor.device)
+            self._recent[record.image] = state
+            while len(self._recent) > self.keep:
+                self._recent.popitem(last=False)
+        return state
+
+
+def ground_truth(item: EvalItem, root: Path) -> np.ndarray:
+    """The target's mask in the original frame of its image."""
+    from medisee.data.masks import load_mask
+
+    record = item.record
+    return load_mask(item.target.mask, root, shape=(record.height, record.width))
 
 
 @torch.no_grad()
@@ -215,27 +241,27 @@ def evaluate(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> EvalReport:
-    """Score ``model`` on the QA items of ``kinds`` in ``records``."""
+    """Score ``model`` (on ``device``) on the QA items of ``kinds`` in ``records``.
+
+    ``cache``: an ``EmbeddingCache`` of the model's segmenter; images it does not hold are
+    encoded. ``max_new_tokens`` bounds each generated reply.
+    """
     unknown = set(modes) - {"generated", "teacher_forced"}
     if unknown:
         raise ValueError(f"unknown evaluation modes {sorted(unknown)}")
-    model.eval()
-    items = evaluation_items(records, kinds, max_examples)
-    source = _ImageSource(
-        model.segmenter,
-        Path(root),
-        cache,
-        device,
-        always_pixels=not model.language.uses_segmenter_embedding,
+    root = Path(root)
+    predictor = Predictor(
+        model, GenerationOptions(max_new_tokens=max_new_tokens), batch_size=batch_size
     )
-    builder = model.prompt_builder()
+    states = _States(predictor, root, cache, keep=2 * batch_size)
+    items = evaluation_items(records, kinds, max_examples)
     accumulators = {mode: MetricAccumulator() for mode in modes}
     examples: list[dict[str, Any]] = []
     bar = tqdm(total=len(items), desc="evaluating", unit="q", disable=not progress)
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        inputs = source.inputs([i.record for i in chunk])
-        truths = [source.ground_truth(i) for i in chunk]
+        requests = [PredictRequest(states(i.record), i.qa.question) for i in chunk]
+        truths = [ground_truth(i, root) for i in chunk]
         rows = [
             {
                 "image": i.record.image,
@@ -247,42 +273,21 @@ def evaluate(
             for i in chunk
         ]
         if "generated" in modes:
-            prompts = [builder.encode([(i.qa.question, None)]).input_ids for i in chunk]
-            answers = model.generate(
-                prompts,
-                inputs["image_sizes"],
-                pixel_values=inputs.get("pixel_values"),
-                image_embeddings=inputs["image_embeddings"],
-                max_new_tokens=max_new_tokens,
-            )
-            for item, truth, answer, row in zip(chunk, truths, answers, rows):
-                mask, box = source.to_original(item.record, answer.mask_logits, answer.box)
-                score = score_target(mask, truth, box, item.target.box_xyxy)
+            for item, truth, prediction, row in zip(chunk, truths, predictor.run(requests), rows):
+                mask = prediction.mask if prediction.found_target else None
+                score = score_target(mask, truth, prediction.box, item.target.box_xyxy)
                 accumulators["generated"].add(score, item.groups())
                 row.update(
-                    reply=answer.text,
-                    box=box,
+                    reply=prediction.text,
+                    box=prediction.box,
                     dice=score.dice,
                     box_iou=score.box_iou,
                     emitted=score.found,
                 )
         if "teacher_forced" in modes:
-            encoded = [
-                builder.encode(
-                    [(i.qa.question, builder.answer_text(i.qa.answer, i.qa.explanation))]
-                )
-                for i in chunk
-            ]
-            ids, attention = right_pad([e.input_ids for e in encoded], model.tokenizer.pad_token_id)
-            out = model(
-                ids.to(source.device),
-                attention.to(source.device),
-                inputs["image_sizes"],
-                pixel_values=inputs.get("pixel_values"),
-                image_embeddings=inputs["image_embeddings"],
-            )
-            for r, (item, truth, row) in enumerate(zip(chunk, truths, rows)):
-                mask, box = source.to_original(item.record, out.mask_logits[r], out.boxes[r])
+            for item, truth, (mask, box), row in zip(
+                chunk, truths, _teacher_forced(predictor, chunk, requests), rows
+            ):
                 score = score_target(mask, truth, box, item.target.box_xyxy)
                 accumulators["teacher_forced"].add(score, item.groups())
                 row.update(tf_box=box, tf_dice=score.dice, tf_box_iou=score.box_iou)
@@ -290,6 +295,35 @@ def evaluate(
         bar.update(len(chunk))
     bar.close()
     return EvalReport({mode: acc.summary() for mode, acc in accumulators.items()}, examples)
+
+
+def _teacher_forced(
+    predictor: Predictor, chunk: Sequence[EvalItem], requests: Sequence[PredictRequest]
+) -> list[tuple[np.ndarray | None, tuple[float, ...] | None]]:
+    """Mask and pixel box of each item with its reference answer fed in."""
+    model, builder = predictor.model, predictor.builder
+    predictor.encode([r.state for r in requests])
+    encoded = [
+        builder.encode([(i.qa.question, builder.answer_text(i.qa.answer, i.qa.explanation))])
+        for i in chunk
+    ]
+    device = predictor.device
+    ids, attention = right_pad([e.input_ids for e in encoded], model.tokenizer.pad_token_id)
+    pixels = None
+    if not model.language.uses_segmenter_embedding:
+        pixels = torch.stack([r.state.pixel_values for r in requests]).to(device)
+    out = model(
+        ids.to(device),
+        attention.to(device),
+        torch.tensor([r.state.size for r in requests], device=device),
+        pixel_values=pixels,
+        image_embeddings=torch.stack([r.state.embedding for r in requests]),
+    )
+    results = []
+    for row, request in enumerate(requests):
+        mask, box, _ = to_original_frame(request.state.frame, out.mask_logits[row], out.boxes[row])
+        results.append((mask, box))
+    return results
 
 
 def teacher_forced_scores(

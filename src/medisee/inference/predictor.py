@@ -517,19 +517,10 @@ class Predictor:
 
     def _to_prediction(self, request: PredictRequest, answer: GeneratedAnswer) -> Prediction:
         state = request.state
-        height, width = state.size
-        mask = np.zeros((height, width), dtype=bool)
-        box = box_normalized = None
-        if answer.box is not None and answer.mask_logits is not None:
-            logits = answer.mask_logits.detach().float().cpu()[None, None]
-            mask = (state.frame.mask_logits_to_original(logits)[0, 0] > 0).numpy()
-            normalized = answer.box.detach().float().cpu()
-            pixel_box = clip_box(denormalize_box(normalized, (height, width)), (height, width))
-            box = tuple(float(v) for v in pixel_box)
-            box_normalized = tuple(float(v) for v in normalized)
+        mask, box, box_normalized = to_original_frame(state.frame, answer.mask_logits, answer.box)
         return Prediction(
             mask=mask,
-            box=box,  # type: ignore[arg-type]
+            box=box,
             text=" ".join(answer.text.split()),
             scores={
                 "found_target": answer.found_target,
@@ -539,7 +530,7 @@ class Predictor:
             },
             question=request.question.strip(),
             raw_text=self._raw_text(answer),
-            box_normalized=box_normalized,  # type: ignore[arg-type]
+            box_normalized=box_normalized,
             image=state.image.pixels,
         )
 
@@ -553,6 +544,36 @@ class Predictor:
             state = self.prepare(image)
             self.encode([state])
         return Conversation(self, state)
+
+
+Box = tuple[float, float, float, float]
+
+
+def to_original_frame(
+    frame: ImageFrame, mask_logits: torch.Tensor | None, box: torch.Tensor | None
+) -> tuple[np.ndarray, Box | None, Box | None]:
+    """The model's answer for one image in its original frame.
+
+    Args:
+        frame: the image's geometry (``ImageState.frame``).
+        mask_logits: ``[L, L]`` low-res logits in the segmenter's input frame, or ``None``.
+        box: normalised ``(cx, cy, w, h)`` of the original ``(W, H)``, or ``None``.
+
+    Returns ``(mask, box, box_normalized)``: ``H x W`` bool (all False without a target),
+    the pixel-edge ``(x0, y0, x1, y1)`` clipped to the image, and the normalised box as
+    floats; both boxes ``None`` without a target. Predictions and evaluation both map
+    answers through this function.
+    """
+    height, width = frame.original_size
+    if mask_logits is None or box is None:
+        return np.zeros((height, width), dtype=bool), None, None
+    logits = mask_logits.detach().float().cpu()[None, None]
+    mask = (frame.mask_logits_to_original(logits)[0, 0] > 0).numpy()
+    normalized = box.detach().float().cpu()
+    pixel_box = clip_box(denormalize_box(normalized, (height, width)), (height, width))
+    x0, y0, x1, y1 = (float(v) for v in pixel_box)
+    cx, cy, w, h = (float(v) for v in normalized)
+    return mask, (x0, y0, x1, y1), (cx, cy, w, h)
 
 
 def _rng_devices(device: torch.device) -> list[Any]:
