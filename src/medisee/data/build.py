@@ -162,12 +162,36 @@ class Builder:
         source_id: str,
         display: str | None = None,
         meta: dict[str, Any] | None = None,
+        provenance: str | Sequence[str | None] | None = None,
+        split: str | None = None,
     ) -> Record | None:
+        """Add one image with its ``(label, mask)`` targets; returns the record (``None`` if
+        nothing was left to keep).
+
+        ``provenance``: one value for every target or one per target (see
+        :data:`medisee.data.schema.PROVENANCES`). ``split``: pin this record to a split
+        (``"train"``, ``"val"`` or ``"test"``; e.g. a held-out patient) instead of leaving it
+        to :func:`medisee.data.splits.assign_splits`; records of one ``source_id`` must be
+        pinned alike.
+        """
+        if split is not None and split not in ("train", "val", "test"):
+            raise ValueError(f"split must be None, 'train', 'val' or 'test', got {split!r}")
+        origins: Sequence[str | None] = (
+            [provenance] * len(targets)
+            if provenance is None or isinstance(provenance, str)
+            else provenance
+        )
+        if len(origins) != len(targets):
+            raise ValueError(
+                f"{record_id}: {len(origins)} provenance entries for {len(targets)} targets"
+            )
         canonical = []
-        for label, mask in targets:
+        origin_of: dict[str, str | None] = {}
+        for (label, mask), origin in zip(targets, origins):
             name = self.canonical_label(label, f"{record_id}/{label}")
             if name is not None:
                 canonical.append((name, mask))
+                origin_of[name] = _weaker(origin_of[name], origin) if name in origin_of else origin
         merged = _merge_same_label(canonical)
         base, suffix = record_id, 2
         while self.writer.has_id(record_id):  # two inputs slugified to the same id
@@ -182,9 +206,12 @@ class Builder:
             display=display,
             meta=meta,
             report=self.report,
+            provenance=[origin_of[label] for label, _ in merged],
         )
         if record is None:
             return None
+        if split is not None:
+            record.split = split
         if self.engine is not None:
             label_masks = {
                 label: mask
@@ -226,7 +253,9 @@ class Builder:
     def finish(self, info: dict[str, Any]) -> BuildResult:
         if not self.records:
             raise ValueError(f"no usable images; {self.report.summary()}")
-        assign_splits(self.records, self.ratios, seed=self.seed)
+        # Pinned records keep their split; the others are split as if alone.
+        unpinned = [record for record in self.records if record.split == "unassigned"]
+        assign_splits(unpinned, self.ratios, seed=self.seed)
         check_no_leakage(self.records)
         added = self._add_variant_questions()
         info = {
@@ -258,3 +287,14 @@ def _merge_same_label(targets: Sequence[tuple[str, np.ndarray]]) -> list[tuple[s
         elif label not in merged:
             merged[label] = mask.astype(bool)
     return list(merged.items())
+
+
+_PROVENANCE_RANK = {"expert": 0, "derived": 1, "phantom": 2}
+
+
+def _weaker(a: str | None, b: str | None) -> str | None:
+    """The provenance of two masks united under one label: the less trustworthy one
+    (``None``, unknown, wins over any value)."""
+    if a is None or b is None:
+        return None
+    return a if _PROVENANCE_RANK.get(a, 3) >= _PROVENANCE_RANK.get(b, 3) else b

@@ -20,8 +20,14 @@ Coordinate convention (the one of :mod:`medisee.boxes`, used everywhere):
   fundus, endoscopy). Location questions say "left of the image" for image sides and
   "the patient's left" only when ``display`` is set.
 
+Provenance: each target says where its mask comes from (``Target.provenance``):
+``"expert"`` (drawn by a human annotator and shipped with the image), ``"derived"``
+(computed here by a documented rule: thresholds, connected components, a template's
+probability maps), ``"phantom"`` (the generator's ground truth of a synthetic image), or
+``None`` when the source does not say (user datasets, manifests written before 1.1).
+
 Versioning: every line carries ``schema_version`` ``"MAJOR.MINOR"``; readers accept the
-same major version. Minor versions only add optional fields.
+same major version. Minor versions only add optional fields (1.1: ``Target.provenance``).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 SPLITS = ("train", "val", "test", "unassigned")
 QA_KINDS = ("referring", "reasoning")
@@ -40,6 +46,8 @@ PERSPECTIVES = ("attribute", "location")
 LENGTHS = ("short", "long")
 DISPLAYS = ("radiological", "neurological")
 ROLES = ("user", "assistant")
+#: Where a target's mask comes from (see the module docstring).
+PROVENANCES = ("expert", "derived", "phantom")
 
 #: Canonical modality names. Aliases (SA-Med2D prefixes, DICOM codes) map onto these.
 MODALITIES = (
@@ -247,7 +255,8 @@ class Target:
 
     ``mask`` is a path (relative to the manifest directory) to a PNG mask or a COCO RLE
     dict; ``box_xyxy`` is the tight pixel-edge box of that mask (see the module docstring);
-    ``area`` is its pixel count.
+    ``area`` is its pixel count; ``provenance`` is one of :data:`PROVENANCES` or ``None``
+    (not recorded; see the module docstring).
     """
 
     label: str
@@ -255,6 +264,7 @@ class Target:
     box_xyxy: tuple[int, int, int, int]
     area: int
     qa: list[QAItem] = field(default_factory=list)
+    provenance: str | None = None
 
     def __post_init__(self) -> None:
         _check_str(self.label, "Target.label")
@@ -284,6 +294,11 @@ class Target:
         )
         for item in self.qa:
             _require(isinstance(item, QAItem), "Target.qa must hold QAItem objects")
+        _require(
+            self.provenance is None or self.provenance in PROVENANCES,
+            f"target {self.label!r}: provenance must be None or one of {PROVENANCES}, "
+            f"got {self.provenance!r}",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -291,13 +306,14 @@ class Target:
             "mask": self.mask if isinstance(self.mask, str) else dict(self.mask),
             "box_xyxy": list(self.box_xyxy),
             "area": self.area,
+            "provenance": self.provenance,
             "qa": [item.to_dict() for item in self.qa],
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Target:
         _require(isinstance(data, Mapping), "Target must be a JSON object")
-        unknown = set(data) - {"label", "mask", "box_xyxy", "area", "qa"}
+        unknown = set(data) - {"label", "mask", "box_xyxy", "area", "qa", "provenance"}
         _require(not unknown, f"Target has unknown fields {sorted(unknown)}")
         try:
             qa = data.get("qa") or []
@@ -308,6 +324,7 @@ class Target:
                 box_xyxy=tuple(data["box_xyxy"]),  # type: ignore[arg-type]
                 area=data["area"],
                 qa=[QAItem.from_dict(item) for item in qa],
+                provenance=data.get("provenance"),  # absent before schema 1.1
             )
         except KeyError as error:
             raise ValueError(f"Target is missing field {error.args[0]!r}") from None

@@ -93,9 +93,12 @@ class DatasetWriter:
         display: str | None = None,
         meta: dict[str, Any] | None = None,
         report: SkipReport | None = None,
+        provenance: Sequence[str | None] | None = None,
     ) -> Record | None:
         """Write ``image`` (``H x W`` or ``H x W x 3`` uint8) and its targets; return the record.
 
+        ``provenance`` (one entry per target, see :data:`medisee.data.schema.PROVENANCES`)
+        goes into each ``Target.provenance``; ``None`` leaves it unrecorded.
         Empty masks and masks of another size are skipped and counted in ``report``;
         a record left without targets is skipped (``None``) and counted too.
         """
@@ -111,8 +114,14 @@ class DatasetWriter:
                 f"{record_id}: image must be H x W (x 3) uint8, got {image.shape} {image.dtype}"
             )
         height, width = int(image.shape[0]), int(image.shape[1])
-        kept: list[tuple[str, np.ndarray]] = []
-        for label, mask in targets:
+        if provenance is None:
+            provenance = [None] * len(targets)
+        if len(provenance) != len(targets):
+            raise ValueError(
+                f"{record_id}: {len(provenance)} provenance entries for {len(targets)} targets"
+            )
+        kept: list[tuple[str, np.ndarray, str | None]] = []
+        for (label, mask), origin in zip(targets, provenance):
             if mask.shape != (height, width):
                 report.add(
                     "mask size mismatch",
@@ -123,14 +132,14 @@ class DatasetWriter:
             if not mask.any():
                 report.add("empty mask", f"{record_id}/{label}")
                 continue
-            kept.append((label, mask.astype(bool)))
+            kept.append((label, mask.astype(bool), origin))
         if not kept:
             report.add("no targets left", record_id)
             return None
         image_rel = f"images/{record_id}.png"
         save_png(self.out_dir / image_rel, image)
         record_targets = []
-        for index, (label, mask) in enumerate(kept):
+        for index, (label, mask, origin) in enumerate(kept):
             box = mask_to_box(mask)
             assert box is not None  # non-empty, checked above
             if self.mask_format == "rle":
@@ -139,7 +148,13 @@ class DatasetWriter:
                 stored = f"masks/{record_id}/{index:02d}_{slugify(label)}.png"
                 write_mask_png(self.out_dir / stored, mask)
             record_targets.append(
-                Target(label=label, mask=stored, box_xyxy=box, area=int(mask.sum()))
+                Target(
+                    label=label,
+                    mask=stored,
+                    box_xyxy=box,
+                    area=int(mask.sum()),
+                    provenance=origin,
+                )
             )
         self._ids.add(record_id)
         return Record(
