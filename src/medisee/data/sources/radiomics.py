@@ -145,10 +145,12 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def find_sdist(path: str | os.PathLike[str] | None = None, *, sha256: str = SDIST_SHA256) -> Path:
+def find_sdist(path: str | os.PathLike[str] | None = None, *, sha256: str | None = None) -> Path:
     """The verified sdist: ``path`` (the file or a directory holding it) or the default
     data directory. Raises :class:`RadiomicsDataError` naming the file and the command
-    to fetch it when it is missing or its SHA-256 is not ``sha256``."""
+    to fetch it when it is missing or its SHA-256 is not ``sha256`` (default
+    :data:`SDIST_SHA256`)."""
+    sha256 = sha256 if sha256 is not None else SDIST_SHA256
     if path is None:
         file = default_data_dir() / SDIST_NAME
     else:
@@ -380,9 +382,9 @@ def derive_ct_masks(hu: np.ndarray, spacing: Sequence[float]) -> dict[str, np.nd
     voxel_ml = sx * sy * sz / 1000.0
     pixel_mm2 = sx * sy
     body = _fill_slices(_largest_component(hu > -500))
-    masks: dict[str, np.ndarray] = {"body": body}
     if not body.any():
-        return masks
+        return {}
+    masks: dict[str, np.ndarray] = {"body": body}
     # Left-right centre of the body per slice (RAS x index), for slices without body
     # the volume's.
     xs = np.arange(hu.shape[0], dtype=np.float64)

