@@ -217,6 +217,22 @@ CORPUS = [
     ),
     # More.
     Case(
+        "question-image-token",
+        422,
+        "'<image>', a token the model reserves",
+        question="What is <image> here?",
+        image=good_png,
+        api=False,
+    ),  # fmt: skip
+    Case(
+        "question-candidate-token",
+        422,
+        "'<cand_0>', a token the model reserves",
+        question="Where is <cand_0>?",
+        image=good_png,
+        api=False,
+    ),  # fmt: skip
+    Case(
         "question-unicode",
         200,
         "",

@@ -523,6 +523,22 @@ def _is_control(character: str) -> bool:
     return unicodedata.category(character) == "Cc" and character not in "\t\n\r"
 
 
+def _reserved_tokens(predictor: Any) -> list[str]:
+    """The tokenizer's special-token strings (``<image>``, the candidate tokens, ``</s>``...).
+
+    A question holding one literally would be encoded as that token: an extra image
+    position or a stray candidate breaks the prompt (the model refuses it), the others are
+    silently dropped. Empty for a predictor without a tokenizer (test doubles).
+    """
+    tokenizer = getattr(getattr(predictor, "model", None), "tokenizer", None)
+    if tokenizer is None:
+        return []
+    tokens = set(getattr(tokenizer, "all_special_tokens", []))
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    tokens |= {t.content for t in decoder.values() if getattr(t, "special", False)}
+    return sorted((t for t in tokens if t), key=len, reverse=True)
+
+
 def _session_missing(sessions: SessionStore, session_id: str, settings: ServeSettings):
     """410 for a session this server dropped (and why), 404 for one it does not know."""
     reason = sessions.gone(session_id)
@@ -562,6 +578,7 @@ def create_app(
     factory = _predictor_factory(predictor, device, settings)
     sessions = SessionStore(settings.max_sessions, settings.session_ttl_s)
     holder: dict[str, ModelWorker] = {}
+    reserved: list[str] = []  # the model's special-token strings, known once it is loaded
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -574,6 +591,7 @@ def create_app(
         worker.start()
         holder["worker"] = worker
         await run_in_threadpool(worker.wait_ready)
+        reserved.extend(_reserved_tokens(worker.resource))
         try:
             yield
         finally:
@@ -644,6 +662,11 @@ def create_app(
         question = params.question.strip()
         if not question:
             raise HTTPException(422, "the question is empty")
+        token = next((t for t in reserved if t in question), None)
+        if token is not None:
+            raise HTTPException(
+                422, f"the question contains {token!r}, a token the model reserves for its prompt"
+            )
         control = next((c for c in question if _is_control(c)), None)
         if control is not None:
             raise HTTPException(
