@@ -133,6 +133,13 @@ def nifti_bad_header(folder: Path) -> bytes:
     return bytes(data)
 
 
+def nifti_header_bomb(folder: Path) -> bytes:
+    """A 1 kB NIfTI-1 whose header declares 2000 x 2000 x 2000 voxels."""
+    data = bytearray(nifti(folder, np.random.default_rng(0).random((8, 8, 4)), "b.nii"))
+    data[40:56] = struct.pack("<8h", 3, 2000, 2000, 2000, 1, 1, 1, 1)
+    return bytes(data)
+
+
 def ramp(*shape: int) -> np.ndarray:
     return np.linspace(-500, 500, int(np.prod(shape))).reshape(shape)
 
@@ -268,6 +275,14 @@ CORPUS = [
         lambda d: dicom(d, ramp(8, 10), transfer_syntax=b"1.2.840.10008.1.2.5\0"),
         filename="scan.dcm",
     ),
+    Case(
+        "nifti-header-bomb",
+        413,
+        "image too large: 8000000000 voxels",
+        nifti_header_bomb,
+        filename="scan.nii",
+        api=False,
+    ),  # fmt: skip
     Case("nifti-bad-header", 400, "cannot read NIfTI", nifti_bad_header, filename="scan.nii"),
     Case(
         "nifti-4d-no-axis",  # the first volume's middle axial slice: Y x X

@@ -613,7 +613,8 @@ def load_volume(path: str | os.PathLike[str], *, labels: bool = False, volume: i
     ) as error:
         if isinstance(error, ImageReadError):
             raise
-        raise ImageReadError(f"cannot read NIfTI {path}: {error}") from error
+        detail = str(error) or type(error).__name__  # MemoryError has no message
+        raise ImageReadError(f"cannot read NIfTI {path}: {detail}") from error
     if data.ndim == 4:
         if not 0 <= volume < data.shape[3]:
             raise ValueError(f"{path}: volume {volume} out of range (file has {data.shape[3]})")
