@@ -223,6 +223,17 @@ def test_derived_ct_masks_on_a_synthetic_volume():
     assert not (masks["vertebra"] & ribs).any()
 
 
+def test_derived_ct_masks_on_chosen_slices_match_the_full_run():
+    hu, _ = synthetic_ct()
+    full = derive_ct_masks(hu, SPACING)
+    some = derive_ct_masks(hu, SPACING, slices=[5, 20])
+    for label, mask in full.items():
+        assert np.array_equal(some[label][:, :, [5, 20]], mask[:, :, [5, 20]]), label
+    for label in ("right lung", "left lung", "bone", "vertebra"):
+        assert not some[label][:, :, :5].any(), label
+    assert np.array_equal(some["body"], full["body"])
+
+
 def test_derived_ct_masks_without_a_body():
     assert set(derive_ct_masks(np.full((8, 8, 3), -1000.0), SPACING)) == set()
 

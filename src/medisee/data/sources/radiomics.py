@@ -325,11 +325,12 @@ def _fill_marrow(mask: np.ndarray, hu: np.ndarray, max_hole: int) -> np.ndarray:
     return mask | holes.mask(np.flatnonzero(fill))
 
 
-def _fill_slices(mask: np.ndarray) -> np.ndarray:
+def _fill_slices(mask: np.ndarray, slices: Sequence[int] | None = None) -> np.ndarray:
+    """Fill the holes of each axial slice (of ``slices`` only; the others stay empty)."""
     from scipy import ndimage
 
     out = np.zeros_like(mask, dtype=bool)
-    for k in range(mask.shape[2]):
+    for k in range(mask.shape[2]) if slices is None else slices:
         out[:, :, k] = ndimage.binary_fill_holes(mask[:, :, k])
     return out
 
@@ -369,12 +370,17 @@ def _trachea(
     return out
 
 
-def derive_ct_masks(hu: np.ndarray, spacing: Sequence[float]) -> dict[str, np.ndarray]:
+def derive_ct_masks(
+    hu: np.ndarray, spacing: Sequence[float], slices: Sequence[int] | None = None
+) -> dict[str, np.ndarray]:
     """Derived 3-D masks of a CT volume in RAS+ order (rules: the module docstring).
 
     ``hu`` is ``X x Y x Z`` in Hounsfield units, ``spacing`` the voxel size in mm.
     Returns ``{label: X x Y x Z bool}`` for :data:`DERIVED_CT_LABELS` (a label whose
-    rule finds nothing is left out).
+    rule finds nothing is left out). The 3-D steps always see the whole volume; with
+    ``slices``, the per-slice steps of the lungs, bone and vertebra run on those axial
+    slices only and the lung, bone and vertebra masks are empty elsewhere (faster when
+    only a few slices are wanted).
     """
     from scipy import ndimage
 
@@ -398,9 +404,10 @@ def derive_ct_masks(hu: np.ndarray, spacing: Sequence[float]) -> dict[str, np.nd
     trachea = _trachea(hu, air, centre_x, (sx, sy, sz))
     masks["trachea"] = trachea
     lungs = _components_at_least(air & ~trachea, 150.0 / voxel_ml)
+    wanted = range(hu.shape[2]) if slices is None else sorted(set(slices))
     right = np.zeros_like(lungs)
     left = np.zeros_like(lungs)
-    for k in range(hu.shape[2]):
+    for k in wanted:
         parts = _Components.of(lungs[:, :, k])
         if parts.count == 0:
             continue
@@ -413,15 +420,19 @@ def derive_ct_masks(hu: np.ndarray, spacing: Sequence[float]) -> dict[str, np.nd
         split = parts.mask(np.flatnonzero(cut))
         right[:, :, k] = parts.mask(np.flatnonzero(whole_right)) | (split & right_side)
         left[:, :, k] = lungs[:, :, k] & ~right[:, :, k]
-    right = _fill_slices(right)
-    left = _fill_slices(left) & ~right
+    right = _fill_slices(right, wanted)
+    left = _fill_slices(left, wanted) & ~right
     masks["right lung"] = right
     masks["left lung"] = left
     max_hole = max(1, int(round(30.0 / pixel_mm2)))
     bone = _components_at_least((hu >= BONE_HU) & body, 0.5 / voxel_ml)
+    if slices is not None:
+        keep = np.zeros(hu.shape[2], dtype=bool)
+        keep[list(wanted)] = True
+        bone &= keep[None, None, :]
     vertebra = np.zeros_like(bone)
     disc = _disc(2.0 / sx)
-    for k in range(hu.shape[2]):
+    for k in wanted:
         bone[:, :, k] = _fill_marrow(bone[:, :, k], hu[:, :, k], max_hole)
         if not body[:, :, k].any():
             continue
@@ -536,7 +547,7 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
     chosen = choose_slices(volume.label, config, case.modality)
     derived: dict[str, np.ndarray] = {}
     if case.modality == "CT":
-        derived = derive_ct_masks(volume.image, volume.spacing)
+        derived = derive_ct_masks(volume.image, volume.spacing, chosen)
         window = Window(*WINDOW_PRESETS[config.ct_window])
         window_name = config.ct_window
     else:
