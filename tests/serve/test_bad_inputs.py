@@ -467,6 +467,15 @@ def test_set_image_refuses_the_same_files_with_the_same_words(api_predictor, tmp
         assert isinstance(raised.value, ImageReadError)
 
 
+def test_predict_all_slices_refuses_blank_volumes_too(saved_model, tmp_path, capsys):
+    for case in (c for c in IMAGE_CASES if c.id in ("nifti-all-nan", "nifti-all-constant")):
+        path = _written(case, tmp_path / case.id)
+        argv = ["predict", "--model", str(saved_model), "--image", str(path), "--all-slices",
+                "--question", QUESTION, "--out", str(tmp_path / "out"), "--quiet"]  # fmt: skip
+        assert main(argv) == 2
+        assert case.words in capsys.readouterr().err
+
+
 def test_medisee_predict_refuses_the_same_files_with_the_same_words(saved_model, tmp_path, capsys):
     flags = {"frame": "--frame", "axis": "--axis", "index": "--slice", "window": "--window"}
     for number, case in enumerate(IMAGE_CASES):

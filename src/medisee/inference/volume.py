@@ -123,13 +123,14 @@ def predict_volume(
     """
     import nibabel as nib
 
-    from medisee.data.io import load_volume, volume_window
+    from medisee.data.io import check_informative, load_volume, volume_window
     from medisee.data.schema import normalize_modality
 
     if axis not in AXES:
         raise ValueError(f"axis must be one of {list(AXES)}, got {axis!r}")
     source = nib.load(str(path))
     vol = load_volume(path, volume=volume)
+    check_informative(vol.data, f"the volume {path}")  # as read_nifti: no blank volumes
     modality = normalize_modality(modality) if modality else None
     resolved = volume_window(vol, window, modality)
     axis_index = AXES[axis]
