@@ -141,14 +141,12 @@ def _request(
     return {"files": {"image": (name, data, "application/octet-stream")}, "data": form}
 
 
-def _raise_for(response: httpx.Response, attempts: int) -> None:
-    if response.is_success:
-        return
+def _error(response: httpx.Response, attempts: int) -> ServerError:
     try:
         detail = str(response.json().get("detail", response.text))
     except (ValueError, AttributeError):
         detail = response.text
-    raise ServerError(response.status_code, detail, attempts)
+    return ServerError(response.status_code, detail, attempts)
 
 
 class _Base:
@@ -231,7 +229,7 @@ class Client(_Base):
                 return response
             wait = self._next_wait(response, attempt, started)
             if wait is None:
-                _raise_for(response, attempt)
+                raise _error(response, attempt)
             time.sleep(wait)
 
     def predict(
@@ -312,7 +310,7 @@ class AsyncClient(_Base):
                 return response
             wait = self._next_wait(response, attempt, started)
             if wait is None:
-                _raise_for(response, attempt)
+                raise _error(response, attempt)
             await asyncio.sleep(wait)
 
     async def predict(
