@@ -309,6 +309,7 @@ async def soak(args: argparse.Namespace, server: Server) -> dict[str, Any]:
             "requests_per_s": round(done / elapsed, 2),
             "upload": percentiles(timed.times["upload"]),
             "follow_up": percentiles(timed.times["follow_up"]),
+            "all": percentiles(timed.times["upload"] + timed.times["follow_up"]),
             "server_rss": rss,
             "rss_growth": round(growth, 4),
             "rss_series": series,
@@ -322,39 +323,39 @@ async def soak(args: argparse.Namespace, server: Server) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------ report
 def markdown(results: dict[str, Any]) -> str:
-    load, soaked = results["load"], results["soak"]
+    """The table of ``docs/serving.md``."""
+    load, soaked, single = results["load"], results["soak"], results["single"]
+
+    def row(label: str, figures: dict[str, float], rate: Any = "") -> str:
+        return (
+            f"| {label} | {figures['n']} | {figures['p50_ms']:.0f} | {figures['p95_ms']:.0f} "
+            f"| {figures['max_ms']:.0f} | {rate} |"
+        )
+
+    clients = load["clients"]
+    soak_label = f"soak ({soaked['sessions']} sessions, {soaked['parallel']} at a time)"
     lines = [
-        "| run | requests | answered | p50 ms | p95 ms | max ms | req/s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| run | requests answered | p50 ms | p95 ms | max ms | req/s |",
+        "|---|---:|---:|---:|---:|---:|",
+        row("one client alone: upload + question", single["upload"]),
+        row("one client alone: follow-up", single["follow_up"]),
+        row(f"{clients} clients at once: upload + question", load["upload"]),
+        row(f"{clients} clients at once: follow-up", load["follow_up"]),
+        row(f"{clients} clients at once: all", load["all"], load["requests_per_s"]),
+        row(f"{soak_label}: upload", soaked["upload"]),
+        row(f"{soak_label}: follow-up", soaked["follow_up"]),
+        row(f"{soak_label}: all", soaked["all"], soaked["requests_per_s"]),
     ]
-    for kind in ("upload", "follow_up"):
-        row = results["single"][kind]
-        lines.append(f"| one client alone, {kind} | {row['n']} | {row['n']} | {row['p50_ms']} "
-                     f"| {row['p95_ms']} | {row['max_ms']} | |")  # fmt: skip
-    for kind in ("upload", "follow_up", "all"):
-        row = load[kind]
-        rate = load["requests_per_s"] if kind == "all" else ""
-        lines.append(
-            f"| {load['clients']} clients at once, {kind} | {row['n']} | {row['n']} "
-            f"| {row['p50_ms']} | {row['p95_ms']} | {row['max_ms']} | {rate} |"
-        )
-    for kind in ("upload", "follow_up"):
-        row = soaked[kind]
-        rate = soaked["requests_per_s"] if kind == "follow_up" else ""
-        lines.append(
-            f"| soak, {soaked['sessions']} sessions, {soaked['parallel']} at a time, {kind} "
-            f"| {row['n']} | {row['n']} | {row['p50_ms']} | {row['p95_ms']} | {row['max_ms']} "
-            f"| {rate} |"
-        )
     rss = soaked["server_rss"]
     lines += [
         "",
-        f"Load: {load['answered']} of {load['requests']} answered, {load['retries_503']} "
-        f"retries after 503, {load['wall_s']} s.",
-        f"Soak: {soaked['answered']} of {soaked['requests']} answered; server RSS "
-        f"{rss['early_mb']} MB after request {rss['early_at_request']}, {rss['end_mb']} MB "
-        f"after request {rss['end_at_request']} ({100 * soaked['rss_growth']:+.1f} %); "
-        f"after it, one follow-up per session: {soaked['after_soak_follow_up_statuses']}.",
+        f"Load: {load['answered']} of {load['requests']} answered in {load['wall_s']} s, "
+        f"{load['retries_503']} retries after a 503.",
+        f"Soak: {soaked['answered']} of {soaked['requests']} answered in {soaked['wall_s']} s; "
+        f"server RSS {rss['early_mb']} MB after request {rss['early_at_request']}, "
+        f"{rss['end_mb']} MB after request {rss['end_at_request']} "
+        f"({100 * soaked['rss_growth']:+.1f} %); then one follow-up per session: "
+        f"{soaked['after_soak_follow_up_statuses']}.",
     ]
     return "\n".join(lines)
 
