@@ -175,6 +175,7 @@ def test_map_fallback_replaces_only_masks_that_miss_the_maps_region(
     pixels 8..15. Row 0's mask is those pixels plus 16 more (IoU 64/80 = 0.8): kept.
     Row 1's mask is pixels elsewhere (IoU 0): replaced by the region. Row 2's mask is
     empty (IoU 0): replaced. Off (0) changes nothing."""
+    monkeypatch.setattr(tiny_model.config.grounding, "map_fallback_iou", 0.0)
     grid = tiny_model.config.mask.embedding_size
     map_logits = torch.full((3, grid, grid), -5.0)
     map_logits[:, 2:4, 2:4] = 4.0
