@@ -322,6 +322,17 @@ def test_provenance_round_trips_through_the_manifest(radiomics_build):
     assert Record.from_dict(first.to_dict()).to_dict() == first.to_dict()
 
 
+def test_default_bundled_build_records_provenance_and_leaves_radiomics_out(bundled):
+    seen = {(r.source, t.label, t.provenance) for r in bundled.records for t in r.targets}
+    origins = {(source, origin) for source, _, origin in seen}
+    assert ("phantom", "phantom") in origins and ("nilearn-mni152", "derived") in origins
+    assert ("pydicom-testdata", "vertebra", "derived") in seen
+    assert ("pydicom-testdata", "liver lesion", "expert") in seen
+    assert all(origin is not None for _, origin in origins)
+    assert "pyradiomics-testdata" not in {source for source, _ in origins}
+    assert "radiomics" not in bundled.info
+
+
 def test_manifests_without_provenance_still_read():
     target = Target("liver", {"size": [4, 4], "counts": "0"}, (0, 0, 1, 1), 1)
     data = target.to_dict()
