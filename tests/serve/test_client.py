@@ -210,3 +210,37 @@ def test_short_soak_sessions_evicted_with_410_and_memory_flat(echo):
     assert len(set(ids)) == sessions and done == sessions * (1 + follow_ups)
     if rss.get(10) and rss.get("end"):
         assert rss["end"] < 1.10 * rss[10], rss
+
+
+def test_the_store_remembers_why_a_session_went():
+    from medisee.serve.sessions import Session, SessionStore
+
+    now = [0.0]
+    store = SessionStore(max_sessions=2, ttl_s=10, clock=lambda: now[0], remember=2)
+    for name in "abc":
+        store.add(Session(name, None, {}))
+    assert store.gone("a") == "evicted" and store.gone("b") is None
+    now[0] = 11
+    assert store.get("b") is None and store.gone("b") == "expired"
+    assert store.gone("a") is None  # only the last `remember` ids are kept
+    store.add(Session("d", None, {}))
+    assert store.remove("d") and store.gone("d") is None  # deleted by its client: unknown
+
+
+def test_an_expired_session_answers_410_saying_so(echo):
+    from fastapi.testclient import TestClient
+
+    settings = ServeSettings(session_ttl_s=0.2, max_new_tokens=4)
+    with TestClient(create_app(echo, settings)) as client:
+        first = client.post(
+            "/v1/predict",
+            files={"image": ("a.png", png_bytes(sample_image(10, 10)))},
+            data={"question": "Where?"},
+        ).json()
+        time.sleep(0.3)
+        late = client.post(
+            "/v1/predict", json={"question": "And?", "session_id": first["session_id"]}
+        )
+        assert late.status_code == 410 and "expired after 0.2 s idle" in late.json()["detail"]
+        unknown = client.delete("/v1/sessions/never-issued")
+        assert unknown.status_code == 404
