@@ -56,9 +56,11 @@ percentile stretch of its non-zero voxels), so slices of a volume share their sc
   2 mm disc (cuts rib heads off at the costovertebral joints); the components of at
   least 30 mm² whose centroid lies within 20 mm of the body's left-right centre and
   behind the body's centroid (vertebral body and arch; the sternum is in front, ribs
-  lie further out), grown back by 2 mm inside *dense*, closed by the 2 mm disc; holes of
-  at most 30 mm² or with a mean of at least 50 HU (marrow: ~85 HU in these scans) are
-  filled, larger darker ones (the spinal canal: -5 to 20 HU here) are not.
+  lie further out), grown back by 2 mm inside *dense*, closed by the 2 mm disc, cut at
+  40 mm either side of the centre (the transverse processes' tips: a rib that touches
+  the vertebra in-plane is cut there, its head and neck stay); holes of at most 30 mm²
+  or with a mean of at least 50 HU (marrow: ~85 HU in these scans) are filled, larger
+  darker ones (the spinal canal: -5 to 20 HU here) are not.
 * ``bone``: HU >= 200 inside the body, 3-D components of at least 0.5 mL, holes filled
   by the same marrow rule, plus the vertebra.
 
@@ -99,6 +101,9 @@ MARROW_HU = 50.0
 BONE_HU = 200.0
 #: Threshold on the smoothed HU for the vertebra (cortical and cancellous bone).
 SPINE_HU = 120.0
+#: The vertebra is kept within this distance of the body's left-right centre (the tips of
+#: the thoracic transverse processes); a rib touching it is cut there.
+VERTEBRA_HALF_WIDTH_MM = 40.0
 DERIVED_CT_LABELS = ("body", "trachea", "right lung", "left lung", "bone", "vertebra")
 
 
@@ -448,7 +453,8 @@ def derive_ct_masks(
         if ok.any():
             grown = ndimage.binary_dilation(parts.mask(np.flatnonzero(ok)), structure=disc)
             closed = ndimage.binary_closing(grown & dense, structure=disc)
-            vertebra[:, :, k] = _fill_marrow(closed, hu[:, :, k], max_hole)
+            within = (np.abs(xs - centre_x[k]) * sx <= VERTEBRA_HALF_WIDTH_MM)[:, None]
+            vertebra[:, :, k] = _fill_marrow(closed & within, hu[:, :, k], max_hole)
     masks["bone"] = bone | vertebra
     masks["vertebra"] = vertebra
     return {label: mask for label, mask in masks.items() if mask.any()}
