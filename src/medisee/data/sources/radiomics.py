@@ -10,7 +10,7 @@ lung1      CT     512x512x48   lung tumour                  train, val
 lung2      CT     512x512x61   lung tumour                  test
 brain1     MRI    256x256x25   brain tumour                 train, val
 brain2     MRI    256x256x23   brain tumour                 test
-breast1    MRI    45x120x21    breast lesion                train
+breast1    MRI    45x120x21    breast lesion (breast mass)  train
 =========  =====  ===========  ===========================  ==========
 
 The sdist is fetched at install time (``scripts/install.sh``) with
@@ -53,7 +53,7 @@ percentile stretch of its non-zero voxels), so slices of a volume share their sc
   (vessels and an enclosed tumour belong to the lung).
 * ``vertebra``: per slice, *dense* = HU smoothed by a Gaussian of one pixel >= 120
   inside the body (cortical and cancellous bone; soft tissue is ~40-60 HU), opened by a
-  2 mm disc (cuts rib heads off at the costovertebral joints); the components of at
+  2 mm disc (cuts thin joints to the ribs); the components of at
   least 30 mm² whose centroid lies within 20 mm of the body's left-right centre and
   behind the body's centroid (vertebral body and arch; the sternum is in front, ribs
   lie further out), grown back by 2 mm inside *dense*, closed by the 2 mm disc, cut at
@@ -92,7 +92,6 @@ DATA_DIR_ENV = "MEDISEE_DATA_DIR"
 #: The archive's top directory and the part of it that is read.
 _DATA_PREFIX = "pyradiomics_bhklab-3.1.4/data/"
 
-#: Derived CT labels, in the order they are computed.
 #: Mean HU at most this for a 2-D air component to count as an airway lumen.
 LUMEN_HU = -850.0
 #: A hole in the bone mask with at least this mean HU is marrow / cancellous bone.
@@ -104,6 +103,7 @@ SPINE_HU = 120.0
 #: The vertebra is kept within this distance of the body's left-right centre (the tips of
 #: the thoracic transverse processes); a rib touching it is cut there.
 VERTEBRA_HALF_WIDTH_MM = 40.0
+#: Derived CT labels, in the order they are computed.
 DERIVED_CT_LABELS = ("body", "trachea", "right lung", "left lung", "bone", "vertebra")
 
 
