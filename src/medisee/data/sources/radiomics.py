@@ -518,7 +518,7 @@ def choose_slices(label: np.ndarray, config: RadiomicsConfig, modality: str) -> 
     present = np.flatnonzero(label.any(axis=(0, 1)))
     chosen = _spread(present.tolist(), config.max_lesion_slices)
     if modality == "CT" and config.ct_negatives:
-        near = set()
+        near: set[int] = set()
         for k in present.tolist():
             near.update(range(k - 2, k + 3))
         rest = [k for k in range(label.shape[2]) if k not in near]
