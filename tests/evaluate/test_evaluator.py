@@ -155,7 +155,7 @@ def test_evaluation_subset_spreads_over_images_and_targets(records):
         targets = [i.target_index for i in pairs if i.record is record]
         assert len(targets) == 2 and (len(record.targets) == 1 or targets[0] != targets[1])
     # a subset keeps manifest order; the full set is everything
-    order = [(recs.index(i.record), i.target_index, i.qa_index) for i in pairs]
+    order = [(recs.index(i.record), i.target_index, i.target.qa.index(i.qa)) for i in pairs]
     assert order == sorted(order)
     assert len(evaluation_items(recs, max_examples=10**6)) == len(everything)
 

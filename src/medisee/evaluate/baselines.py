@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from medisee.boxes import denormalize_box, normalize_box
-from medisee.evaluate.evaluator import ImageSource, evaluation_items
+from medisee.evaluate.evaluator import EvalItem, ImageSource, evaluation_items
 from medisee.evaluate.metrics import MetricAccumulator, score_target
 
 BASELINES = ("whole_image_box", "label_match", "oracle_box")
@@ -113,12 +113,14 @@ def run_baselines(
     max_examples: int | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    items: Sequence[EvalItem] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Summaries per baseline, grouped like ``evaluate``'s.
 
     ``segmenter`` is a ``PromptableSegmenter`` with pretrained LiteMedSAM/MedSAM weights
     (``build_segmenter(mask_config)``); ``prior_records`` (the training split) give the
-    label matcher its candidate labels and typical boxes.
+    label matcher its candidate labels and typical boxes. ``items``: these questions
+    instead of the ``kinds`` of ``records`` (e.g. hand-written ones).
     """
     unknown = set(which) - set(BASELINES)
     if unknown:
@@ -127,7 +129,8 @@ def run_baselines(
     source = ImageSource(segmenter, Path(root), cache, device)
     priors = label_box_priors(prior_records)
     matcher = LabelMatcher(list(priors), ontology)
-    items = evaluation_items(records, kinds, max_examples)
+    if items is None:
+        items = evaluation_items(records, kinds, max_examples)
     accumulators = {name: MetricAccumulator() for name in which}
     scale_of = segmenter.config.image_size
     # A baseline's mask depends only on (image, box prompt): the whole-image box is the

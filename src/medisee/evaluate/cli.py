@@ -34,6 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="train",
         help="split the label-match baseline learns box priors from",
     )
+    parser.add_argument(
+        "--questions",
+        metavar="FILE",
+        help="also score hand-written questions (JSONL of label + question) on the split's "
+        "images of their labels; 'shipped' for the set that ships with medisee",
+    )
     parser.add_argument("--max-examples", type=int)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--cache-dir", help="embedding cache directory (reused across runs)")
@@ -42,7 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medisee.evaluate.handwritten import load_questions
     from medisee.evaluate.pipeline import evaluate_with_baselines
+
+    questions = None
+    if args.questions:
+        questions = load_questions(None if args.questions == "shipped" else args.questions)
 
     report = evaluate_with_baselines(
         model_dir=args.model,
@@ -57,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         cache_dir=args.cache_dir,
         device=args.device,
+        questions=questions,
     )
     print((Path(args.out) / "metrics.md").read_text())
     print(json.dumps({k: v["overall"].as_dict() for k, v in report.items()}, indent=1))

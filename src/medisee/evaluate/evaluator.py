@@ -14,7 +14,9 @@ frame (``medisee.inference.predictor.to_original_frame`` maps both modes' answer
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +27,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from medisee.data.ontology import Ontology
 from medisee.evaluate.metrics import MetricAccumulator, Summary, score_target
+from medisee.evaluate.naming import names_structure
 from medisee.inference.predictor import (
     GenerationOptions,
     ImageState,
@@ -72,8 +76,8 @@ def markdown_table(
 ) -> str:
     """Overall and per-group rows for every evaluated method/mode."""
     lines = [
-        "| method | group | n | Dice | gIoU | cIoU | box IoU | Acc@0.5 | emitted |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | group | n | Dice | gIoU | cIoU | box IoU | Acc@0.5 | emitted | named |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for method, summary in summaries.items():
         rows = [("overall", summary["overall"])]
@@ -81,26 +85,27 @@ def markdown_table(
             for value, item in summary.get(key, {}).items():
                 rows.append((f"{key}={value}", item))
         for name, s in rows:
+            named = "—" if math.isnan(s.named_rate) else f"{s.named_rate:.2f}"
             lines.append(
                 f"| {method} | {name} | {s.count} | {s.dice:.3f} | {s.giou:.3f} | {s.ciou:.3f} | "
-                f"{s.box_iou:.3f} | {s.acc:.3f} | {s.found_rate:.2f} |"
+                f"{s.box_iou:.3f} | {s.acc:.3f} | {s.found_rate:.2f} | {named} |"
             )
     return "\n".join(lines) + "\n"
 
 
 @dataclass
 class EvalItem:
+    """One question about one target of one record. ``qa`` is the target's ``QAItem``, or
+    any object with the same fields (``question``, ``answer``, ``explanation``, ``kind``,
+    ``length``, ``perspective``): hand-written questions are not part of the record."""
+
     record: Any
     target_index: int
-    qa_index: int
+    qa: Any
 
     @property
     def target(self):
         return self.record.targets[self.target_index]
-
-    @property
-    def qa(self):
-        return self.target.qa[self.qa_index]
 
     def groups(self) -> dict[str, str | None]:
         return {
@@ -126,7 +131,7 @@ def evaluation_items(
     # per record, per target: its questions of ``kinds``
     per_record = [
         [
-            [EvalItem(record, t, q) for q, qa in enumerate(target.qa) if qa.kind in kinds]
+            [EvalItem(record, t, qa) for qa in target.qa if qa.kind in kinds]
             for t, target in enumerate(record.targets)
         ]
         for record in records
@@ -238,23 +243,50 @@ def evaluate(
     batch_size: int = 8,
     max_new_tokens: int = 48,
     max_examples: int | None = None,
-    device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> EvalReport:
-    """Score ``model`` (on ``device``) on the QA items of ``kinds`` in ``records``.
+    """Score ``model`` (on its device) on the QA items of ``kinds`` in ``records`` (a
+    subset spread over them with ``max_examples``; ``evaluate_items`` for other items).
 
     ``cache``: an ``EmbeddingCache`` of the model's segmenter; images it does not hold are
     encoded. ``max_new_tokens`` bounds each generated reply.
     """
+    return evaluate_items(
+        model,
+        evaluation_items(records, kinds, max_examples),
+        root,
+        modes=modes,
+        cache=cache,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        progress=progress,
+    )
+
+
+@torch.no_grad()
+def evaluate_items(
+    model,
+    items: Sequence[EvalItem],
+    root: str | Path,
+    *,
+    modes: Sequence[str] = ("generated", "teacher_forced"),
+    cache=None,
+    batch_size: int = 8,
+    max_new_tokens: int = 48,
+    ontology: Ontology | None = None,
+    progress: bool = True,
+) -> EvalReport:
+    """Score ``model`` on ``items`` (see ``evaluate``); generated replies are also judged
+    on whether they name the target (``ontology``: default the shipped one)."""
     unknown = set(modes) - {"generated", "teacher_forced"}
     if unknown:
         raise ValueError(f"unknown evaluation modes {sorted(unknown)}")
     root = Path(root)
+    ontology = ontology or Ontology.load()
     predictor = Predictor(
         model, GenerationOptions(max_new_tokens=max_new_tokens), batch_size=batch_size
     )
     states = _States(predictor, root, cache, keep=2 * batch_size)
-    items = evaluation_items(records, kinds, max_examples)
     accumulators = {mode: MetricAccumulator() for mode in modes}
     examples: list[dict[str, Any]] = []
     bar = tqdm(total=len(items), desc="evaluating", unit="q", disable=not progress)
@@ -275,7 +307,10 @@ def evaluate(
         if "generated" in modes:
             for item, truth, prediction, row in zip(chunk, truths, predictor.run(requests), rows):
                 mask = prediction.mask if prediction.found_target else None
-                score = score_target(mask, truth, prediction.box, item.target.box_xyxy)
+                score = dataclasses.replace(
+                    score_target(mask, truth, prediction.box, item.target.box_xyxy),
+                    named=names_structure(prediction.text, item.target.label, ontology),
+                )
                 accumulators["generated"].add(score, item.groups())
                 row.update(
                     reply=prediction.text,
@@ -283,6 +318,7 @@ def evaluate(
                     dice=score.dice,
                     box_iou=score.box_iou,
                     emitted=score.found,
+                    named=score.named,
                 )
         if "teacher_forced" in modes:
             for item, truth, (mask, box), row in zip(
@@ -327,7 +363,7 @@ def _teacher_forced(
 
 
 def teacher_forced_scores(
-    model, records, root, *, cache=None, max_examples=64, batch_size=8, device="cpu"
+    model, records, root, *, cache=None, max_examples=64, batch_size=8
 ) -> Summary:
     """Quick teacher-forced summary (periodic evaluation during training)."""
     report = evaluate(
@@ -338,7 +374,6 @@ def teacher_forced_scores(
         cache=cache,
         batch_size=batch_size,
         max_examples=max_examples,
-        device=device,
         progress=False,
     )
     return report.summaries["teacher_forced"]["overall"]

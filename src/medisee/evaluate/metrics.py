@@ -8,6 +8,8 @@ Per target (one predicted mask and box against one ground truth):
 * gIoU = mean over targets of IoU; cIoU = ``ΣI / ΣU`` over the split (0 if ``ΣU = 0``).
 * Box IoU of predicted vs ground-truth pixel boxes; a missing prediction (the model did not
   emit its candidate tokens) scores IoU 0. Acc = fraction of targets with box IoU > 0.5.
+* Named = fraction of replies whose answer sentence names the target (generated
+  evaluation only; ``medisee.evaluate.naming``); NaN where no score carries it.
 
 Numbers are aggregated overall and per group (split, query length, perspective,
 category...), by ``MetricAccumulator``.
@@ -34,6 +36,8 @@ class TargetScore:
     union: int
     box_iou: float
     found: bool
+    #: whether the reply named the target (``None``: not judged, e.g. teacher-forced)
+    named: bool | None = None
 
     @property
     def box_hit(self) -> bool:
@@ -92,6 +96,7 @@ class Summary:
     box_iou: float
     acc: float
     found_rate: float
+    named_rate: float = float("nan")
 
     def as_dict(self) -> dict[str, float]:
         return dict(vars(self))
@@ -111,6 +116,9 @@ def summarize(scores: list[TargetScore]) -> Summary:
         box_iou=float(np.mean([s.box_iou for s in scores])),
         acc=float(np.mean([s.box_hit for s in scores])),
         found_rate=float(np.mean([s.found for s in scores])),
+        named_rate=float(np.mean(named))
+        if (named := [s.named for s in scores if s.named is not None])
+        else float("nan"),
     )
 
 

@@ -7,7 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medisee.evaluate.evaluator import EvalReport, evaluate, markdown_table
+from medisee.evaluate.evaluator import EvalReport, evaluate, evaluate_items, markdown_table
+from medisee.evaluate.handwritten import HandwrittenQuestion, handwritten_items
+
+#: how the rows of hand-written questions are marked
+HANDWRITTEN = "hand-written"
 
 
 def evaluate_with_baselines(
@@ -26,9 +30,15 @@ def evaluate_with_baselines(
     device: str = "cpu",
     records: tuple[list, Path] | None = None,
     progress: bool = True,
+    questions: Sequence[HandwrittenQuestion] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Returns ``{method: summary}``; writes ``metrics.json``, ``metrics.md`` and the
-    per-example ``predictions.jsonl`` (with each generated explanation) under ``out``."""
+    per-example ``predictions.jsonl`` (with each generated explanation) under ``out``.
+
+    ``questions``: hand-written questions (``medisee.evaluate.handwritten``), scored on
+    the split's images of their labels as their own rows: the model generated, and the
+    label-matching baseline (the other baselines do not read the question).
+    """
     from medisee.data.manifest import load_records
     from medisee.data.ontology import Ontology
     from medisee.evaluate.baselines import run_baselines
@@ -54,12 +64,25 @@ def evaluate_with_baselines(
         cache=cache,
         batch_size=batch_size,
         max_examples=max_examples,
-        device=device,
         progress=progress,
     )
     summaries: dict[str, dict[str, Any]] = {
         f"medisee ({m.replace('_', '-')})": s for m, s in report.summaries.items()
     }
+    examples = list(report.examples)
+    handwritten = handwritten_items(chosen, questions) if questions else []
+    if handwritten:
+        written = evaluate_items(
+            model,
+            handwritten,
+            root,
+            modes=("generated",),
+            cache=cache,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        summaries[f"medisee (generated, {HANDWRITTEN})"] = written.summaries["generated"]
+        examples.extend(written.examples)
     if baselines:
         if model.config.mask.weights is None:
             raise ValueError(
@@ -70,24 +93,32 @@ def evaluate_with_baselines(
         reference_cache = None
         if cache is not None:
             reference_cache = EmbeddingCache(cache_dir, encoder_fingerprint(reference))
+        common: dict[str, Any] = {
+            "prior_records": [r for r in all_records if r.split == prior_split],
+            "ontology": Ontology.load(),
+            "cache": reference_cache,
+            "batch_size": batch_size,
+            "device": device,
+            "progress": progress,
+        }
         summaries.update(
             run_baselines(
                 reference,
                 chosen,
                 root,
-                prior_records=[r for r in all_records if r.split == prior_split],
-                ontology=Ontology.load(),
                 which=baselines,
                 kinds=kinds,
-                cache=reference_cache,
-                batch_size=batch_size,
                 max_examples=max_examples,
-                device=device,
-                progress=progress,
+                **common,
             )
         )
+        if handwritten and "label_match" in baselines:
+            matched = run_baselines(
+                reference, chosen, root, which=("label_match",), items=handwritten, **common
+            )
+            summaries[f"label_match ({HANDWRITTEN})"] = matched["label_match"]
     out.mkdir(parents=True, exist_ok=True)
-    EvalReport(summaries, report.examples).save(out)
+    EvalReport(summaries, examples).save(out)
     (out / "metrics.md").write_text(markdown_table(summaries))
     (out / "summary.json").write_text(
         json.dumps({k: v["overall"].as_dict() for k, v in summaries.items()}, indent=1)

@@ -431,7 +431,6 @@ def _quick_eval(run: TrainingRun) -> dict[str, float]:
         cache=run.cache,
         max_examples=run.config.eval_max_examples,
         batch_size=run.config.batch_size,
-        device=run.accelerator.device,
     )
     model.train(was_training)
     return {"dice": summary.dice, "box_iou": summary.box_iou, "acc": summary.acc}
