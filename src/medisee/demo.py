@@ -3,7 +3,8 @@
 1. build the bundled dataset (real MNI152 slices + pydicom samples + phantoms),
 2. train the ``lite`` preset (real LiteMedSAM, image embeddings cached once),
 3. evaluate on the held-out **test** split — generated (headline) and teacher-forced —
-   beside the whole-image-box, label-matching and oracle-box baselines,
+   beside the whole-image-box, label-matching and oracle-box baselines, and on questions
+   written by hand (``medisee.evaluate.handwritten``),
 4. write ``metrics.md``/``metrics.json``, overlay PNGs and a training-curve plot.
 """
 
@@ -41,6 +42,8 @@ class DemoConfig:
     # spread over the test images (``evaluation_items``).
     eval_examples: int | None = None
     overlays: int = 6
+    # Also score the hand-written questions that ship with medisee (evaluation only).
+    handwritten: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -129,6 +132,7 @@ def _run_from_args(args: argparse.Namespace) -> int:
 def run_demo(config: DemoConfig) -> dict:
     from medisee.data.build import BuildOptions
     from medisee.data.sources.bundled import build_bundled
+    from medisee.evaluate.handwritten import load_questions
     from medisee.evaluate.pipeline import evaluate_with_baselines
     from medisee.train.trainer import train
 
@@ -169,6 +173,7 @@ def run_demo(config: DemoConfig) -> dict:
         max_examples=config.eval_examples,
         cache_dir=cache_dir,
         records=records,
+        questions=load_questions() if config.handwritten else None,
     )
     timings["eval"] = time.perf_counter() - started - timings["data"] - timings["train"]
 
