@@ -51,8 +51,9 @@ percentile stretch of its non-zero voxels), so slices of a volume share their sc
   component goes to the patient's side of its centroid relative to the body's
   left-right centre (a component crossing it is cut there), then its holes are filled
   (vessels and an enclosed tumour belong to the lung).
-* ``vertebra``: per slice, *dense* = HU smoothed by a Gaussian of one pixel >= 120
-  inside the body (cortical and cancellous bone; soft tissue is ~40-60 HU), opened by a
+* ``vertebra``: per slice, *dense* = HU >= 90 both as is and smoothed by a Gaussian of
+  one pixel, inside the body (cortical and cancellous bone, ~85-160 HU inside these
+  vertebral bodies; soft tissue is ~40-60 HU), opened by a
   2 mm disc (cuts thin joints to the ribs); the components of at
   least 30 mm² whose centroid lies within 20 mm of the body's left-right centre and
   behind the body's centroid (vertebral body and arch; the sternum is in front, ribs
@@ -98,8 +99,8 @@ LUMEN_HU = -850.0
 MARROW_HU = 50.0
 #: Cortical bone threshold.
 BONE_HU = 200.0
-#: Threshold on the smoothed HU for the vertebra (cortical and cancellous bone).
-SPINE_HU = 120.0
+#: Threshold on the raw and the smoothed HU for the vertebra (cortical and cancellous bone).
+SPINE_HU = 90.0
 #: The vertebra is kept within this distance of the body's left-right centre (the tips of
 #: the thoracic transverse processes); a rib touching it is cut there.
 VERTEBRA_HALF_WIDTH_MM = 40.0
@@ -442,7 +443,8 @@ def derive_ct_masks(
         if not body[:, :, k].any():
             continue
         body_col = float(np.nonzero(body[:, :, k])[1].mean())
-        dense = (ndimage.gaussian_filter(hu[:, :, k], 1.0) >= SPINE_HU) & body[:, :, k]
+        smooth = ndimage.gaussian_filter(hu[:, :, k], 1.0)
+        dense = (smooth >= SPINE_HU) & (hu[:, :, k] >= SPINE_HU) & body[:, :, k]
         parts = _Components.of(ndimage.binary_opening(dense, structure=disc))
         ok = (
             (np.abs(parts.row - centre_x[k]) * sx <= 20)  # near the midline
