@@ -361,10 +361,11 @@ def test_schemas_fit_openai_strict_mode():
             assert block["required"] == list(block["properties"])
     strict = response_format("json_schema", "transform", items_schema(4))
     assert strict["json_schema"]["strict"] is True
-    assert "maxLength" not in json.dumps(strict)
-    schema_form = response_format("json_object+schema", "transform", items_schema(4))
-    assert schema_form["schema"]["properties"]["items"]["maxItems"] == 4
-    assert "maxLength" in json.dumps(schema_form)
+    assert "minLength" not in json.dumps(strict)
+    schema_form = response_format("json_object+schema", "transform", items_schema(4, ["The x."]))
+    items = schema_form["schema"]["properties"]["items"]
+    assert items["maxItems"] == 4 and items["items"]["properties"]["answer"]["enum"] == ["The x."]
+    assert "minLength" in json.dumps(schema_form)
     assert response_format("json_object", "x", items_schema(1)) == {"type": "json_object"}
     assert response_format("none", "x", items_schema(1)) is None
 
@@ -442,3 +443,14 @@ def test_leaking_journal_items_never_reach_the_manifest(fake, tiny_manifest, tmp
     report = generate_llm(again, tiny_manifest.parent, _config(fake.url), cache, progress=False)
     assert report.rejects["journal: label leaked"] == 1
     assert report.items == len(records[0].targets) * 6 - 1
+
+
+def test_redact_replaces_every_forbidden_term(ontology):
+    from medisee.data.qa_llm import redact
+
+    label = next(name for name in ontology.names if ontology[name].synonyms)
+    synonym = ontology[label].synonyms[0]
+    text = f"The {label} lies beside a {synonym.upper()}; {label}s are common."
+    redacted = redact(text, label, ontology)
+    assert ontology.leaked_term(redacted, label) is None
+    assert redacted.startswith("the target lies beside the target")

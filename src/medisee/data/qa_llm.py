@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medisee.data.ontology import Ontology
+from medisee.data.ontology import Ontology, term_pattern
 from medisee.data.qa_template import MODALITY_NOUNS
 from medisee.data.schema import LENGTHS, PERSPECTIVES, QAItem, Record
 from medisee.data.writer import atomic_write_text
@@ -332,15 +332,11 @@ SYSTEM_EXTRA = (
 
 
 # ---------------------------------------------------------------------- structured output
-#: Length bounds of the strings in the reply schemas. They keep a small model's constrained
-#: decoding from running on to ``max_tokens``; the ``json_schema`` dialect drops them
-#: (OpenAI's strict mode refuses ``minLength``/``maxLength``).
-SHORT_CHARS = 200
-LONG_CHARS = 500
-
-
-def _text(max_chars: int) -> dict[str, Any]:
-    return {"type": "string", "minLength": 1, "maxLength": max_chars}
+#: A non-empty string. No ``maxLength``: llama.cpp turns a bounded string into one nested
+#: optional rule per character, which slows constrained decoding; ``max_tokens`` bounds
+#: the reply instead. The ``json_schema`` dialect drops ``minLength`` too (OpenAI's strict
+#: mode refuses it).
+TEXT: dict[str, Any] = {"type": "string", "minLength": 1}
 
 
 def _object(properties: dict[str, Any]) -> dict[str, Any]:
@@ -356,32 +352,33 @@ def _object(properties: dict[str, Any]) -> dict[str, Any]:
 def descriptions_schema(*, nullable: bool) -> dict[str, Any]:
     """``{"attribute": {"short", "long"}, "location": {"short", "long"}}``; with ``nullable``
     (the evaluator) each description may be ``null``."""
-
-    def text(max_chars: int) -> dict[str, Any]:
-        return {"anyOf": [_text(max_chars), {"type": "null"}]} if nullable else _text(max_chars)
-
+    text = {"anyOf": [TEXT, {"type": "null"}]} if nullable else TEXT
     return _object(
-        {
-            perspective: _object({"short": text(SHORT_CHARS), "long": text(LONG_CHARS)})
-            for perspective in PERSPECTIVES
-        }
+        {perspective: _object({length: text for length in LENGTHS}) for perspective in PERSPECTIVES}
     )
 
 
-def items_schema(max_items: int) -> dict[str, Any]:
-    """``{"items": [{perspective, length, question, answer, explanation}, ...]}``."""
+def items_schema(max_items: int, answers: Sequence[str] | None = None) -> dict[str, Any]:
+    """``{"items": [{perspective, length, question, answer, explanation}, ...]}``; with
+    ``answers`` the answer must be one of them (the pipeline knows the answer: the label)."""
+    answer = {"type": "string", "enum": list(answers)} if answers else TEXT
     item = _object(
         {
             "perspective": {"type": "string", "enum": list(PERSPECTIVES)},
             "length": {"type": "string", "enum": list(LENGTHS)},
-            "question": _text(LONG_CHARS),
-            "answer": _text(SHORT_CHARS),
-            "explanation": _text(LONG_CHARS),
+            "question": TEXT,
+            "answer": answer,
+            "explanation": TEXT,
         }
     )
     return _object(
         {"items": {"type": "array", "items": item, "minItems": 1, "maxItems": max(1, max_items)}}
     )
+
+
+def answer_text(label: str) -> str:
+    """The answer an LLM item gives (fixed by the schema where the dialect carries one)."""
+    return f"The {label}."
 
 
 def _without_lengths(schema: Any) -> Any:
@@ -641,6 +638,14 @@ def item_problem(item: QAItem, record: Record, target_index: int, ontology: Onto
     return None
 
 
+def redact(text: str, label: str, ontology: Ontology) -> str:
+    """``text`` with every forbidden term of ``label`` replaced by "the target"."""
+    for term in sorted(ontology.forbidden_terms(label), key=len, reverse=True):
+        text = term_pattern(term).sub("the target", text)
+    # "the the target" where the term followed an article.
+    return re.sub(r"\b(the|a|an) the target\b", "the target", text, flags=re.IGNORECASE)
+
+
 @dataclass
 class Job:
     """One target of one record to generate questions for."""
@@ -831,12 +836,14 @@ class Pipeline:
                 "describe",
                 descriptions_schema(nullable=False),
             )
-            # Descriptions that already name the object would make leaking questions.
+            # Descriptions that name the object would make leaking questions: the terms
+            # are replaced ("the target"); the questions are checked again later.
             for perspective in PERSPECTIVES:
                 for length in LENGTHS:
-                    if self.ontology.leaked_term(described[perspective][length] or "", label):
-                        rejects["describe: label leaked"] += 1
-                        described[perspective][length] = None
+                    text = described[perspective][length] or ""
+                    if self.ontology.leaked_term(text, label):
+                        rejects["describe: label redacted"] += 1
+                        described[perspective][length] = redact(text, label, self.ontology)
             kept_in = {p: {k: v for k, v in d.items() if v} for p, d in described.items()}
             evaluated = self._ask(
                 [
@@ -892,7 +899,7 @@ class Pipeline:
                 lambda text: _raw_items(parse_json_reply(text)),
                 rejects,
                 "transform",
-                items_schema(len(PERSPECTIVES) * len(LENGTHS)),
+                items_schema(len(PERSPECTIVES) * len(LENGTHS), [answer_text(label)]),
             )
         except ReplyError as error:
             return JobResult(
@@ -917,7 +924,7 @@ class Pipeline:
                     lambda text: _raw_items(parse_json_reply(text)),
                     rejects,
                     "extra",
-                    items_schema(self.config.extra_pairs),
+                    items_schema(self.config.extra_pairs, [answer_text(label)]),
                 )
                 items += self._valid_items(
                     raw_extra[: self.config.extra_pairs], job, rejects, "extra", seen
