@@ -244,11 +244,11 @@ def end_to_end_loss(
             "must have the same shape"
         )
     txt = text_loss(text_logits, labels, answer_end=answer_end, answer_weight=weights.answer_tokens)
+    bce: torch.Tensor | None = None
+    dice: torch.Tensor | None = None
     if mask_logits is not None:
         bce = sigmoid_bce(mask_logits, target_masks).mean()
         dice = dice_loss(mask_logits, target_masks).mean()
-    else:
-        bce = dice = None
     l1 = box_l1(pred_boxes, target_boxes).mean()
     giou = giou_loss(pred_boxes, target_boxes).mean()
     total = weights.text * txt + weights.l1 * l1 + weights.giou * giou

@@ -71,7 +71,7 @@ def read_mask_png(path: str | os.PathLike[str]) -> np.ndarray:
         raise MaskError(f"cannot read mask {path}: {error}") from error
     if array.ndim == 3:
         # RGB(A) masks: any non-zero colour channel counts as inside; alpha is ignored.
-        array = array[..., :3].any(axis=-1)
+        array = np.asarray(array[..., :3].any(axis=-1))
     return array != 0
 
 

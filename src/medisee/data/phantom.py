@@ -206,6 +206,8 @@ class Scene:
                 value = np.full(self.channels, float(value), dtype=np.float32)
             if layer.texture:
                 mix = sum(w * f for w, f in zip(layer.weights, fields))
+                if not isinstance(mix, np.ndarray):
+                    raise ValueError("a textured layer needs the texture fields")
                 tex = 1.0 + layer.texture * mix[layer.shape]
             else:
                 tex = np.ones(int(layer.shape.sum()), dtype=np.float32)
@@ -900,7 +902,7 @@ def fundus(rng: np.random.Generator) -> Phantom:
         radii.append(np.linspace(1.4, 0.7, 10))
     vessels = s.tube(lines, radii) & fov
     s.add("retinal vessels", vessels, tuple(-base * np.array([0.35, 0.55, 0.4])), mode="add")
-    meta = {"eye_disc_side": "right" if eye > 0 else "left"}
+    meta: dict[str, object] = {"eye_disc_side": "right" if eye > 0 else "left"}
     if rng.random() < 0.55:
         exudates = np.zeros((h, w), dtype=bool)
         ex_c = (mx + _u(rng, -25, 25), my + _u(rng, -25, 25))

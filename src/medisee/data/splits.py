@@ -19,7 +19,7 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
     parts = [float(p) for p in text.split(",")]
     if len(parts) != 3:
         raise ValueError(f"split ratios need three numbers train,val,test; got {text!r}")
-    return check_ratios(tuple(parts))  # type: ignore[arg-type]
+    return check_ratios(tuple(parts))
 
 
 def check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
@@ -80,15 +80,15 @@ def assign_splits(
         seen = 0
         ordered = sorted(units[name], key=lambda key: (-len(groups[key]), tie_break[key]))
         for key in ordered:
-            members = groups[key]
-            seen += len(members)
+            group = groups[key]
+            seen += len(group)
             deficits = [fractions[k] * seen - unit_counts[k] for k in range(3)]
             # Never start a split whose share is zero; ties go to the earlier split.
             choice = max((k for k in range(3) if fractions[k] > 0), key=lambda k: (deficits[k], -k))
-            for record in members:
+            for record in group:
                 record.split = names[choice]
-            unit_counts[choice] += len(members)
-            counts[names[choice]] += len(members)
+            unit_counts[choice] += len(group)
+            counts[names[choice]] += len(group)
     return counts
 
 

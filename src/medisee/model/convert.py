@@ -37,7 +37,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import torch
 
@@ -223,7 +223,7 @@ def build_llava_config(
     dtype: torch.dtype,
 ):
     """``LlavaConfig`` (Mistral text + CLIP vision) equivalent to a ``llava_mistral`` config."""
-    from transformers import CLIPVisionConfig, LlavaConfig, MistralConfig
+    from transformers import CLIPVisionConfig, LlavaConfig, MistralConfig, PreTrainedConfig
 
     check_llava_med_config(source)
     text_fields = {k: source[k] for k in _MISTRAL_FIELDS if k in source}
@@ -236,12 +236,20 @@ def build_llava_config(
             f"mm_hidden_size ({mm_hidden}) differs from the CLIP tower's hidden_size "
             f"({vision_config.hidden_size}): wrong --clip directory?"
         )
-    strategy = "default" if source.get("mm_vision_select_feature", "patch") == "patch" else "full"
-    patches = (vision_config.image_size // vision_config.patch_size) ** 2
+    strategy: Literal["default", "full"] = (
+        "default" if source.get("mm_vision_select_feature", "patch") == "patch" else "full"
+    )
+    image_size, patch_size = vision_config.image_size, vision_config.patch_size
+    if not isinstance(image_size, int) or not isinstance(patch_size, int):
+        raise ValueError(
+            f"the CLIP tower needs integer image_size and patch_size, got {image_size!r} "
+            f"and {patch_size!r}"
+        )
+    patches = (image_size // patch_size) ** 2
     config = LlavaConfig(
         text_config=text_config.to_dict(),
         vision_config=vision_config.to_dict(),
-        image_token_id=image_token_id,
+        image_token_index=image_token_id,
         projector_hidden_act="gelu",
         multimodal_projector_bias=True,
         vision_feature_layer=int(source.get("mm_vision_select_layer", -2)),
@@ -250,8 +258,11 @@ def build_llava_config(
         tie_word_embeddings=False,
     )
     config.dtype = dtype
-    config.text_config.dtype = dtype
-    config.vision_config.dtype = dtype
+    # LlavaConfig turns the two dicts into configs.
+    for sub_config in (config.text_config, config.vision_config):
+        if not isinstance(sub_config, PreTrainedConfig):
+            raise TypeError(f"LlavaConfig left a sub-config as {type(sub_config)}")
+        sub_config.dtype = dtype
     return config
 
 
@@ -445,7 +456,8 @@ def convert_llava_med(
     added = IMAGE_TOKEN not in tokenizer.get_vocab()
     if added:
         tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
-    image_token_id = int(tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
+    # One token gives one id; the stubs return ``int | list[int]`` for both.
+    image_token_id = int(cast(int, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)))
     if tokenizer.pad_token is None and tokenizer.unk_token is not None:
         # Batched training needs a pad token; the original LLaVA code pads with <unk>.
         tokenizer.pad_token = tokenizer.unk_token

@@ -77,9 +77,10 @@ def merge_lora(model: MediSee) -> bool:
             merge one of them).
     """
     language = model.language
-    if not hasattr(language.model, "merge_and_unload"):
+    merge_and_unload = getattr(language.model, "merge_and_unload", None)
+    if merge_and_unload is None:
         return False
-    merged = language.model.merge_and_unload()
+    merged = merge_and_unload()
     leftovers = [
         name
         for name, _ in merged.named_modules()

@@ -54,7 +54,7 @@ class GroundingHead(nn.Module):
         dtype = image_embeddings.dtype
         batch, channels, height, width = image_embeddings.shape
         key_weight = self.keys.weight[:, :, 0, 0].to(dtype)  # [k, C]
-        key_bias = self.keys.bias.to(dtype)  # [k]
+        key_bias = _bias(self.keys).to(dtype)  # [k]
         query = self.query(state).to(dtype) / self.config.dim**0.5  # [B, k]
         # Row 0: the linear score sum_k q_k (W x + b)_k; rows 1..: the refiner's first conv
         # V (q * (W x + b)) + c.
@@ -62,11 +62,13 @@ class GroundingHead(nn.Module):
         offsets = [(query * key_bias)[:, None].sum(-1, keepdim=True)]  # [B, 1, 1]
         if self.refine is not None:
             first = self.refine[0]
+            if not isinstance(first, nn.Conv2d):
+                raise TypeError(f"the refiner must start with a 1x1 Conv2d, not {type(first)}")
             project = first.weight[:, :, 0, 0].to(dtype)  # [w, k]
             modulated_project = project[None] * query[:, None, :]  # [B, w, k]
             weights.append(modulated_project)
             offsets.append(
-                (modulated_project @ key_bias)[..., None] + first.bias.to(dtype)[None, :, None]
+                (modulated_project @ key_bias)[..., None] + _bias(first).to(dtype)[None, :, None]
             )
         folded = torch.cat(weights, 1) @ key_weight  # [B, 1 + w, C]
         # F (E + PE) as F E + F PE: PE is shared by the batch, so this skips a [B, C, g, g]
@@ -104,8 +106,15 @@ def _refiner(config: GroundingConfig) -> nn.Sequential:
         layers += [nn.Conv2d(width, width, kernel_size=3, padding=1), nn.GELU()]
     out = nn.Conv2d(width, 1, kernel_size=1)
     nn.init.zeros_(out.weight)
-    nn.init.zeros_(out.bias)
+    nn.init.zeros_(_bias(out))
     return nn.Sequential(*layers, out)
+
+
+def _bias(conv: nn.Conv2d) -> torch.Tensor:
+    """``conv.bias``; every conv of the head is built with one."""
+    if conv.bias is None:
+        raise ValueError(f"{conv} has no bias")
+    return conv.bias
 
 
 def peak_region(logits: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:

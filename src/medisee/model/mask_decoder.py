@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -272,6 +273,8 @@ def build_segmenter(config: MaskConfig) -> PromptableSegmenter:
         patch_size=config.image_size // grid,
         mask_input_channels=_MASK_INPUT_CHANNELS,
     )
+    # A PreTrainedConfig keyword that SamMaskDecoderConfig's signature does not list.
+    attention: dict[str, Any] = {"attn_implementation": "sdpa"}
     decoder_config = SamMaskDecoderConfig(
         hidden_size=config.prompt_dim,
         mlp_dim=config.decoder_mlp_dim,
@@ -281,7 +284,7 @@ def build_segmenter(config: MaskConfig) -> PromptableSegmenter:
         iou_head_depth=config.iou_head_depth,
         iou_head_hidden_dim=config.iou_head_hidden_dim,
         layer_norm_eps=_DECODER_LAYER_NORM_EPS,
-        attn_implementation="sdpa",
+        **attention,
     )
 
     image_encoder: nn.Module

@@ -26,6 +26,7 @@ from medisee.model.box_decoder import BoxDecoder
 from medisee.model.config import ModelConfig
 from medisee.model.fusion import CandidateFusion, FusionOutput
 from medisee.model.grounding import GroundingHead, peak_region, region_box
+from medisee.model.mask_decoder import PromptableSegmenter
 from medisee.model.mllm import BackboneOutput, LanguageBackbone
 from medisee.model.prompting import PromptBuilder
 from medisee.model.tokenizer import candidate_token_strings
@@ -146,7 +147,7 @@ class MediSee(nn.Module):
         fusion: CandidateFusion,
         box_decoder: BoxDecoder,
         seg_projection: nn.Module,
-        segmenter: nn.Module,
+        segmenter: PromptableSegmenter,
         grounding: GroundingHead | None = None,
     ) -> None:
         super().__init__()
@@ -394,6 +395,8 @@ class MediSee(nn.Module):
         """``Sim(h_img, h_seg)`` ``[B, N]`` of a query, without running the decoders (the
         plain-label query's map is L_sim's target)."""
         if image_embeddings is None:
+            if pixel_values is None:
+                raise ValueError("similarity_map needs pixel_values or image_embeddings")
             image_embeddings = self.embed_images(pixel_values)
         _, fused, image_states, _ = self._read_states(
             input_ids, attention_mask, self.vision_inputs(pixel_values, image_embeddings)
@@ -537,6 +540,8 @@ class MediSee(nn.Module):
             decoded = self.decode_targets(
                 fused.seg_state, fused.det_state, image_embeddings[index], image_sizes[index]
             )
+            if decoded.mask_logits is None or decoded.iou_scores is None:
+                raise RuntimeError("decode_targets(decode_masks=True) returned no masks")
             for i, row in enumerate(rows):
                 answers[row].box = decoded.boxes[i]
                 answers[row].mask_logits = decoded.mask_logits[i]

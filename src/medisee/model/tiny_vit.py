@@ -151,6 +151,8 @@ class WindowAttention(nn.Module):
     pretrained weights expect it).
     """
 
+    bias_index: torch.Tensor
+
     def __init__(self, dim: int, num_heads: int, window_size: int) -> None:
         super().__init__()
         if dim % num_heads:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from importlib import resources
+from typing import cast
 
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -31,7 +32,8 @@ def add_candidate_tokens(tokenizer: PreTrainedTokenizerBase, num_candidates: int
     tokenizer.add_special_tokens(
         {"extra_special_tokens": tokens}, replace_extra_special_tokens=False
     )
-    ids = tokenizer.convert_tokens_to_ids(tokens)
+    # A list of tokens gives a list of ids; the stubs return ``int | list[int]`` for both.
+    ids = cast(list[int], tokenizer.convert_tokens_to_ids(tokens))
     if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids:
         raise ValueError(f"candidate tokens {tokens} map to the unknown token: {ids}")
     if len(set(ids)) != len(ids):

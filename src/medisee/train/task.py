@@ -96,6 +96,8 @@ class MediSeeTask(nn.Module):
             answer_end=out.candidate_positions[:, -1],
         )
         if grounding_only:
+            if losses.ground is None:
+                raise RuntimeError("grounding_only: the model returned no grounding logits")
             losses.total = losses.ground
         return losses
 
