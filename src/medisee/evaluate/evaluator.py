@@ -35,6 +35,7 @@ from medisee.inference.predictor import (
     ImageState,
     Predictor,
     PredictRequest,
+    stack_embeddings,
     to_original_frame,
 )
 from medisee.model.preprocess import SamTransform
@@ -353,9 +354,9 @@ def _teacher_forced(
         attention.to(device),
         torch.tensor([r.state.size for r in requests], device=device),
         pixel_values=pixels,
-        image_embeddings=torch.stack([r.state.embedding for r in requests]),
+        image_embeddings=stack_embeddings(r.state for r in requests),
     )
-    results = []
+    results: list[tuple[np.ndarray | None, tuple[float, ...] | None]] = []
     for row, request in enumerate(requests):
         mask, box, _ = to_original_frame(request.state.frame, out.mask_logits[row], out.boxes[row])
         results.append((mask, box))

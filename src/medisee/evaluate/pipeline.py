@@ -91,7 +91,7 @@ def evaluate_with_baselines(
         # Only the pretrained segmenter: the baselines involve no language model.
         reference = build_segmenter(model.config.mask).to(device).eval()
         reference_cache = None
-        if cache is not None:
+        if cache_dir is not None:  # as ``cache``
             reference_cache = EmbeddingCache(cache_dir, encoder_fingerprint(reference))
         common: dict[str, Any] = {
             "prior_records": [r for r in all_records if r.split == prior_split],

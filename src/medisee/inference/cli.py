@@ -357,8 +357,8 @@ def run_chat(
             say(f"error: {error}")
             continue
         say(f"medisee> {prediction.text}")
-        if prediction.found_target:
-            x0, y0, x1, y1 = prediction.box  # type: ignore[misc]
+        if prediction.box is not None:  # found_target
+            x0, y0, x1, y1 = prediction.box
             iou = prediction.scores.get("iou")
             say(
                 f"  [target: box ({x0:.1f}, {y0:.1f}, {x1:.1f}, {y1:.1f}) px, "

@@ -94,6 +94,16 @@ class ImageState:
         return self.frame.original_size
 
 
+def stack_embeddings(states: Iterable[ImageState]) -> torch.Tensor:
+    """``[B, C, g, g]``: the embeddings of states that ``Predictor.encode`` has filled."""
+    embeddings = []
+    for state in states:
+        if state.embedding is None:
+            raise ValueError(f"image {state.name!r} is not encoded (Predictor.encode)")
+        embeddings.append(state.embedding)
+    return torch.stack(embeddings)
+
+
 @dataclass
 class PredictRequest:
     """One question about one prepared image, with the conversation so far."""
@@ -496,7 +506,7 @@ class Predictor:
             for request in requests
         ]
         device = self.device
-        embeddings = torch.stack([request.state.embedding for request in requests])  # type: ignore[misc]
+        embeddings = stack_embeddings(request.state for request in requests)
         sizes = torch.tensor([request.state.size for request in requests], device=device)
         pixels = None
         if not self.model.language.uses_segmenter_embedding:

@@ -122,6 +122,7 @@ def predict_volume(
     training slices were made. Slices run through ``Predictor.predict_iter`` in batches.
     """
     import nibabel as nib
+    from nibabel.spatialimages import SpatialImage
 
     from medisee.data.io import check_informative, load_volume, volume_window
     from medisee.data.schema import normalize_modality
@@ -129,6 +130,8 @@ def predict_volume(
     if axis not in AXES:
         raise ValueError(f"axis must be one of {list(AXES)}, got {axis!r}")
     source = nib.load(str(path))
+    if not isinstance(source, SpatialImage):
+        raise ValueError(f"{path} is not a volume with an affine ({type(source).__name__})")
     vol = load_volume(path, volume=volume)
     check_informative(vol.data, f"the volume {path}")  # as read_nifti: no blank volumes
     modality = normalize_modality(modality) if modality else None
