@@ -148,9 +148,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.engine == "template":
         from medisee.data.generate import apply_template
 
-        report = apply_template(records, root, seed=args.seed)
+        template_report = apply_template(records, root, seed=args.seed)
         print(
-            f"template QA: {sum(len(t.qa) for r in records for t in r.targets)} items; {report.summary()}"
+            f"template QA: {sum(len(t.qa) for r in records for t in r.targets)} items; "
+            f"{template_report.summary()}"
         )
     else:
         from medisee.data.qa_llm import LLMConfig, LLMError, generate_llm

@@ -764,7 +764,7 @@ class Pipeline:
         Image.fromarray(load_record_image(job.record, job.root)).save(buffer, format="PNG")
         url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
         modality = MODALITY_NOUNS.get(job.record.modality, "medical image")
-        messages = [
+        messages: list[dict[str, Any]] = [
             {"role": "system", "content": SYSTEM_CAPTION},
             {
                 "role": "user",
@@ -794,11 +794,15 @@ class Pipeline:
             if not isinstance(entry, dict):
                 rejects[f"{stage}: wrong type"] += 1
                 continue
+            length = entry.get("length")
+            if not isinstance(length, str):  # QAItem would reject it too
+                rejects[f"{stage}: missing fields"] += 1
+                continue
             try:
                 item = QAItem(
                     kind="reasoning",
                     perspective=entry.get("perspective"),
-                    length=entry.get("length"),
+                    length=length,
                     question=" ".join(str(entry.get("question", "")).split()),
                     answer=" ".join(str(entry.get("answer", "")).split()),
                     explanation=" ".join(str(entry.get("explanation", "")).split()),

@@ -321,7 +321,7 @@ class Target:
             return cls(
                 label=data["label"],
                 mask=data["mask"],
-                box_xyxy=tuple(data["box_xyxy"]),  # type: ignore[arg-type]
+                box_xyxy=tuple(data["box_xyxy"]),
                 area=data["area"],
                 qa=[QAItem.from_dict(item) for item in qa],
                 provenance=data.get("provenance"),  # absent before schema 1.1

@@ -164,9 +164,13 @@ def probe_pixel_count(path: str | os.PathLike[str], options: ReadOptions | None 
     path = Path(path)
     if is_nifti_path(path):
         import nibabel as nib
+        from nibabel.spatialimages import SpatialImage
 
         try:
-            shape = nib.load(str(path)).shape
+            image = nib.load(str(path))
+            if not isinstance(image, SpatialImage):
+                raise TypeError(f"{type(image).__name__} is not a volume")
+            shape = image.shape
         except Exception as error:  # nibabel raises many types for a bad header
             raise ImageReadError(f"cannot read NIfTI header: {error}") from error
         if not shape or min(shape) < 1:

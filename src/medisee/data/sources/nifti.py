@@ -112,7 +112,7 @@ def build_nifti(
         for value in unknown_ids:
             builder.report.add("unknown label id", f"{case}/id {value}", "not in the label map")
         other_axes = tuple(a for a in range(3) if a != axis_index)
-        present = (labels.data > 0).any(axis=other_axes)
+        present = np.asarray((labels.data > 0).any(axis=other_axes))
         resolved = volume_window(volume, window, modality)
         for index in choose_slices(present, slices_per_volume):
             pixels = apply_window(volume.slice(axis_index, index), resolved)
