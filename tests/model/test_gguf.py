@@ -137,6 +137,10 @@ def test_reloaded_model_trains_one_step(tiny_gguf: TinyGGUF, tmp_path: Path) -> 
     assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied
     with torch.no_grad():
         assert model(input_ids=ids, labels=ids).loss < loss
+    # No GGUF quantizer is attached to the reloaded model: it saves like any other.
+    assert getattr(model, "hf_quantizer", None) is None
+    model.save_pretrained(tmp_path / "tuned")
+    assert (tmp_path / "tuned" / "model.safetensors").is_file()
 
 
 def test_cache_converts_once_and_second_call_is_fast(
@@ -298,9 +302,19 @@ def test_real_smollm2_gguf(tmp_path: Path) -> None:
             model(input_ids=ids).logits, gguf_model(input_ids=ids).logits, rtol=0, atol=1e-5
         )
     del gguf_model
+    # The model's own knowledge survives the conversion (greedy, chat template).
+    question = [
+        {
+            "role": "user",
+            "content": "Which organ in the human body filters the blood to make urine?",
+        }
+    ]
+    ids = tokenizer.apply_chat_template(
+        question, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
     with torch.no_grad():
         generated = model.generate(
-            ids, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            ids, max_new_tokens=40, do_sample=False, pad_token_id=tokenizer.pad_token_id
         )
     reply = tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=True)
     assert "kidney" in reply.lower(), reply
