@@ -211,7 +211,9 @@ class FakeLLM:
                 {
                     "perspective": "location",
                     "length": "short",
-                    "question": f"Which object is number {i + 1} of the extra set, near box {data['box_xyxy']}?",
+                    "question": f"Which object is number {i + 1} of the extra set, near box "
+                    + ", ".join(str(v) for v in data["box_xyxy"])
+                    + "?",
                     "answer": f"The {label}.",
                     "explanation": "It matches the box.",
                 }

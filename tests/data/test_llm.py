@@ -421,7 +421,11 @@ def test_item_checks(tiny_manifest, ontology):
         assert problem(f"Which structure here is the {term} one shown?") == "label leaked", term
     assert problem("Which structure is it?") == "too short"
     assert problem("Tell me about the structure near the centre.") == "not a question"
-    assert problem("What is the capital city of France today?") == "off-topic"
+    assert problem("Which part of the novel was the most exciting to read?") == "off-topic"
+    assert problem("What is the capital city of France today?") == "no referent noun"
+    assert problem("What is the purpose of the image_size field in it?") == (
+        "markup in the question"
+    )
     assert (
         problem("Which structure lies near the centre of the image?", answer="Nothing at all.")
         == "answer does not name the target"

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medisee.data.ontology import Ontology, term_pattern
+from medisee.data.ontology import KIND_NOUNS, Ontology, term_pattern
 from medisee.data.qa_template import MODALITY_NOUNS
 from medisee.data.schema import LENGTHS, PERSPECTIVES, QAItem, Record
 from medisee.data.writer import atomic_write_text
@@ -63,7 +63,7 @@ from medisee.data.writer import atomic_write_text
 log = logging.getLogger(__name__)
 
 #: Bump when prompts change: it is part of every job key, so old journal lines no longer match.
-PROMPT_VERSION = "mlmr-2"
+PROMPT_VERSION = "mlmr-3"
 JOURNAL_NAME = "journal.jsonl"
 DIALECT_NAME = "dialect.json"
 
@@ -304,30 +304,33 @@ SYSTEM_DESCRIBE = (
     "- location-oriented: through its position in the image and relative to the other objects "
     "(image left/right as given; patient sides only when the display convention is given).\n"
     "For each perspective give a short (one clause) and a long (two or three sentences, with a "
-    "chain of reasoning) description. Reply with JSON only: "
-    '{"attribute": {"short": "...", "long": "..."}, "location": {"short": "...", "long": "..."}}'
+    "chain of reasoning) description. Reply with JSON only: an object with the keys "
+    '"attribute" and "location", each an object with the keys "short" and "long" whose '
+    "values are the descriptions."
 )
 SYSTEM_EVALUATE = (
     "You review descriptions written to identify a medical object without naming it. Revise a "
     "description that is too direct (names or all but names the object), too simple, or "
     "lacks a clear logical path to the object; replace it with null if it cannot be fixed. "
-    "Keep good ones unchanged. Reply with JSON only, same shape as the input descriptions: "
-    '{"attribute": {"short": "..." | null, "long": "..." | null}, "location": {...}}'
+    "Keep good ones unchanged. Reply with JSON only, in the shape of the input descriptions: "
+    'the keys "attribute" and "location", each with "short" and "long" (a description or '
+    "null)."
+)
+_ITEMS_SHAPE = (
+    'Reply with JSON only: an object with the key "items", a list of objects with the keys '
+    '"perspective" ("attribute" or "location"), "length" ("short" or "long"), "question", '
+    '"answer" and "explanation".'
 )
 SYSTEM_TRANSFORM = (
     "Turn each description into a question a non-expert could ask about the image, whose "
     "answer is the labelled object. The question must not name the object or any synonym. "
     "The answer names the object; the explanation gives the reasoning from the description "
-    "to the object in one or two sentences. Reply with JSON only: "
-    '{"items": [{"perspective": "attribute|location", "length": "short|long", '
-    '"question": "...", "answer": "...", "explanation": "..."}]}'
+    "to the object in one or two sentences. One item per description. " + _ITEMS_SHAPE
 )
 SYSTEM_EXTRA = (
     "Write additional question-answer pairs about the labelled object that differ from the "
     "existing questions in wording and reasoning. Same rules: the question must not name the "
-    "object or a synonym; the answer names it; add an explanation. Reply with JSON only: "
-    '{"items": [{"perspective": "attribute|location", "length": "short|long", '
-    '"question": "...", "answer": "...", "explanation": "..."}]}'
+    "object or a synonym; the answer names it; add an explanation. " + _ITEMS_SHAPE
 )
 
 
@@ -337,6 +340,23 @@ SYSTEM_EXTRA = (
 #: the reply instead. The ``json_schema`` dialect drops ``minLength`` too (OpenAI's strict
 #: mode refuses it).
 TEXT: dict[str, Any] = {"type": "string", "minLength": 1}
+#: Generic nouns by which a reasoning question refers to its unnamed target.
+REFERENT_NOUNS = (
+    "structure",
+    "organ",
+    "region",
+    "tissue",
+    "part",
+    "area",
+    "vessel",
+    "bone",
+    "chamber",
+    "abnormality",
+    "lesion",
+    "object",
+)
+#: A question: "Which|What <referent noun> ...", ending with its only question mark.
+QUESTION_PATTERN = r"^(Which|What) (" + "|".join(REFERENT_NOUNS) + r')s? [^"?\\]+[?]$'
 
 
 def _object(properties: dict[str, Any]) -> dict[str, Any]:
@@ -366,7 +386,7 @@ def items_schema(max_items: int, answers: Sequence[str] | None = None) -> dict[s
         {
             "perspective": {"type": "string", "enum": list(PERSPECTIVES)},
             "length": {"type": "string", "enum": list(LENGTHS)},
-            "question": TEXT,
+            "question": {"type": "string", "pattern": QUESTION_PATTERN},
             "answer": answer,
             "explanation": TEXT,
         }
@@ -574,12 +594,19 @@ IMAGE_WORDS = frozenset(
     left right upper lower top bottom centre center central middle above below near
     beside between adjacent next side corner edge inside outside surrounding box""".split()
 )
+_REFERENTS = frozenset(
+    [*REFERENT_NOUNS, *(noun + "s" for noun in REFERENT_NOUNS), "abnormalities"]
+    + [word for noun in KIND_NOUNS.values() for word in noun.split() if word != "blood"]
+)
 _STOPWORDS = frozenset(
     """the and for with that this from which what where into onto over under than then
     their there these those they them its it's is are was were be been being has have
     had does do did can could would should will shall may might must not only also very
     about each other such most more less some any all one two both""".split()
 )
+
+
+_MARKUP = re.compile(r"[_{}\[\]<>]")
 
 
 def _content_words(text: str) -> set[str]:
@@ -598,8 +625,13 @@ def item_problem(item: QAItem, record: Record, target_index: int, ontology: Onto
     synonym or an adjective: :meth:`Ontology.leaked_term`, the template engine's check),
     ``"too short"`` (fewer than :data:`MIN_QUESTION_WORDS` words),
     ``"not a question"`` (no question mark and no asking/imperative opening),
-    ``"off-topic"`` (no word pointing at the image: a kind or position word, a content word
-    of the target's ontology entry or a neighbour's label), and
+    ``"markup in the question"`` (``_``, brackets, braces: copied input fields),
+    ``"no referent noun"`` (the target is not referred to by a generic noun of
+    :data:`REFERENT_NOUNS` or a kind noun: "What is the function of the brain?" asks about
+    a named neighbour, not about the target),
+    ``"off-topic"`` (besides the referent noun, no word pointing at the image: a position
+    or image word, a content word of the target's ontology entry or a neighbour's label),
+    and
     ``"answer does not name the target"``.
     """
     label = record.targets[target_index].label
@@ -611,8 +643,12 @@ def item_problem(item: QAItem, record: Record, target_index: int, ontology: Onto
         return "too short"
     if not (question.endswith("?") or _ASKING.match(question)):
         return "not a question"
+    if _MARKUP.search(question):
+        return "markup in the question"
     lowered = {word.lower() for word in words}
-    topical = set(IMAGE_WORDS)
+    if not lowered & _REFERENTS:
+        return "no referent noun"
+    topical = set(IMAGE_WORDS - _REFERENTS)
     resolved = ontology.resolve(label)
     if resolved is not None:
         category = resolved.category
