@@ -43,6 +43,8 @@ def _seg_projection(hidden_size: int, prompt_dim: int, inner: int | None) -> nn.
 def build_tokenizer(config: ModelConfig, corpus: Iterable[str] | None = None):
     """The tokenizer a fresh model starts with: trained offline for ``lite``; the
     checkpoint's own for ``llava`` (local files only)."""
+    if config.language.backbone == "lite" and config.language.pretrained_path is not None:
+        return pretrained_lm_tokenizer(config.language.pretrained_path)
     if config.language.backbone == "lite":
         texts = list(corpus) if corpus is not None else default_corpus()
         tokenizer = train_lite_tokenizer(texts, config.language.tokenizer_vocab_size)
@@ -58,6 +60,24 @@ def build_tokenizer(config: ModelConfig, corpus: Iterable[str] | None = None):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(config.language.pretrained_path, local_files_only=True)
+
+
+def pretrained_lm_tokenizer(name_or_path: str):
+    """The tokenizer of a pretrained ``lite`` LM, with ``<image>`` added (special) and a
+    pad token (its EOS) when it has none."""
+    from transformers import AutoTokenizer
+
+    from medisee.model.pretrained_lm import resolve_pretrained_lm
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(resolve_pretrained_lm(name_or_path)), local_files_only=True
+    )
+    tokenizer.add_special_tokens(
+        {"extra_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def build_parts(
@@ -92,7 +112,17 @@ def build_parts(
     segmenter = build_segmenter(mask_config)
 
     language: LanguageBackbone
-    if config.language.backbone == "lite":
+    if config.language.backbone == "lite" and config.language.pretrained_path is not None:
+        from medisee.model.pretrained_lm import resolve_pretrained_lm
+
+        language = LiteBackbone.from_pretrained_lm(
+            config.language,
+            resolve_pretrained_lm(config.language.pretrained_path),
+            len(tokenizer),
+            config.mask.prompt_dim,
+            tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        )
+    elif config.language.backbone == "lite":
         special = {
             "image_token_id": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
             "pad_token_id": tokenizer.pad_token_id,
@@ -104,7 +134,10 @@ def build_parts(
         )
     else:
         language = LlavaBackbone.from_config(config.language, llm_dtype, llm_quantization)
-        if len(tokenizer) > language.base_model.get_input_embeddings().num_embeddings:
+        embeddings = language.base_model.get_input_embeddings()
+        if not isinstance(embeddings, nn.Embedding):
+            raise TypeError(f"the LLaVA input embeddings are a {type(embeddings)}")
+        if len(tokenizer) > embeddings.num_embeddings:
             language.resize_token_embeddings(len(tokenizer))
     if config.language.lora is not None:
         language.apply_lora(config.language.lora, candidate_ids)

@@ -51,8 +51,11 @@ class LoraSettings:
 class LanguageConfig:
     """The multimodal language model that reads the question and emits candidate tokens.
 
-    ``backbone="lite"``: a small Llama-architecture causal LM built from this config, fed by
-    a projector that pools the segmenter's image embedding to ``image_grid**2`` tokens.
+    ``backbone="lite"``: a Llama-architecture causal LM fed by a projector that pools the
+    segmenter's image embedding to ``image_grid**2`` tokens: pretrained when
+    ``pretrained_path`` names one (``"smollm2"``, a ``.gguf`` file or a local HF directory,
+    see ``medisee.model.pretrained_lm``; its own tokenizer and width), else built from the
+    width fields below and trained from scratch with a tokenizer trained here.
     ``backbone="llava"``: a HF ``LlavaForConditionalGeneration``, from ``pretrained_path``
     (a local HF-format directory) or, for tests, from the inline ``hf_config`` dict.
     """
@@ -65,7 +68,7 @@ class LanguageConfig:
     intermediate_size: int = 1024
     max_position_embeddings: int = 512
     image_grid: int = 8
-    # llava backbone
+    # llava backbone (and a pretrained lite LM)
     pretrained_path: str | None = None
     hf_config: dict[str, Any] | None = None
     # shared
@@ -344,7 +347,7 @@ class ModelConfig:
 
 #: Switches that were tried, left at these values, and removed; a saved config that still
 #: holds one at that value means the same model without it.
-_RETIRED_FIELDS = {
+_RETIRED_FIELDS: dict[tuple[str, ...], dict[str, object]] = {
     (): {"box_prompt_gradient": False},
     ("grounding",): {"box_margin": 0, "detach_state": False},
 }

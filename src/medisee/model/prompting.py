@@ -30,6 +30,8 @@ class ChatFormat:
     #: the role words, which a tokenizer trained here learns as whole tokens (see
     #: ``medisee.model.builder.build_tokenizer``).
     role_markers: tuple[str, ...] = ()
+    #: start each conversation with the tokenizer's BOS token (ChatML has its own markers)
+    add_bos: bool = True
 
 
 CHAT_FORMATS: dict[str, ChatFormat] = {
@@ -39,6 +41,14 @@ CHAT_FORMATS: dict[str, ChatFormat] = {
         user="USER: {q} ASSISTANT:",
         assistant_prefix=" ",
         role_markers=("USER:", "ASSISTANT:"),
+    ),
+    # ChatML, as SmolLM2-Instruct was tuned with (without its default system turn: the
+    # fine-tuned model needs none, and it would cost ~20 tokens per sequence).
+    "chatml": ChatFormat(
+        first_user="<|im_start|>user\n{image}\n{q}<|im_end|>\n<|im_start|>assistant\n",
+        user="\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n",
+        assistant_prefix="",
+        add_bos=False,
     ),
     # LLaVA-Med v1.5 Mistral.
     "mistral": ChatFormat(
@@ -109,7 +119,7 @@ class PromptBuilder:
             raise ValueError("only the last turn may have no answer")
         input_ids: list[int] = []
         labels: list[int] = []
-        if self.tokenizer.bos_token_id is not None:
+        if self.format.add_bos and self.tokenizer.bos_token_id is not None:
             input_ids.append(self.tokenizer.bos_token_id)
             labels.append(IGNORE_INDEX)
         for index, (question, answer) in enumerate(turns):

@@ -71,6 +71,7 @@ def medisee_7b_recipe() -> dict[str, Any]:
 RECIPES: dict[str, Callable[[], dict[str, Any]]] = {
     "tiny": paper_recipe,
     "lite": lite_recipe,
+    "lite-smollm2": lite_recipe,
     "medisee-7b": medisee_7b_recipe,
 }
 
