@@ -31,7 +31,7 @@ def test_the_shipped_set_loads_and_knows_its_labels(ontology):
 def test_bad_question_files_name_the_line(tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_text('{"label": "liver", "question": "Which organ makes bile?"}\nnot json\n')
-    with pytest.raises(ValueError, match=r"q.jsonl:2: not JSON"):
+    with pytest.raises(ValueError, match=r"q.jsonl:2: invalid JSON"):
         load_questions(path)
     path.write_text('{"label": "", "question": "x"}\n')
     with pytest.raises(ValueError, match=r":1: needs a non-empty string 'label'"):

@@ -232,36 +232,19 @@ def ground_truth(item: EvalItem, root: Path) -> np.ndarray:
     return load_mask(item.target.mask, root, shape=(record.height, record.width))
 
 
-@torch.no_grad()
 def evaluate(
     model,
     records: Sequence[Any],
     root: str | Path,
     *,
-    modes: Sequence[str] = ("generated", "teacher_forced"),
     kinds: Sequence[str] = ("reasoning",),
-    cache=None,
-    batch_size: int = 8,
-    max_new_tokens: int = 48,
     max_examples: int | None = None,
-    progress: bool = True,
+    **options: Any,
 ) -> EvalReport:
     """Score ``model`` (on its device) on the QA items of ``kinds`` in ``records`` (a
-    subset spread over them with ``max_examples``; ``evaluate_items`` for other items).
-
-    ``cache``: an ``EmbeddingCache`` of the model's segmenter; images it does not hold are
-    encoded. ``max_new_tokens`` bounds each generated reply.
-    """
-    return evaluate_items(
-        model,
-        evaluation_items(records, kinds, max_examples),
-        root,
-        modes=modes,
-        cache=cache,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        progress=progress,
-    )
+    subset spread over them with ``max_examples``). ``options`` are ``evaluate_items``'s
+    (``modes``, ``cache``, ``batch_size``, ``max_new_tokens``, ``progress``)."""
+    return evaluate_items(model, evaluation_items(records, kinds, max_examples), root, **options)
 
 
 @torch.no_grad()
@@ -277,8 +260,12 @@ def evaluate_items(
     ontology: Ontology | None = None,
     progress: bool = True,
 ) -> EvalReport:
-    """Score ``model`` on ``items`` (see ``evaluate``); generated replies are also judged
-    on whether they name the target (``ontology``: default the shipped one)."""
+    """Score ``model`` (on its device) on ``items``; generated replies are also judged on
+    whether they name the target (``ontology``: default the shipped one).
+
+    ``cache``: an ``EmbeddingCache`` of the model's segmenter; images it does not hold are
+    encoded. ``max_new_tokens`` bounds each generated reply.
+    """
     unknown = set(modes) - {"generated", "teacher_forced"}
     if unknown:
         raise ValueError(f"unknown evaluation modes {sorted(unknown)}")

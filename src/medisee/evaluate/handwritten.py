@@ -9,7 +9,6 @@ it is for evaluation only: nothing trains on it or on paraphrases of it.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from medisee.data.jsonl import iter_jsonl
 from medisee.evaluate.evaluator import EvalItem
 
 HANDWRITTEN_KIND = "handwritten"
@@ -51,16 +51,9 @@ def load_questions(path: str | os.PathLike[str] | None = None) -> list[Handwritt
     ``ValueError`` naming the file and line."""
     source = Path(path) if path is not None else shipped_questions_path()
     questions = []
-    for number, line in enumerate(source.read_text("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{source}:{number}: not JSON ({error.msg})") from error
-        label, question = (
-            row.get(k) if isinstance(row, dict) else None for k in ("label", "question")
-        )
+    for number, row in iter_jsonl(source):
+        fields = row if isinstance(row, dict) else {}
+        label, question = fields.get("label"), fields.get("question")
         if not isinstance(label, str) or not label.strip():
             raise ValueError(f"{source}:{number}: needs a non-empty string 'label'")
         if not isinstance(question, str) or not question.strip():

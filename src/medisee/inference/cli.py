@@ -152,20 +152,15 @@ def _stem(path: Path) -> str:
 
 
 def _items(args: argparse.Namespace) -> list[Item]:
+    from medisee.data.jsonl import iter_jsonl
     from medisee.inference.inputs import is_image_path
 
     raw: list[tuple[str | None, Path, list[str], dict[str, Any]]] = []
     if args.manifest:
         manifest = Path(args.manifest)
-        if not manifest.is_file():
-            raise FileNotFoundError(f"no such manifest: {manifest}")
-        for number, line in enumerate(manifest.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{manifest}:{number}: invalid JSON: {error}") from None
+        for number, entry in iter_jsonl(manifest):
+            if not isinstance(entry, dict):
+                raise ValueError(f"{manifest}:{number}: not a JSON object")
             image = entry.get("image") or entry.get("image_path")
             if not image:
                 raise ValueError(f"{manifest}:{number}: no 'image'")

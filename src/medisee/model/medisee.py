@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -618,31 +617,14 @@ class MediSee(nn.Module):
         return model
 
 
-def build_model(
-    config: ModelConfig,
-    tokenizer=None,
-    corpus: Iterable[str] | None = None,
-    load_segmenter_weights: bool = True,
-    llm_dtype: torch.dtype | None = None,
-    llm_quantization: str | None = None,
-) -> MediSee:
-    """A fresh ``MediSee`` from ``config`` (``medisee.model.builder.build_parts``), with
-    the trainable policy set. ``corpus``: text the ``lite`` tokenizer is trained on.
-
-    ``load_segmenter_weights=False`` skips ``config.mask.weights`` (used when a full
-    checkpoint will be loaded on top). ``llm_dtype`` / ``llm_quantization`` (``"8bit"``,
-    ``"4bit"``) apply to the LLaVA backbone only; the segmenter and heads stay fp32.
-    """
+def build_model(config: ModelConfig, **options: Any) -> MediSee:
+    """A fresh ``MediSee`` from ``config``, with the trainable policy set. ``options`` are
+    ``medisee.model.builder.build_parts``'s: ``tokenizer``, ``corpus`` (text the ``lite``
+    tokenizer is trained on), ``load_segmenter_weights``, ``llm_dtype``,
+    ``llm_quantization``."""
     from medisee.model.builder import apply_trainable_policy, build_parts
 
-    parts = build_parts(
-        config,
-        tokenizer=tokenizer,
-        corpus=corpus,
-        load_segmenter_weights=load_segmenter_weights,
-        llm_dtype=llm_dtype,
-        llm_quantization=llm_quantization,
-    )
+    parts = build_parts(config, **options)
     model = MediSee(**parts)
     apply_trainable_policy(model)
     return model

@@ -158,7 +158,7 @@ def train(
     ``config.manifest``.
     """
     started = time.perf_counter()
-    run = setup_training(config, resume=resume, progress=progress, records=records)
+    run = setup_training(config, resume, progress, records)
     step = training_loop(run, progress=progress)
     model_dir = Path(config.output_dir) / "model"
     accelerator = run.accelerator
@@ -175,11 +175,7 @@ def train(
 
 
 def setup_training(
-    config: TrainConfig,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    records: tuple[list, Path] | None = None,
+    config: TrainConfig, resume: bool, progress: bool, records: tuple[list, Path] | None
 ) -> TrainingRun:
     """Accelerator, model, embedding cache, data, optimizer and schedule; the state of the
     last checkpoint when ``resume`` finds one."""
