@@ -289,7 +289,10 @@ class LiteBackbone(LanguageBackbone):
             attn_implementation=config.attn_implementation,
             local_files_only=True,
         )
-        if vocab_size > model.get_input_embeddings().num_embeddings:
+        embeddings = model.get_input_embeddings()
+        if not isinstance(embeddings, nn.Embedding):
+            raise TypeError(f"the pretrained LM's input embeddings are a {type(embeddings)}")
+        if vocab_size > embeddings.num_embeddings:
             model.resize_token_embeddings(vocab_size, mean_resizing=True)
         projector = ImageProjector(image_channels, model.config.hidden_size, config.image_grid)
         return cls(model, projector, image_token_id)
