@@ -59,7 +59,9 @@ def test_grounding_head_scores_cells_by_position_too() -> None:
     """Keys add SAM's positional encoding, so a constant image still gives a varying map,
     and the gradient reaches the query MLP and the keys."""
     torch.manual_seed(0)
-    head = GroundingHead(hidden_size=12, embedding_dim=8, config=GroundingConfig(dim=6, refine_layers=0))
+    head = GroundingHead(
+        hidden_size=12, embedding_dim=8, config=GroundingConfig(dim=6, refine_layers=0)
+    )
     state = torch.randn(2, 12)
     embeddings = torch.ones(2, 8, 5, 5)
     positional = torch.randn(1, 8, 5, 5)
