@@ -8,12 +8,8 @@ import sys
 
 import pytest
 
-from medisee.model.smollm2 import (
-    SMOLLM2_GGUF,
-    PackagedFile,
-    locate_packaged_file,
-    locate_smollm2_gguf,
-)
+from medisee.model.packaged import PackagedFile, locate_packaged_file
+from medisee.model.smollm2 import SMOLLM2_GGUF, locate_smollm2_gguf
 
 CONTENT = b"GGUF" + bytes(range(256)) * 4
 

