@@ -220,3 +220,25 @@ def test_medisee_eval_scores_what_the_predictor_returns(tiny_model, records, tmp
     # The batch pads prompts (left, 3 rows): float rounding only.
     for key in ("dice", "giou", "ciou", "box_iou", "acc", "found_rate"):
         assert reported[key] == pytest.approx(expected[key], abs=1e-3), key
+
+
+def test_reports_group_real_and_phantom_images_by_provenance(tiny_model, records):
+    import dataclasses
+
+    recs, root = records
+    test = [r for r in recs if r.split == "test"]
+    kinds = {"liver": "expert", "kidney": "phantom"}
+    test = [
+        dataclasses.replace(
+            r, targets=[dataclasses.replace(t, provenance=kinds[t.label]) for t in r.targets]
+        )
+        for r in test
+    ]
+    report = evaluate(tiny_model, test, root, modes=("teacher_forced",), progress=False)
+    summary = report.summaries["teacher_forced"]
+    assert {k: v.count for k, v in summary["image"].items()} == {"phantom": 2, "real": 2}
+    assert set(summary["provenance"]) == {"expert", "phantom"}
+    from medisee.evaluate.evaluator import markdown_table
+
+    table = markdown_table({"m": summary})
+    assert "| m | image=phantom | 2 |" in table and "| m | image=real | 2 |" in table

@@ -41,7 +41,16 @@ from medisee.inference.predictor import (
 from medisee.model.preprocess import SamTransform
 from medisee.model.prompting import right_pad
 
-GROUP_KEYS = ("split", "kind", "length", "perspective", "category", "modality")
+GROUP_KEYS = (
+    "split",
+    "kind",
+    "length",
+    "perspective",
+    "category",
+    "modality",
+    "provenance",
+    "image",
+)
 
 
 @dataclass
@@ -73,7 +82,8 @@ class EvalReport:
 
 
 def markdown_table(
-    summaries: dict[str, dict[str, Any]], groups: Sequence[str] = ("split", "length", "perspective")
+    summaries: dict[str, dict[str, Any]],
+    groups: Sequence[str] = ("image", "split", "length", "perspective"),
 ) -> str:
     """Overall and per-group rows for every evaluated method/mode."""
     lines = [
@@ -116,7 +126,16 @@ class EvalItem:
             "perspective": self.qa.perspective,
             "category": self.target.label,
             "modality": self.record.modality,
+            "provenance": getattr(self.target, "provenance", None),
+            # real: a scan (expert or derived masks); phantom: rendered with exact masks
+            "image": _image_kind(getattr(self.target, "provenance", None)),
         }
+
+
+def _image_kind(provenance: str | None) -> str | None:
+    if provenance is None:
+        return None
+    return "phantom" if provenance == "phantom" else "real"
 
 
 def evaluation_items(
