@@ -18,6 +18,7 @@ def _cli_config(*argv: str):
 def test_train_lite_with_no_other_flags_is_the_demo_recipe():
     cli = _cli_config("--model", "lite", "--manifest", "data/manifest.jsonl", "--out", "run")
     demo = DemoConfig().train_config("data/manifest.jsonl", "run", "cache")
+    assert DemoConfig(model="lite-smollm2").train_config("m", "o", "c").max_steps == 250
     # The demo only says where to cache embeddings and that it runs on the CPU.
     assert dataclasses.replace(demo, cache_dir=None, cpu=False) == cli
     assert demo.cache_dir == "cache" and demo.cpu

@@ -26,11 +26,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class DemoConfig:
-    """The demo's data, evaluation and outputs. Training is the ``lite`` recipe
-    (``medisee.train.recipes``), exactly what ``medisee train --model lite`` runs; ``steps``,
-    ``batch_size`` and ``grounding_refit_steps`` override it when given (short runs)."""
+    """The demo's data, evaluation and outputs. Training is the recipe of ``model``
+    (``medisee.train.recipes``), exactly what ``medisee train --model <model>`` runs;
+    ``steps``, ``batch_size`` and ``grounding_refit_steps`` override it when given."""
 
     out_dir: str = "outputs/demo"
+    # The preset trained, with its recipe (``lite``: the CPU default).
+    model: str = "lite"
     num_images: int = 150
     steps: int | None = None
     batch_size: int | None = None
@@ -63,12 +65,12 @@ class DemoConfig:
     def train_config(
         self, manifest: str | Path, output_dir: str | Path, cache_dir: str | Path
     ) -> TrainConfig:
-        """The ``lite`` recipe on the data of ``manifest``, on the CPU, with image
+        """The recipe of ``model`` on the data of ``manifest``, on the CPU, with image
         embeddings cached under ``cache_dir``."""
         from medisee.train.recipes import recipe_config
 
         return recipe_config(
-            "lite",
+            self.model,
             str(manifest),
             str(output_dir),
             max_steps=self.steps,
@@ -89,6 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", default=defaults.out_dir)
+    parser.add_argument(
+        "--model", default=defaults.model, help="preset to train with its recipe (default: lite)"
+    )
     parser.add_argument("--num-images", type=int, default=defaults.num_images)
     parser.add_argument(
         "--steps", type=int, default=defaults.steps, help="joint steps (default: the recipe's)"
@@ -117,6 +122,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run_from_args(args: argparse.Namespace) -> int:
     config = DemoConfig(
         out_dir=args.out,
+        model=args.model,
         num_images=args.num_images,
         steps=args.steps,
         batch_size=args.batch_size,
@@ -154,7 +160,7 @@ def run_demo(config: DemoConfig) -> dict:
     cache_dir = out / "embedding_cache"
     train_config = config.train_config(built.manifest, out / "run", cache_dir)
     print(
-        f"[2/4] training the lite preset for {train_config.max_steps} steps, then "
+        f"[2/4] training the {config.model} preset for {train_config.max_steps} steps, then "
         f"{train_config.grounding_refit_steps} grounding-refit steps ...",
         flush=True,
     )
