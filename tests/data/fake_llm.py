@@ -170,8 +170,8 @@ class FakeLLM:
             return stage, json.dumps(
                 {
                     "attribute": {
-                        "short": f"the object with the area of {(x1 - x0) * (y1 - y0)} box pixels",
-                        "long": f"the object that occupies a box of {x1 - x0} by {y1 - y0} pixels; its appearance differs from its neighbours",
+                        "short": f"the object with the area of {(x1 - x0) * (y1 - y0)} box pixels, {where}",
+                        "long": f"the object that occupies a box of {x1 - x0} by {y1 - y0} pixels, {where}; its appearance differs from its neighbours",
                     },
                     "location": {
                         "short": f"the object {where}",

@@ -458,3 +458,22 @@ def test_redact_replaces_every_forbidden_term(ontology):
     redacted = redact(text, label, ontology)
     assert ontology.leaked_term(redacted, label) is None
     assert redacted.startswith("the target lies beside the target")
+
+
+def test_a_question_accepted_for_two_targets_of_one_image_is_dropped(fake, tiny_manifest, tmp_path):
+    records, _ = read_manifest(tiny_manifest)
+    records = records[:1]
+    cache = tmp_path / "c"
+    generate_llm(records, tiny_manifest.parent, _config(fake.url), cache, progress=False)
+    journal = cache / JOURNAL_NAME
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    shared = "Which structure lies near the centre of this image?"
+    lines[0]["items"][0]["question"] = shared
+    lines[1]["items"][0]["question"] = shared
+    journal.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    again, _ = read_manifest(tiny_manifest)
+    again = again[:1]
+    report = generate_llm(again, tiny_manifest.parent, _config(fake.url), cache, progress=False)
+    assert report.rejects["merge: same question for two targets"] == 2
+    assert report.items == len(records[0].targets) * 6 - 2
+    assert all(question != shared for _, _, question in _llm_items(again))

@@ -63,7 +63,7 @@ from medisee.data.writer import atomic_write_text
 log = logging.getLogger(__name__)
 
 #: Bump when prompts change: it is part of every job key, so old journal lines no longer match.
-PROMPT_VERSION = "mlmr-3"
+PROMPT_VERSION = "mlmr-4"
 JOURNAL_NAME = "journal.jsonl"
 DIALECT_NAME = "dialect.json"
 
@@ -355,8 +355,9 @@ REFERENT_NOUNS = (
     "lesion",
     "object",
 )
-#: A question: "Which|What <referent noun> ...", ending with its only question mark.
-QUESTION_PATTERN = r"^(Which|What) (" + "|".join(REFERENT_NOUNS) + r')s? [^"?\\]+[?]$'
+#: A question: "Which <referent noun> ...", ending with its only question mark ("What"
+#: let SmolLM2 turn "What are" into "What area ...").
+QUESTION_PATTERN = r"^Which (" + "|".join(REFERENT_NOUNS) + r')s? [^"?\\]+[?]$'
 
 
 def _object(properties: dict[str, Any]) -> dict[str, Any]:
@@ -585,14 +586,11 @@ _ASKING = re.compile(
     r"segment|mark|highlight|outline|indicate|select|delineate|please)\b",
     re.IGNORECASE,
 )
-#: Words by which a question points at something in the image.
-IMAGE_WORDS = frozenset(
-    """structure structures organ organs region regions area areas part parts object objects
-    tissue tissues vessel vessels bone bones lesion lesions abnormality abnormalities
-    chamber chambers mass masses image scan slice view picture radiograph mammogram
-    photograph ultrasound shown visible seen appears appearing bright dark
-    left right upper lower top bottom centre center central middle above below near
-    beside between adjacent next side corner edge inside outside surrounding box""".split()
+#: Words that place a target in the image (a location question is grounded by them).
+POSITION_WORDS = frozenset(
+    """left right upper lower top bottom centre center central middle above below near
+    beside between adjacent next side corner edge inside outside surrounding beneath
+    under over deep outer inner front back anterior posterior midline""".split()
 )
 _REFERENTS = frozenset(
     [*REFERENT_NOUNS, *(noun + "s" for noun in REFERENT_NOUNS), "abnormalities"]
@@ -617,6 +615,34 @@ def _content_words(text: str) -> set[str]:
     }
 
 
+def _stems(text: str) -> set[str]:
+    """Crude stems (the first 5 letters) of the content words: "processing" ~ "process"."""
+    return {word[:5] for word in _content_words(text)}
+
+
+def _target_stems(record: Record, target_index: int, ontology: Ontology) -> set[str]:
+    """Stems of the target's ontology entry (function, location, attributes, appearance,
+    conditions), less those of the other targets' labels (naming a neighbour does not
+    ground a question in the target)."""
+    resolved = ontology.resolve(record.targets[target_index].label)
+    if resolved is None:
+        return set()
+    category = resolved.category
+    stems: set[str] = set()
+    for text in (
+        category.function,
+        category.location,
+        *category.attributes,
+        *category.appearance.values(),
+        *category.conditions,
+    ):
+        stems |= _stems(text)
+    for i, other in enumerate(record.targets):
+        if i != target_index:
+            stems -= _stems(other.label)
+    return stems
+
+
 def item_problem(item: QAItem, record: Record, target_index: int, ontology: Ontology) -> str | None:
     """Why an LLM reasoning item about ``record.targets[target_index]`` is rejected, or
     ``None`` if it is accepted.
@@ -629,9 +655,9 @@ def item_problem(item: QAItem, record: Record, target_index: int, ontology: Onto
     ``"no referent noun"`` (the target is not referred to by a generic noun of
     :data:`REFERENT_NOUNS` or a kind noun: "What is the function of the brain?" asks about
     a named neighbour, not about the target),
-    ``"off-topic"`` (besides the referent noun, no word pointing at the image: a position
-    or image word, a content word of the target's ontology entry or a neighbour's label),
-    and
+    ``"off-topic"`` (no position word and no content word of the target's ontology entry
+    other than a neighbour's label: "Which part of the brain produces dopamine?" is not
+    grounded in the lateral ventricle), and
     ``"answer does not name the target"``.
     """
     label = record.targets[target_index].label
@@ -648,26 +674,9 @@ def item_problem(item: QAItem, record: Record, target_index: int, ontology: Onto
     lowered = {word.lower() for word in words}
     if not lowered & _REFERENTS:
         return "no referent noun"
-    topical = set(IMAGE_WORDS - _REFERENTS)
-    resolved = ontology.resolve(label)
-    if resolved is not None:
-        category = resolved.category
-        topical.update(category.noun.split())
-        for text in (
-            category.function,
-            category.location,
-            *category.attributes,
-            *category.appearance.values(),
-            *category.conditions,
-        ):
-            topical.update(_content_words(text))
-    modality_noun = MODALITY_NOUNS.get(record.modality, "")
-    topical.update(modality_noun.lower().split())
-    topical.update(record.modality.lower().split())
-    for i, other in enumerate(record.targets):
-        if i != target_index:
-            topical.update(_content_words(other.label))
-    if not lowered & topical:
+    if not lowered & POSITION_WORDS and not _stems(question) & _target_stems(
+        record, target_index, ontology
+    ):
         return "off-topic"
     if ontology.leaked_term(item.answer, label) is None:
         return "answer does not name the target"
@@ -788,6 +797,21 @@ class Pipeline:
                 "location": resolved.category.location,
             }
         return context
+
+    def _facts(self, job: Job) -> str:
+        """The target's ontology entry as plain sentences, for the question stages (a small
+        model uses facts given in words; the same facts in the JSON block it ignored)."""
+        resolved = self.ontology.resolve(job.label)
+        if resolved is None:
+            return ""
+        category = resolved.category
+        parts = [f"it {category.function}", f"it lies {category.location}"]
+        parts += [f"it {attribute}" for attribute in category.attributes]
+        appearance = category.appearance_for(job.record.modality)
+        if appearance:
+            parts.append(f"it {appearance}")
+        facts = redact("; ".join(parts), job.label, self.ontology)
+        return f" Facts about the target (use them; never name it): {facts}."
 
     def _caption(self, job: Job, rejects: Counter[str]) -> str | None:
         from medisee.data.samples import load_record_image
@@ -927,7 +951,7 @@ class Pipeline:
                 [
                     {"role": "system", "content": SYSTEM_TRANSFORM},
                     _user(
-                        "Transform the descriptions into question-answer pairs.",
+                        "Transform the descriptions into question-answer pairs." + self._facts(job),
                         {
                             "stage": "transform",
                             "label": label,
@@ -952,7 +976,8 @@ class Pipeline:
                     [
                         {"role": "system", "content": SYSTEM_EXTRA},
                         _user(
-                            f"Write {self.config.extra_pairs} new question-answer pairs.",
+                            f"Write {self.config.extra_pairs} new question-answer pairs."
+                            + self._facts(job),
                             {
                                 "stage": "extra",
                                 "n": self.config.extra_pairs,
@@ -1100,30 +1125,45 @@ def merge_llm_items(
 
     With ``ontology``, every journal item is checked again with :func:`item_problem` (a
     journal written by hand or by an older check cannot put a leaking item in the
-    manifest); those rejected are counted in ``rejects`` as ``"journal: <reason>"``."""
+    manifest); those rejected are counted in ``rejects`` as ``"journal: <reason>"``. A
+    question accepted for two targets of one image does not single either out: it is
+    dropped from both (``"merge: same question for two targets"``)."""
     by_target = {(job.record.id, job.target_index): job.key for job in jobs}
     total = 0
     for record in records:
-        for t_index, target in enumerate(record.targets):
+        accepted: dict[int, list[QAItem]] = {}
+        for t_index in range(len(record.targets)):
             key = by_target.get((record.id, t_index))
             entry = journal.entries.get(key) if key is not None else None
             if entry is None:
                 continue  # not generated (yet): keep whatever the target had
+            accepted[t_index] = []
+            if entry.get("status") != "ok":
+                continue
+            for data in entry.get("items", []):
+                item = QAItem.from_dict(data)
+                problem = (
+                    item_problem(item, record, t_index, ontology) if ontology is not None else None
+                )
+                if problem is not None:
+                    if rejects is not None:
+                        rejects[f"journal: {problem}"] += 1
+                    continue
+                accepted[t_index].append(item)
+        owners: dict[str, set[int]] = {}
+        for t_index, items in accepted.items():
+            for item in items:
+                owners.setdefault(" ".join(item.question.lower().split()), set()).add(t_index)
+        for t_index, items in accepted.items():
+            target = record.targets[t_index]
             kept = [item for item in target.qa if item.engine != "llm"]
-            if entry.get("status") == "ok":
-                for data in entry.get("items", []):
-                    item = QAItem.from_dict(data)
-                    problem = (
-                        item_problem(item, record, t_index, ontology)
-                        if ontology is not None
-                        else None
-                    )
-                    if problem is not None:
-                        if rejects is not None:
-                            rejects[f"journal: {problem}"] += 1
-                        continue
-                    kept.append(item)
-                    total += 1
+            for item in items:
+                if len(owners[" ".join(item.question.lower().split())]) > 1:
+                    if rejects is not None:
+                        rejects["merge: same question for two targets"] += 1
+                    continue
+                kept.append(item)
+                total += 1
             target.qa = kept
     return total
 
