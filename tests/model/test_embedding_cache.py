@@ -62,3 +62,25 @@ def test_memory_entries_serve_repeat_loads_and_notice_a_changed_file(tmp_path):
     with pytest.raises(KeyError, match="no cached embedding"):
         cache.load(images[1])
     assert EmbeddingCache(tmp_path / "cache", "fp").memory_entries == 0
+
+
+def test_the_fingerprint_does_not_depend_on_the_thread_count(litemedsam_path):
+    """The fingerprint names the cache directory: the same weights must give the same one
+    whatever computes it (a float sum of the real LiteMedSAM weights did not)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; torch.set_num_threads(int(sys.argv[1])); torch.manual_seed(0)\n"
+        "from medisee.model.embedding_cache import encoder_fingerprint\n"
+        "from medisee.model.mask_decoder import build_segmenter\n"
+        "from medisee.model.presets import lite\n"
+        "print(encoder_fingerprint(build_segmenter(lite().mask)))"
+    )
+    prints = {
+        subprocess.run(
+            [sys.executable, "-c", code, str(threads)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for threads in (1, 2)
+    }
+    assert len(prints) == 1
