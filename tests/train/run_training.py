@@ -4,6 +4,7 @@ usage: python run_training.py DATA_DIR OUT_DIR MAX_STEPS SAVE_EVERY [--resume]
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -33,7 +34,11 @@ def main() -> None:
     result = train(
         config, resume="--resume" in sys.argv, progress=False, records=(records, Path(data))
     )
-    print(json.dumps({"steps": result.steps, "resumed_from": result.resumed_from}))
+    summary = json.dumps({"steps": result.steps, "resumed_from": result.resumed_from})
+    # One file per rank as well: two ranks printing to one pipe can interleave their lines.
+    rank = os.environ.get("RANK", "0")
+    (Path(out) / f"result_rank{rank}.json").write_text(summary)
+    print(summary)
 
 
 if __name__ == "__main__":
