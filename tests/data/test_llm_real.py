@@ -41,6 +41,7 @@ SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "pydantic_
 TARGETS = int(os.environ.get("MEDISEE_REAL_LLM_TARGETS", "12"))
 START_TIMEOUT = 120.0  # seconds for the server to load the model and answer /v1/models
 RUN_TIMEOUT = 1800.0  # seconds for one generate run
+MIN_TARGET_SHARE = 0.75  # of the targets must get at least one accepted item
 
 
 def _missing() -> str | None:
@@ -217,7 +218,6 @@ def test_generate_against_llama_cpp_python(server, dataset, tmp_path):
     assert structured["dialect"] == "json_object+schema", structured
     assert structured["probes"]["json_schema"].startswith("refused"), structured
     assert report["jobs"] == TARGETS and not report["unfinished"]
-    assert report["targets_with_items"] >= 0.75 * TARGETS, report
 
     ontology = Ontology.load()
     items = _llm_items(out)
@@ -275,3 +275,5 @@ def test_generate_against_llama_cpp_python(server, dataset, tmp_path):
         f"{report['items']} items, first run {first_run_s:.0f} s, "
         f"requests {report['client'].get('requests', 0)}, rejected {report['rejected']}"
     )
+    # Last, so that everything above is checked whatever the model managed.
+    assert report["targets_with_items"] >= MIN_TARGET_SHARE * TARGETS, report

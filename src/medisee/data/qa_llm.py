@@ -63,7 +63,7 @@ from medisee.data.writer import atomic_write_text
 log = logging.getLogger(__name__)
 
 #: Bump when prompts change: it is part of every job key, so old journal lines no longer match.
-PROMPT_VERSION = "mlmr-4"
+PROMPT_VERSION = "mlmr-5"
 JOURNAL_NAME = "journal.jsonl"
 DIALECT_NAME = "dialect.json"
 
@@ -379,8 +379,11 @@ def descriptions_schema(*, nullable: bool) -> dict[str, Any]:
     )
 
 
-def items_schema(max_items: int, answers: Sequence[str] | None = None) -> dict[str, Any]:
-    """``{"items": [{perspective, length, question, answer, explanation}, ...]}``; with
+def items_schema(
+    max_items: int, answers: Sequence[str] | None = None, min_items: int = 1
+) -> dict[str, Any]:
+    """``{"items": [{perspective, length, question, answer, explanation}, ...]}`` with
+    ``min_items`` to ``max_items`` items (a small model otherwise stops after one); with
     ``answers`` the answer must be one of them (the pipeline knows the answer: the label)."""
     answer = {"type": "string", "enum": list(answers)} if answers else TEXT
     item = _object(
@@ -393,7 +396,14 @@ def items_schema(max_items: int, answers: Sequence[str] | None = None) -> dict[s
         }
     )
     return _object(
-        {"items": {"type": "array", "items": item, "minItems": 1, "maxItems": max(1, max_items)}}
+        {
+            "items": {
+                "type": "array",
+                "items": item,
+                "minItems": max(1, min(min_items, max_items)),
+                "maxItems": max(1, max_items),
+            }
+        }
     )
 
 
@@ -946,6 +956,7 @@ class Pipeline:
         if not any(kept.values()):
             return JobResult(job.key, "failed", reason="all descriptions dropped", rejects=rejects)
         seen: set[str] = set()
+        n_kept = sum(1 for block in kept.values() for text in block.values() if text)
         try:
             raw = self._ask(
                 [
@@ -963,7 +974,7 @@ class Pipeline:
                 lambda text: _raw_items(parse_json_reply(text)),
                 rejects,
                 "transform",
-                items_schema(len(PERSPECTIVES) * len(LENGTHS), [answer_text(label)]),
+                items_schema(n_kept, [answer_text(label)], min_items=n_kept),
             )
         except ReplyError as error:
             return JobResult(
@@ -989,7 +1000,11 @@ class Pipeline:
                     lambda text: _raw_items(parse_json_reply(text)),
                     rejects,
                     "extra",
-                    items_schema(self.config.extra_pairs, [answer_text(label)]),
+                    items_schema(
+                        self.config.extra_pairs,
+                        [answer_text(label)],
+                        min_items=self.config.extra_pairs,
+                    ),
                 )
                 items += self._valid_items(
                     raw_extra[: self.config.extra_pairs], job, rejects, "extra", seen
