@@ -20,10 +20,14 @@ outcome is kept in the cache directory, so a rerun sends no probe. A malformed r
 JSON, fields missing or of the wrong type) is answered with a correction request up to
 ``max_attempts`` times, then the stage fails.
 
-Accepted items pass :func:`item_problem`: a reasoning question must not contain the label,
-its synonyms, category name or adjectives (the check the template engine applies), must be
-a question of at least :data:`MIN_QUESTION_WORDS` words about something in the image, and
-the answer must name the target. Every rejection is counted per reason.
+The question stages also get the target's ontology facts in words; their schema fixes
+the answer ("The <label>.") and makes the question start "Which <referent noun>". Accepted
+items pass :func:`item_problem`: a reasoning question must not contain the label, its
+synonyms, category name or adjectives (the check the template engine applies), must be a
+question of at least :data:`MIN_QUESTION_WORDS` words that refers to the target by a
+generic noun and is grounded in its position or its ontology entry, and the answer must
+name the target; a question accepted for two targets of one image is dropped from both.
+Every rejection is counted per reason.
 
 Engineering: requests run on a thread pool of ``workers``; HTTP 429/5xx, timeouts and
 connection errors are retried with exponential back-off and jitter (``Retry-After`` is
