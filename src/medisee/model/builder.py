@@ -50,7 +50,7 @@ def build_tokenizer(config: ModelConfig, corpus: Iterable[str] | None = None):
         tokenizer = train_lite_tokenizer(texts, config.language.tokenizer_vocab_size)
         # The corpus holds no chat template, so BPE would spell "ASSISTANT:" in ten
         # single-letter tokens: whole markers make the demo's training sequences 113 -> 101
-        # tokens on average (docs/training.md, Session 8).
+        # tokens on average (docs/training.md, "Design notes").
         tokenizer.add_tokens(list(CHAT_FORMATS[config.language.chat_format].role_markers))
         return tokenizer
     if config.language.pretrained_path is None:

@@ -57,7 +57,7 @@ def _token_major_image_inputs(module: nn.Module, args: tuple, kwargs: dict) -> t
     the grain (about half the decoder's CPU time). From channels-last memory the same
     view is contiguous. Same values, same arithmetic: the outputs and gradients are
     bitwise equal (``tests/model/test_mask_decoder.py``); 0.9 -> 0.7 s per decode of 8
-    on 2 CPU cores (docs/training.md, Session 9).
+    on 2 CPU cores (docs/training.md, "Design notes").
     """
     for name in ("image_embeddings", "image_positional_embeddings"):
         value = kwargs.get(name)
