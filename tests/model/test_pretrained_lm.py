@@ -86,25 +86,19 @@ def test_a_training_step_moves_lora_and_the_candidate_rows(pretrained_model):
     assert not any(n.endswith("embed_tokens.weight") and "trainable" not in n for n in moved)
 
 
+@torch.no_grad()
+def _forward(model, batch):
+    keys = ("input_ids", "attention_mask", "image_sizes")
+    return model(*(batch[k] for k in keys), pixel_values=batch["pixel_values"])
+
+
 def test_save_load_and_generate(pretrained_model, tmp_path):
     pretrained_model.eval()
     batch = _batch(pretrained_model)
-    with torch.no_grad():
-        before = pretrained_model(
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["image_sizes"],
-            pixel_values=batch["pixel_values"],
-        )
+    before = _forward(pretrained_model, batch)
     pretrained_model.save_pretrained(tmp_path / "model")
     loaded = MediSee.from_pretrained(tmp_path / "model").eval()
-    with torch.no_grad():
-        after = loaded(
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["image_sizes"],
-            pixel_values=batch["pixel_values"],
-        )
+    after = _forward(loaded, batch)
     torch.testing.assert_close(after.logits, before.logits)
     torch.testing.assert_close(after.boxes, before.boxes)
     prompt = loaded.prompt_builder().encode([("Which organ filters the blood?", None)]).input_ids

@@ -55,20 +55,16 @@ def run(args: argparse.Namespace) -> int:
     if args.questions:
         questions = load_questions(None if args.questions == "shipped" else args.questions)
 
+    # Flags passed through as they are.
+    same = ("manifest", "split", "prior_split", "max_examples", "batch_size", "cache_dir", "device")
     report = evaluate_with_baselines(
         model_dir=args.model,
-        manifest=args.manifest,
-        split=args.split,
         out=Path(args.out),
         kinds=args.kinds.split(","),
         modes=args.modes.split(","),
         baselines=[] if args.baselines == "none" else args.baselines.split(","),
-        prior_split=args.prior_split,
-        max_examples=args.max_examples,
-        batch_size=args.batch_size,
-        cache_dir=args.cache_dir,
-        device=args.device,
         questions=questions,
+        **{name: getattr(args, name) for name in same},
     )
     print((Path(args.out) / "metrics.md").read_text())
     print(json.dumps({k: v["overall"].as_dict() for k, v in report.items()}, indent=1))
