@@ -149,12 +149,41 @@ def _error(response: httpx.Response, attempts: int) -> ServerError:
     return ServerError(response.status_code, detail, attempts)
 
 
+#: Send failures that mean the request never reached the server (so it may be retried).
+_UNREACHED = (httpx.ConnectError, httpx.ConnectTimeout)
+
+
 class _Base:
-    def __init__(self, retry: RetryPolicy | None, seed: int | None) -> None:
+    """What ``Client`` and ``AsyncClient`` share: all but the send and the sleep."""
+
+    def __init__(
+        self, base_url: str, api_key: str | None, retry: RetryPolicy | None, seed: int | None
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._headers = {"X-API-Key": api_key} if api_key else {}
         self.retry = retry or RetryPolicy()
         self._rng = random.Random(seed)
         #: Retries made so far (all requests of this client).
         self.retries = 0
+
+    def _arguments(
+        self, method: str, path: str, build: Callable[[], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """``httpx`` ``request`` keyword arguments of one send (``build()`` called afresh)."""
+        return {"method": method, "url": self.base_url + path, "headers": self._headers, **build()}
+
+    def _wait(
+        self, outcome: httpx.Response | httpx.TransportError, attempt: int, started: float
+    ) -> float:
+        """Seconds to wait before sending again after a failed send (an error answer, or
+        a connection that could not be made); raises ``ServerError`` to give up."""
+        response = outcome if isinstance(outcome, httpx.Response) else None
+        wait = self._next_wait(response, attempt, started)
+        if wait is not None:
+            return wait
+        if isinstance(outcome, httpx.Response):
+            raise _error(outcome, attempt)
+        raise ServerError(0, f"cannot connect: {outcome}", attempt) from outcome
 
     def _next_wait(
         self, response: httpx.Response | None, attempt: int, started: float
@@ -171,10 +200,6 @@ class _Base:
             return None
         self.retries += 1
         return wait
-
-
-def _headers(api_key: str | None) -> dict[str, str]:
-    return {"X-API-Key": api_key} if api_key else {}
 
 
 class Client(_Base):
@@ -200,11 +225,9 @@ class Client(_Base):
         seed: int | None = None,
         http: httpx.Client | None = None,
     ) -> None:
-        super().__init__(retry, seed)
-        self.base_url = base_url.rstrip("/")
+        super().__init__(base_url, api_key, retry, seed)
         self._own = http is None
         self._http = http or httpx.Client(timeout=timeout)
-        self._headers = _headers(api_key)
 
     def _send(
         self, method: str, path: str, build: Callable[[], dict[str, Any]] = dict
@@ -216,21 +239,13 @@ class Client(_Base):
         while True:
             attempt += 1
             try:
-                response = self._http.request(
-                    method, self.base_url + path, headers=self._headers, **build()
-                )
-            except (httpx.ConnectError, httpx.ConnectTimeout) as error:
-                wait = self._next_wait(None, attempt, started)
-                if wait is None:
-                    raise ServerError(0, f"cannot connect: {error}", attempt) from error
-                time.sleep(wait)
+                response = self._http.request(**self._arguments(method, path, build))
+            except _UNREACHED as error:
+                time.sleep(self._wait(error, attempt, started))
                 continue
             if response.is_success:
                 return response
-            wait = self._next_wait(response, attempt, started)
-            if wait is None:
-                raise _error(response, attempt)
-            time.sleep(wait)
+            time.sleep(self._wait(response, attempt, started))
 
     def predict(
         self,
@@ -281,37 +296,26 @@ class AsyncClient(_Base):
         seed: int | None = None,
         http: httpx.AsyncClient | None = None,
     ) -> None:
-        super().__init__(retry, seed)
-        self.base_url = base_url.rstrip("/")
+        super().__init__(base_url, api_key, retry, seed)
         self._own = http is None
         self._http = http or httpx.AsyncClient(timeout=timeout)
-        self._headers = _headers(api_key)
 
     async def _send(
         self, method: str, path: str, build: Callable[[], dict[str, Any]] = dict
     ) -> httpx.Response:
-        """Send (``build()`` gives the body arguments, fresh for each attempt), retrying
-        as ``self.retry`` says; the first 2xx response, else ``ServerError``."""
+        """See ``Client._send``."""
         started = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
             try:
-                response = await self._http.request(
-                    method, self.base_url + path, headers=self._headers, **build()
-                )
-            except (httpx.ConnectError, httpx.ConnectTimeout) as error:
-                wait = self._next_wait(None, attempt, started)
-                if wait is None:
-                    raise ServerError(0, f"cannot connect: {error}", attempt) from error
-                await asyncio.sleep(wait)
+                response = await self._http.request(**self._arguments(method, path, build))
+            except _UNREACHED as error:
+                await asyncio.sleep(self._wait(error, attempt, started))
                 continue
             if response.is_success:
                 return response
-            wait = self._next_wait(response, attempt, started)
-            if wait is None:
-                raise _error(response, attempt)
-            await asyncio.sleep(wait)
+            await asyncio.sleep(self._wait(response, attempt, started))
 
     async def predict(
         self,
