@@ -233,7 +233,9 @@ def test_generate_against_llama_cpp_python(server, dataset, tmp_path):
     from_journal: Counter[str] = Counter()
     for entry in journal:
         from_journal.update(entry["rejects"])
-    assert Counter(report["rejected"]) == from_journal
+    # Beside them, the merge's own rejections (a question shared by two targets).
+    per_job = {k: v for k, v in report["rejected"].items() if not k.startswith("merge: ")}
+    assert Counter(per_job) == from_journal
     assert all(": " in reason for reason in report["rejected"])
     failed = Counter(entry["reason"] for entry in journal if entry["status"] != "ok")
     assert Counter(report["failed"]) == failed
