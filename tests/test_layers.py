@@ -16,6 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "medisee"
 RANKS = {
     "boxes": 0,
     "allocator": 0,
+    "checks": 0,
     "data": 1,
     "model": 2,
     "losses": 3,

@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medisee.checks import check_choice
 from medisee.data.ontology import KIND_NOUNS, Ontology, term_pattern
 from medisee.data.qa_template import MODALITY_NOUNS
 from medisee.data.schema import LENGTHS, PERSPECTIVES, QAItem, Record
@@ -130,10 +131,7 @@ class LLMConfig:
     seed: int | None = 0
 
     def __post_init__(self) -> None:
-        if self.structured not in STRUCTURED_MODES:
-            raise ValueError(
-                f"structured must be one of {STRUCTURED_MODES}, got {self.structured!r}"
-            )
+        check_choice("structured", self.structured, STRUCTURED_MODES)
         if not self.endpoint.startswith(("http://", "https://")):
             raise ValueError(f"endpoint must be an http(s) URL, got {self.endpoint!r}")
         if not self.model:
@@ -187,27 +185,6 @@ class ChatClient:
             json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()
         ).hexdigest()
 
-    def payload(
-        self,
-        messages: list[dict[str, Any]],
-        *,
-        model: str | None = None,
-        response_format: dict[str, Any] | None = None,
-        max_tokens: int | None = None,
-    ) -> dict[str, Any]:
-        """The request body (``response_format`` and ``seed`` only when set)."""
-        payload: dict[str, Any] = {
-            "model": model or self.config.model,
-            "messages": messages,
-            "temperature": self.config.temperature,
-            "max_tokens": max_tokens or self.config.max_tokens,
-        }
-        if self.config.seed is not None:
-            payload["seed"] = self.config.seed
-        if response_format is not None:
-            payload["response_format"] = response_format
-        return payload
-
     def complete(
         self,
         messages: list[dict[str, Any]],
@@ -222,9 +199,17 @@ class ChatClient:
             RefusedError: HTTP 400/422 or a 5xx naming ``response_format`` (not retried).
             TransientLLMError: retries exhausted on 429/5xx/timeouts.
         """
-        payload = self.payload(
-            messages, model=model, response_format=response_format, max_tokens=max_tokens
-        )
+        payload: dict[str, Any] = {
+            "model": model or self.config.model,
+            "messages": messages,
+            "temperature": self.config.temperature,
+            "max_tokens": max_tokens or self.config.max_tokens,
+        }
+        # ``seed`` and ``response_format`` only when set.
+        if self.config.seed is not None:
+            payload["seed"] = self.config.seed
+        if response_format is not None:
+            payload["response_format"] = response_format
         key = self.request_key(payload)
         path = self.cache_dir / key[:2] / f"{key}.json"
         if path.exists():
@@ -750,8 +735,7 @@ class Pipeline:
     def __init__(
         self, config: LLMConfig, client: ChatClient, ontology: Ontology, dialect: str = "none"
     ) -> None:
-        if dialect not in DIALECTS:
-            raise ValueError(f"dialect must be one of {DIALECTS}, got {dialect!r}")
+        check_choice("dialect", dialect, DIALECTS)
         self.config = config
         self.client = client
         self.ontology = ontology

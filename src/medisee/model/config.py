@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from medisee.checks import check_choice
+
 FUSION_MODES = ("soft", "hard")
 PROMPT_MODES = ("T", "T+B", "T+B+P")
 BACKBONES = ("lite", "llava")
@@ -22,11 +24,6 @@ def _check_positive(owner: str, **values: int | float) -> None:
     for name, value in values.items():
         if value <= 0:
             raise ValueError(f"{owner}.{name} must be > 0, got {value!r}")
-
-
-def _check_choice(owner: str, name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{owner}.{name} must be one of {choices}, got {value!r}")
 
 
 @dataclass
@@ -81,10 +78,10 @@ class LanguageConfig:
     def __post_init__(self) -> None:
         from medisee.model.prompting import CHAT_FORMATS
 
-        _check_choice("LanguageConfig", "chat_format", self.chat_format, tuple(CHAT_FORMATS))
+        check_choice("LanguageConfig.chat_format", self.chat_format, tuple(CHAT_FORMATS))
         if isinstance(self.lora, dict):
             self.lora = LoraSettings(**self.lora)
-        _check_choice("LanguageConfig", "backbone", self.backbone, BACKBONES)
+        check_choice("LanguageConfig.backbone", self.backbone, BACKBONES)
         if self.backbone == "lite":
             _check_positive(
                 "LanguageConfig",
@@ -119,7 +116,7 @@ class FusionConfig:
     router_hidden: int = 1024
 
     def __post_init__(self) -> None:
-        _check_choice("FusionConfig", "mode", self.mode, FUSION_MODES)
+        check_choice("FusionConfig.mode", self.mode, FUSION_MODES)
         _check_positive("FusionConfig", router_hidden=self.router_hidden)
 
 
@@ -258,8 +255,8 @@ class MaskConfig:
             self.tiny_vit = TinyViTConfig(**self.tiny_vit)
         if isinstance(self.vit, dict):
             self.vit = ViTConfig(**self.vit)
-        _check_choice("MaskConfig", "encoder", self.encoder, IMAGE_ENCODERS)
-        _check_choice("MaskConfig", "prompt_mode", self.prompt_mode, PROMPT_MODES)
+        check_choice("MaskConfig.encoder", self.encoder, IMAGE_ENCODERS)
+        check_choice("MaskConfig.prompt_mode", self.prompt_mode, PROMPT_MODES)
         _check_positive(
             "MaskConfig",
             image_size=self.image_size,
@@ -327,10 +324,7 @@ class ModelConfig:
             )
         if self.seg_projection_hidden is not None:
             _check_positive("ModelConfig", seg_projection_hidden=self.seg_projection_hidden)
-        if self.answer_box not in ANSWER_BOXES:
-            raise ValueError(
-                f"ModelConfig.answer_box must be one of {ANSWER_BOXES}, got {self.answer_box!r}"
-            )
+        check_choice("ModelConfig.answer_box", self.answer_box, ANSWER_BOXES)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_jsonable(dataclasses.asdict(self))

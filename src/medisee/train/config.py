@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from medisee.checks import check_choice
 from medisee.losses import LossWeights
 from medisee.train.task import MASK_PROMPTS, STAGES
 
@@ -82,16 +83,9 @@ class TrainConfig:
         if isinstance(self.losses, dict):
             self.losses = LossWeights(**self.losses)
         self.betas = tuple(self.betas)  # type: ignore[assignment]
-        if self.stage not in STAGES:
-            raise ValueError(f"TrainConfig.stage must be one of {STAGES}, got {self.stage!r}")
-        if self.mask_prompt not in MASK_PROMPTS:
-            raise ValueError(
-                f"TrainConfig.mask_prompt must be one of {MASK_PROMPTS}, got {self.mask_prompt!r}"
-            )
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(
-                f"TrainConfig.mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}"
-            )
+        check_choice("TrainConfig.stage", self.stage, STAGES)
+        check_choice("TrainConfig.mask_prompt", self.mask_prompt, MASK_PROMPTS)
+        check_choice("TrainConfig.mixed_precision", self.mixed_precision, MIXED_PRECISION)
         for name in (
             "batch_size",
             "grad_accum",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medisee.checks import check_choice
 from medisee.losses import LossBreakdown, LossWeights, end_to_end_loss, next_token_supervised
 from medisee.model.medisee import MediSee, candidate_positions
 
@@ -32,10 +33,8 @@ class MediSeeTask(nn.Module):
         mask_prompt: str = "predicted",
     ) -> None:
         super().__init__()
-        if stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-        if mask_prompt not in MASK_PROMPTS:
-            raise ValueError(f"mask_prompt must be one of {MASK_PROMPTS}, got {mask_prompt!r}")
+        check_choice("stage", stage, STAGES)
+        check_choice("mask_prompt", mask_prompt, MASK_PROMPTS)
         self.mask_prompt = mask_prompt
         self.model = model
         self.weights = weights
