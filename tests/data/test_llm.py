@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from medisee.data.qa_llm import JOURNAL_NAME, LLMConfig, generate_llm
 
 from . import fake_llm
 from .fake_llm import FakeLLM
+from .llm_cli import start_generate
 
 
 @pytest.fixture()
@@ -165,31 +165,9 @@ def test_gives_up_and_leaves_job_for_the_next_run(fake, tiny_manifest, tmp_path)
 
 
 def _run_cli(manifest: Path, url: str, cache: Path, out: Path) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "medisee.data.cli",
-        "generate",
-        "--manifest",
-        str(manifest),
-        "--engine",
-        "llm",
-        "--endpoint",
-        url,
-        "--model",
-        "fake-model",
-        "--workers",
-        "2",
-        "--cache",
-        str(cache),
-        "--out",
-        str(out),
-        "--backoff",
-        "0.01",
-        "--no-progress",
-    ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    return start_generate(
+        manifest, url, cache, out, "--model", "fake-model", "--workers", "2", "--backoff", "0.01"
+    )
 
 
 def test_resume_after_kill_loses_and_duplicates_nothing(fake, tiny_manifest, tmp_path):
@@ -432,19 +410,26 @@ def test_item_checks(tiny_manifest, ontology):
     )
 
 
-def test_leaking_journal_items_never_reach_the_manifest(fake, tiny_manifest, tmp_path):
-    records, _ = read_manifest(tiny_manifest)
-    records = records[:1]
-    cache = tmp_path / "c"
-    generate_llm(records, tiny_manifest.parent, _config(fake.url), cache, progress=False)
+def _rerun_with_journal_edited(fake, manifest: Path, cache: Path, edit) -> tuple:
+    """Generate for the first record, let ``edit`` change the journal's entries (a list of
+    dicts, in place), and generate again from that journal: (the records, the report)."""
+    records, _ = read_manifest(manifest)
+    generate_llm(records[:1], manifest.parent, _config(fake.url), cache, progress=False)
     journal = cache / JOURNAL_NAME
     lines = [json.loads(line) for line in journal.read_text().splitlines()]
-    label = lines[0]["label"]
-    lines[0]["items"][0]["question"] = f"Which structure is the {label} in this image?"
+    edit(lines)
     journal.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    again, _ = read_manifest(tiny_manifest)
-    again = again[:1]
-    report = generate_llm(again, tiny_manifest.parent, _config(fake.url), cache, progress=False)
+    again = read_manifest(manifest)[0][:1]
+    report = generate_llm(again, manifest.parent, _config(fake.url), cache, progress=False)
+    return again, report
+
+
+def test_leaking_journal_items_never_reach_the_manifest(fake, tiny_manifest, tmp_path):
+    def leak(lines):
+        label = lines[0]["label"]
+        lines[0]["items"][0]["question"] = f"Which structure is the {label} in this image?"
+
+    records, report = _rerun_with_journal_edited(fake, tiny_manifest, tmp_path / "c", leak)
     assert report.rejects["journal: label leaked"] == 1
     assert report.items == len(records[0].targets) * 6 - 1
 
@@ -461,19 +446,13 @@ def test_redact_replaces_every_forbidden_term(ontology):
 
 
 def test_a_question_accepted_for_two_targets_of_one_image_is_dropped(fake, tiny_manifest, tmp_path):
-    records, _ = read_manifest(tiny_manifest)
-    records = records[:1]
-    cache = tmp_path / "c"
-    generate_llm(records, tiny_manifest.parent, _config(fake.url), cache, progress=False)
-    journal = cache / JOURNAL_NAME
-    lines = [json.loads(line) for line in journal.read_text().splitlines()]
     shared = "Which structure lies near the centre of this image?"
-    lines[0]["items"][0]["question"] = shared
-    lines[1]["items"][0]["question"] = shared
-    journal.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    again, _ = read_manifest(tiny_manifest)
-    again = again[:1]
-    report = generate_llm(again, tiny_manifest.parent, _config(fake.url), cache, progress=False)
+
+    def share(lines):
+        lines[0]["items"][0]["question"] = shared
+        lines[1]["items"][0]["question"] = shared
+
+    again, report = _rerun_with_journal_edited(fake, tiny_manifest, tmp_path / "c", share)
     assert report.rejects["merge: same question for two targets"] == 2
-    assert report.items == len(records[0].targets) * 6 - 2
+    assert report.items == len(again[0].targets) * 6 - 2
     assert all(question != shared for _, _, question in _llm_items(again))

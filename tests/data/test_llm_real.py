@@ -35,6 +35,8 @@ from medisee.data.manifest import read_manifest
 from medisee.data.ontology import Ontology
 from medisee.data.qa_llm import JOURNAL_NAME
 
+from .llm_cli import start_generate
+
 pytestmark = pytest.mark.slow
 
 SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "pydantic_settings")
@@ -154,17 +156,11 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def _generate(manifest: Path, url: str, cache: Path, out: Path) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "medisee.data.cli",
-        "generate",
-        "--manifest",
-        str(manifest),
-        "--engine",
-        "llm",
-        "--endpoint",
+    return start_generate(
+        manifest,
         url,
+        cache,
+        out,
         "--model",
         "smollm2",
         "--limit",
@@ -177,14 +173,7 @@ def _generate(manifest: Path, url: str, cache: Path, out: Path) -> subprocess.Po
         "300",
         "--max-tokens",
         "768",
-        "--cache",
-        str(cache),
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    )
 
 
 def _run(manifest: Path, url: str, cache: Path, out: Path) -> dict:
