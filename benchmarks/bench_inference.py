@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
-import os
 import platform
 import socket
 import statistics
@@ -32,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from host_load import load_average, write_results
 
 QUESTION = "Which organ in this scan filters the blood and sits beside the spine?"
 FOLLOW_UP = "What lies just above it?"
@@ -364,20 +363,16 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         # The machine may be shared: the 1-minute load average says how much.
-        "load_average_start": round(os.getloadavg()[0], 2),
+        "load_average_start": load_average(),
     }
     results.update(bench_components(predictor, args))
     results.update(bench_end_to_end(predictor, args))
     if not args.no_server:
         results.update(bench_server(predictor, args))
-    results["load_average_end"] = round(os.getloadavg()[0], 2)
     out = (
         Path(args.out) if args.out else Path(__file__).parent / "results" / f"inference_{name}.json"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(markdown(results))
-    print(f"\nwrote {out}")
+    write_results(results, out, markdown)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import os
 import platform
 import shlex
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from host_load import load_average, write_results
 
 QUESTION = "Which organ in this scan filters the blood and sits beside the spine?"
 FOLLOW_UP = "What lies just above it?"
@@ -394,7 +394,7 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
-        "load_average_start": round(os.getloadavg()[0], 2),
+        "load_average_start": load_average(),
     }
     server = Server(args, store=64)
     try:
@@ -406,12 +406,7 @@ def main() -> None:
         results.update(asyncio.run(soak(args, server)))
     finally:
         server.stop()
-    results["load_average_end"] = round(os.getloadavg()[0], 2)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(markdown(results))
-    print(f"\nwrote {out}")
+    write_results(results, Path(args.out), markdown)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,11 @@ benchmark that reports seconds reports it beside them.
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def cpu_times() -> list[int] | None:
@@ -42,3 +46,20 @@ def process_cpu_seconds() -> float | None:
         return None
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def load_average() -> float:
+    """The 1-minute load average, to two decimals: how many others share the machine."""
+    return round(os.getloadavg()[0], 2)
+
+
+def write_results(
+    results: dict[str, Any], out: Path, markdown: Callable[[dict[str, Any]], str]
+) -> None:
+    """Add the load average at the end as ``load_average_end``, write ``results`` as JSON
+    to ``out`` (its folder made) and print ``markdown(results)`` and where it went."""
+    results["load_average_end"] = load_average()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(markdown(results))
+    print(f"\nwrote {out}")
