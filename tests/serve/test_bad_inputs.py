@@ -144,6 +144,16 @@ def ramp(*shape: int) -> np.ndarray:
     return np.linspace(-500, 500, int(np.prod(shape))).reshape(shape)
 
 
+def dicom_upload(values: np.ndarray, **options: Any) -> dict[str, Any]:
+    """``Case`` arguments that upload ``dicom(values, **options)`` as ``scan.dcm``."""
+    return {"image": lambda d: dicom(d, values, **options), "filename": "scan.dcm"}
+
+
+def nifti_upload(values: np.ndarray) -> dict[str, Any]:
+    """``Case`` arguments that upload ``nifti(values)`` as ``scan.nii.gz``."""
+    return {"image": lambda d: nifti(d, values), "filename": "scan.nii.gz"}
+
+
 def good_png(folder: Path) -> bytes:
     return png_bytes(sample_image(12, 12))
 
@@ -183,16 +193,9 @@ CORPUS = [
         "dicom-no-pixel-data",
         400,
         "no pixel data",
-        lambda d: dicom(d, ramp(8, 10), pixel_data=False),
-        filename="scan.dcm",
+        **dicom_upload(ramp(8, 10), pixel_data=False),
     ),
-    Case(
-        "nifti-all-nan",
-        422,
-        "has no finite values",
-        lambda d: nifti(d, np.full((8, 8, 4), np.nan)),
-        filename="scan.nii.gz",
-    ),
+    Case("nifti-all-nan", 422, "has no finite values", **nifti_upload(np.full((8, 8, 4), np.nan))),
     Case("png-1x1", 200, "", lambda d: png_bytes(np.full((1, 1, 3), 90, np.uint8)), size=(1, 1)),
     Case(
         "question-100kB",
@@ -247,33 +250,24 @@ CORPUS = [
         question="Où est le foie ? 肝臓はどこ？",
         api=False,
     ),  # fmt: skip
-    Case(
-        "dicom-all-constant",
-        422,
-        "has no varying values",
-        lambda d: dicom(d, np.zeros((8, 10))),
-        filename="scan.dcm",
-    ),
+    Case("dicom-all-constant", 422, "has no varying values", **dicom_upload(np.zeros((8, 10)))),
     Case(
         "nifti-all-constant",
         422,
         "has no varying values",
-        lambda d: nifti(d, np.full((8, 8, 4), 7.0)),
-        filename="scan.nii.gz",
+        **nifti_upload(np.full((8, 8, 4), 7.0)),
     ),
     Case(
         "dicom-unknown-transfer-syntax",
         400,
         "Transfer Syntax UID",
-        lambda d: dicom(d, ramp(8, 10), transfer_syntax=b"9.9.999.99999.9.9.9\0"),
-        filename="scan.dcm",
+        **dicom_upload(ramp(8, 10), transfer_syntax=b"9.9.999.99999.9.9.9\0"),
     ),
     Case(
         "dicom-rle-syntax-raw-pixels",
         400,
         "cannot read DICOM",
-        lambda d: dicom(d, ramp(8, 10), transfer_syntax=b"1.2.840.10008.1.2.5\0"),
-        filename="scan.dcm",
+        **dicom_upload(ramp(8, 10), transfer_syntax=b"1.2.840.10008.1.2.5\0"),
     ),
     Case(
         "nifti-header-bomb",
@@ -288,24 +282,21 @@ CORPUS = [
         "nifti-4d-no-axis",  # the first volume's middle axial slice: Y x X
         200,
         "",
-        lambda d: nifti(d, ramp(8, 10, 6, 3)),
-        filename="scan.nii.gz",
+        **nifti_upload(ramp(8, 10, 6, 3)),
         size=(10, 8),
     ),
     Case(
         "dicom-multiframe-no-frame",  # frame 0
         200,
         "",
-        lambda d: dicom(d, ramp(3, 12, 16)),
-        filename="scan.dcm",
+        **dicom_upload(ramp(3, 12, 16)),
         size=(12, 16),
     ),
     Case(
         "dicom-multiframe-frame-out-of-range",
         422,
         "frame 5 out of range",
-        lambda d: dicom(d, ramp(3, 12, 16)),
-        filename="scan.dcm",
+        **dicom_upload(ramp(3, 12, 16)),
         fields={"frame": "5"},
         read={"frame": 5},
     ),
