@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 try:
     import httpx
@@ -153,13 +153,27 @@ def _error(response: httpx.Response, attempts: int) -> ServerError:
 _UNREACHED = (httpx.ConnectError, httpx.ConnectTimeout)
 
 
-class _Base:
+_HTTP = TypeVar("_HTTP", httpx.Client, httpx.AsyncClient)
+
+
+class _Base(Generic[_HTTP]):
     """What ``Client`` and ``AsyncClient`` share: all but the send and the sleep."""
 
+    _http_type: type[_HTTP]
+
     def __init__(
-        self, base_url: str, api_key: str | None, retry: RetryPolicy | None, seed: int | None
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 180.0,
+        retry: RetryPolicy | None = None,
+        seed: int | None = None,
+        http: _HTTP | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._own = http is None
+        self._http: _HTTP = http or self._http_type(timeout=timeout)
         self._headers = {"X-API-Key": api_key} if api_key else {}
         self.retry = retry or RetryPolicy()
         self._rng = random.Random(seed)
@@ -202,7 +216,7 @@ class _Base:
         return wait
 
 
-class Client(_Base):
+class Client(_Base[httpx.Client]):
     """Blocking client (see the module docstring).
 
     Args:
@@ -215,19 +229,7 @@ class Client(_Base):
         http: an ``httpx.Client`` to use instead of a new one (its base URL is ignored).
     """
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        api_key: str | None = None,
-        timeout: float = 180.0,
-        retry: RetryPolicy | None = None,
-        seed: int | None = None,
-        http: httpx.Client | None = None,
-    ) -> None:
-        super().__init__(base_url, api_key, retry, seed)
-        self._own = http is None
-        self._http = http or httpx.Client(timeout=timeout)
+    _http_type = httpx.Client
 
     def _send(
         self, method: str, path: str, build: Callable[[], dict[str, Any]] = dict
@@ -282,23 +284,11 @@ class Client(_Base):
         self.close()
 
 
-class AsyncClient(_Base):
+class AsyncClient(_Base[httpx.AsyncClient]):
     """``Client`` for asyncio: the same arguments, the methods are coroutines (one
     instance may serve many concurrent tasks)."""
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        api_key: str | None = None,
-        timeout: float = 180.0,
-        retry: RetryPolicy | None = None,
-        seed: int | None = None,
-        http: httpx.AsyncClient | None = None,
-    ) -> None:
-        super().__init__(base_url, api_key, retry, seed)
-        self._own = http is None
-        self._http = http or httpx.AsyncClient(timeout=timeout)
+    _http_type = httpx.AsyncClient
 
     async def _send(
         self, method: str, path: str, build: Callable[[], dict[str, Any]] = dict
