@@ -729,17 +729,17 @@ def job_key(config: LLMConfig, record: Record, target_index: int, dialect: str =
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
+@dataclass(eq=False)
 class Pipeline:
     """Runs the five stages for one job with a :class:`ChatClient`."""
 
-    def __init__(
-        self, config: LLMConfig, client: ChatClient, ontology: Ontology, dialect: str = "none"
-    ) -> None:
-        check_choice("dialect", dialect, DIALECTS)
-        self.config = config
-        self.client = client
-        self.ontology = ontology
-        self.dialect = dialect
+    config: LLMConfig
+    client: ChatClient
+    ontology: Ontology
+    dialect: str = "none"
+
+    def __post_init__(self) -> None:
+        check_choice("dialect", self.dialect, DIALECTS)
 
     def _ask(
         self,
