@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,7 @@ from medisee.data.qa_llm import JOURNAL_NAME, LLMConfig, generate_llm
 
 from . import fake_llm
 from .fake_llm import FakeLLM
-from .llm_cli import start_generate
+from .llm_cli import kill_when_journaled, start_generate
 
 
 @pytest.fixture()
@@ -187,16 +184,7 @@ def test_resume_after_kill_loses_and_duplicates_nothing(fake, tiny_manifest, tmp
     out = manifest.parent / "manifest.llm.jsonl"
     process = _run_cli(manifest, fake.url, cache, out)
     journal = cache / JOURNAL_NAME
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if journal.exists() and journal.read_text().count("\n") >= 3:
-            break
-        if process.poll() is not None:
-            pytest.fail(f"generator exited early: {process.stdout.read().decode()}")
-        time.sleep(0.01)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=10)
-    done_before = journal.read_text().count("\n")
+    done_before = kill_when_journaled(process, journal, 3, timeout=60, poll=0.01)
     assert 3 <= done_before < n_targets, "the kill should land mid-run"
     assert not out.exists(), "the output manifest is only written at the end"
 

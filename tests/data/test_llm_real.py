@@ -21,7 +21,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from medisee.data.manifest import read_manifest
 from medisee.data.ontology import Ontology
 from medisee.data.qa_llm import JOURNAL_NAME
 
-from .llm_cli import start_generate
+from .llm_cli import kill_when_journaled, start_generate
 
 pytestmark = pytest.mark.slow
 
@@ -243,16 +242,9 @@ def test_generate_against_llama_cpp_python(server, dataset, tmp_path):
     killed_out = root / "manifest.killed.jsonl"
     process = _generate(dataset, server, cache2, killed_out)
     journal2 = cache2 / JOURNAL_NAME
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while time.monotonic() < deadline:
-        if journal2.exists() and journal2.read_text().count("\n") >= max(1, TARGETS // 3):
-            break
-        if process.poll() is not None:
-            pytest.fail(f"generator exited before the kill: {process.stdout.read().decode()}")
-        time.sleep(0.2)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
-    done_before = journal2.read_text().count("\n")
+    done_before = kill_when_journaled(
+        process, journal2, max(1, TARGETS // 3), timeout=RUN_TIMEOUT, poll=0.2
+    )
     assert 1 <= done_before < TARGETS, "the kill should land mid-run"
     assert not killed_out.exists()
     report3 = _run(dataset, server, cache2, killed_out)
