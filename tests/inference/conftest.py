@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from medisee.inference.predictor import Predictor
-from tests.inference.helpers import echo_predictor, make_tiny_model
+from tests.inference.helpers import echo_predictor, make_tiny_model, one_torch_thread  # noqa: F401
 
 
 @pytest.fixture
@@ -27,13 +26,3 @@ def saved_tiny_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "tiny"
     make_tiny_model().save_pretrained(path)
     return path
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine an
-    OpenMP team spinning against other processes makes them 10-20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

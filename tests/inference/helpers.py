@@ -13,12 +13,24 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 import torch
 
 from medisee.inference.predictor import Predictor
 from medisee.model.medisee import build_model
 from medisee.model.presets import tiny
 from tests.conftest import TINY_CORPUS
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch thread (autouse where a conftest imports it: the inference and serve
+    tests). Tiny models gain nothing from intra-op threads, and on a shared 2-core machine
+    an OpenMP team spinning against other processes makes them 10-20x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def make_tiny_model():

@@ -10,12 +10,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import torch
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
-from tests.inference.helpers import echo_predictor  # noqa: E402
+from tests.inference.helpers import echo_predictor, one_torch_thread  # noqa: E402, F401
 
 
 @pytest.fixture
@@ -47,13 +46,3 @@ def live_server(app) -> Iterator[str]:
         server.should_exit = True
         thread.join(15)
         sock.close()
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine an
-    OpenMP team spinning against other processes makes them 10-20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
