@@ -6,14 +6,19 @@ from medisee.model.config import BoxDecoderConfig, FusionConfig
 from medisee.model.fusion import CandidateFusion
 
 
+def _fusion(mode: str, batch: int, candidates: int, hidden: int, seed: int, **randn):
+    """A seeded fusion (routers ``2 * hidden`` wide) and random states, batch x candidates x
+    hidden (``randn``: more ``torch.randn`` arguments)."""
+    torch.manual_seed(seed)
+    config = FusionConfig(mode=mode, router_hidden=2 * hidden)
+    fusion = CandidateFusion(hidden_size=hidden, num_candidates=candidates, config=config)
+    return fusion, torch.randn(batch, candidates, hidden, **randn)
+
+
 @pytest.mark.parametrize("n", [1, 2, 3])
 @pytest.mark.parametrize("mode", ["soft", "hard"])
 def test_fusion_shapes_and_weights(n, mode):
-    torch.manual_seed(0)
-    fusion = CandidateFusion(
-        hidden_size=8, num_candidates=n, config=FusionConfig(mode=mode, router_hidden=16)
-    )
-    states = torch.randn(5, n, 8, requires_grad=True)
+    fusion, states = _fusion(mode, 5, n, 8, seed=0, requires_grad=True)
     out = fusion(states)
     assert out.seg_state.shape == out.det_state.shape == (5, 8)
     torch.testing.assert_close(out.seg_weights.sum(-1), torch.ones(5))
@@ -23,11 +28,7 @@ def test_fusion_shapes_and_weights(n, mode):
 
 
 def test_hard_fusion_picks_the_argmax_candidate():
-    torch.manual_seed(1)
-    fusion = CandidateFusion(
-        hidden_size=6, num_candidates=3, config=FusionConfig(mode="hard", router_hidden=12)
-    )
-    states = torch.randn(4, 3, 6)
+    fusion, states = _fusion("hard", 4, 3, 6, seed=1)
     out = fusion(states)
     chosen = fusion.seg_router(states).argmax(-1)
     torch.testing.assert_close(out.seg_state, states[torch.arange(4), chosen])
@@ -37,11 +38,7 @@ def test_hard_fusion_picks_the_argmax_candidate():
 
 
 def test_soft_fusion_is_the_weighted_sum():
-    torch.manual_seed(2)
-    fusion = CandidateFusion(
-        hidden_size=4, num_candidates=2, config=FusionConfig(mode="soft", router_hidden=8)
-    )
-    states = torch.randn(3, 2, 4)
+    fusion, states = _fusion("soft", 3, 2, 4, seed=2)
     out = fusion(states)
     weights = fusion.seg_router(states).softmax(-1)
     torch.testing.assert_close(
