@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from medisee.losses import LossBreakdown, LossWeights, end_to_end_loss
 from medisee.model.medisee import build_model
 from medisee.model.presets import tiny
 from medisee.model.tokenizer import default_corpus
@@ -50,6 +51,23 @@ def make_batch(model, batch_size: int = 2, seed: int = 0) -> dict[str, torch.Ten
         "target_masks": masks,
         "target_boxes": torch.tensor([[0.5, 0.375, 0.5, 0.25]] * batch_size),
     }
+
+
+#: The keys of a ``make_batch`` batch that ``MediSee.forward`` takes.
+MODEL_KEYS = ("input_ids", "attention_mask", "image_sizes", "pixel_values")
+
+
+def batch_loss(batch: dict[str, torch.Tensor], out) -> LossBreakdown:
+    """``end_to_end_loss`` of the model's ``out`` on a ``make_batch`` batch (default weights)."""
+    return end_to_end_loss(
+        text_logits=out.logits,
+        labels=batch["labels"],
+        mask_logits=out.mask_logits,
+        target_masks=batch["target_masks"],
+        pred_boxes=out.boxes,
+        target_boxes=batch["target_boxes"],
+        weights=LossWeights(),
+    )
 
 
 @pytest.fixture

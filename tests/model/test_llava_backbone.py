@@ -5,15 +5,13 @@ import dataclasses
 import pytest
 import torch
 
-from medisee.losses import LossWeights, end_to_end_loss, next_token_supervised
+from medisee.losses import next_token_supervised
 from medisee.model.builder import parameter_report
 from medisee.model.config import LanguageConfig, LoraSettings
 from medisee.model.medisee import MediSee, build_model
 from medisee.model.presets import tiny
 from medisee.model.tokenizer import IMAGE_TOKEN, train_lite_tokenizer
-from tests.conftest import TINY_CORPUS, make_batch
-
-MODEL_KEYS = ("input_ids", "attention_mask", "image_sizes", "pixel_values")
+from tests.conftest import MODEL_KEYS, TINY_CORPUS, batch_loss, make_batch
 
 
 def tiny_llava_config(tokenizer) -> dict:
@@ -61,15 +59,7 @@ def test_llava_forward_backward_with_lora(llava_model):
     assert llava_model.language.num_image_tokens == 16  # (32 / 8)^2, CLS dropped
     batch = make_batch(llava_model)
     out = llava_model(**{k: batch[k] for k in MODEL_KEYS})
-    loss = end_to_end_loss(
-        text_logits=out.logits,
-        labels=batch["labels"],
-        mask_logits=out.mask_logits,
-        target_masks=batch["target_masks"],
-        pred_boxes=out.boxes,
-        target_boxes=batch["target_boxes"],
-        weights=LossWeights(),
-    ).total
+    loss = batch_loss(batch, out).total
     loss.backward()
     named = dict(llava_model.language.model.named_parameters())
     lora = {n: p for n, p in named.items() if "lora_" in n}

@@ -5,25 +5,11 @@ import dataclasses
 import pytest
 import torch
 
-from medisee.losses import LossWeights, end_to_end_loss, next_token_supervised, text_loss
+from medisee.losses import LossWeights, next_token_supervised, text_loss
 from medisee.model.builder import parameter_report
 from medisee.model.medisee import MediSee, build_model
 from medisee.model.presets import get_preset, tiny
-from tests.conftest import TINY_CORPUS, make_batch
-
-MODEL_KEYS = ("input_ids", "attention_mask", "image_sizes", "pixel_values")
-
-
-def _loss(model, batch, out):
-    return end_to_end_loss(
-        text_logits=out.logits,
-        labels=batch["labels"],
-        mask_logits=out.mask_logits,
-        target_masks=batch["target_masks"],
-        pred_boxes=out.boxes,
-        target_boxes=batch["target_boxes"],
-        weights=LossWeights(),
-    )
+from tests.conftest import MODEL_KEYS, TINY_CORPUS, batch_loss, make_batch
 
 
 def test_tiny_forward_backward_reaches_trainable_parts_only(tiny_model):
@@ -37,7 +23,7 @@ def test_tiny_forward_backward_reaches_trainable_parts_only(tiny_model):
         tiny_model.language.num_image_tokens,
         tiny_model.language.hidden_size,
     )
-    loss = _loss(tiny_model, batch, out)
+    loss = batch_loss(batch, out)
     assert torch.isfinite(loss.total)
     loss.total.backward()
 
@@ -81,7 +67,7 @@ def test_candidate_counts_and_fusion_modes_run(n, mode):
     batch = make_batch(model)
     out = model(**{k: batch[k] for k in MODEL_KEYS})
     assert out.fusion.seg_weights.shape == (2, n)
-    _loss(model, batch, out).total.backward()
+    batch_loss(batch, out).total.backward()
     if mode == "hard":
         assert set(out.fusion.seg_weights.detach().unique().tolist()) <= {0.0, 1.0}
 
