@@ -101,16 +101,19 @@ def recipe_config(model: str, manifest: str, output_dir: str, **fields: Any) -> 
     """
     recipe = RECIPES.get(model, paper_recipe)()
     given = {k: v for k, v in fields.items() if v is not None}
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(given) - known - {"manifest", "output_dir", "model"})
-    if unknown:
-        raise ValueError(f"TrainConfig got unknown keys {unknown}")
     if isinstance(given.get("losses"), dict):
         # Loss weights given by name change those weights only, not the recipe's others.
         base = recipe.get("losses", LossWeights())
         given["losses"] = LossWeights(**{**dataclasses.asdict(base), **given["losses"]})
-    return TrainConfig(
-        manifest=str(manifest), output_dir=str(output_dir), model=model, **{**recipe, **given}
+    # from_dict refuses unknown keys with the field names.
+    return TrainConfig.from_dict(
+        {
+            **recipe,
+            **given,
+            "manifest": str(manifest),
+            "output_dir": str(output_dir),
+            "model": model,
+        }
     )
 
 
