@@ -46,6 +46,8 @@ class DemoConfig:
     overlays: int = 6
     # Also score the hand-written questions that ship with medisee (evaluation only).
     handwritten: bool = True
+    # Add the real patient slices of pyradiomics' sdist (medisee.data.sources.radiomics).
+    radiomics: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -115,6 +117,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default: the recipe's)",
     )
     parser.add_argument("--overlays", type=int, default=defaults.overlays)
+    parser.add_argument(
+        "--radiomics",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.radiomics,
+        help="add the real patient scans of the pyradiomics-bhklab sdist",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.set_defaults(func=_run_from_args)
 
@@ -129,6 +137,7 @@ def _run_from_args(args: argparse.Namespace) -> int:
         grounding_refit_steps=args.grounding_refit_steps,
         eval_examples=args.eval_examples,
         overlays=args.overlays,
+        radiomics=args.radiomics,
         seed=args.seed,
     )
     run_demo(config)
@@ -152,6 +161,7 @@ def run_demo(config: DemoConfig) -> dict:
         out / "data",
         BuildOptions(seed=config.seed, overwrite=True, train_qa_variants=config.train_qa_variants),
         num_images=config.num_images,
+        radiomics=config.radiomics,
     )
     print(built.summary(), flush=True)
     records = (built.records, built.manifest.parent)

@@ -22,7 +22,9 @@ from medisee.data.sources.radiomics import (
     CASES,
     RadiomicsConfig,
     RadiomicsDataError,
+    augmented_views,
     choose_slices,
+    paste_lesion,
     default_data_dir,
     derive_ct_masks,
     find_sdist,
@@ -248,6 +250,87 @@ def test_choose_slices_takes_the_label_and_a_few_negatives_on_ct():
     assert choose_slices(label, RadiomicsConfig(max_lesion_slices=2), "MRI") == [11, 13]
 
 
+def test_training_patients_take_their_own_number_of_ct_negatives():
+    label = np.zeros((4, 4, 30), dtype=bool)
+    label[1, 1, 10:14] = True
+    config = RadiomicsConfig(ct_negatives=1, train_ct_negatives=4)
+    assert choose_slices(label, config, "CT") == [10, 11, 12, 13, 19]
+    training = choose_slices(label, config, "CT", training=True)
+    # rest = 0-7, 16-29 (22 slices); spread picks positions 2, 8, 13, 19 of it
+    assert training == [2, 10, 11, 12, 13, 16, 21, 27]
+    # Without the override both take ct_negatives.
+    same = RadiomicsConfig(ct_negatives=2, train_ct_negatives=None)
+    assert choose_slices(label, same, "CT", training=True) == choose_slices(label, same, "CT")
+
+
+def test_augmented_views_crop_keep_the_lesion_and_drop_cut_targets():
+    image = np.tile(np.arange(100, dtype=np.uint8), (80, 1))  # value = column
+    lesion = np.zeros((80, 100), dtype=bool)
+    lesion[30:40, 45:55] = True
+    edge = np.zeros((80, 100), dtype=bool)
+    edge[:, :6] = True  # a strip on the left edge, cut away by most crops
+    targets = [("lung tumor", lesion), ("strip", edge)]
+    views = augmented_views(image, targets, ["expert", "derived"], 12, np.random.default_rng(3))
+    assert len(views) == 12
+    cut = 0
+    for view, kept, origins, meta in views:
+        row0, col0, row1, col1 = meta["crop"]
+        assert view.shape == (row1 - row0, col1 - col0) and view.dtype == np.uint8
+        assert 0.6 * 80 - 1 <= view.shape[0] <= 0.92 * 80 + 1
+        labels = [label for label, _ in kept]
+        # The expert lesion fits in every crop and is kept whole, in crop coordinates.
+        assert labels[0] == "lung tumor" and origins[0] == "expert"
+        assert kept[0][1].sum() == lesion.sum()
+        assert np.array_equal(kept[0][1], lesion[row0:row1, col0:col1])
+        # The strip stays only when at least half of it is in the crop.
+        if "strip" in labels:
+            assert edge[row0:row1, col0:col1].sum() >= 0.5 * edge.sum()
+        else:
+            cut += 1
+        # Intensity jitter is mild: the crop's columns still read left to right.
+        assert np.corrcoef(view.mean(axis=0), np.arange(col0, col1))[0, 1] > 0.95
+    assert cut > 0
+    again = augmented_views(image, targets, ["expert", "derived"], 12, np.random.default_rng(3))
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(views, again))
+
+
+def test_paste_lesion_moves_the_lesion_inside_the_lungs():
+    hu = np.full((60, 80), -850.0, dtype=np.float32)  # lung parenchyma
+    lungs = np.zeros((60, 80), dtype=bool)
+    lungs[10:50, 10:70] = True
+    hu[~lungs] = 40.0
+    donor_hu = np.full((60, 80), -850.0, dtype=np.float32)
+    lesion = np.zeros((60, 80), dtype=bool)
+    lesion[5:9, 5:10] = True  # 4 x 5 px, at the donor slice's corner
+    donor_hu[lesion] = 30.0
+    sizes = []
+    for seed in range(8):
+        result = paste_lesion(hu, lungs, donor_hu, lesion, np.random.default_rng(seed))
+        assert result is not None
+        pasted, moved = result
+        assert pasted.shape == hu.shape and pasted.dtype == hu.dtype
+        # Whole, and at least the margin inside the lungs: no pixel within 2 px of the edge.
+        rows, cols = np.nonzero(moved)
+        assert rows.min() >= 12 and rows.max() <= 47 and cols.min() >= 12 and cols.max() <= 67
+        # The lesion's HU is inside the moved mask; the lungs far from it are untouched.
+        assert pasted[moved].mean() > -300
+        far = lungs & ~moved
+        far[max(0, rows.min() - 3) : rows.max() + 4, max(0, cols.min() - 3) : cols.max() + 4] = (
+            False
+        )
+        assert np.array_equal(pasted[far], hu[far])
+        sizes.append(int(moved.sum()))
+    # Scaled by PASTE_SCALE: 0.8x-2.5x per side of a 20 px lesion.
+    assert min(sizes) >= 0.5 * 20 and max(sizes) <= 2.6**2 * 20 and len(set(sizes)) > 1
+    # No room: lungs smaller than the lesion plus the margin.
+    tight = np.zeros_like(lungs)
+    tight[20:24, 20:25] = True
+    assert paste_lesion(hu, tight, donor_hu, lesion, np.random.default_rng(0)) is None
+    assert (
+        paste_lesion(hu, lungs, donor_hu, np.zeros_like(lesion), np.random.default_rng(0)) is None
+    )
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="unknown radiomics cases"):
         RadiomicsConfig(cases=["lung9"])
@@ -255,6 +338,12 @@ def test_config_validation():
         RadiomicsConfig(ct_window="sunset")
     with pytest.raises(ValueError, match="val_fraction"):
         RadiomicsConfig(val_fraction=1.0)
+    with pytest.raises(ValueError, match="train_views"):
+        RadiomicsConfig(train_views=-1)
+    with pytest.raises(ValueError, match="train_pasted_lesions"):
+        RadiomicsConfig(train_pasted_lesions=-1)
+    with pytest.raises(ValueError, match="train_ct_negatives"):
+        RadiomicsConfig(train_ct_negatives=-2)
 
 
 # ----------------------------------------------------- bundled build: split, provenance
@@ -272,7 +361,9 @@ def radiomics_build(fake_sdist, tmp_path_factory):
             dicom=False,
             kinds=["chest_ct"],
             radiomics=True,
-            radiomics_config=RadiomicsConfig(sdist=str(fake_sdist), val_fraction=0.3),
+            radiomics_config=RadiomicsConfig(
+                sdist=str(fake_sdist), val_fraction=0.3, train_pasted_lesions=1
+            ),
         )
     finally:
         patch.undo()
@@ -313,10 +404,16 @@ def test_provenance_round_trips_through_the_manifest(radiomics_build):
             origin = "phantom" if record.source == "phantom" else target.label
             by_label.setdefault(origin, set()).add(target.provenance)
     assert by_label["phantom"] == {"phantom"}
-    assert by_label["lung tumor"] == {"expert"} and by_label["brain tumor"] == {"expert"}
-    assert by_label["breast mass"] == {"expert"}
-    for label in radiomics.DERIVED_CT_LABELS:
-        assert by_label[label] == {"derived"}, label
+    # A pasted lesion is derived; the lesions where the expert drew them are expert.
+    assert by_label["lung tumor"] == {"expert", "derived"}
+    assert by_label["brain tumor"] == {"expert"}
+    pasted = [r for r in records if "pasted_lesion_from" in r.meta]
+    assert pasted
+    for record in pasted:
+        assert f"-p{record.meta['pasted_lesion_from']:03d}" in record.id
+        assert record.split == "train" and record.meta["patient"] == "lung1"
+        lesions = [t for t in record.targets if t.label == "lung tumor"]
+        assert [t.provenance for t in lesions] == ["derived"]
     # Written, then read back unchanged.
     first = records[0]
     assert Record.from_dict(first.to_dict()).to_dict() == first.to_dict()
@@ -380,7 +477,12 @@ def test_real_sdist_reads_one_slice():
     chosen = choose_slices(volume.label, RadiomicsConfig(), "MRI")
     case = next(c for c in CASES if c.name == "breast1")
     slices = radiomics.case_slices(case, volume, RadiomicsConfig())
-    assert [s.meta["index"] for s in slices] == chosen
+    originals = [s for s in slices if "view" not in s.meta]
+    assert [s.meta["index"] for s in originals] == chosen
+    # Each training slice is followed by its augmented views, of the same slice.
+    views = [s for s in slices if "view" in s.meta]
+    assert len(views) == RadiomicsConfig().train_views * len(chosen)
+    assert {s.record_id.rsplit("-v", 1)[0] for s in views} == {s.record_id for s in originals}
     first = slices[0]
     assert first.image.dtype == np.uint8 and first.image.shape == (120, 45)
     assert first.targets[0][0] == "breast mass" and first.provenance == ["expert"]

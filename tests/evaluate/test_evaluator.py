@@ -238,7 +238,28 @@ def test_reports_group_real_and_phantom_images_by_provenance(tiny_model, records
     summary = report.summaries["teacher_forced"]
     assert {k: v.count for k, v in summary["image"].items()} == {"phantom": 2, "real": 2}
     assert set(summary["provenance"]) == {"expert", "phantom"}
+    # Structures are grouped on real images only.
+    assert {k: v.count for k, v in summary["real_structure"].items()} == {"liver": 2}
     from medisee.evaluate.evaluator import markdown_table
 
     table = markdown_table({"m": summary})
     assert "| m | image=phantom | 2 |" in table and "| m | image=real | 2 |" in table
+    assert "| m | real_structure=liver | 2 |" in table
+
+
+def test_real_structure_pools_the_two_lungs_and_skips_phantoms():
+    from types import SimpleNamespace
+
+    from medisee.evaluate.evaluator import EvalItem
+
+    qa = SimpleNamespace(kind="reasoning", length="short", perspective="function")
+
+    def groups(label: str, provenance: str) -> dict:
+        target = SimpleNamespace(label=label, provenance=provenance)
+        record = SimpleNamespace(split="test", modality="CT", targets=[target])
+        return EvalItem(record, 0, qa).groups()
+
+    assert groups("left lung", "derived")["real_structure"] == "lungs"
+    assert groups("right lung", "derived")["category"] == "right lung"
+    assert groups("lung tumor", "expert")["real_structure"] == "lung tumor"
+    assert groups("left lung", "phantom")["real_structure"] is None

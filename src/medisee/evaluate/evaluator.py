@@ -50,7 +50,12 @@ GROUP_KEYS = (
     "modality",
     "provenance",
     "image",
+    "real_structure",
 )
+
+#: Labels pooled into one structure in the ``real_structure`` group (the lungs of a CT
+#: are scored as one figure, as the real-image targets are stated).
+POOLED_STRUCTURES = {"left lung": "lungs", "right lung": "lungs"}
 
 
 @dataclass
@@ -83,7 +88,7 @@ class EvalReport:
 
 def markdown_table(
     summaries: dict[str, dict[str, Any]],
-    groups: Sequence[str] = ("image", "split", "length", "perspective"),
+    groups: Sequence[str] = ("image", "real_structure", "split", "length", "perspective"),
 ) -> str:
     """Overall and per-group rows for every evaluated method/mode."""
     lines = [
@@ -119,16 +124,20 @@ class EvalItem:
         return self.record.targets[self.target_index]
 
     def groups(self) -> dict[str, str | None]:
+        image = _image_kind(getattr(self.target, "provenance", None))
+        label = self.target.label
         return {
             "split": self.record.split,
             "kind": self.qa.kind,
             "length": self.qa.length,
             "perspective": self.qa.perspective,
-            "category": self.target.label,
+            "category": label,
             "modality": self.record.modality,
             "provenance": getattr(self.target, "provenance", None),
             # real: a scan (expert or derived masks); phantom: rendered with exact masks
-            "image": _image_kind(getattr(self.target, "provenance", None)),
+            "image": image,
+            # on real scans only: the structure, left and right lungs pooled
+            "real_structure": POOLED_STRUCTURES.get(label, label) if image == "real" else None,
         }
 
 

@@ -473,7 +473,14 @@ class RadiomicsConfig:
     - ``ct_negatives``: CT slices without the expert label, per volume;
     - ``val_fraction``: share of a training volume's slices held out as val (its most
       superior ones);
-    - ``ct_window``: the :data:`~medisee.data.io.WINDOW_PRESETS` name for CT slices.
+    - ``ct_window``: the :data:`~medisee.data.io.WINDOW_PRESETS` name for CT slices;
+    - ``train_ct_negatives``: CT slices without the expert label from *training* patients
+      (default: ``ct_negatives``); more of them teach the derived anatomy;
+    - ``train_views``: augmented views added per *training* slice (:func:`augmented_views`:
+      zoom crops with intensity jitter; never flipped, since left and right are labels);
+    - ``train_pasted_lesions``: on a training CT patient, slices made by pasting the
+      patient's expert lung lesion into the lungs of a slice without it
+      (:func:`paste_lesion`), at most this many per such slice.
     """
 
     sdist: str | None = None
@@ -482,6 +489,10 @@ class RadiomicsConfig:
     ct_negatives: int = 3
     val_fraction: float = 0.15
     ct_window: str = "lung"
+    train_ct_negatives: int | None = 12
+    train_views: int = 3
+    train_pasted_lesions: int = 0
+    seed: int = 0
 
     def __post_init__(self) -> None:
         known = [case.name for case in CASES]
@@ -492,6 +503,12 @@ class RadiomicsConfig:
             raise ValueError(f"max_lesion_slices must be >= 1, got {self.max_lesion_slices}")
         if self.ct_negatives < 0:
             raise ValueError(f"ct_negatives must be >= 0, got {self.ct_negatives}")
+        if self.train_ct_negatives is not None and self.train_ct_negatives < 0:
+            raise ValueError(f"train_ct_negatives must be >= 0, got {self.train_ct_negatives}")
+        if self.train_views < 0:
+            raise ValueError(f"train_views must be >= 0, got {self.train_views}")
+        if self.train_pasted_lesions < 0:
+            raise ValueError(f"train_pasted_lesions must be >= 0, got {self.train_pasted_lesions}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.ct_window not in WINDOW_PRESETS:
@@ -515,17 +532,84 @@ def _spread(candidates: Sequence[int], count: int) -> list[int]:
     return [candidates[int(p)] for p in positions]
 
 
-def choose_slices(label: np.ndarray, config: RadiomicsConfig, modality: str) -> list[int]:
-    """Axial indices (ascending, inferior to superior) to take from one volume."""
+def choose_slices(
+    label: np.ndarray, config: RadiomicsConfig, modality: str, *, training: bool = False
+) -> list[int]:
+    """Axial indices (ascending, inferior to superior) to take from one volume;
+    ``training``: the volume is a training patient's (``train_ct_negatives`` applies)."""
     present = np.flatnonzero(label.any(axis=(0, 1)))
     chosen = _spread(present.tolist(), config.max_lesion_slices)
-    if modality == "CT" and config.ct_negatives:
+    negatives = config.ct_negatives
+    if training and config.train_ct_negatives is not None:
+        negatives = config.train_ct_negatives
+    if modality == "CT" and negatives:
         near: set[int] = set()
         for k in present.tolist():
             near.update(range(k - 2, k + 3))
         rest = [k for k in range(label.shape[2]) if k not in near]
-        chosen += _spread(rest, config.ct_negatives)
+        chosen += _spread(rest, negatives)
     return sorted(chosen)
+
+
+#: A view's crop keeps this share of each side of the slice, at least and at most.
+VIEW_SCALE = (0.6, 0.92)
+#: A target cut by a view's crop to less than this share of its area is left out of it.
+VIEW_MIN_KEPT = 0.5
+
+
+def augmented_views(
+    image: np.ndarray,
+    targets: Sequence[tuple[str, np.ndarray]],
+    provenance: Sequence[str],
+    count: int,
+    rng: np.random.Generator,
+    lesion: np.ndarray | None = None,
+) -> list[tuple[np.ndarray, list[tuple[str, np.ndarray]], list[str], dict[str, Any]]]:
+    """``count`` augmented views of a display-frame ``image`` (H x W uint8) and its masks.
+
+    Each view is a crop of ``VIEW_SCALE`` of the slice's height and width (a zoom: the
+    encoder resizes every image to its input), placed at random but covering ``lesion``
+    (default: the union of the ``"expert"`` targets) when there is one, then a gamma in
+    [0.8, 1.25] and Gaussian noise of sigma 2-6 grey levels. Targets cut to less than ``VIEW_MIN_KEPT`` of their area are dropped.
+    Returns ``(image, targets, provenance, meta)`` per view, ``meta`` giving the crop as
+    ``[row0, col0, row1, col1]`` in the slice's pixels, the gamma and the noise.
+    """
+    height, width = image.shape[:2]
+    if lesion is None:
+        experts = [mask for (_, mask), origin in zip(targets, provenance) if origin == "expert"]
+        lesion = np.logical_or.reduce(experts) if experts else None
+    views = []
+    for _ in range(count):
+        rows = int(round(height * rng.uniform(*VIEW_SCALE)))
+        cols = int(round(width * rng.uniform(*VIEW_SCALE)))
+        row0_range = [0, height - rows]
+        col0_range = [0, width - cols]
+        if lesion is not None and lesion.any():
+            ys, xs = np.nonzero(lesion)
+            # Keep the lesion inside the crop when it fits.
+            row0_range = [max(0, int(ys.max()) + 1 - rows), min(height - rows, int(ys.min()))]
+            col0_range = [max(0, int(xs.max()) + 1 - cols), min(width - cols, int(xs.min()))]
+            if row0_range[0] > row0_range[1]:
+                row0_range = [0, height - rows]
+            if col0_range[0] > col0_range[1]:
+                col0_range = [0, width - cols]
+        row0 = int(rng.integers(row0_range[0], row0_range[1] + 1))
+        col0 = int(rng.integers(col0_range[0], col0_range[1] + 1))
+        window = (slice(row0, row0 + rows), slice(col0, col0 + cols))
+        kept_targets, kept_origins = [], []
+        for (label, mask), origin in zip(targets, provenance):
+            crop = mask[window]
+            if crop.sum() >= VIEW_MIN_KEPT * mask.sum() and crop.any():
+                kept_targets.append((label, np.ascontiguousarray(crop)))
+                kept_origins.append(origin)
+        gamma = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
+        sigma = float(rng.uniform(2.0, 6.0))
+        pixels = image[window].astype(np.float64) / 255.0
+        pixels = 255.0 * pixels**gamma + rng.normal(0.0, sigma, pixels.shape)
+        view = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+        meta = {"crop": [row0, col0, row0 + rows, col0 + cols], "gamma": gamma, "noise": sigma}
+        views.append((view, kept_targets, kept_origins, meta))
+    return views
 
 
 def split_of(case: Case, position: int, count: int, val_fraction: float) -> str:
@@ -534,6 +618,69 @@ def split_of(case: Case, position: int, count: int, val_fraction: float) -> str:
         return "test"
     n_val = int(round(val_fraction * count))
     return "val" if position >= count - n_val else "train"
+
+
+#: A pasted lesion keeps at least this many pixels between it and the lung's edge.
+PASTE_MARGIN_PX = 2
+#: A pasted lesion is the donor scaled by a factor drawn in this range.
+PASTE_SCALE = (0.8, 2.5)
+#: Sigma (pixels) of the blend at a pasted lesion's edge (partial volume).
+PASTE_EDGE_SIGMA = 0.7
+
+
+def paste_lesion(
+    hu: np.ndarray,
+    lungs: np.ndarray,
+    lesion_hu: np.ndarray,
+    lesion: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Paste a lesion into the lungs of a CT slice; display-frame 2-D arrays.
+
+    ``hu``: the slice's HU; ``lungs``: its lung mask; ``lesion_hu`` / ``lesion``: the HU
+    and expert mask of a slice that has the lesion. The lesion's pixels are scaled by a
+    factor drawn in :data:`PASTE_SCALE`, moved to a random place where the whole lesion
+    lies at least :data:`PASTE_MARGIN_PX` inside ``lungs``, and blended in with a Gaussian edge of :data:`PASTE_EDGE_SIGMA`. Returns the
+    new HU slice and the moved lesion mask, or ``None`` when the lesion fits nowhere.
+    """
+    from scipy import ndimage
+
+    rows, cols = np.nonzero(lesion)
+    if rows.size == 0:
+        return None
+    box = (slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1))
+    # Lesions come in many sizes: the donor is scaled by a factor drawn in PASTE_SCALE.
+    factor = float(rng.uniform(*PASTE_SCALE))
+    shape = ndimage.zoom(lesion[box].astype(np.float64), factor, order=1) >= 0.5
+    values = ndimage.zoom(lesion_hu[box].astype(np.float64), factor, order=1)
+    if not shape.any():
+        return None
+    inside = ndimage.binary_erosion(lungs, iterations=PASTE_MARGIN_PX) if PASTE_MARGIN_PX else lungs
+    # ``fits[p]``: the lesion's box centred at p (scipy's centre: shape // 2) lies in the lungs.
+    fits = ndimage.binary_erosion(inside, structure=shape, border_value=0)
+    centres = np.argwhere(fits)
+    if centres.size == 0:
+        return None
+    centre = centres[int(rng.integers(len(centres)))]
+    row0 = int(centre[0]) - shape.shape[0] // 2
+    col0 = int(centre[1]) - shape.shape[1] // 2
+    if (
+        row0 < 0
+        or col0 < 0
+        or row0 + shape.shape[0] > hu.shape[0]
+        or col0 + shape.shape[1] > hu.shape[1]
+    ):
+        return None
+    moved = np.zeros_like(lesion, dtype=bool)
+    moved[row0 : row0 + shape.shape[0], col0 : col0 + shape.shape[1]] = shape
+    if not (moved <= lungs).all():  # scipy's centring, checked rather than trusted
+        return None
+    patch = np.full(hu.shape, float(lesion_hu[lesion].mean()), dtype=np.float64)
+    patch[moved] = values[shape]
+    alpha = np.clip(ndimage.gaussian_filter(moved.astype(np.float64), PASTE_EDGE_SIGMA), 0, 1)
+    alpha[moved] = np.maximum(alpha[moved], 0.5)
+    out = alpha * patch + (1.0 - alpha) * hu
+    return out.astype(hu.dtype), moved
 
 
 @dataclass
@@ -552,7 +699,7 @@ class ScanSlice:
 
 def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list[ScanSlice]:
     """The chosen slices of one case with their expert and derived masks."""
-    chosen = choose_slices(volume.label, config, case.modality)
+    chosen = choose_slices(volume.label, config, case.modality, training=case.split == "train")
     derived: dict[str, np.ndarray] = {}
     if case.modality == "CT":
         derived = derive_ct_masks(volume.image, volume.spacing, chosen)
@@ -562,7 +709,34 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
         values = volume.image[volume.image > 0]
         window = stretch_window(values if values.size > 100 else volume.image)
         window_name = "stretch"
-    out = []
+    out: list[ScanSlice] = []
+    # Views and pastes are drawn from (seed, case, slice): a build is deterministic.
+    case_key = [config.seed, [c.name for c in CASES].index(case.name)]
+
+    def add(record_id, image, targets, provenance, meta, source_id, split, key, lesion) -> None:
+        out.append(
+            ScanSlice(record_id, image, targets, provenance, case.modality, source_id, split, meta)
+        )
+        if split != "train" or not config.train_views or not targets:
+            return
+        rng = np.random.default_rng([*case_key, *key])
+        views = augmented_views(image, targets, provenance, config.train_views, rng, lesion)
+        for number, (view, view_targets, view_origins, view_meta) in enumerate(views, 1):
+            if view_targets:
+                out.append(
+                    ScanSlice(
+                        f"{record_id}-v{number}",
+                        view,
+                        view_targets,
+                        view_origins,
+                        case.modality,
+                        source_id,
+                        split,
+                        {**meta, "view": view_meta},
+                    )
+                )
+
+    lesion_slices = [k for k in chosen if volume.label[:, :, k].any()]
     for position, k in enumerate(chosen):
         split = split_of(case, position, len(chosen), config.val_fraction)
         targets: list[tuple[str, np.ndarray]] = []
@@ -576,27 +750,66 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
             if plane.any():
                 targets.append((label, plane))
                 provenance.append("derived")
-        out.append(
-            ScanSlice(
-                record_id=f"radiomics-{case.name}-z{k:03d}",
-                image=apply_window(display_slice(volume.image, 2, k), window),
-                targets=targets,
-                provenance=provenance,
-                modality=case.modality,
-                source_id=f"radiomics-{case.name}" + ("-val" if split == "val" else ""),
-                split=split,
-                meta={
-                    "patient": case.name,
-                    "axis": "axial",
-                    "index": int(k),
-                    "window": window_name,
-                    "window_center_width": [window.center, window.width],
-                    "spacing_mm": [volume.spacing[1], volume.spacing[0]],
-                    "sdist": f"{SDIST_PROJECT}=={SDIST_VERSION}",
-                    "real": True,
-                },
-            )
+        hu = display_slice(volume.image, 2, k)
+        meta = {
+            "patient": case.name,
+            "axis": "axial",
+            "index": int(k),
+            "window": window_name,
+            "window_center_width": [window.center, window.width],
+            "spacing_mm": [volume.spacing[1], volume.spacing[0]],
+            "sdist": f"{SDIST_PROJECT}=={SDIST_VERSION}",
+            "real": True,
+        }
+        source_id = f"radiomics-{case.name}" + ("-val" if split == "val" else "")
+        record_id = f"radiomics-{case.name}-z{k:03d}"
+        add(
+            record_id,
+            apply_window(hu, window),
+            targets,
+            provenance,
+            meta,
+            source_id,
+            split,
+            [k],
+            lesion,
         )
+        if (
+            split != "train"
+            or case.modality != "CT"
+            or lesion.any()
+            or not lesion_slices
+            or not config.train_pasted_lesions
+        ):
+            continue
+        lungs = np.zeros(hu.shape, dtype=bool)
+        for label in ("right lung", "left lung"):
+            if label in derived:
+                lungs |= display_slice(derived[label], 2, k)
+        rng = np.random.default_rng([*case_key, int(k), 1])
+        donors = rng.permutation(lesion_slices)[: config.train_pasted_lesions]
+        for donor in donors.tolist():
+            pasted = paste_lesion(
+                hu,
+                lungs,
+                display_slice(volume.image, 2, donor),
+                display_slice(volume.label, 2, donor),
+                rng,
+            )
+            if pasted is None:
+                continue
+            pasted_hu, moved = pasted
+            add(
+                f"{record_id}-p{donor:03d}",
+                apply_window(pasted_hu, window),
+                [(case.label, moved), *targets],
+                ["derived", *provenance],
+                {**meta, "pasted_lesion_from": int(donor)},
+                source_id,
+                split,
+                [k, 2, donor],
+                moved,
+            )
     return out
 
 
