@@ -22,6 +22,7 @@ def test_build_train_eval_predict(tmp_path, monkeypatch):
                 str(data),
                 "--num-images",
                 "30",
+                "--no-radiomics",
                 "--no-progress",
             ]
         )

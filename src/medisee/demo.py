@@ -46,8 +46,8 @@ class DemoConfig:
     overlays: int = 6
     # Also score the hand-written questions that ship with medisee (evaluation only).
     handwritten: bool = True
-    # Add the real patient slices of pyradiomics' sdist (medisee.data.sources.radiomics).
-    radiomics: bool = False
+    # The real patient slices of pyradiomics' sdist (medisee.data.sources.radiomics).
+    radiomics: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -121,7 +121,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--radiomics",
         action=argparse.BooleanOptionalAction,
         default=defaults.radiomics,
-        help="add the real patient scans of the pyradiomics-bhklab sdist",
+        help="train and test on the real patient scans of the pyradiomics-bhklab sdist "
+        "(default: on)",
     )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.set_defaults(func=_run_from_args)

@@ -16,12 +16,13 @@ def ontology() -> Ontology:
 
 @pytest.fixture(scope="session")
 def bundled(tmp_path_factory: pytest.TempPathFactory):
-    """A bundled build with all phantom kinds, 12 MNI slices and the pydicom samples."""
+    """A bundled build with all phantom kinds, 12 MNI slices and the pydicom samples (not
+    the radiomics scans: ``test_radiomics`` builds those from a small fake sdist)."""
     from medisee.data.build import BuildOptions
     from medisee.data.sources.bundled import build_bundled
 
     out = tmp_path_factory.mktemp("bundled")
-    result = build_bundled(out, BuildOptions(seed=3), num_images=48)
+    result = build_bundled(out, BuildOptions(seed=3), num_images=48, radiomics=False)
     return result
 
 
@@ -39,5 +40,6 @@ def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
         mni_slices=0,
         dicom=False,
         kinds=["pelvic_ct", "echocardiography"],
+        radiomics=False,
     )
     return out / "manifest.jsonl"

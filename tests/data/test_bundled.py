@@ -28,7 +28,10 @@ def test_build_is_deterministic_for_a_seed(tmp_path):
     from medisee.data.sources.bundled import build_bundled
 
     kwargs = dict(
-        num_images=14, mni_slices=2, kinds=["chest_ct", "fundus", "brain_mri", "chest_xray"]
+        num_images=14,
+        mni_slices=2,
+        kinds=["chest_ct", "fundus", "brain_mri", "chest_xray"],
+        radiomics=False,
     )
     build_bundled(tmp_path / "a", BuildOptions(seed=7), **kwargs)
     build_bundled(tmp_path / "b", BuildOptions(seed=7), **kwargs)
@@ -128,7 +131,10 @@ def test_train_qa_variants_add_training_questions_only(tmp_path):
     from medisee.data.sources.bundled import build_bundled
 
     kwargs = dict(
-        num_images=20, mni_slices=2, kinds=["abdominal_ct", "thyroid_ultrasound", "mammography"]
+        num_images=20,
+        mni_slices=2,
+        kinds=["abdominal_ct", "thyroid_ultrasound", "mammography"],
+        radiomics=False,
     )
     plain = build_bundled(tmp_path / "plain", BuildOptions(seed=5), **kwargs)
     more = build_bundled(tmp_path / "more", BuildOptions(seed=5, train_qa_variants=2), **kwargs)

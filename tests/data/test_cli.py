@@ -23,6 +23,7 @@ def test_build_generate_stats(tmp_path, capsys):
         "2",
         "--seed",
         "5",
+        "--no-radiomics",
     ]
     assert main([*args, "--no-progress"]) == 0
     assert "16 images" in capsys.readouterr().out

@@ -150,7 +150,7 @@ def dataset(tmp_path_factory) -> Path:
     from medisee.data.sources.bundled import build_bundled
 
     out = tmp_path_factory.mktemp("bundled-real-llm")
-    build_bundled(out, BuildOptions(seed=0), num_images=12)
+    build_bundled(out, BuildOptions(seed=0), num_images=12, radiomics=False)
     return out / "manifest.jsonl"
 
 

