@@ -81,3 +81,32 @@ def test_demo_config_rejects_too_few_images_or_steps():
     with pytest.raises(ValueError, match="eval_examples"):
         DemoConfig(eval_examples=0)
     assert DemoConfig().eval_examples is None  # the whole test split
+
+
+def test_headline_puts_real_scans_first_beside_the_oracle():
+    from medisee.demo import headline_figures, headline_lines
+    from medisee.evaluate.metrics import Summary
+
+    def s(count: int, dice: float, named: float = float("nan")) -> Summary:
+        return Summary(count, dice, dice, dice, dice, dice, 1.0, named)
+
+    summaries = {
+        "medisee (generated)": {
+            "overall": s(5, 0.5),
+            "image": {"phantom": s(3, 0.7), "real": s(2, 0.2)},
+            "real_structure": {"lungs": s(2, 0.2)},
+        },
+        "medisee (generated, hand-written)": {"overall": s(4, 0.4, 0.75)},
+        "oracle_box": {
+            "overall": s(5, 0.9),
+            "image": {"phantom": s(3, 0.95), "real": s(2, 0.8)},
+            "real_structure": {"lungs": s(2, 0.8)},
+        },
+    }
+    headline = headline_figures(summaries)
+    assert list(headline) == ["real", "real: lungs", "phantom", "hand-written"]
+    assert headline["real"]["dice"] == 0.2 and headline["real"]["oracle_dice"] == 0.8
+    assert headline["real: lungs"]["oracle_dice"] == 0.8
+    lines = headline_lines(headline)
+    assert lines[1].startswith("  real: Dice 0.200, Acc@0.5 0.200 (n=2); oracle box Dice 0.800")
+    assert lines[-1].endswith("named 0.75")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,18 +209,71 @@ def run_demo(config: DemoConfig) -> dict:
 
     table = (out / "eval" / "metrics.md").read_text()
     overall = {name: s["overall"].as_dict() for name, s in summaries.items()}
+    headline = headline_figures(summaries)
     report = {
         "timings_s": timings,
+        "headline": headline,
         "overall": overall,
         "train_steps": result.steps,
     }
     (out / "demo.json").write_text(json.dumps(report, indent=1))
     print("\n" + table)
+    print("\n".join(headline_lines(headline)))
     print(
         f"done in {timings['total'] / 60:.1f} min; outputs in {out}/ "
         "(demo.json, eval/, overlays/, training_curve.png)"
     )
     return report
+
+
+#: The method whose figures are the headline, and the baseline beside them.
+HEADLINE_METHOD = "medisee (generated)"
+ORACLE = "oracle_box"
+
+
+def headline_figures(summaries: dict) -> dict:
+    """The demo's headline: generated answers on the test split's real scans (overall
+    and per structure, beside the oracle-box baseline), then on phantoms, then on the
+    hand-written questions. ``{group: {"dice", "acc", "count", ...}}``."""
+    out: dict[str, dict] = {}
+    model = summaries.get(HEADLINE_METHOD, {})
+    oracle = summaries.get(ORACLE, {})
+
+    def add(group: str, summary, reference) -> None:
+        out[group] = summary.as_dict()
+        if reference is not None:
+            out[group]["oracle_dice"] = reference.dice
+
+    images, oracle_images = model.get("image", {}), oracle.get("image", {})
+    if "real" in images:
+        add("real", images["real"], oracle_images.get("real"))
+    for structure, summary in model.get("real_structure", {}).items():
+        add(f"real: {structure}", summary, oracle.get("real_structure", {}).get(structure))
+    if "phantom" in images:
+        add("phantom", images["phantom"], oracle_images.get("phantom"))
+    written = summaries.get(f"{HEADLINE_METHOD[:-1]}, hand-written)")
+    if written is not None:
+        out["hand-written"] = written["overall"].as_dict()
+    return out
+
+
+def headline_lines(headline: dict) -> list[str]:
+    """The headline as lines: real scans first."""
+    lines = [
+        "headline (test split, generated answers; oracle box = LiteMedSAM given the true box):"
+    ]
+    for group, figures in headline.items():
+        line = (
+            f"  {group}: Dice {figures['dice']:.3f}, Acc@0.5 {figures['acc']:.3f} "
+            f"(n={figures['count']})"
+        )
+        if "oracle_dice" in figures:
+            line += f"; oracle box Dice {figures['oracle_dice']:.3f}"
+        named = figures.get("named_rate", math.nan)
+        if group == "hand-written" and not math.isnan(named):
+            line += f"; named {named:.2f}"
+        lines.append(line)
+    return lines
 
 
 def plot_training_curve(history: list[dict], path: Path) -> None:

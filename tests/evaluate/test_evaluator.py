@@ -244,6 +244,8 @@ def test_reports_group_real_and_phantom_images_by_provenance(tiny_model, records
 
     table = markdown_table({"m": summary})
     assert "| m | image=phantom | 2 |" in table and "| m | image=real | 2 |" in table
+    # Real first.
+    assert table.index("| m | image=real |") < table.index("| m | image=phantom |")
     assert "| m | real_structure=liver | 2 |" in table
 
 

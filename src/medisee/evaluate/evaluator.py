@@ -98,8 +98,10 @@ def markdown_table(
     for method, summary in summaries.items():
         rows = [("overall", summary["overall"])]
         for key in groups:
-            for value, item in summary.get(key, {}).items():
-                rows.append((f"{key}={value}", item))
+            values = summary.get(key, {})
+            # Real scans before phantoms: the real-image figure is the one that counts.
+            for value in sorted(values, key=lambda v: (v != "real", v)):
+                rows.append((f"{key}={value}", values[value]))
         for name, s in rows:
             named = "—" if math.isnan(s.named_rate) else f"{s.named_rate:.2f}"
             lines.append(
