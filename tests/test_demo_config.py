@@ -23,7 +23,7 @@ def test_train_lite_with_no_other_flags_is_the_demo_recipe():
     assert dataclasses.replace(demo, cache_dir=None, cpu=False) == cli
     assert demo.cache_dir == "cache" and demo.cpu
     # ... and that recipe is not the paper's defaults.
-    assert (cli.max_steps, cli.lr, cli.grounding_refit_steps) == (1600, 1e-3, 1000)
+    assert (cli.max_steps, cli.lr, cli.grounding_refit_steps) == (2000, 1e-3, 1500)
     assert cli.losses == LossWeights(answer_tokens=5.0)
     # --model defaults to lite.
     assert _cli_config("--manifest", "data/manifest.jsonl", "--out", "run") == cli
@@ -32,7 +32,7 @@ def test_train_lite_with_no_other_flags_is_the_demo_recipe():
 def test_flags_override_the_recipe_and_only_given_ones():
     config = _cli_config("--manifest", "m", "--out", "o", "--max-steps", "7", "--lr", "0.01")
     assert (config.max_steps, config.lr) == (7, 0.01)
-    assert config.grounding_refit_steps == 1000  # not given: the recipe's
+    assert config.grounding_refit_steps == 1500  # not given: the recipe's
     demo = DemoConfig(steps=5, grounding_refit_steps=0).train_config("m", "o", "c")
     assert (demo.max_steps, demo.grounding_refit_steps, demo.batch_size) == (5, 0, 8)
 

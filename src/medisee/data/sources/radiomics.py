@@ -651,14 +651,15 @@ def split_of(case: Case, position: int, count: int, val_fraction: float) -> str:
 
 #: A pasted lesion keeps at least this many pixels between it and the lung's edge.
 PASTE_MARGIN_PX = 2
-#: A pasted lesion is the donor scaled by a factor drawn in this range.
-PASTE_SCALE = (0.8, 2.5)
+#: A pasted lesion is the donor scaled by a factor drawn in this range. lung1's tumour is
+#: about 17 mm across, so this spans about 8-50 mm: small nodules to a T2 tumour.
+PASTE_SCALE = (0.5, 3.0)
 #: Sigma (pixels) of the blend at a pasted lesion's edge (partial volume), drawn in this
 #: range: from a sharp solid nodule to a blurred ground-glass edge.
 PASTE_EDGE_SIGMA = (0.7, 3.0)
 #: The pasted lesion's opacity over the lung, drawn in this range: 1 is the donor's
 #: density (a solid tumour), lower ones a part-solid or ground-glass lesion.
-PASTE_OPACITY = (0.35, 1.0)
+PASTE_OPACITY = (0.2, 1.0)
 
 
 def paste_lesion(
