@@ -50,6 +50,7 @@ class FakeLLM:
         self.hang_seconds = 2.0
         self.garbage_stages: set[str] = set()  # first reply of these stages is not JSON
         self.leak = False  # transform adds a question that names the label
+        self.revised = 0  # rejected questions sent back to be rewritten
         self.accepts: frozenset[str] = ALL_FORMS
         self.refuse_status = 400
         self.forms: Counter[str] = Counter()  # served requests by form
@@ -218,6 +219,21 @@ class FakeLLM:
                     "explanation": "It matches the box.",
                 }
                 for i in range(n)
+            ]
+            return stage, json.dumps({"items": items})
+        if stage == "revise":
+            self.revised += len(data["rejected"])
+            items = [
+                {
+                    "perspective": entry["perspective"],
+                    "length": entry["length"],
+                    "question": f"Which object is rewrite {i + 1}, near box "
+                    + ", ".join(str(v) for v in data["box_xyxy"])
+                    + "?",
+                    "answer": f"The {label}.",
+                    "explanation": f"It was rejected as {entry['reason']}; it matches the box.",
+                }
+                for i, entry in enumerate(data["rejected"])
             ]
             return stage, json.dumps({"items": items})
         return stage, "{}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,37 @@ def test_malformed_and_leaking_replies_are_rejected_and_counted(fake, tiny_manif
             for item in target.qa:
                 if item.engine == "llm":
                     assert f"where is the {target.label}" not in item.question.lower()
+
+
+def test_rejected_questions_are_revised_once_and_checked_again(fake, tiny_manifest, tmp_path):
+    records, _ = read_manifest(tiny_manifest)
+    records = records[:1]
+    n_targets = len(records[0].targets)
+    fake.leak = True  # one leaking question per target, which the revise round rewrites
+
+    def run(cache: str, **overrides) -> tuple:
+        before = Counter(fake.requests)
+        report = generate_llm(
+            records,
+            tiny_manifest.parent,
+            _config(fake.url, **overrides),
+            tmp_path / cache,
+            progress=False,
+        )
+        return report, Counter(fake.requests) - before
+
+    plain, plain_requests = run("off", revise_rounds=0)
+    assert plain_requests["revise"] == 0
+    revised, requests = run("on")
+    assert requests["revise"] == n_targets and fake.revised == n_targets
+    assert revised.rejects["transform: label leaked"] == n_targets
+    # Each rewrite passed the same checks and was kept: one more item per target.
+    assert revised.items == plain.items + n_targets
+    for target in records[0].targets:
+        rewrites = [q for q in target.qa if q.engine == "llm" and "rewrite" in q.question]
+        assert len(rewrites) == 1 and target.label not in rewrites[0].question.lower()
+    with pytest.raises(ValueError, match="revise_rounds"):
+        _config(fake.url, revise_rounds=-1)
 
 
 def test_malformed_after_all_attempts_fails_the_job(fake, tiny_manifest, tmp_path):

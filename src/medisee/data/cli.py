@@ -166,6 +166,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             caption_model=args.caption_model,
             workers=args.workers,
             extra_pairs=args.extra_pairs,
+            revise_rounds=args.revise_rounds,
             max_retries=args.max_retries,
             backoff=args.backoff,
             timeout=args.timeout,
@@ -349,6 +350,12 @@ def register(subparsers: Any) -> None:
     )
     generate.add_argument(
         "--extra-pairs", type=int, default=2, help="llm: extra pairs per target (stage 5)"
+    )
+    generate.add_argument(
+        "--revise-rounds",
+        type=int,
+        default=1,
+        help="llm: rounds of rewriting the questions the checks rejected (stage 6; 0: off)",
     )
     generate.add_argument(
         "--max-retries", type=int, default=5, help="llm: retries on 429/5xx/timeouts"

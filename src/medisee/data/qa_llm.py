@@ -8,7 +8,11 @@ Per target (one *job*), following the paper's Fig. 3:
    authoritative where the caption disagrees;
 3. the **evaluator** revises weak descriptions (too direct, no logic) or drops them;
 4. **transform** turns each kept description into question + answer + explanation;
-5. a second prompt asks for ``extra_pairs`` more, different, pairs.
+5. a second prompt asks for ``extra_pairs`` more, different, pairs;
+6. **revise**: the questions rejected by the checks below for a reason the model can fix
+   (the label or a synonym leaked, off-topic, no referent noun, not a question, too
+   short) go back once, each with its reason and the forbidden words, to be rewritten;
+   the rewrites pass the same checks (``revise_rounds``, default 1; 0 turns it off).
 
 Replies must be JSON. Every stage but the caption sends the JSON schema of its reply in
 the server's *dialect* of structured output (:data:`DIALECTS`): OpenAI's ``json_schema``
@@ -68,7 +72,7 @@ from medisee.data.writer import atomic_write_text
 log = logging.getLogger(__name__)
 
 #: Bump when prompts change: it is part of every job key, so old journal lines no longer match.
-PROMPT_VERSION = "mlmr-5"
+PROMPT_VERSION = "mlmr-6"
 JOURNAL_NAME = "journal.jsonl"
 DIALECT_NAME = "dialect.json"
 
@@ -127,6 +131,7 @@ class LLMConfig:
     workers: int = 4
     extra_pairs: int = 2
     max_attempts: int = 2
+    revise_rounds: int = 1
     structured: str = "auto"
     seed: int | None = 0
 
@@ -140,6 +145,8 @@ class LLMConfig:
             raise ValueError("workers >= 1, max_retries >= 0 and max_attempts >= 1 are required")
         if self.backoff < 0 or self.timeout <= 0 or self.extra_pairs < 0:
             raise ValueError("backoff >= 0, timeout > 0 and extra_pairs >= 0 are required")
+        if self.revise_rounds < 0:
+            raise ValueError(f"revise_rounds must be >= 0, got {self.revise_rounds}")
 
     @property
     def url(self) -> str:
@@ -315,6 +322,18 @@ SYSTEM_TRANSFORM = (
     "answer is the labelled object. The question must not name the object or any synonym. "
     "The answer names the object; the explanation gives the reasoning from the description "
     "to the object in one or two sentences. One item per description. " + _ITEMS_SHAPE
+)
+SYSTEM_REVISE = (
+    "Some questions about the labelled object were rejected; each comes with the reason. "
+    "Rewrite each one so that it follows the rules: it is a question a non-expert could ask "
+    "about the image, it refers to the object by a generic word (structure, organ, region, "
+    "area, tissue, lesion), it never uses any of the forbidden words, and it points to the "
+    "object through its function, appearance or position, using the facts given. Keep the "
+    "answer and give an explanation. " + _ITEMS_SHAPE
+)
+#: Rejection reasons a rewrite can fix (the others are about the answer or duplicates).
+REVISABLE = frozenset(
+    {"label leaked", "off-topic", "no referent noun", "not a question", "too short"}
 )
 SYSTEM_EXTRA = (
     "Write additional question-answer pairs about the labelled object that differ from the "
@@ -722,6 +741,7 @@ def job_key(config: LLMConfig, record: Record, target_index: int, dialect: str =
         config.model,
         config.caption_model or "",
         str(config.extra_pairs),
+        str(config.revise_rounds),
         record.id,
         str(target_index),
         record.targets[target_index].label,
@@ -845,8 +865,17 @@ class Pipeline:
             return None
 
     def _valid_items(
-        self, raw: list[Any], job: Job, rejects: Counter[str], stage: str, seen: set[str]
+        self,
+        raw: list[Any],
+        job: Job,
+        rejects: Counter[str],
+        stage: str,
+        seen: set[str],
+        revisable: list[dict[str, str]] | None = None,
     ) -> list[QAItem]:
+        """The items of ``raw`` that pass :func:`item_problem` and are new; the others
+        are counted in ``rejects``, and those a rewrite can fix (:data:`REVISABLE`) are
+        appended to ``revisable`` with their reason."""
         out = []
         for entry in raw:
             if not isinstance(entry, dict):
@@ -872,6 +901,15 @@ class Pipeline:
             problem = item_problem(item, job.record, job.target_index, self.ontology)
             if problem is not None:
                 rejects[f"{stage}: {problem}"] += 1
+                if revisable is not None and problem in REVISABLE:
+                    revisable.append(
+                        {
+                            "perspective": item.perspective,
+                            "length": item.length,
+                            "question": item.question,
+                            "reason": problem,
+                        }
+                    )
                 continue
             key = item.question.lower()
             if key in seen:
@@ -880,6 +918,39 @@ class Pipeline:
             seen.add(key)
             out.append(item)
         return out
+
+    def _revise(
+        self, job: Job, revisable: list[dict[str, str]], rejects: Counter[str], seen: set[str]
+    ) -> list[QAItem]:
+        """One revise round over ``revisable`` (emptied, then refilled with what the
+        rewrites still get wrong); returns the rewrites that pass."""
+        rejected = revisable[:]
+        revisable.clear()
+        forbidden = ", ".join(self.ontology.forbidden_terms(job.label))
+        try:
+            raw = self._ask(
+                [
+                    {"role": "system", "content": SYSTEM_REVISE},
+                    _user(
+                        f"Rewrite these {len(rejected)} rejected questions. Forbidden words: "
+                        f"{forbidden}." + self._facts(job),
+                        {
+                            "stage": "revise",
+                            "label": job.label,
+                            "modality": job.record.modality,
+                            "box_xyxy": list(job.record.targets[job.target_index].box_xyxy),
+                            "rejected": rejected,
+                        },
+                    ),
+                ],
+                lambda text: _raw_items(parse_json_reply(text)),
+                rejects,
+                "revise",
+                items_schema(len(rejected), [answer_text(job.label)], min_items=len(rejected)),
+            )
+        except ReplyError:
+            return []  # the rejection is counted; the job keeps what it has
+        return self._valid_items(raw[: len(rejected)], job, rejects, "revise", seen, revisable)
 
     def run(self, job: Job) -> JobResult:
         """All stages for one job; :class:`LLMError` propagates (the job is not finished)."""
@@ -968,7 +1039,8 @@ class Pipeline:
             return JobResult(
                 job.key, "failed", reason=f"malformed reply ({error.reason})", rejects=rejects
             )
-        items = self._valid_items(raw, job, rejects, "transform", seen)
+        revisable: list[dict[str, str]] = []
+        items = self._valid_items(raw, job, rejects, "transform", seen, revisable)
         if self.config.extra_pairs > 0:
             try:
                 raw_extra = self._ask(
@@ -995,10 +1067,14 @@ class Pipeline:
                     ),
                 )
                 items += self._valid_items(
-                    raw_extra[: self.config.extra_pairs], job, rejects, "extra", seen
+                    raw_extra[: self.config.extra_pairs], job, rejects, "extra", seen, revisable
                 )
             except ReplyError:
                 pass  # extra pairs are a bonus; the rejection is counted
+        for _ in range(self.config.revise_rounds):
+            if not revisable:
+                break
+            items += self._revise(job, revisable, rejects, seen)
         if not items:
             return JobResult(job.key, "failed", reason="no valid items", rejects=rejects)
         return JobResult(job.key, "ok", items=items, rejects=rejects)
