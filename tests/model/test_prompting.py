@@ -118,3 +118,14 @@ def test_lite_tokenizer_keeps_role_markers_whole():
     pieces = [tokenizer.decode([i]) for i in tokenizer(text)["input_ids"]]
     assert "USER:" in pieces and "ASSISTANT:" in pieces
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+
+
+@pytest.mark.parametrize("typed", [IMAGE_TOKEN, "<cand_1>"])
+def test_a_question_with_a_reserved_token_is_refused_by_name(tokenizer, typed):
+    builder = _builder(tokenizer)
+    with pytest.raises(ValueError, match=rf"turn 1: .*reserved token.*'{typed}'"):
+        builder.encode(
+            [("Which organ filters blood?", "It is the kidney."), (f"And {typed} here?", None)]
+        )
+    # The same words without the token are fine.
+    builder.encode([("And here?", None)])

@@ -96,6 +96,11 @@ class PromptBuilder:
         self.num_image_tokens = num_image_tokens
         self.candidate_tokens = list(candidate_tokens)
         self.format = CHAT_FORMATS[chat_format]
+        # Ids a question must not contain: they would place image features or a
+        # candidate's state where the user typed text.
+        self.reserved_ids = {image_token_id} | {
+            int(i) for i in tokenizer.convert_tokens_to_ids(self.candidate_tokens)
+        }
 
     def answer_text(self, answer: str, explanation: str | None = None) -> str:
         """The assistant reply for a target: answer, candidate tokens, explanation."""
@@ -125,6 +130,13 @@ class PromptBuilder:
         for index, (question, answer) in enumerate(turns):
             if not question or not question.strip():
                 raise ValueError(f"turn {index}: the question is empty")
+            reserved = sorted(set(self._ids(question)) & self.reserved_ids)
+            if reserved:
+                names = ", ".join(repr(t) for t in self.tokenizer.convert_ids_to_tokens(reserved))
+                raise ValueError(
+                    f"turn {index}: the question contains the model's reserved token(s) "
+                    f"{names}; remove them (the image is attached separately)"
+                )
             template = self.format.first_user if index == 0 else self.format.user
             before, _, after = template.partition("{image}")
             if index == 0:
