@@ -904,7 +904,7 @@ class Pipeline:
                 if revisable is not None and problem in REVISABLE:
                     revisable.append(
                         {
-                            "perspective": item.perspective,
+                            "perspective": item.perspective or "",
                             "length": item.length,
                             "question": item.question,
                             "reason": problem,

@@ -98,9 +98,10 @@ class PromptBuilder:
         self.format = CHAT_FORMATS[chat_format]
         # Ids a question must not contain: they would place image features or a
         # candidate's state where the user typed text.
-        self.reserved_ids = {image_token_id} | {
-            int(i) for i in tokenizer.convert_tokens_to_ids(self.candidate_tokens)
-        }
+        candidate_ids = tokenizer.convert_tokens_to_ids(self.candidate_tokens)
+        if isinstance(candidate_ids, int):  # the tokenizer's return for a single token
+            candidate_ids = [candidate_ids]
+        self.reserved_ids = {image_token_id, *(int(i) for i in candidate_ids)}
 
     def answer_text(self, answer: str, explanation: str | None = None) -> str:
         """The assistant reply for a target: answer, candidate tokens, explanation."""
