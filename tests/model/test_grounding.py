@@ -73,6 +73,27 @@ def test_grounding_head_scores_cells_by_position_too() -> None:
     assert head.keys.weight.grad.abs().sum() > 0
 
 
+def test_position_dropout_drops_the_position_of_whole_samples_in_training_only() -> None:
+    torch.manual_seed(0)
+    config = GroundingConfig(dim=6, refine_layers=1, refine_dim=4, position_dropout=0.5)
+    head = GroundingHead(hidden_size=12, embedding_dim=8, config=config)
+    state = torch.randn(64, 12)
+    embeddings = torch.randn(64, 8, 5, 5)
+    positional = torch.randn(1, 8, 5, 5)
+    with_position = head.eval()(state, embeddings, positional)
+    without = head(state, embeddings, torch.zeros_like(positional))
+    trained = head.train()(state, embeddings, positional)
+    # Each sample's map is either the one with its position or the one without.
+    dropped = [bool(torch.allclose(t, w, atol=1e-5)) for t, w in zip(trained, without)]
+    kept = [bool(torch.allclose(t, p, atol=1e-5)) for t, p in zip(trained, with_position)]
+    assert all(d != k for d, k in zip(dropped, kept))
+    assert 16 <= sum(dropped) <= 48  # about half of 64
+    # In eval mode the position is always there.
+    assert torch.allclose(head.eval()(state, embeddings, positional), with_position)
+    with pytest.raises(ValueError, match="position_dropout"):
+        GroundingConfig(position_dropout=1.0)
+
+
 def test_refined_head_starts_as_the_linear_map_and_then_learns_from_neighbours() -> None:
     """The refiner's last conv is zero-initialised: a new refined head gives exactly the
     linear query-key map of the same weights; after one step its 3x3 convs have gradient."""

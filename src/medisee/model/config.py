@@ -152,6 +152,10 @@ class GroundingConfig:
       region instead. The box prompt from a coarse map can sit around a small target
       inside a larger one (the optic cup in the disc, the macula), and the decoder then
       outlines another structure or almost nothing, while the map itself is close.
+    * ``position_dropout`` (training only): the share of samples whose keys get no
+      positional encoding. With few training patients the map can learn where a
+      structure lay in them instead of what it looks like; without the position it must
+      use the content (``docs/training.md``, "Real scans").
     """
 
     enabled: bool = False
@@ -160,9 +164,14 @@ class GroundingConfig:
     refine_layers: int = 2
     refine_dim: int = 32
     map_fallback_iou: float = 0.2
+    position_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         _check_positive("GroundingConfig", dim=self.dim, refine_dim=self.refine_dim)
+        if not 0.0 <= self.position_dropout < 1.0:
+            raise ValueError(
+                f"GroundingConfig.position_dropout must be in [0, 1), got {self.position_dropout}"
+            )
         if not 0.0 <= self.map_fallback_iou <= 1.0:
             raise ValueError(
                 f"GroundingConfig.map_fallback_iou must be in [0, 1], got {self.map_fallback_iou}"

@@ -74,7 +74,11 @@ class GroundingHead(nn.Module):
         # F (E + PE) as F E + F PE: PE is shared by the batch, so this skips a [B, C, g, g]
         # sum (and keeping it for backward) for one small matmul.
         scores = torch.bmm(folded, image_embeddings.reshape(batch, channels, height * width))
-        scores = scores + folded @ positional.to(dtype).reshape(channels, height * width)
+        positional_scores = folded @ positional.to(dtype).reshape(channels, height * width)
+        if self.training and self.config.position_dropout > 0:
+            keep = torch.rand(batch, 1, 1, device=scores.device) >= self.config.position_dropout
+            positional_scores = positional_scores * keep.to(dtype)
+        scores = scores + positional_scores
         scores = (scores + torch.cat(offsets, 1)).view(batch, -1, height, width)
         logits = scores[:, 0] + self.bias
         if self.refine is not None:
