@@ -74,7 +74,7 @@ def lite() -> ModelConfig:
         # The box from a map over the SAM embedding (medisee.model.grounding says why), with
         # GroundingConfig's defaults; the decoded mask's own box answers, so box and mask
         # agree (the better answer box on the validation split, docs/training.md).
-        grounding=GroundingConfig(enabled=True, position_dropout=0.5),
+        grounding=GroundingConfig(enabled=True),
         answer_box="mask",
         preset="lite",
     )
