@@ -131,20 +131,24 @@ class PromptBuilder:
         for index, (question, answer) in enumerate(turns):
             if not question or not question.strip():
                 raise ValueError(f"turn {index}: the question is empty")
-            reserved = sorted(set(self._ids(question)) & self.reserved_ids)
+            template = self.format.first_user if index == 0 else self.format.user
+            before, _, after = template.partition("{image}")
+            # The ids of the text that holds the question (the image ids placed here are
+            # not part of it), checked for reserved tokens the user typed.
+            if index == 0:
+                typed = self._ids(after.format(q=question.strip()))
+                prompt = self._ids(before) + [self.image_token_id] * self.num_image_tokens
+                prompt += typed
+            else:
+                typed = self._ids(template.format(q=question.strip()))
+                prompt = typed
+            reserved = sorted(set(typed) & self.reserved_ids)
             if reserved:
                 names = ", ".join(repr(t) for t in self.tokenizer.convert_ids_to_tokens(reserved))
                 raise ValueError(
                     f"turn {index}: the question contains the model's reserved token(s) "
                     f"{names}; remove them (the image is attached separately)"
                 )
-            template = self.format.first_user if index == 0 else self.format.user
-            before, _, after = template.partition("{image}")
-            if index == 0:
-                prompt = self._ids(before) + [self.image_token_id] * self.num_image_tokens
-                prompt += self._ids(after.format(q=question.strip()))
-            else:
-                prompt = self._ids(template.format(q=question.strip()))
             input_ids += prompt
             labels += [IGNORE_INDEX] * len(prompt)
             if answer is None:
