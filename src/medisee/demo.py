@@ -251,7 +251,10 @@ def headline_figures(summaries: dict) -> dict:
         add(f"real: {structure}", summary, oracle.get("real_structure", {}).get(structure))
     if "phantom" in images:
         add("phantom", images["phantom"], oracle_images.get("phantom"))
-    written = summaries.get(f"{HEADLINE_METHOD[:-1]}, hand-written)")
+    from medisee.evaluate.pipeline import HANDWRITTEN
+
+    # The key evaluate_with_baselines gives the model's rows on the hand-written questions.
+    written = summaries.get(f"medisee (generated, {HANDWRITTEN})")
     if written is not None:
         out["hand-written"] = written["overall"].as_dict()
     return out
