@@ -177,11 +177,13 @@ class LossBreakdown:
     """Scalar terms of one batch, for logging; ``total`` is what gets backpropagated."""
 
     total: torch.Tensor
-    text: torch.Tensor
-    bce: torch.Tensor | None  # None on steps that skip the mask decoder
-    dice: torch.Tensor | None
-    l1: torch.Tensor
-    giou: torch.Tensor
+    # None where a step does not compute a term: the mask terms on steps that skip the
+    # mask decoder; all but ``ground`` in the grounding refit on cached states.
+    text: torch.Tensor | None = None
+    bce: torch.Tensor | None = None
+    dice: torch.Tensor | None = None
+    l1: torch.Tensor | None = None
+    giou: torch.Tensor | None = None
     sim: torch.Tensor | None = None
     ground: torch.Tensor | None = None
 

@@ -234,9 +234,7 @@ class MediSee(nn.Module):
         boxes = decoder_boxes
         grounding_logits = region = None
         if self.grounding is not None:
-            grounding_logits = self.grounding(
-                det_state, image_embeddings, self.segmenter.image_positional_embeddings()
-            )
+            grounding_logits = self.grounding_map(det_state, image_embeddings)
             if answer_boxes or (decode_masks and prompt_boxes is None):
                 region = self._peak_region(grounding_logits)
                 boxes = self._grounded_boxes(
@@ -255,6 +253,17 @@ class MediSee(nn.Module):
             if answer_boxes and self.config.answer_box == "mask":
                 boxes = self._mask_boxes(mask_logits, boxes, image_sizes)
         return TargetDecoding(boxes, decoder_boxes, grounding_logits, mask_logits, iou)
+
+    def grounding_map(
+        self, det_state: torch.Tensor, image_embeddings: torch.Tensor
+    ) -> torch.Tensor:
+        """The grounding head's map: ``h_det`` ``[B, d]``, embedding ``[B, C, g, g]`` ->
+        logits ``[B, g, g]`` over the segmenter input frame."""
+        if self.grounding is None:
+            raise ValueError(f"the {self.config.preset!r} model has no grounding head")
+        return self.grounding(
+            det_state, image_embeddings, self.segmenter.image_positional_embeddings()
+        )
 
     def _input_scale(self, image_sizes: torch.Tensor) -> torch.Tensor:
         """``[B]`` original -> segmenter input pixels (the longest side is resized to S),
@@ -377,6 +386,30 @@ class MediSee(nn.Module):
             input_ids.shape[0], self.language.num_image_tokens, -1
         )
         return lm, fused, image_states.float(), positions
+
+    @torch.no_grad()
+    def candidate_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_embeddings: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+    ) -> FusionOutput:
+        """The fused candidate states (``h_seg``, ``h_det``, ``[B, d]``) of teacher-forced
+        sequences, without autograd and without text logits: the inputs of the heads, as
+        the grounding refit caches them. Runs in whatever mode the model is in."""
+        if image_embeddings is None:
+            if pixel_values is None:
+                raise ValueError("candidate_states needs pixel_values or image_embeddings")
+            image_embeddings = self.embed_images(pixel_values)
+        no_logits = torch.zeros_like(input_ids, dtype=torch.bool)
+        _, fused, _, _ = self._read_states(
+            input_ids,
+            attention_mask,
+            self.vision_inputs(pixel_values, image_embeddings),
+            logits_mask=no_logits,
+        )
+        return fused
 
     def similarity(self, image_states: torch.Tensor, seg_state: torch.Tensor) -> torch.Tensor:
         """``Sim(ĥ_img, ĥ_seg)`` ``[B, N]``: both sides through the seg projection, i.e. in

@@ -57,6 +57,11 @@ class TrainConfig:
     # trained with its inputs moving under it lags one refit on the final states
     # (docs/training.md, "Design notes").
     grounding_refit_steps: int = 0
+    # Refit on cached states: each example's h_det is computed by the fixed LM on its
+    # first draw and reused on every later one (medisee.train.state_cache), so a refit
+    # step runs the grounding head only. Worth it where the LM pass is most of a refit
+    # step (lite-smollm2); off, every refit step runs the LM without autograd.
+    refit_cached_states: bool = False
     mixed_precision: str = "no"
     # torch's fused AdamW kernel (CPU and CUDA): one pass over all parameters instead of a
     # dozen foreach ops; 10 against 49 ms a step for the lite preset's ~10 M trainable

@@ -6,7 +6,13 @@ import torch
 from torch import nn
 
 from medisee.checks import check_choice
-from medisee.losses import LossBreakdown, LossWeights, end_to_end_loss, next_token_supervised
+from medisee.losses import (
+    LossBreakdown,
+    LossWeights,
+    end_to_end_loss,
+    grounding_loss,
+    next_token_supervised,
+)
 from medisee.model.medisee import MediSee, candidate_positions
 
 STAGES = ("end2end", "finetune")
@@ -45,15 +51,22 @@ class MediSeeTask(nn.Module):
         batch: dict[str, torch.Tensor],
         decode_masks: bool = True,
         grounding_only: bool = False,
+        det_states: torch.Tensor | None = None,
     ) -> LossBreakdown:
         """``decode_masks=False``: skip the mask decoder and the mask terms (cheap steps).
         ``grounding_only=True`` (the refit phase): the LM runs without autograd and only
-        ``L_ground`` is backpropagated; the other terms are still reported."""
+        ``L_ground`` is backpropagated; the other terms are still reported. With
+        ``det_states`` (``[B, d]``, the batch's ``h_det`` from a ``RefitStateCache``) the
+        LM does not run at all and only ``L_ground`` is computed."""
+        if det_states is not None and not grounding_only:
+            raise ValueError("det_states are the grounding refit's input: pass grounding_only")
         if grounding_only:
             if self.model.grounding is None:
                 raise ValueError("grounding_only needs a model with a grounding head")
+            if det_states is not None:
+                return self._refit_from_states(batch, det_states)
             decode_masks = False
-            batch = self._through_last_candidate(batch)
+            batch = through_last_candidate(batch, self.model.candidate_token_ids)
         out = self.model(
             batch["input_ids"],
             batch["attention_mask"],
@@ -100,14 +113,27 @@ class MediSeeTask(nn.Module):
             losses.total = losses.ground
         return losses
 
-    def _through_last_candidate(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The batch's token columns up to the last candidate token of any row.
+    def _refit_from_states(
+        self, batch: dict[str, torch.Tensor], det_states: torch.Tensor
+    ) -> LossBreakdown:
+        embeddings = batch.get("image_embeddings")
+        if embeddings is None:
+            embeddings = self.model.embed_images(batch["pixel_values"])
+        logits = self.model.grounding_map(det_states.to(embeddings.dtype), embeddings)
+        ground = grounding_loss(logits, batch["target_masks"], self.weights).mean()
+        return LossBreakdown(total=ground, ground=ground)
 
-        The LM is causal, so ``h_seg``/``h_det`` do not depend on what follows them; the
-        refit phase reads only those states and can skip the explanation (~40 % of the
-        tokens of a reasoning example here). The text loss it reports then covers the
-        answer sentence only."""
-        positions = candidate_positions(batch["input_ids"], self.model.candidate_token_ids)
-        keep = int(positions.max()) + 1
-        columns = ("input_ids", "attention_mask", "labels")
-        return {k: v[:, :keep] if k in columns else v for k, v in batch.items()}
+
+def through_last_candidate(
+    batch: dict[str, torch.Tensor], candidate_ids: list[int]
+) -> dict[str, torch.Tensor]:
+    """The batch's token columns up to the last candidate token of any row.
+
+    The LM is causal, so ``h_seg``/``h_det`` do not depend on what follows them; the
+    refit phase reads only those states and can skip the explanation (~40 % of the
+    tokens of a reasoning example here). The text loss it reports then covers the
+    answer sentence only."""
+    positions = candidate_positions(batch["input_ids"], candidate_ids)
+    keep = int(positions.max()) + 1
+    columns = ("input_ids", "attention_mask", "labels")
+    return {k: v[:, :keep] if k in columns else v for k, v in batch.items()}

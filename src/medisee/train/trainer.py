@@ -326,6 +326,8 @@ def training_loop(run: TrainingRun, *, progress: bool = True) -> int:
     ``run.history``; returns the last step."""
     from tqdm.auto import tqdm
 
+    from medisee.train.state_cache import RefitStateCache
+
     config, accelerator, task = run.config, run.accelerator, run.task
     if accelerator.is_main_process:
         accelerator.init_trackers(
@@ -344,6 +346,7 @@ def training_loop(run: TrainingRun, *, progress: bool = True) -> int:
     )
     step = run.start_step
     window: list[dict[str, float]] = []
+    states = RefitStateCache() if config.refit_cached_states else None
     while step < config.total_steps:
         refitting = step >= config.max_steps
         if step == config.max_steps:  # inside the loop, so there are refit steps
@@ -353,7 +356,17 @@ def training_loop(run: TrainingRun, *, progress: bool = True) -> int:
         for _ in range(config.grad_accum):
             batch = {k: v.to(accelerator.device) for k, v in next(run.batches).items()}
             with accelerator.accumulate(task):
-                losses = task(batch, decode_masks=decode_masks, grounding_only=refitting)
+                det_states = (
+                    states.det_states(run.model, batch)
+                    if refitting and states is not None
+                    else None
+                )
+                losses = task(
+                    batch,
+                    decode_masks=decode_masks,
+                    grounding_only=refitting,
+                    det_states=det_states,
+                )
                 accelerator.backward(losses.total)
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(run.parameters, config.max_grad_norm)
@@ -377,6 +390,8 @@ def training_loop(run: TrainingRun, *, progress: bool = True) -> int:
         if step % config.save_every == 0 or step == config.total_steps:
             _save_checkpoint(accelerator, Path(config.output_dir), step, run.history, config)
     bar.close()
+    if states is not None and states.computed:
+        logger.info("grounding refit: %d cached h_det states (one LM pass each)", len(states))
     return step
 
 

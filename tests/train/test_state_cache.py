@@ -1,0 +1,114 @@
+"""The grounding refit on cached ``h_det`` states: the same loss as running the LM, one LM
+pass per distinct example, and the same training as the uncached refit."""
+
+import pytest
+import torch
+
+from medisee.losses import LossWeights
+from medisee.train.state_cache import RefitStateCache
+from medisee.train.task import MediSeeTask
+from tests.conftest import make_batch
+from tests.train.test_trainer import _config
+
+
+def _batch(model, indices):
+    batch = make_batch(model, batch_size=len(indices))
+    batch["index"] = torch.tensor(indices)
+    # Rows with the same example index must be the same example.
+    first = {}
+    for row, index in enumerate(indices):
+        first.setdefault(index, row)
+        for key in ("input_ids", "attention_mask", "labels", "pixel_values"):
+            batch[key][row] = batch[key][first[index]]
+    return batch
+
+
+def _counting_lm(model, monkeypatch):
+    rows = []
+    forward = model.language.forward
+
+    def spy(input_ids, *args, **kwargs):
+        rows.append(input_ids.shape[0])
+        return forward(input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(model.language, "forward", spy)
+    return rows
+
+
+def test_cached_states_are_the_lm_states_and_computed_once(tiny_model, monkeypatch):
+    tiny_model.eval()
+    batch = _batch(tiny_model, [5, 9])
+    with torch.no_grad():
+        expected = tiny_model(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["image_sizes"],
+            pixel_values=batch["pixel_values"],
+            decode_masks=False,
+        ).det_state
+    rows = _counting_lm(tiny_model, monkeypatch)
+    cache = RefitStateCache()
+    first = cache.det_states(tiny_model, batch)
+    torch.testing.assert_close(first, expected, rtol=1e-5, atol=1e-6)
+    assert rows == [2] and cache.computed == 2 and len(cache) == 2
+    # Seen again, in another order and with a repeat: no LM pass, the same states.
+    again = cache.det_states(tiny_model, _batch(tiny_model, [9, 5, 9]))
+    assert rows == [2] and cache.computed == 2
+    torch.testing.assert_close(again, first[[1, 0, 1]])
+    # One new example among seen ones: the LM runs on that row alone.
+    cache.det_states(tiny_model, _batch(tiny_model, [5, 7, 7]))
+    assert rows == [2, 1] and cache.computed == 3 and len(cache) == 3
+
+
+def test_states_are_computed_in_eval_mode_and_the_mode_is_restored(tiny_model, monkeypatch):
+    modes = []
+    forward = tiny_model.language.forward
+
+    def spy(*args, **kwargs):
+        modes.append(tiny_model.language.training)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_model.language, "forward", spy)
+    tiny_model.train()
+    RefitStateCache().det_states(tiny_model, _batch(tiny_model, [0, 1]))
+    assert modes == [False] and tiny_model.training
+
+
+def test_refit_loss_from_cached_states_equals_the_lm_refit(tiny_model):
+    tiny_model.eval()
+    batch = _batch(tiny_model, [0, 1])
+    task = MediSeeTask(tiny_model, LossWeights())
+    with torch.no_grad():
+        through_lm = task(batch, grounding_only=True)
+        states = RefitStateCache().det_states(tiny_model, batch)
+        cached = task(batch, grounding_only=True, det_states=states)
+    torch.testing.assert_close(cached.ground, through_lm.ground, rtol=1e-5, atol=1e-6)
+    assert cached.as_floats().keys() == {"total", "ground"}
+    with pytest.raises(ValueError, match="grounding_only"):
+        task(batch, det_states=states)
+
+
+def test_cached_refit_trains_like_the_refit_through_the_lm(tmp_path, synthetic_records):
+    """The tiny LM has no dropout, so the cached states are the ones the uncached refit
+    computes on every step: the same losses, and only the grounding head moves."""
+    from safetensors.torch import load_file
+
+    from medisee.train.trainer import train
+
+    def run(root, cached):
+        config = _config(root, eval_every=0, grounding_refit_steps=6, refit_cached_states=cached)
+        return train(config, progress=False, records=synthetic_records)
+
+    plain, cached = run(tmp_path / "a", False), run(tmp_path / "b", True)
+    assert cached.steps == plain.steps == 10
+    refit_plain = [h["loss/ground"] for h in plain.history if "loss/total" in h][4:]
+    refit_cached = [h for h in cached.history if "loss/total" in h][4:]
+    assert [h["loss/ground"] for h in refit_cached] == pytest.approx(refit_plain, rel=1e-4)
+    assert all(h.keys() == {"loss/total", "loss/ground", "step", "lr"} for h in refit_cached)
+    a = load_file(str(tmp_path / "a" / "run" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "run" / "model" / "model.safetensors"))
+    for key in a:
+        if key.startswith("grounding."):
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+        else:
+            assert torch.equal(a[key], b[key]), key
