@@ -112,3 +112,69 @@ def test_cached_refit_trains_like_the_refit_through_the_lm(tmp_path, synthetic_r
             torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
         else:
             assert torch.equal(a[key], b[key]), key
+
+
+def test_refit_draws_from_a_fixed_pool_and_computes_each_state_once(
+    tmp_path, synthetic_records, monkeypatch
+):
+    from medisee.train import state_cache
+    from medisee.train.trainer import train
+
+    caches, drawn = [], []
+    det_states = state_cache.RefitStateCache.det_states
+
+    def spy(self, model, batch):
+        caches.append(self)
+        drawn.extend(int(i) for i in batch["index"])
+        return det_states(self, model, batch)
+
+    monkeypatch.setattr(state_cache.RefitStateCache, "det_states", spy)
+    config = _config(
+        tmp_path,
+        eval_every=0,
+        grounding_refit_steps=8,
+        refit_cached_states=True,
+        refit_examples=3,
+    )
+    train(config, progress=False, records=synthetic_records)
+    assert len(drawn) == 16 and len(set(drawn)) <= 3
+    assert caches[-1].computed == len(set(drawn))
+
+
+def test_resume_inside_a_pooled_cached_refit(tmp_path, synthetic_records):
+    """Cut off after the second refit step and resumed: the refit stream continues where
+    it stopped, so the weights are those of the uninterrupted run."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from medisee.train.trainer import train
+
+    def config(root):
+        return _config(
+            root,
+            eval_every=0,
+            max_steps=2,
+            grounding_refit_steps=3,
+            save_every=1,
+            refit_cached_states=True,
+            refit_examples=4,
+        )
+
+    train(config(tmp_path / "a"), progress=False, records=synthetic_records)
+    cut = tmp_path / "b" / "run"
+    shutil.copytree(tmp_path / "a" / "run", cut)
+    shutil.rmtree(cut / "model")
+    shutil.rmtree(cut / "checkpoints" / "step_0000005")
+    (cut / "checkpoints" / "latest").write_text("step_0000004")
+    resumed = train(config(tmp_path / "b"), resume=True, progress=False, records=synthetic_records)
+    assert resumed.resumed_from == 4 and resumed.steps == 5
+    a = load_file(str(tmp_path / "a" / "run" / "model" / "model.safetensors"))
+    b = load_file(str(cut / "model" / "model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_refit_examples_is_validated(tmp_path):
+    with pytest.raises(ValueError, match="refit_examples must be >= 0"):
+        _config(tmp_path, refit_examples=-1)

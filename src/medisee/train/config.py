@@ -62,6 +62,9 @@ class TrainConfig:
     # step runs the grounding head only. Worth it where the LM pass is most of a refit
     # step (lite-smollm2); off, every refit step runs the LM without autograd.
     refit_cached_states: bool = False
+    # Draw the refit's examples from a fixed seeded subset of this many (0: all of them),
+    # so that the cached states are reused: the demo's ~30 k examples would each be new.
+    refit_examples: int = 0
     mixed_precision: str = "no"
     # torch's fused AdamW kernel (CPU and CUDA): one pass over all parameters instead of a
     # dozen foreach ops; 10 against 49 ms a step for the lite preset's ~10 M trainable
@@ -109,6 +112,7 @@ class TrainConfig:
             "group_by_length",
             "max_steps",
             "grounding_refit_steps",
+            "refit_examples",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")

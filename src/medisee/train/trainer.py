@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import os
+import random
 import shutil
 import time
 from collections.abc import Iterator
@@ -136,6 +137,8 @@ class TrainingRun:
     scheduler: Any
     parameters: list[torch.nn.Parameter]
     batches: Iterator[dict[str, torch.Tensor]]
+    #: the refit phase's own stream, over ``refit_examples`` examples (None: ``batches``)
+    refit_batches: Iterator[dict[str, torch.Tensor]] | None
     eval_records: list
     root: Path
     builder: Any
@@ -279,28 +282,49 @@ def setup_training(
             logger.info("no checkpoint in %s: starting from scratch", output_dir)
 
     per_step = config.batch_size * config.grad_accum
-    sampler = MixedSampler(
-        dataset.indices_of("referring"),
-        dataset.indices_of("reasoning"),
-        config.referring_ratio,
-        seed=config.seed,
-        start=start_step * per_step * accelerator.num_processes,
-        rank=accelerator.process_index,
-        world_size=accelerator.num_processes,
-        lengths=dataset.text_lengths() if config.group_by_length else None,
-        group_steps=config.group_by_length,
-        step_draws=per_step * accelerator.num_processes,
-        repeat_factors=repeat_factors(dataset.examples, config.repeat_threshold)
+    lengths = dataset.text_lengths() if config.group_by_length else None
+    factors = (
+        repeat_factors(dataset.examples, config.repeat_threshold)
         if config.repeat_threshold
-        else None,
+        else None
     )
-    loader = DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        sampler=sampler,
-        num_workers=config.num_workers,
-        collate_fn=Collator(model.tokenizer.pad_token_id),
-    )
+
+    def batches(pool: set[int] | None, steps_done: int) -> Iterator[dict[str, torch.Tensor]]:
+        """The batch stream over the examples in ``pool`` (all when ``None``), resumed
+        after ``steps_done`` optimizer steps of it."""
+        referring, reasoning = (
+            [i for i in dataset.indices_of(kind) if pool is None or i in pool]
+            for kind in ("referring", "reasoning")
+        )
+        sampler = MixedSampler(
+            referring,
+            reasoning,
+            config.referring_ratio,
+            seed=config.seed,
+            start=steps_done * per_step * accelerator.num_processes,
+            rank=accelerator.process_index,
+            world_size=accelerator.num_processes,
+            lengths=lengths,
+            group_steps=config.group_by_length,
+            step_draws=per_step * accelerator.num_processes,
+            repeat_factors=factors,
+        )
+        loader = DataLoader(
+            dataset,
+            batch_size=config.batch_size,
+            sampler=sampler,
+            num_workers=config.num_workers,
+            collate_fn=Collator(model.tokenizer.pad_token_id),
+        )
+        return iter(loader)
+
+    refit_batches = None
+    if config.refit_examples and config.grounding_refit_steps:
+        # A fixed, seeded subset: with cached states, each of its examples costs one LM
+        # pass however often the refit draws it.
+        count = min(config.refit_examples, len(dataset))
+        pool = set(random.Random(f"{config.seed}-refit").sample(range(len(dataset)), count))
+        refit_batches = batches(pool, max(0, start_step - config.max_steps))
     return TrainingRun(
         config=config,
         accelerator=accelerator,
@@ -309,7 +333,8 @@ def setup_training(
         optimizer=optimizer,
         scheduler=scheduler,
         parameters=parameters,
-        batches=iter(loader),
+        batches=batches(None, start_step),
+        refit_batches=refit_batches,
         eval_records=eval_records,
         root=root,
         builder=builder,
@@ -353,8 +378,9 @@ def training_loop(run: TrainingRun, *, progress: bool = True) -> int:
             bar.set_description("refit grounding")
             logger.info("step %d: refitting the grounding head on the fixed LM", step)
         decode_masks = not refitting and step % config.mask_loss_every == 0
+        source = run.refit_batches if refitting and run.refit_batches is not None else run.batches
         for _ in range(config.grad_accum):
-            batch = {k: v.to(accelerator.device) for k, v in next(run.batches).items()}
+            batch = {k: v.to(accelerator.device) for k, v in next(source).items()}
             with accelerator.accumulate(task):
                 det_states = (
                     states.det_states(run.model, batch)
