@@ -1,7 +1,7 @@
 """The demo as a benchmark: ``medisee demo`` with its defaults, timed, with the host's load.
 
     python benchmarks/bench_demo.py --out outputs/demo \
-        --json benchmarks/results/demo_lite_cpu.json
+        --json benchmarks/results/demo_lite_cpu.json [--model lite-smollm2]
 
 Runs ``medisee.demo.run_demo`` (build the bundled data, train the ``lite`` recipe,
 evaluate on the test split beside the baselines) and writes its report (``demo.json``:
@@ -45,6 +45,7 @@ def machine() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="outputs/demo", help="the demo's output directory")
+    parser.add_argument("--model", default="lite", help="preset, trained with its recipe")
     parser.add_argument("--json", help="write the report here too")
     args = parser.parse_args()
 
@@ -52,8 +53,8 @@ def main() -> None:
 
     before = cpu_times()
     started = time.perf_counter()
-    report = run_demo(DemoConfig(out_dir=args.out))
-    report["command"] = "medisee demo"
+    report = run_demo(DemoConfig(out_dir=args.out, model=args.model))
+    report["command"] = "medisee demo" + ("" if args.model == "lite" else f" --model {args.model}")
     report["wall_s"] = round(time.perf_counter() - started, 1)
     report["host_steal_fraction"] = steal_fraction(before, cpu_times())
     report["process_cpu_s"] = process_cpu_seconds()

@@ -18,7 +18,13 @@ def _cli_config(*argv: str):
 def test_train_lite_with_no_other_flags_is_the_demo_recipe():
     cli = _cli_config("--model", "lite", "--manifest", "data/manifest.jsonl", "--out", "run")
     demo = DemoConfig().train_config("data/manifest.jsonl", "run", "cache")
-    assert DemoConfig(model="lite-smollm2").train_config("m", "o", "c").max_steps == 250
+    smollm2 = DemoConfig(model="lite-smollm2").train_config("m", "o", "c")
+    assert (smollm2.max_steps, smollm2.refit_cached_states, smollm2.refit_examples) == (
+        280,
+        True,
+        2000,
+    )
+    assert not demo.refit_cached_states  # lite: the refit runs its small LM each step
     # The demo only says where to cache embeddings and that it runs on the CPU.
     assert dataclasses.replace(demo, cache_dir=None, cpu=False) == cli
     assert demo.cache_dir == "cache" and demo.cpu
@@ -110,3 +116,25 @@ def test_headline_puts_real_scans_first_beside_the_oracle():
     lines = headline_lines(headline)
     assert lines[1].startswith("  real: Dice 0.200, Acc@0.5 0.200 (n=2); oracle box Dice 0.800")
     assert lines[-1].endswith("named 0.75")
+
+
+def test_timing_line_gives_each_phase_and_the_training_split_in_minutes():
+    from medisee.demo import timing_line
+
+    timings = {
+        "data": 60.0,
+        "train": 900.0,
+        "train_setup": 300.0,
+        "train_joint": 480.0,
+        "train_refit": 120.0,
+        "train_refit_states": 90.0,
+        "eval": 330.0,
+        "total": 1290.0,
+    }
+    assert timing_line(timings) == (
+        "time per phase (min): data 1.0, train 15.0 (setup 5.0, joint 8.0, refit 2.0 "
+        "(LM states 1.5)), eval 5.5"
+    )
+    assert timing_line({"data": 30.0, "train": 90.0, "train_joint": 90.0}) == (
+        "time per phase (min): data 0.5, train 1.5 (joint 1.5)"
+    )

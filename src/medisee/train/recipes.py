@@ -57,18 +57,22 @@ def lite_recipe() -> dict[str, Any]:
 
 
 def lite_smollm2_recipe() -> dict[str, Any]:
-    """A first CPU schedule for ``lite-smollm2``: the ``lite`` recipe with far fewer steps
-    (a LoRA step of the 135 M-parameter LM costs ~6x a ``lite`` step), a LoRA-sized
-    learning rate, and the mask decoder on every 10th step. Not yet tuned: see
-    ``docs/training.md`` for what it measures."""
+    """The CPU schedule of ``lite-smollm2``, from step times measured on 2 cores
+    (``benchmarks/train_step_kinds.py --model lite-smollm2``: a LoRA step of the
+    135 M-parameter LM is ~2.8 s, ~8x a ``lite`` step; docs/training.md): few joint steps,
+    then a long grounding refit on cached states over a fixed pool of examples, where a
+    step costs the head alone."""
     return {
         **lite_recipe(),
-        "max_steps": 250,
-        "lr": 5e-4,
+        "max_steps": 280,
+        "lr": 2e-3,
         "warmup_steps": 20,
         "mask_loss_every": 10,
-        "grounding_refit_steps": 300,
-        "save_every": 100,
+        "grounding_refit_steps": 2500,
+        "refit_cached_states": True,
+        "refit_examples": 2000,
+        # A checkpoint holds the whole LM (~0.5 GB): seconds each on this disk.
+        "save_every": 500,
     }
 
 

@@ -15,6 +15,8 @@ states it needs, which are the same ones.
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from medisee.model.medisee import MediSee
@@ -29,8 +31,9 @@ class RefitStateCache:
 
     def __init__(self) -> None:
         self._states: dict[int, torch.Tensor] = {}
-        #: LM passes run so far (one per distinct example)
+        #: LM passes run so far (one per distinct example), and their wall seconds
         self.computed = 0
+        self.seconds = 0.0
 
     def __len__(self) -> int:
         return len(self._states)
@@ -44,6 +47,7 @@ class RefitStateCache:
             if index not in self._states and index not in missing:
                 missing[index] = row
         if missing:
+            started = time.perf_counter()
             rows = torch.tensor(list(missing.values()), device=batch["input_ids"].device)
             sub = {k: batch[k][rows] for k in _LM_INPUTS if k in batch}
             sub = through_last_candidate(sub, model.candidate_token_ids)
@@ -61,5 +65,6 @@ class RefitStateCache:
             for index, state in zip(missing, fused.det_state.float().cpu()):
                 self._states[index] = state.clone()
             self.computed += len(missing)
+            self.seconds += time.perf_counter() - started
         device = batch["input_ids"].device
         return torch.stack([self._states[i] for i in indices]).to(device)

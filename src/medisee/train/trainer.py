@@ -44,6 +44,9 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     resumed_from: int | None = None
+    #: wall seconds per phase: ``setup`` (model, embedding cache, data), ``joint``,
+    #: ``refit`` and, inside it, ``refit_states`` (the LM passes of a cached refit)
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def warmup_linear_decay(warmup_steps: int, total_steps: int):
@@ -146,6 +149,7 @@ class TrainingRun:
     start_step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int | None = None
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def train(
@@ -162,6 +166,7 @@ def train(
     """
     started = time.perf_counter()
     run = setup_training(config, resume, progress, records)
+    run.phase_seconds["setup"] = time.perf_counter() - started
     step = training_loop(run, progress=progress)
     model_dir = Path(config.output_dir) / "model"
     accelerator = run.accelerator
@@ -173,7 +178,12 @@ def train(
         )
     accelerator.end_training()
     return TrainResult(
-        step, model_dir, run.history, time.perf_counter() - started, run.resumed_from
+        step,
+        model_dir,
+        run.history,
+        time.perf_counter() - started,
+        run.resumed_from,
+        run.phase_seconds,
     )
 
 
@@ -372,9 +382,12 @@ def training_loop(run: TrainingRun, *, progress: bool = True) -> int:
     step = run.start_step
     window: list[dict[str, float]] = []
     states = RefitStateCache() if config.refit_cached_states else None
+    phase_started = time.perf_counter()
     while step < config.total_steps:
         refitting = step >= config.max_steps
         if step == config.max_steps:  # inside the loop, so there are refit steps
+            run.phase_seconds["joint"] = time.perf_counter() - phase_started
+            phase_started = time.perf_counter()
             bar.set_description("refit grounding")
             logger.info("step %d: refitting the grounding head on the fixed LM", step)
         decode_masks = not refitting and step % config.mask_loss_every == 0
@@ -416,6 +429,11 @@ def training_loop(run: TrainingRun, *, progress: bool = True) -> int:
         if step % config.save_every == 0 or step == config.total_steps:
             _save_checkpoint(accelerator, Path(config.output_dir), step, run.history, config)
     bar.close()
+    run.phase_seconds["refit" if step > config.max_steps else "joint"] = (
+        time.perf_counter() - phase_started
+    )
+    if states is not None:
+        run.phase_seconds["refit_states"] = states.seconds
     if states is not None and states.computed:
         logger.info("grounding refit: %d cached h_det states (one LM pass each)", len(states))
     return step
