@@ -39,6 +39,10 @@ def test_generated_and_teacher_forced_report(tiny_model, records, tmp_path, monk
     assert saved["summaries"]["generated"]["overall"]["count"] == 4
     lines = (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 4 and "reply" in json.loads(lines[0])
+    # Each row names the image it is about (the real/phantom group is image_kind).
+    rows = [json.loads(line) for line in lines]
+    assert {r["image"] for r in rows} == {r.image for r in test}
+    assert {r["exam"] for r in rows} == {"CT"}
     assert "| generated | overall | 4 |" in (tmp_path / "eval" / "metrics.md").read_text()
 
 
@@ -65,6 +69,14 @@ def test_generated_scores_use_the_models_own_mask(tiny_model, records, monkeypat
         ]
     report = evaluate(tiny_model, test, root, batch_size=BATCH, progress=False)
     assert report.summaries["generated"]["overall"].found_rate == 1.0
+    # "It is the liver." on CT images that show the liver (the default: what the records
+    # label), then judged against a data whose CT images show only kidneys.
+    assert report.summaries["generated"]["overall"].plausible_rate == 1.0
+    kidneys_only = {"CT": frozenset({"kidney"})}
+    judged = evaluate(
+        tiny_model, test[:1], root, batch_size=BATCH, progress=False, shown=kidneys_only
+    )
+    assert judged.summaries["generated"]["overall"].plausible_rate == 0.0
     # Left (generated) vs right (teacher) padding differ only in float rounding.
     np.testing.assert_allclose(
         [e["box"] for e in report.examples], [e["tf_box"] for e in report.examples], atol=1e-3

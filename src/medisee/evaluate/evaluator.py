@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from medisee.data.ontology import Ontology
 from medisee.evaluate.metrics import MetricAccumulator, Summary, score_target
 from medisee.evaluate.naming import names_structure
+from medisee.evaluate.plausibility import exam_kind, is_plausible, structures_by_exam
 from medisee.inference.predictor import (
     GenerationOptions,
     ImageState,
@@ -92,8 +93,9 @@ def markdown_table(
 ) -> str:
     """Overall and per-group rows for every evaluated method/mode."""
     lines = [
-        "| method | group | n | Dice | gIoU | cIoU | box IoU | Acc@0.5 | emitted | named |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | group | n | Dice | gIoU | cIoU | box IoU | Acc@0.5 | emitted | named "
+        "| plausible |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for method, summary in summaries.items():
         rows = [("overall", summary["overall"])]
@@ -103,10 +105,13 @@ def markdown_table(
             for value in sorted(values, key=lambda v: (v != "real", v)):
                 rows.append((f"{key}={value}", values[value]))
         for name, s in rows:
-            named = "—" if math.isnan(s.named_rate) else f"{s.named_rate:.2f}"
+            named, plausible = (
+                "—" if math.isnan(rate) else f"{rate:.2f}"
+                for rate in (s.named_rate, s.plausible_rate)
+            )
             lines.append(
                 f"| {method} | {name} | {s.count} | {s.dice:.3f} | {s.giou:.3f} | {s.ciou:.3f} | "
-                f"{s.box_iou:.3f} | {s.acc:.3f} | {s.found_rate:.2f} | {named} |"
+                f"{s.box_iou:.3f} | {s.acc:.3f} | {s.found_rate:.2f} | {named} | {plausible} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -141,6 +146,10 @@ class EvalItem:
             # on real scans only: the structure, left and right lungs pooled
             "real_structure": POOLED_STRUCTURES.get(label, label) if image == "real" else None,
         }
+
+
+#: group names written under another key in the per-example rows
+_ROW_KEYS = {"image": "image_kind"}
 
 
 def _image_kind(provenance: str | None) -> str | None:
@@ -288,10 +297,14 @@ def evaluate_items(
     batch_size: int = 8,
     max_new_tokens: int = 48,
     ontology: Ontology | None = None,
+    shown: dict[str, frozenset[str]] | None = None,
     progress: bool = True,
 ) -> EvalReport:
     """Score ``model`` (on its device) on ``items``; generated replies are also judged on
-    whether they name the target (``ontology``: default the shipped one).
+    whether they name the target (``ontology``: default the shipped one), and whether
+    they name only structures their kind of exam shows (``shown``, from
+    ``medisee.evaluate.plausibility.structures_by_exam``; default: from the items'
+    records).
 
     ``cache``: an ``EmbeddingCache`` of the model's segmenter; images it does not hold are
     encoded. ``max_new_tokens`` bounds each generated reply.
@@ -301,6 +314,8 @@ def evaluate_items(
         raise ValueError(f"unknown evaluation modes {sorted(unknown)}")
     root = Path(root)
     ontology = ontology or Ontology.load()
+    if shown is None:
+        shown = structures_by_exam({id(i.record): i.record for i in items}.values(), ontology)
     predictor = Predictor(
         model, GenerationOptions(max_new_tokens=max_new_tokens), batch_size=batch_size
     )
@@ -315,10 +330,13 @@ def evaluate_items(
         rows = [
             {
                 "image": i.record.image,
+                "exam": exam_kind(i.record),
                 "label": i.target.label,
                 "question": i.qa.question,
                 "reference": i.qa.answer,
-                **{k: v for k, v in i.groups().items() if v is not None},
+                # The "image" group (real | phantom) is written as image_kind, so that
+                # "image" stays the path the row is about.
+                **{_ROW_KEYS.get(k, k): v for k, v in i.groups().items() if v is not None},
             }
             for i in chunk
         ]
@@ -328,6 +346,9 @@ def evaluate_items(
                 score = dataclasses.replace(
                     score_target(mask, truth, prediction.box, item.target.box_xyxy),
                     named=names_structure(prediction.text, item.target.label, ontology),
+                    plausible=is_plausible(
+                        prediction.text, exam_kind(item.record), shown, ontology
+                    ),
                 )
                 accumulators["generated"].add(score, item.groups())
                 row.update(
@@ -337,6 +358,7 @@ def evaluate_items(
                     box_iou=score.box_iou,
                     emitted=score.found,
                     named=score.named,
+                    plausible=score.plausible,
                 )
         if "teacher_forced" in modes:
             for item, truth, (mask, box), row in zip(

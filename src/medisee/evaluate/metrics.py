@@ -38,6 +38,9 @@ class TargetScore:
     found: bool
     #: whether the reply named the target (``None``: not judged, e.g. teacher-forced)
     named: bool | None = None
+    #: whether it named only structures its kind of exam shows
+    #: (``medisee.evaluate.plausibility``; ``None``: not judged)
+    plausible: bool | None = None
 
     @property
     def box_hit(self) -> bool:
@@ -97,6 +100,7 @@ class Summary:
     acc: float
     found_rate: float
     named_rate: float = float("nan")
+    plausible_rate: float = float("nan")
 
     def as_dict(self) -> dict[str, float]:
         return dict(vars(self))
@@ -118,6 +122,9 @@ def summarize(scores: list[TargetScore]) -> Summary:
         found_rate=float(np.mean([s.found for s in scores])),
         named_rate=float(np.mean(named))
         if (named := [s.named for s in scores if s.named is not None])
+        else float("nan"),
+        plausible_rate=float(np.mean(plausible))
+        if (plausible := [s.plausible for s in scores if s.plausible is not None])
         else float("nan"),
     )
 

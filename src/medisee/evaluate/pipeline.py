@@ -42,6 +42,7 @@ def evaluate_with_baselines(
     from medisee.data.manifest import load_records
     from medisee.data.ontology import Ontology
     from medisee.evaluate.baselines import run_baselines
+    from medisee.evaluate.plausibility import structures_by_exam
     from medisee.model.embedding_cache import EmbeddingCache, encoder_fingerprint
     from medisee.model.mask_decoder import build_segmenter
     from medisee.model.medisee import MediSee
@@ -51,6 +52,10 @@ def evaluate_with_baselines(
     if not chosen:
         raise ValueError(f"no records in split {split!r}")
     model = MediSee.from_pretrained(model_dir).to(device)
+    ontology = Ontology.load()
+    # What each kind of exam can show, from every split: a test image's kind is judged by
+    # all the structures the data labels on that kind.
+    shown = structures_by_exam(all_records, ontology)
     cache = None
     if cache_dir is not None:
         cache = EmbeddingCache(cache_dir, encoder_fingerprint(model.segmenter))
@@ -64,6 +69,8 @@ def evaluate_with_baselines(
         cache=cache,
         batch_size=batch_size,
         max_examples=max_examples,
+        ontology=ontology,
+        shown=shown,
         progress=progress,
     )
     summaries: dict[str, dict[str, Any]] = {
@@ -79,6 +86,8 @@ def evaluate_with_baselines(
             modes=("generated",),
             cache=cache,
             batch_size=batch_size,
+            ontology=ontology,
+            shown=shown,
             progress=progress,
         )
         summaries[f"medisee (generated, {HANDWRITTEN})"] = written.summaries["generated"]
@@ -95,7 +104,7 @@ def evaluate_with_baselines(
             reference_cache = EmbeddingCache(cache_dir, encoder_fingerprint(reference))
         common: dict[str, Any] = {
             "prior_records": [r for r in all_records if r.split == prior_split],
-            "ontology": Ontology.load(),
+            "ontology": ontology,
             "cache": reference_cache,
             "batch_size": batch_size,
             "device": device,

@@ -200,6 +200,7 @@ def mni_images(
                 source_id=MNI_SOURCE_ID,
                 display=None if axis_name == "sagittal" else "radiological",
                 meta={
+                    "kind": "brain_mri",
                     "axis": axis_name,
                     "index": index,
                     f"{coordinate}_mm": mm,
@@ -280,6 +281,7 @@ def dicom_images(report: SkipReport | None = None) -> list[RealImage]:
                 mr.meta.display,
                 {
                     "file": "examples_overlay.dcm",
+                    "kind": "abdominal_mri",
                     "window": list(mr.meta.window or ()),
                     "real": True,
                 },

@@ -111,20 +111,22 @@ DERIVED_CT_LABELS = ("body", "trachea", "right lung", "left lung", "bone", "vert
 @dataclass(frozen=True)
 class Case:
     """One patient volume of the sdist: its modality, the ontology label of its expert
-    mask and the split its patient belongs to (``"train"``: train plus held-out val)."""
+    mask, the split its patient belongs to (``"train"``: train plus held-out val) and the
+    kind of exam (``meta["kind"]``, as the phantoms name theirs)."""
 
     name: str
     modality: str
     label: str
     split: str
+    kind: str
 
 
 CASES: tuple[Case, ...] = (
-    Case("lung1", "CT", "lung tumor", "train"),
-    Case("lung2", "CT", "lung tumor", "test"),
-    Case("brain1", "MRI", "brain tumor", "train"),
-    Case("brain2", "MRI", "brain tumor", "test"),
-    Case("breast1", "MRI", "breast mass", "train"),
+    Case("lung1", "CT", "lung tumor", "train", "chest_ct"),
+    Case("lung2", "CT", "lung tumor", "test", "chest_ct"),
+    Case("brain1", "MRI", "brain tumor", "train", "brain_mri"),
+    Case("brain2", "MRI", "brain tumor", "test", "brain_mri"),
+    Case("breast1", "MRI", "breast mass", "train", "breast_mri"),
 )
 
 
@@ -791,6 +793,7 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
         hu = display_slice(volume.image, 2, k)
         meta = {
             "patient": case.name,
+            "kind": case.kind,
             "axis": "axial",
             "index": int(k),
             "window": window_name,
