@@ -5,8 +5,8 @@
 
 Trains a preset (``lite`` by default) with its demo recipe (cached embeddings, the mask
 decoder on every k-th step, ground-truth box prompts) for ``--steps`` joint and
-``--refit-steps`` refit steps and prints the median wall seconds of the three kinds of step: joint without masks, joint with
-the mask decoder, and grounding refit. Each step is timed from one call of the task to the
+``--refit-steps`` refit steps and prints the median wall seconds of the three kinds of
+step: joint without masks, joint with the mask decoder, and grounding refit. Each step is timed from one call of the task to the
 next, so it includes loading the batch, the backward pass and the optimizer. The host's
 steal share over the run is printed beside them: on a shared machine a median is only as
 good as that number.

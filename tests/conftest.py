@@ -16,6 +16,20 @@ TINY_CORPUS = (
 )
 
 
+def spy_language(model, monkeypatch, read) -> list:
+    """Patch ``model.language.forward`` to append ``read(input_ids)`` on every call, then
+    run as before; returns the list the calls fill."""
+    seen: list = []
+    forward = model.language.forward
+
+    def spy(input_ids, *args, **kwargs):
+        seen.append(read(input_ids))
+        return forward(input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(model.language, "forward", spy)
+    return seen
+
+
 def make_batch(model, batch_size: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
     """A teacher-forced batch for ``model``: one QA with the candidate tokens per image,
     right-padded, plus random pixels, image sizes and targets in the right frames."""

@@ -7,7 +7,7 @@ import torch
 from medisee.losses import LossWeights
 from medisee.train.state_cache import RefitStateCache
 from medisee.train.task import MediSeeTask
-from tests.conftest import make_batch
+from tests.conftest import make_batch, spy_language
 from tests.train.test_trainer import _config
 
 
@@ -23,18 +23,6 @@ def _batch(model, indices):
     return batch
 
 
-def _counting_lm(model, monkeypatch):
-    rows = []
-    forward = model.language.forward
-
-    def spy(input_ids, *args, **kwargs):
-        rows.append(input_ids.shape[0])
-        return forward(input_ids, *args, **kwargs)
-
-    monkeypatch.setattr(model.language, "forward", spy)
-    return rows
-
-
 def test_cached_states_are_the_lm_states_and_computed_once(tiny_model, monkeypatch):
     tiny_model.eval()
     batch = _batch(tiny_model, [5, 9])
@@ -46,7 +34,7 @@ def test_cached_states_are_the_lm_states_and_computed_once(tiny_model, monkeypat
             pixel_values=batch["pixel_values"],
             decode_masks=False,
         ).det_state
-    rows = _counting_lm(tiny_model, monkeypatch)
+    rows = spy_language(tiny_model, monkeypatch, lambda ids: ids.shape[0])
     cache = RefitStateCache()
     first = cache.det_states(tiny_model, batch)
     torch.testing.assert_close(first, expected, rtol=1e-5, atol=1e-6)
@@ -61,14 +49,7 @@ def test_cached_states_are_the_lm_states_and_computed_once(tiny_model, monkeypat
 
 
 def test_states_are_computed_in_eval_mode_and_the_mode_is_restored(tiny_model, monkeypatch):
-    modes = []
-    forward = tiny_model.language.forward
-
-    def spy(*args, **kwargs):
-        modes.append(tiny_model.language.training)
-        return forward(*args, **kwargs)
-
-    monkeypatch.setattr(tiny_model.language, "forward", spy)
+    modes = spy_language(tiny_model, monkeypatch, lambda ids: tiny_model.language.training)
     tiny_model.train()
     RefitStateCache().det_states(tiny_model, _batch(tiny_model, [0, 1]))
     assert modes == [False] and tiny_model.training

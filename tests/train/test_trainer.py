@@ -432,18 +432,11 @@ def test_refit_step_reads_the_states_without_the_explanation(tiny_model, monkeyp
     loss is the one of the full sequence (the LM is causal), over fewer columns."""
     from medisee.losses import LossWeights
     from medisee.train.task import MediSeeTask
-    from tests.conftest import make_batch
+    from tests.conftest import make_batch, spy_language
 
     batch = make_batch(tiny_model)
     tiny_model.eval()
-    widths = []
-    language_forward = tiny_model.language.forward
-
-    def spy(input_ids, *args, **kwargs):
-        widths.append(input_ids.shape[1])
-        return language_forward(input_ids, *args, **kwargs)
-
-    monkeypatch.setattr(tiny_model.language, "forward", spy)
+    widths = spy_language(tiny_model, monkeypatch, lambda ids: ids.shape[1])
     task = MediSeeTask(tiny_model, LossWeights())
     with torch.no_grad():
         full = task(batch, decode_masks=False)

@@ -195,6 +195,20 @@ class MediSee(nn.Module):
         (eval mode, no gradients: see ``PromptableSegmenter.embed_images``)."""
         return self.segmenter.embed_images(pixel_values)
 
+    def image_embeddings(
+        self,
+        pixel_values: torch.Tensor | None,
+        image_embeddings: torch.Tensor | None,
+        missing: str = "give pixel_values or precomputed image_embeddings",
+    ) -> torch.Tensor:
+        """``image_embeddings`` when given (e.g. cached), else the segmenter's embedding of
+        ``pixel_values``; ``ValueError(missing)`` when neither is given."""
+        if image_embeddings is not None:
+            return image_embeddings
+        if pixel_values is None:
+            raise ValueError(missing)
+        return self.embed_images(pixel_values)
+
     def vision_inputs(
         self, pixel_values: torch.Tensor | None, image_embeddings: torch.Tensor
     ) -> torch.Tensor:
@@ -398,10 +412,11 @@ class MediSee(nn.Module):
         """The fused candidate states (``h_seg``, ``h_det``, ``[B, d]``) of teacher-forced
         sequences, without autograd and without text logits: the inputs of the heads, as
         the grounding refit caches them. Runs in whatever mode the model is in."""
-        if image_embeddings is None:
-            if pixel_values is None:
-                raise ValueError("candidate_states needs pixel_values or image_embeddings")
-            image_embeddings = self.embed_images(pixel_values)
+        image_embeddings = self.image_embeddings(
+            pixel_values,
+            image_embeddings,
+            missing="candidate_states needs pixel_values or image_embeddings",
+        )
         no_logits = torch.zeros_like(input_ids, dtype=torch.bool)
         _, fused, _, _ = self._read_states(
             input_ids,
@@ -426,10 +441,11 @@ class MediSee(nn.Module):
     ) -> torch.Tensor:
         """``Sim(h_img, h_seg)`` ``[B, N]`` of a query, without running the decoders (the
         plain-label query's map is L_sim's target)."""
-        if image_embeddings is None:
-            if pixel_values is None:
-                raise ValueError("similarity_map needs pixel_values or image_embeddings")
-            image_embeddings = self.embed_images(pixel_values)
+        image_embeddings = self.image_embeddings(
+            pixel_values,
+            image_embeddings,
+            missing="similarity_map needs pixel_values or image_embeddings",
+        )
         _, fused, image_states, _ = self._read_states(
             input_ids, attention_mask, self.vision_inputs(pixel_values, image_embeddings)
         )
@@ -463,10 +479,11 @@ class MediSee(nn.Module):
                 row-major as ``[N, V]`` (``medisee.losses.next_token_supervised`` gives
                 the positions the text loss reads).
         """
-        if image_embeddings is None:
-            if pixel_values is None:
-                raise ValueError("give pixel_values or precomputed image_embeddings")
-            image_embeddings = self.embed_images(pixel_values)
+        image_embeddings = self.image_embeddings(
+            pixel_values,
+            image_embeddings,
+            missing="give pixel_values or precomputed image_embeddings",
+        )
         with torch.set_grad_enabled(language_grad and torch.is_grad_enabled()):
             lm, fused, image_states, positions = self._read_states(
                 input_ids,
@@ -525,10 +542,11 @@ class MediSee(nn.Module):
         """
         if len(prompts) != image_sizes.shape[0]:
             raise ValueError(f"{len(prompts)} prompts for {image_sizes.shape[0]} images")
-        if image_embeddings is None:
-            if pixel_values is None:
-                raise ValueError("give pixel_values or precomputed image_embeddings")
-            image_embeddings = self.embed_images(pixel_values)
+        image_embeddings = self.image_embeddings(
+            pixel_values,
+            image_embeddings,
+            missing="give pixel_values or precomputed image_embeddings",
+        )
         vision = self.vision_inputs(pixel_values, image_embeddings)
         device = image_embeddings.device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0

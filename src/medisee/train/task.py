@@ -116,9 +116,9 @@ class MediSeeTask(nn.Module):
     def _refit_from_states(
         self, batch: dict[str, torch.Tensor], det_states: torch.Tensor
     ) -> LossBreakdown:
-        embeddings = batch.get("image_embeddings")
-        if embeddings is None:
-            embeddings = self.model.embed_images(batch["pixel_values"])
+        embeddings = self.model.image_embeddings(
+            batch.get("pixel_values"), batch.get("image_embeddings")
+        )
         logits = self.model.grounding_map(det_states.to(embeddings.dtype), embeddings)
         ground = grounding_loss(logits, batch["target_masks"], self.weights).mean()
         return LossBreakdown(total=ground, ground=ground)
