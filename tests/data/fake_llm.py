@@ -55,6 +55,7 @@ class FakeLLM:
         self.refuse_status = 400
         self.forms: Counter[str] = Counter()  # served requests by form
         self.schemas: dict[str, dict[str, Any]] = {}  # last schema sent per stage
+        self.question_patterns: dict[str, set[str]] = {}  # every question pattern per stage
         self.probes = 0
         self.requests: Counter[str] = Counter()
         self.statuses: Counter[int] = Counter()
@@ -137,6 +138,10 @@ class FakeLLM:
             schema = rf.get("schema") or rf.get("json_schema", {}).get("schema")
             if schema is not None:
                 self.schemas[stage] = schema
+                items = schema.get("properties", {}).get("items", {})
+                question = items.get("items", {}).get("properties", {}).get("question")
+                if question is not None:
+                    self.question_patterns.setdefault(stage, set()).add(question["pattern"])
         return self._count(200, _reply(content), {})
 
     def _count(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from collections import Counter
@@ -298,6 +299,17 @@ def test_dialect_is_detected_once_and_used_for_every_stage(
         assert set(fake.schemas) == {"describe", "evaluate", "transform", "extra"}
         assert fake.schemas["describe"]["required"] == ["attribute", "location"]
         assert fake.schemas["transform"]["properties"]["items"]["type"] == "array"
+        # Each target's question stages ban its label's words (the two femoral heads share
+        # their terms, so one pattern each).
+        patterns = fake.question_patterns["transform"]
+        assert fake.question_patterns["extra"] == patterns
+        labels = {target.label for target in records[0].targets}
+        assert len(patterns) == len(labels) - 1
+        for pattern in patterns:
+            assert re.fullmatch(pattern, "Which structure lies on the left?")
+        for label in labels:
+            naming = f"Which structure is the {label}?"
+            assert sum(not re.fullmatch(pattern, naming) for pattern in patterns) >= 1
     else:
         assert not fake.schemas
     probes = fake.probes
@@ -366,6 +378,50 @@ def test_schemas_fit_openai_strict_mode():
     assert "minLength" in json.dumps(schema_form)
     assert response_format("json_object", "x", items_schema(1)) == {"type": "json_object"}
     assert response_format("none", "x", items_schema(1)) is None
+
+
+def test_banned_words_take_one_word_terms_and_the_last_word_of_phrases():
+    from medisee.data.qa_llm import banned_words
+
+    assert banned_words(["brain", "encephalon", "cerebral"]) == ["brain", "encephalon", "cerebral"]
+    assert banned_words(["gray matter", "grey matter", "cortex"]) == ["matter", "cortex"]
+    assert banned_words(["Lung tumour", "lung-tumor", ""]) == ["tumour", "tumor"]
+
+
+@pytest.mark.parametrize(
+    ("question", "allowed"),
+    [
+        ("Which organ controls thinking and memory?", True),
+        ("Which organs lie near the top, 2 cm wide?", True),
+        ("Which organ is like a bran or a brace?", True),  # words sharing a prefix
+        ("Which abnormalities are there?", True),
+        ("Which organ is brainy, near the brainstem?", False),  # words starting with a ban
+        ("Which abnormalitys are there?", False),
+        ("Which organ is the brain?", False),
+        ("Which organ of the BRAINS works?", False),  # either case, plural
+        ("Which organ is brain-like?", False),  # a hyphen separates words
+        ("Which region holds the cerebral cortex?", False),
+        ("Which organ controls thinking", False),  # no question mark
+        ("What organ controls thinking?", False),  # the fixed opening
+        ("Which organ? Which one?", False),  # one question mark, at the end
+    ],
+)
+def test_question_pattern_bans_words_in_any_case_and_plural(question, allowed):
+    from medisee.data.qa_llm import question_pattern
+
+    pattern = question_pattern(["brain", "encephalon", "cerebral"])
+    assert bool(re.fullmatch(pattern, question)) is allowed
+
+
+def test_question_pattern_without_bans_and_banned_referent_nouns():
+    from medisee.data.qa_llm import QUESTION_PATTERN, items_schema, question_pattern
+
+    assert question_pattern([]) == QUESTION_PATTERN
+    assert re.fullmatch(question_pattern(["bone"]), "Which structure holds the marrow?")
+    assert not re.fullmatch(question_pattern(["bone"]), "Which bone holds the marrow?")
+    schema = items_schema(2, ["The brain."], banned=["brain"])
+    question = schema["properties"]["items"]["items"]["properties"]["question"]
+    assert question["pattern"] == question_pattern(["brain"])
 
 
 @pytest.mark.parametrize(

@@ -25,13 +25,15 @@ JSON, fields missing or of the wrong type) is answered with a correction request
 ``max_attempts`` times, then the stage fails.
 
 The question stages also get the target's ontology facts in words; their schema fixes
-the answer ("The <label>.") and makes the question start "Which <referent noun>". Accepted
-items pass :func:`item_problem`: a reasoning question must not contain the label, its
-synonyms, category name or adjectives (the check the template engine applies), must be a
-question of at least :data:`MIN_QUESTION_WORDS` words that refers to the target by a
-generic noun and is grounded in its position or its ontology entry, and the answer must
-name the target; a question accepted for two targets of one image is dropped from both.
-Every rejection is counted per reason.
+the answer ("The <label>."), makes the question start "Which <referent noun>" and bans
+from it every word that starts with one of the label's forbidden words
+(:func:`question_pattern`): a server that decodes under the schema cannot write the
+label, whatever its tokens. Accepted items pass :func:`item_problem`: a reasoning
+question must not contain the label, its synonyms, category name or adjectives (the check
+the template engine applies), must be a question of at least :data:`MIN_QUESTION_WORDS`
+words that refers to the target by a generic noun and is grounded in its position or its
+ontology entry, and the answer must name the target; a question accepted for two targets
+of one image is dropped from both. Every rejection is counted per reason.
 
 Engineering: requests run on a thread pool of ``workers``; HTTP 429/5xx, timeouts and
 connection errors are retried with exponential back-off and jitter (``Retry-After`` is
@@ -72,7 +74,7 @@ from medisee.data.writer import atomic_write_text
 log = logging.getLogger(__name__)
 
 #: Bump when prompts change: it is part of every job key, so old journal lines no longer match.
-PROMPT_VERSION = "mlmr-6"
+PROMPT_VERSION = "mlmr-7"
 JOURNAL_NAME = "journal.jsonl"
 DIALECT_NAME = "dialect.json"
 
@@ -363,9 +365,96 @@ REFERENT_NOUNS = (
     "lesion",
     "object",
 )
+
+
+def _noun_forms(noun: str) -> str:
+    """``noun`` or its plural, as a regex: "organs?", "abnormalit(y|ies)"."""
+    return noun[:-1] + "(y|ies)" if noun.endswith("y") else noun + "s?"
+
+
 #: A question: "Which <referent noun> ...", ending with its only question mark ("What"
 #: let SmolLM2 turn "What are" into "What area ...").
-QUESTION_PATTERN = r"^Which (" + "|".join(REFERENT_NOUNS) + r')s? [^"?\\]+[?]$'
+QUESTION_PATTERN = (
+    r"^Which (" + "|".join(_noun_forms(noun) for noun in REFERENT_NOUNS) + r') [^"?\\]+[?]$'
+)
+#: What separates words in a question written under a banned-word pattern: a space, digits
+#: and the punctuation of a sentence. No newline or brace: given any other character,
+#: SmolLM2 under a ban escaped into runs of braces and newlines.
+_SEPARATOR = r"[ ,;:'()0-9-]"
+
+
+def banned_words(terms: Sequence[str]) -> list[str]:
+    """The lowercase words a question pattern bans for ``terms`` (a label's forbidden
+    terms): each one-word term, and the last word of each longer term ("gray matter" ->
+    "matter", "lung tumour" -> "tumour"), which is enough to make the phrase unwritable
+    without banning a word as common as "lung"."""
+    words: list[str] = []
+    for term in terms:
+        parts = [w for w in re.split(r"[^a-z]+", term.lower()) if w]
+        if parts and parts[-1] not in words:
+            words.append(parts[-1])
+    return words
+
+
+def _letters_class(letters: set[str]) -> str:
+    """A regex class of ``letters`` (lowercase) in both cases, as ranges where they run."""
+    ranges: list[str] = []
+    ordered = sorted(letters)
+    start = 0
+    for i in range(1, len(ordered) + 1):
+        if i == len(ordered) or ord(ordered[i]) != ord(ordered[i - 1]) + 1:
+            first, last = ordered[start], ordered[i - 1]
+            span = first if first == last else f"{first}-{last}"
+            ranges.append(span + span.upper())
+            start = i
+    return "[" + "".join(ranges) + "]"
+
+
+def word_excluding(words: Sequence[str]) -> str:
+    """A regex for one word of ASCII letters (either case) that does not start with any of
+    ``words`` ("brain" bans "brains", "brainstem" and "brainis" too). The complement of
+    their trie, so a grammar built from it cannot spell a banned word whatever the
+    tokenisation; banning the prefixes, not only the words, keeps a model from finishing
+    a banned word with stray letters ("brain" + "is")."""
+    trie: dict[str, Any] = {}
+    for word in words:
+        node = trie
+        for letter in word:
+            node = node.setdefault(letter, {})
+        node["$"] = {}
+    alphabet = set("abcdefghijklmnopqrstuvwxyz")
+
+    def rest(node: dict[str, Any], at_root: bool) -> str:
+        children = sorted(key for key in node if key != "$")
+        # A child where a banned word ends is a dead end: no branch for its letter.
+        branches = [
+            f"[{c}{c.upper()}]" + rest(node[c], False) for c in children if "$" not in node[c]
+        ]
+        others = alphabet - set(children)
+        if others:
+            branches.insert(0, _letters_class(others) + "[A-Za-z]*")
+        group = "(" + "|".join(branches) + ")"
+        # Inside a banned word's prefix the word may also end there ("bra").
+        return group if at_root else group + "?"
+
+    return rest(trie, True)
+
+
+def question_pattern(banned: Sequence[str] = ()) -> str:
+    """:data:`QUESTION_PATTERN`, and with ``banned`` (lowercase words, see
+    :func:`banned_words`) a question none of whose words is a banned one or its plural:
+    constrained decoding then cannot leak the label at all (the item checks stay the
+    authority; this keeps a small model from wasting its replies)."""
+    if not banned:
+        return QUESTION_PATTERN
+    nouns = [
+        noun for noun in REFERENT_NOUNS if not any(noun.startswith(word) for word in banned)
+    ] or list(REFERENT_NOUNS)
+    word = word_excluding(banned)
+    return (
+        r"^Which (" + "|".join(_noun_forms(noun) for noun in nouns) + r") "
+        rf"{_SEPARATOR}*({word}{_SEPARATOR}+)*({word})?[?]$"
+    )
 
 
 def _object(properties: dict[str, Any]) -> dict[str, Any]:
@@ -388,17 +477,21 @@ def descriptions_schema(*, nullable: bool) -> dict[str, Any]:
 
 
 def items_schema(
-    max_items: int, answers: Sequence[str] | None = None, min_items: int = 1
+    max_items: int,
+    answers: Sequence[str] | None = None,
+    min_items: int = 1,
+    banned: Sequence[str] = (),
 ) -> dict[str, Any]:
     """``{"items": [{perspective, length, question, answer, explanation}, ...]}`` with
     ``min_items`` to ``max_items`` items (a small model otherwise stops after one); with
-    ``answers`` the answer must be one of them (the pipeline knows the answer: the label)."""
+    ``answers`` the answer must be one of them (the pipeline knows the answer: the label);
+    the question follows :func:`question_pattern` of ``banned``."""
     answer = {"type": "string", "enum": list(answers)} if answers else TEXT
     item = _object(
         {
             "perspective": {"type": "string", "enum": list(PERSPECTIVES)},
             "length": {"type": "string", "enum": list(LENGTHS)},
-            "question": {"type": "string", "pattern": QUESTION_PATTERN},
+            "question": {"type": "string", "pattern": question_pattern(banned)},
             "answer": answer,
             "explanation": TEXT,
         }
@@ -816,6 +909,10 @@ class Pipeline:
             }
         return context
 
+    def _banned(self, job: Job) -> list[str]:
+        """Words the question schema bans for ``job``'s target (see :func:`banned_words`)."""
+        return banned_words(self.ontology.forbidden_terms(job.label))
+
     def _facts(self, job: Job) -> str:
         """The target's ontology entry as plain sentences, for the question stages (a small
         model uses facts given in words; the same facts in the JSON block it ignored)."""
@@ -946,7 +1043,12 @@ class Pipeline:
                 lambda text: _raw_items(parse_json_reply(text)),
                 rejects,
                 "revise",
-                items_schema(len(rejected), [answer_text(job.label)], min_items=len(rejected)),
+                items_schema(
+                    len(rejected),
+                    [answer_text(job.label)],
+                    min_items=len(rejected),
+                    banned=self._banned(job),
+                ),
             )
         except ReplyError:
             return []  # the rejection is counted; the job keeps what it has
@@ -1033,7 +1135,9 @@ class Pipeline:
                 lambda text: _raw_items(parse_json_reply(text)),
                 rejects,
                 "transform",
-                items_schema(n_kept, [answer_text(label)], min_items=n_kept),
+                items_schema(
+                    n_kept, [answer_text(label)], min_items=n_kept, banned=self._banned(job)
+                ),
             )
         except ReplyError as error:
             return JobResult(
@@ -1064,6 +1168,7 @@ class Pipeline:
                         self.config.extra_pairs,
                         [answer_text(label)],
                         min_items=self.config.extra_pairs,
+                        banned=self._banned(job),
                     ),
                 )
                 items += self._valid_items(
