@@ -106,3 +106,36 @@ def test_chat_conversation_reset_save_quit(saved_tiny_model, tmp_path, monkeypat
     transcript = json.loads((save_dir / "conversation.json").read_text())
     assert [t["question"] for t in transcript["turns"]] == ["Which organ?", "And below it?"]
     assert (save_dir / "mask.png").is_file() and (save_dir / "overlay.png").is_file()
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-knowledge"]])
+def test_chat_passes_knowledge_and_marks_knowledge_replies(
+    saved_tiny_model, tmp_path, monkeypatch, capsys, flag
+):
+    from medisee.inference import predictor as predictor_module
+
+    image = tmp_path / "img.png"
+    Image.fromarray(sample_image(24, 36)).save(image)
+    requested = []
+    conversation = predictor_module.Predictor.conversation
+
+    def spy(self, image=None, knowledge=True):
+        requested.append(knowledge)
+        return conversation(self, image, knowledge)
+
+    def ask(self, question, **generation):
+        return predictor_module.Prediction(
+            mask=np.zeros((24, 36), bool),
+            box=None,
+            text="It filters the blood.",
+            scores={"reply": "knowledge"},
+            question=question,
+        )
+
+    monkeypatch.setattr(predictor_module.Predictor, "conversation", spy)
+    monkeypatch.setattr(predictor_module.Conversation, "ask", ask)
+    monkeypatch.setattr("sys.stdin", io.StringIO("What does it do?\n/quit\n"))
+    assert main(["chat", "--model", str(saved_tiny_model), "--image", str(image), *flag]) == 0
+    assert requested == [not flag]
+    out = capsys.readouterr().out
+    assert "medisee> It filters the blood. (from the language model's knowledge)" in out

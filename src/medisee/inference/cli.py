@@ -57,6 +57,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     chat.add_argument("--model", required=True, help="checkpoint directory (save_pretrained)")
     chat.add_argument("--image", required=True, help="PNG/JPEG/TIFF, DICOM or NIfTI file")
     chat.add_argument(
+        "--no-knowledge",
+        dest="knowledge",
+        action="store_false",
+        help="answer every turn with the fine-tuned model; by default a turn with no new "
+        "target is answered by the pretrained LM's own knowledge, where the model has one",
+    )
+    chat.add_argument(
         "--out", default="medisee-chat", help="where /save writes (default: %(default)s)"
     )
     _add_read_arguments(chat)
@@ -305,7 +312,7 @@ def run_chat(
     stdout = stdout or sys.stdout
     predictor = _load_predictor(args)
     state = predictor.set_image(args.image, _read_options(args))
-    chat = predictor.conversation(state)
+    chat = predictor.conversation(state, knowledge=getattr(args, "knowledge", True))
     height, width = state.size
     interactive = stdin.isatty()
 
@@ -351,7 +358,12 @@ def run_chat(
         except ValueError as error:
             say(f"error: {error}")
             continue
-        say(f"medisee> {prediction.text}")
+        source = (
+            " (from the language model's knowledge)"
+            if prediction.scores.get("reply") == "knowledge"
+            else ""
+        )
+        say(f"medisee> {prediction.text}{source}")
         if prediction.box is not None:  # found_target
             x0, y0, x1, y1 = prediction.box
             iou = prediction.scores.get("iou")

@@ -544,8 +544,11 @@ class Predictor:
             image=state.image.pixels,
         )
 
-    def conversation(self, image: ImageInput | ImageState | None = None) -> Conversation:
-        """A multi-turn chat about ``image`` (default: the current image)."""
+    def conversation(
+        self, image: ImageInput | ImageState | None = None, knowledge: bool = True
+    ) -> Conversation:
+        """A multi-turn chat about ``image`` (default: the current image); ``knowledge``:
+        see :class:`Conversation`."""
         if image is None:
             if self._state is None:
                 raise ValueError("no image: call set_image(image) first or pass one")
@@ -553,7 +556,7 @@ class Predictor:
         else:
             state = self.prepare(image)
             self.encode([state])
-        return Conversation(self, state)
+        return Conversation(self, state, knowledge)
 
 
 Box = tuple[float, float, float, float]
@@ -591,16 +594,38 @@ def _rng_devices(device: torch.device) -> list[Any]:
 
 
 class Conversation:
-    """Questions about one image, each seeing the earlier turns (raw replies kept)."""
+    """Questions about one image, each seeing the earlier turns (raw replies kept).
 
-    def __init__(self, predictor: Predictor, state: ImageState) -> None:
+    With ``knowledge`` (the default) and a pretrained LM under adapters, a turn on which
+    the model finds no target is answered by the base LM from its own knowledge, about
+    the structure found last (``medisee.inference.knowledge``); the prediction's
+    ``scores["reply"]`` says ``"knowledge"`` there and ``"model"`` elsewhere.
+    """
+
+    def __init__(self, predictor: Predictor, state: ImageState, knowledge: bool = True) -> None:
+        from medisee.inference.knowledge import supports_knowledge
+
         self.predictor = predictor
         self.state = state
+        self.knowledge = knowledge and supports_knowledge(predictor.model)
         self.history: list[tuple[str, str]] = []
         self.predictions: list[Prediction] = []
+        self.subject: str | None = None  # the structure found last, for "it"
 
     def ask(self, question: str, **generation: Any) -> Prediction:
+        from medisee.inference.knowledge import knowledge_reply, subject_of
+
         prediction = self.predictor.predict(question, self.history, image=self.state, **generation)
+        prediction.scores["reply"] = "model"
+        if prediction.found_target:
+            self.subject = subject_of(prediction.text) or self.subject
+        elif self.knowledge and self.subject is not None:
+            text = knowledge_reply(self.predictor.model, prediction.question, self.subject)
+            if text:
+                prediction = dataclasses.replace(
+                    prediction, text=text, raw_text=text, scores={**prediction.scores}
+                )
+                prediction.scores["reply"] = "knowledge"
         self.history.append((prediction.question, prediction.raw_text))
         self.predictions.append(prediction)
         return prediction
@@ -609,6 +634,7 @@ class Conversation:
         """Forget the turns; the image (and its cached embedding) stays."""
         self.history.clear()
         self.predictions.clear()
+        self.subject = None
 
     def transcript(self) -> list[dict[str, Any]]:
         return [
