@@ -108,6 +108,17 @@ def test_knowledge_replies_come_from_the_base_lm(models):
     assert tuned.language.model.training is False  # mode restored
 
 
+def test_a_saved_model_keeps_its_adapters_and_its_knowledge(models, tmp_path):
+    from medisee.model.medisee import MediSee
+
+    base, tuned = models
+    tuned.save_pretrained(tmp_path / "model")
+    loaded = MediSee.from_pretrained(tmp_path / "model").eval()
+    assert supports_knowledge(loaded)
+    reply = knowledge_reply(loaded, "What does it do?", "kidney", max_new_tokens=8)
+    assert reply == knowledge_reply(base, "What does it do?", "kidney", max_new_tokens=8)
+
+
 def test_the_from_scratch_lm_has_no_knowledge_to_ask():
     from tests.inference.helpers import make_tiny_model
 
