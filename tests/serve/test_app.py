@@ -292,3 +292,59 @@ def test_a_model_error_is_a_500_with_its_message_and_the_next_request_works(echo
         failed = _upload(client, data, question="Please explode")
         assert failed.status_code == 500 and "the model fell over" in failed.json()["detail"]
         assert _upload(client, data).status_code == 200
+
+
+@pytest.mark.parametrize("knowledge_on", [True, False])
+def test_session_follow_ups_are_answered_from_knowledge(monkeypatch, knowledge_on):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from medisee.inference import knowledge
+    from medisee.inference.predictor import Prediction
+    from medisee.serve.app import _run_jobs, _ServeJob
+    from medisee.serve.sessions import Session
+    from medisee.serve.worker import Job
+
+    # A model with a chat template and adapters to turn off, as lite-smollm2's.
+    model = SimpleNamespace(
+        tokenizer=SimpleNamespace(chat_template="{{ messages }}"),
+        language=SimpleNamespace(model=SimpleNamespace(disable_adapter=lambda: None)),
+    )
+    replies = iter(["It is the left kidney. It filters.", "The kidney filters the blood."])
+
+    def run(requests, options):
+        text = next(replies)
+        found = text.startswith("It is")
+        return [
+            Prediction(
+                mask=np.zeros((4, 4), bool),
+                box=(0.0, 0.0, 2.0, 2.0) if found else None,
+                text=text,
+                scores={},
+                question=requests[0].question,
+                raw_text=text,
+            )
+        ]
+
+    predictor = SimpleNamespace(model=model, run=run, prepare=lambda *a, **k: "state")
+    asked = []
+    monkeypatch.setattr(
+        knowledge,
+        "knowledge_reply",
+        lambda m, question, subject, **kw: asked.append((question, subject)) or "It makes urine.",
+    )
+    session = Session("s", image=None, image_info={"filename": "x.png"}, state="state")
+    results = [
+        _run_jobs(predictor, [Job(_ServeJob(session, question, None))], knowledge=knowledge_on)[0]
+        for question in ("Which organ filters the blood?", "What does it do?")
+    ]
+    assert session.subject == "left kidney"
+    second = results[1].prediction
+    if knowledge_on:
+        assert asked == [("What does it do?", "left kidney")]
+        assert second.text == "It makes urine." and second.scores["reply"] == "knowledge"
+        assert session.history[1] == ("What does it do?", "It makes urine.")
+    else:
+        assert asked == [] and second.scores["reply"] == "model"
+        assert second.text == "The kidney filters the blood."

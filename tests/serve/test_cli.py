@@ -55,3 +55,13 @@ def saved_tiny_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "tiny"
     make_tiny_model().save_pretrained(path)
     return path
+
+
+def test_serve_no_knowledge_flag_reaches_the_settings():
+    from medisee.cli import build_parser
+    from medisee.serve.cli import settings_from_args
+
+    parser = build_parser()
+    assert settings_from_args(parser.parse_args(["serve", "--model", "m"])).knowledge is True
+    off = parser.parse_args(["serve", "--model", "m", "--no-knowledge"])
+    assert settings_from_args(off).knowledge is False

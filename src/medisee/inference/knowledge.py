@@ -16,6 +16,7 @@ the fine-tuned reply stands (:func:`supports_knowledge` is false).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -129,3 +130,26 @@ def knowledge_reply(
         language.train(was_training)
     new = output[0, input_ids.shape[1] :].tolist()
     return _complete_sentences(tokenizer.decode(new, skip_special_tokens=True))
+
+
+def answer_follow_up(
+    model: Any, prediction: Any, subject: str | None, *, enabled: bool = True
+) -> tuple[Any, str | None]:
+    """One conversation turn after the model answered it: ``(prediction, subject)``.
+
+    A turn with a target keeps its prediction and makes what it names the new subject.
+    A turn without one, when ``enabled``, with a subject and a model that
+    :func:`supports_knowledge`, gets the knowledge reply as its ``text`` and ``raw_text``
+    (a new ``Prediction``). ``scores["reply"]`` says which: ``"knowledge"`` or ``"model"``.
+    """
+    scores = {**prediction.scores, "reply": "model"}
+    if prediction.found_target:
+        return dataclasses.replace(prediction, scores=scores), subject_of(
+            prediction.text
+        ) or subject
+    if enabled and subject is not None and supports_knowledge(model):
+        text = knowledge_reply(model, prediction.question, subject)
+        if text:
+            scores["reply"] = "knowledge"
+            return dataclasses.replace(prediction, text=text, raw_text=text, scores=scores), subject
+    return dataclasses.replace(prediction, scores=scores), subject

@@ -613,19 +613,12 @@ class Conversation:
         self.subject: str | None = None  # the structure found last, for "it"
 
     def ask(self, question: str, **generation: Any) -> Prediction:
-        from medisee.inference.knowledge import knowledge_reply, subject_of
+        from medisee.inference.knowledge import answer_follow_up
 
         prediction = self.predictor.predict(question, self.history, image=self.state, **generation)
-        prediction.scores["reply"] = "model"
-        if prediction.found_target:
-            self.subject = subject_of(prediction.text) or self.subject
-        elif self.knowledge and self.subject is not None:
-            text = knowledge_reply(self.predictor.model, prediction.question, self.subject)
-            if text:
-                prediction = dataclasses.replace(
-                    prediction, text=text, raw_text=text, scores={**prediction.scores}
-                )
-                prediction.scores["reply"] = "knowledge"
+        prediction, self.subject = answer_follow_up(
+            self.predictor.model, prediction, self.subject, enabled=self.knowledge
+        )
         self.history.append((prediction.question, prediction.raw_text))
         self.predictions.append(prediction)
         return prediction

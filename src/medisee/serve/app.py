@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -281,8 +282,11 @@ class _ServeResult:
     turn: int
 
 
-def _run_jobs(predictor: Any, jobs: list[Job]) -> list[_ServeResult]:
-    """Worker side: one generation batch; each session's history grows by its turn."""
+def _run_jobs(predictor: Any, jobs: list[Job], knowledge: bool = True) -> list[_ServeResult]:
+    """Worker side: one generation batch; each session's history grows by its turn. With
+    ``knowledge``, a turn with no target is answered from the pretrained LM's knowledge
+    where the model has one (``medisee.inference.knowledge``), as in ``medisee chat``."""
+    from medisee.inference.knowledge import answer_follow_up
     from medisee.inference.predictor import PredictRequest
 
     payloads: list[_ServeJob] = [job.payload for job in jobs]
@@ -298,9 +302,15 @@ def _run_jobs(predictor: Any, jobs: list[Job]) -> list[_ServeResult]:
     ]
     predictions = predictor.run(requests, payloads[0].options)
     results = []
+    model = getattr(predictor, "model", None)
     for payload, prediction in zip(payloads, predictions):
-        payload.session.history.append((prediction.question, prediction.raw_text))
-        results.append(_ServeResult(prediction, payload.session.turns))
+        session = payload.session
+        if model is not None:
+            prediction, session.subject = answer_follow_up(
+                model, prediction, session.subject, enabled=knowledge
+            )
+        session.history.append((prediction.question, prediction.raw_text))
+        results.append(_ServeResult(prediction, session.turns))
     return results
 
 
@@ -584,7 +594,7 @@ def create_app(
     async def lifespan(app: FastAPI):
         worker = ModelWorker(
             factory,
-            _run_jobs,
+            functools.partial(_run_jobs, knowledge=settings.knowledge),
             queue_size=settings.queue_size,
             max_batch=settings.max_batch_size,
         )

@@ -46,6 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--session-ttl", type=float, default=defaults.session_ttl_s, help="s")
     serve.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
     serve.add_argument("--docs", action="store_true", help="serve Swagger UI at /docs (CDN JS)")
+    serve.add_argument(
+        "--no-knowledge",
+        dest="knowledge",
+        action="store_false",
+        help="answer every turn with the fine-tuned model (see medisee chat --help)",
+    )
     serve.set_defaults(func=run_serve)
 
 
@@ -69,6 +75,7 @@ def settings_from_args(args: argparse.Namespace):
         max_new_tokens_limit=max(256, args.max_new_tokens),
         api_key=api_key,
         enable_docs=args.docs,
+        knowledge=args.knowledge,
     )
 
 

@@ -31,6 +31,8 @@ class Session:
         state: the predictor's ``ImageState`` (model input, cached embedding); made by
             the model worker on the first turn (torch work stays on that one thread).
         history: ``(question, raw answer)`` turns.
+        subject: the structure the last turn with a target named (what "it" means in a
+            follow-up answered from the LM's knowledge), or ``None``.
     """
 
     id: str
@@ -38,6 +40,7 @@ class Session:
     image_info: dict[str, Any]
     state: Any = None
     history: list[tuple[str, str]] = field(default_factory=list)
+    subject: str | None = None
     last_used: float = 0.0
 
     @property

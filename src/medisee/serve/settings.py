@@ -28,6 +28,8 @@ class ServeSettings:
             Bearer <key>`` (the page and ``/healthz`` stay open).
         enable_docs: serve Swagger UI at ``/docs`` (it loads its JS from a CDN, so it is
             off by default; ``/openapi.json`` is always served).
+        knowledge: answer a follow-up with no new target from the pretrained LM's own
+            knowledge, where the model has one (see ``medisee.inference.knowledge``).
     """
 
     max_upload_bytes: int = 32 * 2**20
@@ -44,6 +46,7 @@ class ServeSettings:
     max_new_tokens_limit: int = 256
     api_key: str | None = field(default=None, repr=False)
     enable_docs: bool = False
+    knowledge: bool = True
 
     def __post_init__(self) -> None:
         positive = {
