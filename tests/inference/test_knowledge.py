@@ -13,10 +13,7 @@ from medisee.inference.knowledge import (
     supports_knowledge,
 )
 from medisee.inference.predictor import Prediction, Predictor
-from medisee.model.config import LanguageConfig, LoraSettings
-from medisee.model.medisee import build_model
-from medisee.model.presets import tiny
-from tests.model.gguf_fixture import write_tiny_gguf
+from tests.model.gguf_fixture import build_tiny_pretrained_model, write_tiny_gguf
 
 
 @pytest.mark.parametrize(
@@ -57,26 +54,14 @@ def gguf_path(tmp_path_factory):
     return write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny-llama.gguf").path
 
 
-def _pretrained(gguf_path):
-    config = tiny()
-    config.language = LanguageConfig(
-        backbone="lite",
-        pretrained_path=str(gguf_path),
-        image_grid=4,
-        lora=LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "v_proj")),
-        chat_format="chatml",
-    )
-    torch.manual_seed(0)
-    return build_model(config).eval()
-
-
 @pytest.fixture
 def models(gguf_path, tmp_path, monkeypatch):
     """The same pretrained tiny LM twice: as built (LoRA B = 0, so the base LM) and with
     its LoRA and new-token rows moved, as training would."""
     monkeypatch.setenv("MEDISEE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    base, tuned = _pretrained(gguf_path), _pretrained(gguf_path)
+    base = build_tiny_pretrained_model(gguf_path).eval()
+    tuned = build_tiny_pretrained_model(gguf_path).eval()
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, parameter in tuned.language.model.named_parameters():

@@ -203,3 +203,23 @@ def write_tiny_gguf(path: Path, *, seed: int = 0, f16: bool = False) -> TinyGGUF
     writer.write_tensors_to_file()
     writer.close()
     return TinyGGUF(path=path, config=config, state_dict=state, tokens=tokens)
+
+
+def build_tiny_pretrained_model(gguf_path: Path, *, seed: int = 0):
+    """The ``tiny`` preset with its LM loaded from ``gguf_path`` (as ``lite-smollm2`` loads
+    SmolLM2): LoRA r=4 on q/v, ChatML. Needs ``MEDISEE_CACHE`` pointed at a scratch
+    directory (the GGUF is converted there once)."""
+    from medisee.model.config import LanguageConfig, LoraSettings
+    from medisee.model.medisee import build_model
+    from medisee.model.presets import tiny
+
+    config = tiny()
+    config.language = LanguageConfig(
+        backbone="lite",
+        pretrained_path=str(gguf_path),
+        image_grid=4,
+        lora=LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "v_proj")),
+        chat_format="chatml",
+    )
+    torch.manual_seed(seed)
+    return build_model(config)

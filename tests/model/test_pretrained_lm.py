@@ -6,12 +6,10 @@ import pytest
 import torch
 
 from medisee.losses import LossWeights
-from medisee.model.config import LanguageConfig, LoraSettings
-from medisee.model.medisee import MediSee, build_model
-from medisee.model.presets import tiny
+from medisee.model.medisee import MediSee
 from medisee.model.tokenizer import IMAGE_TOKEN, candidate_token_strings
 from medisee.train.task import MediSeeTask
-from tests.model.gguf_fixture import write_tiny_gguf
+from tests.model.gguf_fixture import build_tiny_pretrained_model, write_tiny_gguf
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +21,7 @@ def gguf_path(tmp_path_factory):
 def pretrained_model(gguf_path, tmp_path, monkeypatch):
     monkeypatch.setenv("MEDISEE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    config = tiny()
-    config.language = LanguageConfig(
-        backbone="lite",
-        pretrained_path=str(gguf_path),
-        image_grid=4,
-        lora=LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "v_proj")),
-        chat_format="chatml",
-    )
-    torch.manual_seed(0)
-    return build_model(config)
+    return build_tiny_pretrained_model(gguf_path)
 
 
 def _batch(model):

@@ -312,7 +312,7 @@ def run_chat(
     stdout = stdout or sys.stdout
     predictor = _load_predictor(args)
     state = predictor.set_image(args.image, _read_options(args))
-    chat = predictor.conversation(state, knowledge=getattr(args, "knowledge", True))
+    chat = predictor.conversation(state, knowledge=args.knowledge)
     height, width = state.size
     interactive = stdin.isatty()
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -52,13 +51,6 @@ def resolve_follow_up(question: str, subject: str) -> str:
     the base LM sees one self-contained question, not the conversation."""
     question = _POSSESSIVE.sub(f"the {subject}'s", question)
     return _PRONOUN.sub(f"the {subject}", question)
-
-
-def _adapters_off(language_model: Any) -> AbstractContextManager[Any] | None:
-    """PEFT's ``disable_adapter()`` context for ``language_model``, or ``None`` when it has
-    no adapters to turn off."""
-    disable = getattr(language_model, "disable_adapter", None)
-    return disable() if callable(disable) else None
 
 
 def supports_knowledge(model: Any) -> bool:
@@ -110,12 +102,11 @@ def knowledge_reply(
     ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
     device = next(model.parameters()).device
     input_ids = torch.tensor([list(ids)], device=device)
-    language = model.language.model
-    off = _adapters_off(language) or nullcontext()
+    language = model.language.model  # a PEFT model: supports_knowledge checked it
     was_training = language.training
     language.eval()
     try:
-        with off:
+        with language.disable_adapter():
             output = language.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
@@ -144,10 +135,8 @@ def answer_follow_up(
     """
     scores = {**prediction.scores, "reply": "model"}
     if prediction.found_target:
-        return dataclasses.replace(prediction, scores=scores), subject_of(
-            prediction.text
-        ) or subject
-    if enabled and subject is not None and supports_knowledge(model):
+        subject = subject_of(prediction.text) or subject
+    elif enabled and subject is not None and supports_knowledge(model):
         text = knowledge_reply(model, prediction.question, subject)
         if text:
             scores["reply"] = "knowledge"

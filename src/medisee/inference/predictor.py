@@ -603,11 +603,9 @@ class Conversation:
     """
 
     def __init__(self, predictor: Predictor, state: ImageState, knowledge: bool = True) -> None:
-        from medisee.inference.knowledge import supports_knowledge
-
         self.predictor = predictor
         self.state = state
-        self.knowledge = knowledge and supports_knowledge(predictor.model)
+        self.knowledge = knowledge
         self.history: list[tuple[str, str]] = []
         self.predictions: list[Prediction] = []
         self.subject: str | None = None  # the structure found last, for "it"
