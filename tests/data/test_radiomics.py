@@ -11,10 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+from scipy import ndimage
 
 from medisee.data import schema
 from medisee.data.build import BuildOptions
+from medisee.data.io import Window, apply_window
 from medisee.data.manifest import read_manifest
+from medisee.data.masks import decode_rle
 from medisee.data.schema import Record, Target
 from medisee.data.sources import radiomics
 from medisee.data.sources.bundled import build_bundled
@@ -309,7 +313,7 @@ def test_augmented_views_zoom_keep_the_lesion_and_drop_cut_targets():
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(views, again))
 
 
-def test_paste_lesion_moves_the_lesion_inside_the_lungs():
+def test_paste_lesion_moves_the_lesion_into_the_lungs_as_an_island_or_against_the_edge():
     hu = np.full((60, 80), -850.0, dtype=np.float32)  # lung parenchyma
     lungs = np.zeros((60, 80), dtype=bool)
     lungs[10:50, 10:70] = True
@@ -318,17 +322,26 @@ def test_paste_lesion_moves_the_lesion_inside_the_lungs():
     lesion = np.zeros((60, 80), dtype=bool)
     lesion[5:9, 5:10] = True  # 4 x 5 px, at the donor slice's corner
     donor_hu[lesion] = 30.0
-    sizes = []
-    for seed in range(8):
+    edge = lungs & ~ndimage.binary_erosion(lungs)
+    sizes, kinds = [], []
+    for seed in range(24):
         result = paste_lesion(hu, lungs, donor_hu, lesion, np.random.default_rng(seed))
         assert result is not None
         pasted, moved = result
         assert pasted.shape == hu.shape and pasted.dtype == hu.dtype
-        # Whole, and at least the margin inside the lungs: no pixel within 2 px of the edge.
+        assert moved.any() and not (moved & ~lungs).any()
+        # Outside the lungs (the wall beside a pleural lesion) nothing changes.
+        assert np.array_equal(pasted[~lungs], hu[~lungs])
         rows, cols = np.nonzero(moved)
-        assert rows.min() >= 12 and rows.max() <= 47 and cols.min() >= 12 and cols.max() <= 67
-        # The lesion's HU is inside the moved mask; the lungs far from it are untouched.
-        # inside the mask the blend weight is at least 0.5 (edge) x 0.2 (opacity)
+        if (moved & edge).any():
+            kinds.append("pleural")
+        else:
+            kinds.append("island")
+            # An island keeps the margin: no pixel within 2 px of the lungs' edge.
+            assert rows.min() >= 12 and rows.max() <= 47 and cols.min() >= 12
+            assert cols.max() <= 67
+        # The lesion's HU is inside the moved mask: the blend weight there is at least
+        # 0.5 (edge) x 0.2 (opacity).
         assert pasted[moved].min() >= -850 + 0.5 * 0.2 * (30 + 850) - 1e-3
         far = lungs & ~moved
         # scipy truncates the edge Gaussian at 4 sigma: 12 px at the widest sigma, 3.
@@ -339,11 +352,14 @@ def test_paste_lesion_moves_the_lesion_inside_the_lungs():
         ] = False
         assert far.any() and np.array_equal(pasted[far], hu[far])
         sizes.append(int(moved.sum()))
-    # Scaled by PASTE_SCALE: 0.5x-3x per side of a 20 px lesion.
-    assert min(sizes) >= 0.2 * 20 and max(sizes) <= 3.1**2 * 20 and len(set(sizes)) > 1
-    # No room: lungs smaller than the lesion plus the margin.
+    # Both placements occur (PASTE_PLEURAL_SHARE = 0.5 of 24 draws).
+    assert 4 <= kinds.count("pleural") <= 20, kinds
+    # Scaled by PASTE_SCALE (0.5x-3x per side of a 20 px lesion) and rotated; a pleural
+    # one keeps at least 0.55 of its area.
+    assert min(sizes) >= 2 and max(sizes) <= 3.5**2 * 20 and len(set(sizes)) > 3
+    # No room: lungs smaller than the lesion plus the margin, and too thin to hold 55 %.
     tight = np.zeros_like(lungs)
-    tight[20:24, 20:25] = True
+    tight[20:21, 20:22] = True
     assert paste_lesion(hu, tight, donor_hu, lesion, np.random.default_rng(0)) is None
     assert (
         paste_lesion(hu, lungs, donor_hu, np.zeros_like(lesion), np.random.default_rng(0)) is None
@@ -428,11 +444,28 @@ def test_provenance_round_trips_through_the_manifest(radiomics_build):
     assert by_label["brain tumor"] == {"expert"}
     pasted = [r for r in records if "pasted_lesion_from" in r.meta]
     assert pasted
+    dense_seen = 0
     for record in pasted:
         assert f"-p{record.meta['pasted_lesion_from']:03d}" in record.id
         assert record.split == "train" and record.meta["patient"] == "lung1"
         lesions = [t for t in record.targets if t.label == "lung tumor"]
         assert [t.provenance for t in lesions] == ["derived"]
+        # The lung masks follow their HU rule on the new slice: the lesion's pixels
+        # denser than air (AIR_HU, through the slice's window) are not lung.
+        lesion = decode_rle(lesions[0].mask)
+        lungs = [decode_rle(t.mask) for t in record.targets if t.label.endswith(" lung")]
+        assert lungs and lesion.any()
+        if "view" in record.meta:  # a view's gamma and noise change the pixels
+            continue
+        pixels = np.asarray(Image.open(out / record.image))
+        air = apply_window(
+            np.array([radiomics.AIR_HU]), Window(*record.meta["window_center_width"])
+        )
+        dense = lesion & (pixels > int(air[0]) + 1)
+        dense_seen += int(dense.sum())
+        for lung in lungs:
+            assert not (lung & dense).any()
+    assert dense_seen > 0
     # Written, then read back unchanged.
     first = records[0]
     assert Record.from_dict(first.to_dict()).to_dict() == first.to_dict()

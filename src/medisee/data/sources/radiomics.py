@@ -93,6 +93,9 @@ DATA_DIR_ENV = "MEDISEE_DATA_DIR"
 #: The archive's top directory and the part of it that is read.
 _DATA_PREFIX = "pyradiomics_bhklab-3.1.4/data/"
 
+#: Air (the lungs and airways of :func:`derive_ct_masks`) is below this HU; a pasted
+#: lesion denser than it is cut out of the lung masks as a real tumour is.
+AIR_HU = -400.0
 #: Mean HU at most this for a 2-D air component to count as an airway lumen.
 LUMEN_HU = -850.0
 #: A hole in the bone mask with at least this mean HU is marrow / cancellous bone.
@@ -408,7 +411,7 @@ def derive_ct_masks(
     centre_x = np.where(
         totals > 0, (xs[:, None] * per_slice).sum(axis=0) / np.maximum(totals, 1), overall
     )
-    air = (hu < -400) & body
+    air = (hu < AIR_HU) & body
     trachea = _trachea(hu, air, centre_x, (sx, sy, sz))
     masks["trachea"] = trachea
     lungs = _components_at_least(air & ~trachea, 150.0 / voxel_ml)
@@ -651,7 +654,7 @@ def split_of(case: Case, position: int, count: int, val_fraction: float) -> str:
     return "val" if position >= count - n_val else "train"
 
 
-#: A pasted lesion keeps at least this many pixels between it and the lung's edge.
+#: An island lesion keeps at least this many pixels between it and the lung's edge.
 PASTE_MARGIN_PX = 2
 #: A pasted lesion is the donor scaled by a factor drawn in this range. lung1's tumour is
 #: about 17 mm across, so this spans about 8-50 mm: small nodules to a T2 tumour.
@@ -662,6 +665,36 @@ PASTE_EDGE_SIGMA = (0.7, 3.0)
 #: The pasted lesion's opacity over the lung, drawn in this range: 1 is the donor's
 #: density (a solid tumour), lower ones a part-solid or ground-glass lesion.
 PASTE_OPACITY = (0.2, 1.0)
+#: Share of pasted lesions placed against the lung's edge (a juxtapleural or
+#: juxtamediastinal mass), the rest as islands inside the lung. Many lung tumours abut
+#: the pleura; an island-only paste teaches "a bright blob ringed by dark lung".
+PASTE_PLEURAL_SHARE = 0.5
+#: A lesion against the edge keeps this share of its area inside the lungs (the rest
+#: falls on the wall or mediastinum, which is soft tissue already, and is cut off).
+PASTE_PLEURAL_INSIDE = (0.55, 0.9)
+
+
+def _placements(inside: np.ndarray, shape: np.ndarray, pleural: bool) -> np.ndarray:
+    """Top-left corners ``(row, col)`` where ``shape`` can go: wholly inside ``inside``
+    (an island), or with :data:`PASTE_PLEURAL_INSIDE` of its area inside and the rest
+    outside (against the edge); every corner keeps the shape's box in the image."""
+    from scipy import signal
+
+    height, width = inside.shape
+    rows, cols = shape.shape
+    if rows > height or cols > width:
+        return np.zeros((0, 2), dtype=np.int64)
+    # overlap[r, c]: pixels of the shape inside the lungs with its corner at (r, c).
+    overlap = signal.fftconvolve(
+        inside.astype(np.float64), shape[::-1, ::-1].astype(np.float64), mode="valid"
+    )
+    share = overlap / float(shape.sum())
+    if pleural:
+        low, high = PASTE_PLEURAL_INSIDE
+        ok = (share >= low) & (share <= high)
+    else:
+        ok = share >= 1.0 - 1e-6
+    return np.argwhere(ok)
 
 
 def paste_lesion(
@@ -674,12 +707,13 @@ def paste_lesion(
     """Paste a lesion into the lungs of a CT slice; display-frame 2-D arrays.
 
     ``hu``: the slice's HU; ``lungs``: its lung mask; ``lesion_hu`` / ``lesion``: the HU
-    and expert mask of a slice that has the lesion. The lesion's pixels are scaled by a
-    factor drawn in :data:`PASTE_SCALE`, moved to a random place where the whole lesion
-    lies at least :data:`PASTE_MARGIN_PX` inside ``lungs``, and blended in with an opacity
-    drawn in :data:`PASTE_OPACITY` and a Gaussian edge drawn in :data:`PASTE_EDGE_SIGMA`.
-    Returns the new HU slice and the moved lesion mask, or ``None`` when the lesion fits
-    nowhere.
+    and expert mask of a slice that has the lesion. The lesion's pixels are rotated by a
+    random angle, scaled by a factor drawn in :data:`PASTE_SCALE` and moved to a random
+    place: with probability :data:`PASTE_PLEURAL_SHARE` against the lung's edge (the part
+    outside the lungs cut off), else wholly at least :data:`PASTE_MARGIN_PX` inside the
+    lungs. They are blended in with an opacity drawn in :data:`PASTE_OPACITY` and a
+    Gaussian edge drawn in :data:`PASTE_EDGE_SIGMA`. Returns the new HU slice and the
+    moved lesion mask (inside ``lungs``), or ``None`` when the lesion fits nowhere.
     """
     from scipy import ndimage
 
@@ -687,37 +721,44 @@ def paste_lesion(
     if rows.size == 0:
         return None
     box = (slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1))
+    pad = max(box[0].stop - box[0].start, box[1].stop - box[1].start)
+    # Room to rotate: the donor's box padded by its longer side, filled with its mean HU
+    # (only pixels of the rotated mask are used).
+    shape0 = np.pad(lesion[box].astype(np.float64), pad)
+    values0 = np.pad(lesion_hu[box].astype(np.float64), pad, mode="edge")
+    angle = float(rng.uniform(0.0, 360.0))
     # Lesions come in many sizes: the donor is scaled by a factor drawn in PASTE_SCALE.
     factor = float(rng.uniform(*PASTE_SCALE))
-    shape = ndimage.zoom(lesion[box].astype(np.float64), factor, order=1) >= 0.5
-    values = ndimage.zoom(lesion_hu[box].astype(np.float64), factor, order=1)
+    shape = ndimage.zoom(ndimage.rotate(shape0, angle, reshape=False, order=1), factor, order=1)
+    values = ndimage.zoom(ndimage.rotate(values0, angle, reshape=False, order=1), factor, order=1)
+    shape = shape >= 0.5
     if not shape.any():
         return None
-    inside = ndimage.binary_erosion(lungs, iterations=PASTE_MARGIN_PX) if PASTE_MARGIN_PX else lungs
-    # ``fits[p]``: the lesion's box centred at p (scipy's centre: shape // 2) lies in the lungs.
-    fits = ndimage.binary_erosion(inside, structure=shape, border_value=0)
-    centres = np.argwhere(fits)
-    if centres.size == 0:
+    r, c = np.nonzero(shape)
+    crop = (slice(int(r.min()), int(r.max()) + 1), slice(int(c.min()), int(c.max()) + 1))
+    shape, values = shape[crop], values[crop]
+    pleural = bool(rng.random() < PASTE_PLEURAL_SHARE)
+    inside = lungs
+    if not pleural and PASTE_MARGIN_PX:
+        inside = ndimage.binary_erosion(lungs, iterations=PASTE_MARGIN_PX)
+    corners = _placements(inside, shape, pleural)
+    if corners.size == 0:
         return None
-    centre = centres[int(rng.integers(len(centres)))]
-    row0 = int(centre[0]) - shape.shape[0] // 2
-    col0 = int(centre[1]) - shape.shape[1] // 2
-    if (
-        row0 < 0
-        or col0 < 0
-        or row0 + shape.shape[0] > hu.shape[0]
-        or col0 + shape.shape[1] > hu.shape[1]
-    ):
-        return None
+    row0, col0 = (int(v) for v in corners[int(rng.integers(len(corners)))])
     moved = np.zeros_like(lesion, dtype=bool)
     moved[row0 : row0 + shape.shape[0], col0 : col0 + shape.shape[1]] = shape
-    if not (moved <= lungs).all():  # scipy's centring, checked rather than trusted
+    moved &= lungs
+    if not moved.any():
         return None
     patch = np.full(hu.shape, float(lesion_hu[lesion].mean()), dtype=np.float64)
-    patch[moved] = values[shape]
+    window = patch[row0 : row0 + shape.shape[0], col0 : col0 + shape.shape[1]]
+    window[shape] = values[shape]
     sigma = float(rng.uniform(*PASTE_EDGE_SIGMA))
     alpha = np.clip(ndimage.gaussian_filter(moved.astype(np.float64), sigma), 0, 1)
     alpha[moved] = np.maximum(alpha[moved], 0.5)
+    # Only the lungs change: the wall and mediastinum beside a pleural lesion stay as
+    # they are (the blur would otherwise lighten them).
+    alpha[~lungs] = 0.0
     alpha *= float(rng.uniform(*PASTE_OPACITY))
     out = alpha * patch + (1.0 - alpha) * hu
     return out.astype(hu.dtype), moved
@@ -840,10 +881,17 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
             if pasted is None:
                 continue
             pasted_hu, moved = pasted
+            # The lung masks follow their own rule on the new slice: air below
+            # AIR_HU, so a dense pasted lesion is cut out as a real one is.
+            solid = moved & (pasted_hu >= AIR_HU)
+            pasted_targets = [
+                (label, mask & ~solid if label in ("right lung", "left lung") else mask)
+                for label, mask in targets
+            ]
             add(
                 f"{record_id}-p{donor:03d}",
                 apply_window(pasted_hu, window),
-                [(case.label, moved), *targets],
+                [(case.label, moved), *pasted_targets],
                 ["derived", *provenance],
                 {**meta, "pasted_lesion_from": int(donor)},
                 source_id,
