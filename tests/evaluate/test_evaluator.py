@@ -277,3 +277,22 @@ def test_real_structure_pools_the_two_lungs_and_skips_phantoms():
     assert groups("right lung", "derived")["category"] == "right lung"
     assert groups("lung tumor", "expert")["real_structure"] == "lung tumor"
     assert groups("left lung", "phantom")["real_structure"] is None
+
+
+@pytest.mark.parametrize("flag", [[], ["--free-answers"]])
+def test_eval_free_answers_flag_reaches_the_evaluation(tmp_path, monkeypatch, flag):
+    from medisee.cli import main
+    from medisee.evaluate import pipeline
+
+    seen = {}
+
+    def fake(**kwargs):
+        seen.update(kwargs)
+        (kwargs["out"]).mkdir(parents=True)
+        (kwargs["out"] / "metrics.md").write_text("table")
+        return {}
+
+    monkeypatch.setattr(pipeline, "evaluate_with_baselines", fake)
+    args = ["eval", "--model", "m", "--manifest", "x.jsonl", "--out", str(tmp_path / "e")]
+    assert main([*args, *flag]) == 0
+    assert seen["constrain_answer"] is (not flag)

@@ -139,3 +139,23 @@ def test_chat_passes_knowledge_and_marks_knowledge_replies(
     assert requested == [not flag]
     out = capsys.readouterr().out
     assert "medisee> It filters the blood. (from the language model's knowledge)" in out
+
+
+@pytest.mark.parametrize("flag", [[], ["--free-answer"]])
+def test_predict_free_answer_flag(saved_tiny_model, tmp_path, monkeypatch, flag):
+    from medisee.inference import predictor as predictor_module
+
+    seen = []
+    run = predictor_module.Predictor.run
+
+    def spy(self, requests, options=None):
+        seen.append((options or self.generation).constrain_answer)
+        return run(self, requests, options)
+
+    monkeypatch.setattr(predictor_module.Predictor, "run", spy)
+    image = tmp_path / "img.png"
+    Image.fromarray(sample_image(24, 36)).save(image)
+    args = ["predict", "--model", str(saved_tiny_model), "--image", str(image)]
+    args += ["--question", "Where is the liver?", "--out", str(tmp_path / "o"), "--quiet"]
+    assert main([*args, "--max-new-tokens", "4", *flag]) == 0
+    assert seen == [not flag]

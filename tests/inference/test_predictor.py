@@ -234,3 +234,29 @@ def test_long_history_drops_the_oldest_turns(predictor):
 def test_predict_needs_an_image(predictor):
     with pytest.raises(ValueError, match="set_image"):
         predictor.predict("Where?")
+
+
+def test_a_first_question_names_a_trained_label_and_follow_ups_are_free(predictor, monkeypatch):
+    from medisee.inference.predictor import GenerationOptions
+    from medisee.model.answer_constraint import ANSWER_FORMS
+
+    model = predictor.model
+    model.config.labels = ("liver", "left kidney")
+    flags = []
+    generate = model.generate
+
+    def spy(*args, **kwargs):
+        flags.append(list(kwargs["constrain_answer"]))
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    predictor.set_image(sample_image(40, 50))
+    chat = predictor.conversation(knowledge=False)
+    first = chat.ask("Which organ filters the blood?")
+    openings = {f.format(label=label) for f in ANSWER_FORMS for label in model.config.labels}
+    assert first.found_target and first.raw_text.split(" <cand_0>")[0] in openings
+    chat.ask("And what is below it?")
+    assert flags == [[True], [False]]
+    free = Predictor(model, GenerationOptions(constrain_answer=False))
+    free.predict("Which organ filters the blood?", image=sample_image(40, 50))
+    assert flags[-1] == [False]

@@ -128,3 +128,29 @@ def test_llava_config_requires_a_source():
         ]
         == "/x"
     )
+
+
+def test_llava_constrained_answer_counts_the_prompt(llava_model):
+    """LLaVA generates from ``input_ids``, so its logits processors see the prompt: the
+    constraint must skip it (``generate_sees_prompt``)."""
+    from medisee.model.answer_constraint import ANSWER_FORMS
+
+    llava_model.eval()
+    llava_model.config.labels = ("liver", "left kidney")
+    builder = llava_model.prompt_builder()
+    prompts = [builder.encode([(q, None)]).input_ids for q in ("Which organ?", "Where is it?")]
+    size = llava_model.config.mask.image_size
+    torch.manual_seed(0)
+    answers = llava_model.generate(
+        prompts,
+        torch.tensor([[size, size]] * 2),
+        pixel_values=torch.rand(2, 3, size, size),
+        max_new_tokens=32,  # the tiny BPE spells an opening in up to 24 tokens
+        constrain_answer=True,
+    )
+    first = llava_model.candidate_token_ids[0]
+    openings = {f.format(label=label) for f in ANSWER_FORMS for label in llava_model.config.labels}
+    for answer in answers:
+        assert answer.found_target
+        ids = answer.token_ids
+        assert llava_model.tokenizer.decode(ids[: ids.index(first)]).strip() in openings

@@ -277,6 +277,11 @@ def test_train_runs_both_stages_and_writes_everything(tmp_path, synthetic_record
     assert result.steps == 4
     out = tmp_path / "run"
     assert (out / "model" / "config.json").is_file() and (out / "train_config.yaml").is_file()
+    # The saved model knows the structures it was trained on (its answers name them).
+    records, _ = synthetic_records
+    trained = {t.label for r in records if r.split == config.train_split for t in r.targets}
+    saved = json.loads((out / "model" / "config.json").read_text())
+    assert trained and saved["labels"] == sorted(trained)
     losses = [h for h in result.history if "loss/total" in h]
     assert [h["step"] for h in losses] == [1, 2, 3, 4]
     assert all(torch.isfinite(torch.tensor(h["loss/total"])) for h in losses)

@@ -31,6 +31,11 @@ from medisee.data.geometry import Layout, patient_side
 from medisee.data.ontology import KIND_NOUNS, Category, Ontology
 from medisee.data.schema import QAItem, Record, SkipReport, Turn
 
+#: The answer sentence of a reasoning reply (one drawn per item) and of a referring one.
+#: ``medisee.model.answer_constraint`` constrains generated answers to these forms.
+REASONING_ANSWERS = ("It is the {label}.", "This is the {label}.", "The {label}.")
+REFERRING_ANSWER = "Sure, this is the {label}."
+
 MODALITY_NOUNS = {
     "CT": "CT scan",
     "MRI": "MRI scan",
@@ -250,7 +255,7 @@ class TemplateEngine:
                 ]
             )
         )
-        answer = f"Sure, this is the {label}."
+        answer = REFERRING_ANSWER.format(label=label)
         explanation = f"The {label} {region_vp}."
         return [
             QAItem("referring", None, "short", short_q, answer, explanation),
@@ -258,7 +263,7 @@ class TemplateEngine:
         ]
 
     def _answer(self, label: str, rng: np.random.Generator) -> str:
-        return str(rng.choice([f"It is the {label}.", f"This is the {label}.", f"The {label}."]))
+        return str(rng.choice(REASONING_ANSWERS)).format(label=label)
 
     def _attribute_items(
         self,

@@ -40,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also score hand-written questions (JSONL of label + question) on the split's "
         "images of their labels; 'shipped' for the set that ships with medisee",
     )
+    parser.add_argument(
+        "--free-answers",
+        action="store_true",
+        help="generate answer sentences freely (default: each names one of the structures "
+        "the model was trained on)",
+    )
     parser.add_argument("--max-examples", type=int)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--cache-dir", help="embedding cache directory (reused across runs)")
@@ -64,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         modes=args.modes.split(","),
         baselines=[] if args.baselines == "none" else args.baselines.split(","),
         questions=questions,
+        constrain_answer=not args.free_answers,
         **{name: getattr(args, name) for name in same},
     )
     print((Path(args.out) / "metrics.md").read_text())

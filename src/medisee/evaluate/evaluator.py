@@ -282,7 +282,8 @@ def evaluate(
 ) -> EvalReport:
     """Score ``model`` (on its device) on the QA items of ``kinds`` in ``records`` (a
     subset spread over them with ``max_examples``). ``options`` are ``evaluate_items``'s
-    (``modes``, ``cache``, ``batch_size``, ``max_new_tokens``, ``progress``)."""
+    (``modes``, ``cache``, ``batch_size``, ``max_new_tokens``, ``constrain_answer``,
+    ``progress``)."""
     return evaluate_items(model, evaluation_items(records, kinds, max_examples), root, **options)
 
 
@@ -296,6 +297,7 @@ def evaluate_items(
     cache=None,
     batch_size: int = 8,
     max_new_tokens: int = 48,
+    constrain_answer: bool = True,
     ontology: Ontology | None = None,
     shown: dict[str, frozenset[str]] | None = None,
     progress: bool = True,
@@ -307,7 +309,8 @@ def evaluate_items(
     records).
 
     ``cache``: an ``EmbeddingCache`` of the model's segmenter; images it does not hold are
-    encoded. ``max_new_tokens`` bounds each generated reply.
+    encoded. ``max_new_tokens`` bounds each generated reply; ``constrain_answer``: see
+    ``GenerationOptions`` (every item is a first-turn question that asks for a target).
     """
     unknown = set(modes) - {"generated", "teacher_forced"}
     if unknown:
@@ -317,7 +320,9 @@ def evaluate_items(
     if shown is None:
         shown = structures_by_exam({id(i.record): i.record for i in items}.values(), ontology)
     predictor = Predictor(
-        model, GenerationOptions(max_new_tokens=max_new_tokens), batch_size=batch_size
+        model,
+        GenerationOptions(max_new_tokens=max_new_tokens, constrain_answer=constrain_answer),
+        batch_size=batch_size,
     )
     states = _States(predictor, root, cache, keep=2 * batch_size)
     accumulators = {mode: MetricAccumulator() for mode in modes}

@@ -31,6 +31,7 @@ def evaluate_with_baselines(
     records: tuple[list, Path] | None = None,
     progress: bool = True,
     questions: Sequence[HandwrittenQuestion] | None = None,
+    constrain_answer: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Returns ``{method: summary}``; writes ``metrics.json``, ``metrics.md`` and the
     per-example ``predictions.jsonl`` (with each generated explanation) under ``out``.
@@ -38,6 +39,8 @@ def evaluate_with_baselines(
     ``questions``: hand-written questions (``medisee.evaluate.handwritten``), scored on
     the split's images of their labels as their own rows: the model generated, and the
     label-matching baseline (the other baselines do not read the question).
+    ``constrain_answer``: generated answers name one of the model's labels
+    (``GenerationOptions``).
     """
     from medisee.data.manifest import load_records
     from medisee.data.ontology import Ontology
@@ -69,6 +72,7 @@ def evaluate_with_baselines(
         cache=cache,
         batch_size=batch_size,
         max_examples=max_examples,
+        constrain_answer=constrain_answer,
         ontology=ontology,
         shown=shown,
         progress=progress,
@@ -86,6 +90,7 @@ def evaluate_with_baselines(
             modes=("generated",),
             cache=cache,
             batch_size=batch_size,
+            constrain_answer=constrain_answer,
             ontology=ontology,
             shown=shown,
             progress=progress,

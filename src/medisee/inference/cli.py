@@ -96,6 +96,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument(
+        "--free-answer",
+        action="store_true",
+        help="generate the answer sentence freely (default: a first question's answer names "
+        "one of the structures the model was trained on)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
 
@@ -128,6 +134,7 @@ def _load_predictor(args: argparse.Namespace):
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,
+        constrain_answer=not args.free_answer,
     )
     return Predictor.from_pretrained(
         args.model, device=args.device, generation=generation, batch_size=args.batch_size

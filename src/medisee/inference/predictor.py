@@ -51,6 +51,11 @@ class GenerationOptions:
 
     ``seed`` makes sampling reproducible: generation runs under a forked RNG seeded with
     it, so the caller's global RNG is left as it was.
+
+    ``constrain_answer``: a question on a conversation's first turn asks for a target, so
+    its reply opens with an answer sentence that names one of the structures the model
+    was trained on (``ModelConfig.labels``; ``medisee.model.answer_constraint``), then
+    the candidate tokens. Follow-up turns are generated freely.
     """
 
     max_new_tokens: int = 64
@@ -58,6 +63,7 @@ class GenerationOptions:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
+    constrain_answer: bool = True
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -514,6 +520,9 @@ class Predictor:
         kwargs: dict[str, Any] = {
             "max_new_tokens": options.max_new_tokens,
             "do_sample": options.do_sample,
+            "constrain_answer": [
+                options.constrain_answer and not request.history for request in requests
+            ],
         }
         if options.do_sample:
             kwargs.update(temperature=options.temperature, top_p=options.top_p)

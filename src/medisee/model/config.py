@@ -304,6 +304,10 @@ class ModelConfig:
     ``answer_box``: ``"prompt"`` answers with the box that prompted the mask decoder (the
     box decoder's, or the grounding map's); ``"mask"`` with the tight box of the decoded
     mask, so box and mask agree (the prompt box where the mask is empty).
+
+    ``labels``: the structures the model was trained to segment (the trainer writes the
+    training split's labels). Where a target is wanted, a generated answer sentence
+    names one of them (``medisee.model.answer_constraint``); empty: answers are free.
     """
 
     language: LanguageConfig = field(default_factory=LanguageConfig)
@@ -315,6 +319,7 @@ class ModelConfig:
     seg_projection_hidden: int | None = None
     answer_box: str = "prompt"
     preset: str | None = None
+    labels: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name, cls in (
@@ -334,6 +339,10 @@ class ModelConfig:
         if self.seg_projection_hidden is not None:
             _check_positive("ModelConfig", seg_projection_hidden=self.seg_projection_hidden)
         check_choice("ModelConfig.answer_box", self.answer_box, ANSWER_BOXES)
+        self.labels = tuple(self.labels)
+        blank = [label for label in self.labels if not isinstance(label, str) or not label.strip()]
+        if blank:
+            raise ValueError(f"ModelConfig.labels must be non-empty strings, got {blank!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return _to_jsonable(dataclasses.asdict(self))

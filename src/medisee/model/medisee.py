@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medisee.boxes import denormalize_box, normalize_box
+from medisee.model.answer_constraint import AnswerConstraint, TokenTrie, answer_sequences
 from medisee.model.box_decoder import BoxDecoder
 from medisee.model.config import ModelConfig
 from medisee.model.fusion import CandidateFusion, FusionOutput
@@ -526,6 +528,7 @@ class MediSee(nn.Module):
         do_sample: bool = False,
         temperature: float = 1.0,
         top_p: float = 1.0,
+        constrain_answer: bool | Sequence[bool] = False,
     ) -> list[GeneratedAnswer]:
         """Generated (not teacher-forced) prediction for a batch of prompts.
 
@@ -539,6 +542,9 @@ class MediSee(nn.Module):
                 (``PromptBuilder.encode([..., (question, None)])``); left-padded here.
             image_sizes: ``[B, 2]`` original ``(H, W)``.
             pixel_values / image_embeddings: as in ``forward``.
+            constrain_answer: the reply (of every row, or of the rows flagged) opens with an
+                answer sentence that names one of ``config.labels``, then the candidate
+                tokens (``medisee.model.answer_constraint``); no effect without labels.
         """
         if len(prompts) != image_sizes.shape[0]:
             raise ValueError(f"{len(prompts)} prompts for {image_sizes.shape[0]} images")
@@ -557,7 +563,22 @@ class MediSee(nn.Module):
         for row, prompt in enumerate(prompts):  # left padding for decoder-only generation
             input_ids[row, width - len(prompt) :] = torch.tensor(prompt, device=device)
             attention_mask[row, width - len(prompt) :] = 1
-        sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+        sampling: dict[str, Any] = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+        flags = (
+            [bool(constrain_answer)] * len(prompts)
+            if isinstance(constrain_answer, bool)
+            else [bool(flag) for flag in constrain_answer]
+        )
+        if len(flags) != len(prompts):
+            raise ValueError(f"{len(flags)} constrain_answer flags for {len(prompts)} prompts")
+        if any(flags) and self.config.labels:
+            from transformers import LogitsProcessorList
+
+            offset = width if self.language.generate_sees_prompt else 0
+            rows = [row for row, flag in enumerate(flags) if flag]
+            sampling["logits_processor"] = LogitsProcessorList(
+                [AnswerConstraint(self.answer_trie(), prompt_length=offset, rows=rows)]
+            )
         new_tokens = self.language.generate(
             input_ids,
             attention_mask,
@@ -597,6 +618,15 @@ class MediSee(nn.Module):
                 answers[row].mask_logits = decoded.mask_logits[i]
                 answers[row].iou_score = float(decoded.iou_scores[i])
         return answers
+
+    def answer_trie(self) -> TokenTrie:
+        """The answer openings over ``config.labels`` (built once per label set)."""
+        cached = getattr(self, "_answer_trie", None)
+        if cached is None or cached[0] != self.config.labels:
+            trie = TokenTrie(answer_sequences(self.prompt_builder(), self.config.labels))
+            cached = (self.config.labels, trie)
+            self._answer_trie = cached
+        return cached[1]
 
     def _emits_candidate_group(self, token_ids: list[int]) -> bool:
         """Whether generated tokens hold complete, ordered candidate groups; a malformed

@@ -162,6 +162,9 @@ class LanguageBackbone(nn.Module):
     hidden_size: int
     #: what ``vision_inputs`` are: the segmenter's image embedding, or CLIP pixels.
     uses_segmenter_embedding: bool
+    #: whether ``generate``'s logits processors see the prompt's ids before the new ones
+    #: (transformers passes only the new ones when generating from ``inputs_embeds``).
+    generate_sees_prompt: bool = False
 
     @property
     def base_model(self) -> PreTrainedModel:
@@ -341,6 +344,7 @@ class LlavaBackbone(LanguageBackbone):
     ``model.model.vision_tower``, ``model.model.language_model``, ``model.lm_head``)."""
 
     uses_segmenter_embedding = False
+    generate_sees_prompt = True
     _lora_scope = "language_model"
 
     def __init__(self, llava: PreTrainedModel) -> None:

@@ -113,6 +113,11 @@ class PromptBuilder:
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def reply_ids(self, reply: str) -> list[int]:
+        """The ids of an assistant reply as ``encode`` writes it after the assistant
+        marker (without the closing EOS)."""
+        return self._ids(self.format.assistant_prefix + reply)
+
     def encode(self, turns: Sequence[tuple[str, str | None]]) -> EncodedPrompt:
         """Encode ``[(question, answer), ...]``; the last answer may be ``None`` to get a
         generation prompt (ending right after the assistant marker).
@@ -153,7 +158,7 @@ class PromptBuilder:
             labels += [IGNORE_INDEX] * len(prompt)
             if answer is None:
                 break
-            reply = self._ids(self.format.assistant_prefix + answer) + [self.tokenizer.eos_token_id]
+            reply = self.reply_ids(answer) + [self.tokenizer.eos_token_id]
             input_ids += reply
             labels += reply
         return EncodedPrompt(input_ids, labels)

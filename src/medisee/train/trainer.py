@@ -225,6 +225,9 @@ def setup_training(
     if not train_records:
         raise ValueError(f"{config.manifest} has no records in split {config.train_split!r}")
     model = build_training_model(config, training_corpus(train_records))
+    # The structures it learns to segment: generated answers name one of them.
+    trained = {target.label for record in train_records for target in record.targets}
+    model.config.labels = tuple(sorted(set(model.config.labels) | trained))
     if config.grounding_refit_steps and model.grounding is None:
         raise ValueError(
             "grounding_refit_steps needs a model with a grounding head "
