@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import LogitsProcessorList
 
 from medisee.boxes import denormalize_box, normalize_box
 from medisee.model.answer_constraint import AnswerConstraint, TokenTrie, answer_sequences
@@ -572,8 +573,6 @@ class MediSee(nn.Module):
         if len(flags) != len(prompts):
             raise ValueError(f"{len(flags)} constrain_answer flags for {len(prompts)} prompts")
         if any(flags) and self.config.labels:
-            from transformers import LogitsProcessorList
-
             offset = width if self.language.generate_sees_prompt else 0
             rows = [row for row, flag in enumerate(flags) if flag]
             sampling["logits_processor"] = LogitsProcessorList(
@@ -751,8 +750,12 @@ def _load_exported(
     # Strict in effect: every key outside the language model was checked just above (the
     # allow-list is exactly the LM's own keys, already loaded from language_model/).
     result = model.load_state_dict(state, strict=False)
-    assert not result.unexpected_keys
-    assert all(key.startswith(LANGUAGE_PREFIX) for key in result.missing_keys)
+    outside = [key for key in result.missing_keys if not key.startswith(LANGUAGE_PREFIX)]
+    if result.unexpected_keys or outside:
+        raise ValueError(
+            f"{source / WEIGHTS_NAME} does not fit the model: missing {outside[:10]}, "
+            f"unexpected {list(result.unexpected_keys)[:10]}"
+        )
     return model
 
 

@@ -109,6 +109,8 @@ SPINE_HU = 90.0
 VERTEBRA_HALF_WIDTH_MM = 40.0
 #: Derived CT labels, in the order they are computed.
 DERIVED_CT_LABELS = ("body", "trachea", "right lung", "left lung", "bone", "vertebra")
+#: The derived lung labels, where pasted lesions go.
+LUNG_LABELS = ("right lung", "left lung")
 
 
 @dataclass(frozen=True)
@@ -722,8 +724,8 @@ def paste_lesion(
         return None
     box = (slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1))
     pad = max(box[0].stop - box[0].start, box[1].stop - box[1].start)
-    # Room to rotate: the donor's box padded by its longer side, filled with its mean HU
-    # (only pixels of the rotated mask are used).
+    # Room to rotate: the donor's box padded by its longer side (the HU with its edge
+    # values; only pixels inside the rotated mask are used).
     shape0 = np.pad(lesion[box].astype(np.float64), pad)
     values0 = np.pad(lesion_hu[box].astype(np.float64), pad, mode="edge")
     angle = float(rng.uniform(0.0, 360.0))
@@ -865,7 +867,7 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
         ):
             continue
         lungs = np.zeros(hu.shape, dtype=bool)
-        for label in ("right lung", "left lung"):
+        for label in LUNG_LABELS:
             if label in derived:
                 lungs |= display_slice(derived[label], 2, k)
         rng = np.random.default_rng([*case_key, int(k), 1])
@@ -885,8 +887,7 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
             # AIR_HU, so a dense pasted lesion is cut out as a real one is.
             solid = moved & (pasted_hu >= AIR_HU)
             pasted_targets = [
-                (label, mask & ~solid if label in ("right lung", "left lung") else mask)
-                for label, mask in targets
+                (label, mask & ~solid if label in LUNG_LABELS else mask) for label, mask in targets
             ]
             add(
                 f"{record_id}-p{donor:03d}",
