@@ -42,6 +42,29 @@ def test_peak_region_is_8_connected_and_follows_a_long_thin_path() -> None:
     assert region_box(region).tolist() == [[0.0, 0.0, 8.0, 8.0]]
 
 
+def test_seed_threshold_keeps_every_blob_that_holds_a_strong_cell() -> None:
+    # A holds the peak 9; B (x 5..6, y 5) holds a seed cell 3 > 2 and a weak cell 0.5;
+    # C (x 1, y 6) is above the threshold 0 but never above the seed level.
+    cells = {(1, 1): 9.0, (2, 1): 1.0, (5, 5): 3.0, (6, 5): 0.5, (1, 6): 1.5}
+    region = peak_region(_logits(8, cells), threshold=0.0, seed_threshold=2.0)
+    assert {(int(x), int(y)) for y, x in torch.nonzero(region[0]).tolist()} == {
+        (1, 1),
+        (2, 1),
+        (5, 5),
+        (6, 5),
+    }
+    assert region_box(region).tolist() == [[1.0, 1.0, 7.0, 6.0]]
+    # No seed level: the peak's blob alone, as before.
+    assert int(peak_region(_logits(8, cells), threshold=0.0).sum()) == 2
+
+
+def test_seed_threshold_below_the_threshold_and_a_negative_gate_are_refused() -> None:
+    with pytest.raises(ValueError, match="seed_threshold"):
+        GroundingConfig(threshold=-1.0, seed_threshold=-2.0)
+    with pytest.raises(ValueError, match="gate_dilation"):
+        GroundingConfig(gate_dilation=-1)
+
+
 def test_nothing_above_the_threshold_gives_the_peak_cell_alone() -> None:
     region = peak_region(_logits(6, {(4, 2): -1.0}))
     assert int(region.sum()) == 1 and bool(region[0, 2, 4])
@@ -335,3 +358,30 @@ def test_grounding_config_rejects_a_non_positive_width() -> None:
 def test_model_config_rejects_an_unknown_answer_box(tiny_model) -> None:
     with pytest.raises(ValueError, match="answer_box"):
         dataclasses.replace(tiny_model.config, answer_box="decoder")
+
+
+def test_map_gate_cuts_the_mask_outside_the_grown_region(tiny_model, monkeypatch) -> None:
+    """tiny: grid 16, low-res 64 (4 px per cell). Region: cells x 2..3, y 2..3. Grown by
+    one cell it is cells 1..4 -> pixels 4..19; the mask's pixels 0..29 keep 4..19 only.
+    Dilation 0 keeps the region's own pixels 8..15; None changes nothing."""
+    region = torch.zeros(1, 16, 16, dtype=torch.bool)
+    region[0, 2:4, 2:4] = True
+    mask_logits = torch.full((1, 64, 64), -3.0)
+    mask_logits[0, 0:30, 0:30] = 2.0
+
+    monkeypatch.setattr(tiny_model.config.grounding, "gate_dilation", None)
+    assert torch.equal(tiny_model._map_gate(mask_logits, region), mask_logits)
+
+    def kept(dilation: int) -> torch.Tensor:
+        monkeypatch.setattr(tiny_model.config.grounding, "gate_dilation", dilation)
+        return tiny_model._map_gate(mask_logits, region)[0] > 0
+
+    expected = torch.zeros(64, 64, dtype=torch.bool)
+    expected[4:20, 4:20] = True
+    assert torch.equal(kept(1), expected)
+    expected = torch.zeros(64, 64, dtype=torch.bool)
+    expected[8:16, 8:16] = True
+    assert torch.equal(kept(0), expected)
+    # Inside the grown region the logits are the decoder's own.
+    out = tiny_model._map_gate(mask_logits, region)
+    assert torch.equal(out[0, 8:16, 8:16], mask_logits[0, 8:16, 8:16])

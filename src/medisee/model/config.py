@@ -156,6 +156,16 @@ class GroundingConfig:
       positional encoding. With few training patients the map can learn where a
       structure lay in them instead of what it looks like; without the position it must
       use the content (``docs/training.md``, "Real scans").
+    * ``seed_threshold`` (None: the peak's region alone): every region above
+      ``threshold`` that holds a cell above this logit joins the peak's region, whose
+      box prompts the decoder (``grounding.peak_region``). A lung cut into pieces by the
+      heart at its base is one target in several regions.
+    * ``gate_dilation`` (inference only; None: off): the decoded mask is cut to the
+      region grown by this many cells. A box around a target in pieces also holds what
+      lies between them, which the decoder paints.
+
+    The last two are set by the ``lite`` preset (4 and 1), not here, so a model saved
+    before they existed keeps the behaviour it was measured with.
     """
 
     enabled: bool = False
@@ -165,6 +175,8 @@ class GroundingConfig:
     refine_dim: int = 32
     map_fallback_iou: float = 0.2
     position_dropout: float = 0.0
+    seed_threshold: float | None = None
+    gate_dilation: int | None = None
 
     def __post_init__(self) -> None:
         _check_positive("GroundingConfig", dim=self.dim, refine_dim=self.refine_dim)
@@ -179,6 +191,15 @@ class GroundingConfig:
         if self.refine_layers < 0:
             raise ValueError(
                 f"GroundingConfig.refine_layers must be >= 0, got {self.refine_layers}"
+            )
+        if self.gate_dilation is not None and self.gate_dilation < 0:
+            raise ValueError(
+                f"GroundingConfig.gate_dilation must be None or >= 0, got {self.gate_dilation}"
+            )
+        if self.seed_threshold is not None and self.seed_threshold < self.threshold:
+            raise ValueError(
+                "GroundingConfig.seed_threshold must be None or >= threshold "
+                f"({self.threshold}), got {self.seed_threshold}"
             )
 
 

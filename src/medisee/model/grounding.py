@@ -121,9 +121,16 @@ def _bias(conv: nn.Conv2d) -> torch.Tensor:
     return conv.bias
 
 
-def peak_region(logits: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+def peak_region(
+    logits: torch.Tensor, threshold: float = 0.0, seed_threshold: float | None = None
+) -> torch.Tensor:
     """``[B, g, g]`` logits -> ``[B, g, g]`` bool: the 8-connected region of cells with
     ``logit > threshold`` that contains the peak cell (just the peak if none pass).
+
+    With ``seed_threshold``, every connected region above ``threshold`` that holds a cell
+    above ``seed_threshold`` is kept as well (hysteresis, as in Canny's edge linking): a
+    target in pieces (a lung cut by the heart at its base, several lesions) is found
+    whole, while faint blobs elsewhere stay out.
 
     A flood fill by repeated 3x3 max-pooling, restricted to the cells above the threshold;
     it stops when the region no longer grows (at most g*g rounds, usually a few dozen).
@@ -133,6 +140,8 @@ def peak_region(logits: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
     region = torch.zeros_like(above).flatten(1)
     region[torch.arange(flat.shape[0]), flat.argmax(1)] = True
     region = region.view_as(above)
+    if seed_threshold is not None:
+        region = region | (logits > max(seed_threshold, threshold))
     allowed = above | region
     for _ in range(logits.shape[-1] * logits.shape[-2]):
         grown = F.max_pool2d(region[:, None].float(), 3, stride=1, padding=1)[:, 0].bool()

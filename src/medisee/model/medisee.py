@@ -266,7 +266,10 @@ class MediSee(nn.Module):
                 boxes if prompt_boxes is None else prompt_boxes,
             )
             if grounding_logits is not None and not self.training:
+                if region is None:
+                    region = self._peak_region(grounding_logits)
                 mask_logits = self._map_fallback(mask_logits, grounding_logits, region=region)
+                mask_logits = self._map_gate(mask_logits, region)
             if answer_boxes and self.config.answer_box == "mask":
                 boxes = self._mask_boxes(mask_logits, boxes, image_sizes)
         return TargetDecoding(boxes, decoder_boxes, grounding_logits, mask_logits, iou)
@@ -302,7 +305,8 @@ class MediSee(nn.Module):
     def _peak_region(self, logits: torch.Tensor) -> torch.Tensor:
         """``[B, g, g]`` map -> ``[B, g, g]`` bool: its peak region (``peak_region``)."""
         with torch.no_grad():
-            return peak_region(logits.float(), self.config.grounding.threshold)
+            grounding = self.config.grounding
+            return peak_region(logits.float(), grounding.threshold, grounding.seed_threshold)
 
     def _grounded_boxes(
         self,
@@ -348,6 +352,23 @@ class MediSee(nn.Module):
             use_map = (overlap / union < below)[:, None, None]
             replacement = torch.where(region, 10.0, -10.0).to(mask_logits.dtype)
         return torch.where(use_map, replacement, mask_logits)
+
+    def _map_gate(self, mask_logits: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+        """Low-res mask logits ``[B, L, L]`` -> the same, with the pixels outside the map's
+        region (``[B, g, g]`` bool, grown by ``grounding.gate_dilation`` cells) set to
+        -10. A box around a target in pieces (the base of a lung, cut by the heart) also
+        holds what lies between the pieces, and the decoder paints it; the map knows
+        better. ``gate_dilation`` None: no gate."""
+        dilation = self.config.grounding.gate_dilation
+        if dilation is None:
+            return mask_logits
+        with torch.no_grad():
+            grown = region[:, None].float()
+            if dilation > 0:
+                grown = F.max_pool2d(grown, 2 * dilation + 1, stride=1, padding=dilation)
+            size = mask_logits.shape[-2:]
+            inside = F.interpolate(grown, size=size, mode="nearest")[:, 0] > 0
+        return torch.where(inside, mask_logits, torch.full_like(mask_logits, -10.0))
 
     def _mask_boxes(
         self, mask_logits: torch.Tensor, fallback: torch.Tensor, image_sizes: torch.Tensor
