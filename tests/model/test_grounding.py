@@ -385,3 +385,32 @@ def test_map_gate_cuts_the_mask_outside_the_grown_region(tiny_model, monkeypatch
     # Inside the grown region the logits are the decoder's own.
     out = tiny_model._map_gate(mask_logits, region)
     assert torch.equal(out[0, 8:16, 8:16], mask_logits[0, 8:16, 8:16])
+
+
+def test_decoded_masks_stay_inside_the_seeded_region_at_inference(tiny_model, monkeypatch) -> None:
+    """The wiring in ``decode_targets``: with both rules on, every decoded mask pixel lies
+    in the map's seeded region (dilation 0), the region computed from the same map."""
+    monkeypatch.setattr(tiny_model.config.grounding, "seed_threshold", 0.0)
+    monkeypatch.setattr(tiny_model.config.grounding, "gate_dilation", 0)
+    monkeypatch.setattr(tiny_model.config.grounding, "map_fallback_iou", 0.0)
+    tiny_model.eval()
+    torch.manual_seed(1)
+    hidden = tiny_model.config.language.hidden_size
+    states = torch.randn(3, hidden), torch.randn(3, hidden)
+    embeddings = torch.randn(3, tiny_model.config.mask.prompt_dim, 16, 16)
+    with torch.no_grad():
+        out = tiny_model.decode_targets(*states, embeddings, torch.tensor([[64, 64]] * 3))
+    region = peak_region(out.grounding_logits, threshold=-1.0, seed_threshold=0.0)
+    inside = (
+        torch.nn.functional.interpolate(
+            region[:, None].float(), size=out.mask_logits.shape[-2:], mode="nearest"
+        )[:, 0]
+        > 0
+    )
+    decoded = out.mask_logits > 0
+    assert bool((decoded & ~inside).sum() == 0)
+    # The gate did cut something: without it the same decoder paints outside.
+    monkeypatch.setattr(tiny_model.config.grounding, "gate_dilation", None)
+    with torch.no_grad():
+        free = tiny_model.decode_targets(*states, embeddings, torch.tensor([[64, 64]] * 3))
+    assert bool(((free.mask_logits > 0) & ~inside).any())
