@@ -20,16 +20,16 @@ def _logits(size: int, cells: dict[tuple[int, int], float], background: float = 
     return logits
 
 
+def _cells_of(region: torch.Tensor) -> set[tuple[int, int]]:
+    """The (x, y) cells of a ``[1, g, g]`` region."""
+    return {(int(x), int(y)) for y, x in torch.nonzero(region[0]).tolist()}
+
+
 def test_peak_region_keeps_only_the_blob_holding_the_peak() -> None:
     # Blob A (x 1..2, y 1..2) holds the peak 9; blob B (x 5..6, y 5) is above 0 but apart.
     cells = {(1, 1): 1.0, (2, 1): 1.0, (1, 2): 9.0, (2, 2): 1.0, (5, 5): 3.0, (6, 5): 3.0}
     region = peak_region(_logits(8, cells))
-    assert {(int(x), int(y)) for y, x in torch.nonzero(region[0]).tolist()} == {
-        (1, 1),
-        (2, 1),
-        (1, 2),
-        (2, 2),
-    }
+    assert _cells_of(region) == {(1, 1), (2, 1), (1, 2), (2, 2)}
     assert region_box(region).tolist() == [[1.0, 1.0, 3.0, 3.0]]
 
 
@@ -47,12 +47,7 @@ def test_seed_threshold_keeps_every_blob_that_holds_a_strong_cell() -> None:
     # C (x 1, y 6) is above the threshold 0 but never above the seed level.
     cells = {(1, 1): 9.0, (2, 1): 1.0, (5, 5): 3.0, (6, 5): 0.5, (1, 6): 1.5}
     region = peak_region(_logits(8, cells), threshold=0.0, seed_threshold=2.0)
-    assert {(int(x), int(y)) for y, x in torch.nonzero(region[0]).tolist()} == {
-        (1, 1),
-        (2, 1),
-        (5, 5),
-        (6, 5),
-    }
+    assert _cells_of(region) == {(1, 1), (2, 1), (5, 5), (6, 5)}
     assert region_box(region).tolist() == [[1.0, 1.0, 7.0, 6.0]]
     # No seed level: the peak's blob alone, as before.
     assert int(peak_region(_logits(8, cells), threshold=0.0).sum()) == 2

@@ -152,6 +152,17 @@ def peak_region(
     return region
 
 
+def region_on_grid(
+    region: torch.Tensor, size: tuple[int, int] | torch.Size, grow: int = 0
+) -> torch.Tensor:
+    """``[B, g, g]`` bool map region -> ``[B, *size]`` bool on a finer grid over the same
+    frame (nearest upsampling), grown first by ``grow`` cells (8-connected)."""
+    cells = region[:, None].float()
+    if grow > 0:
+        cells = F.max_pool2d(cells, 2 * grow + 1, stride=1, padding=grow)
+    return F.interpolate(cells, size=size, mode="nearest")[:, 0] > 0
+
+
 def region_box(region: torch.Tensor) -> torch.Tensor:
     """``[B, g, g]`` bool (non-empty rows) -> ``[B, 4]`` xyxy in grid-cell units, edges of
     the cells (a single cell ``(x, y)`` gives ``(x, y, x+1, y+1)``)."""
