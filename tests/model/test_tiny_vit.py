@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from medisee.model.config import TinyViTConfig
-from medisee.model.tiny_vit import TinyViT, _offset_index
+from medisee.model.tiny_vit import ConvBN, TinyViT, _offset_index
 
 TINY = TinyViTConfig(
     embed_dims=(8, 16, 16, 32),
@@ -82,3 +82,33 @@ def test_gradients_reach_the_stem() -> None:
     encoder(torch.rand(1, 3, 64, 64)).square().mean().backward()
     assert encoder.patch_embed.conv1.conv.weight.grad is not None
     assert encoder.stages[1].blocks[0].attn.bias_table.grad is not None
+
+
+def test_eval_convbn_folds_the_batchnorm_into_the_convolution() -> None:
+    torch.manual_seed(0)
+    layer = ConvBN(6, 10, kernel_size=3, stride=2, groups=2)
+    with torch.no_grad():
+        layer.bn.weight.uniform_(0.5, 2.0)
+        layer.bn.bias.normal_()
+        layer.bn.running_mean.normal_()
+        layer.bn.running_var.uniform_(0.5, 3.0)
+    x = torch.randn(2, 6, 9, 9)
+    layer.eval()
+    # The unfolded reference: conv, then the BatchNorm with its running statistics.
+    reference = layer.bn(layer.conv(x))
+    assert torch.allclose(layer(x), reference, atol=1e-5)
+    # In training mode the BatchNorm normalises by the batch's statistics (and updates
+    # the running ones), so nothing is folded.
+    layer.train()
+    out = layer(x)
+    assert torch.allclose(out.mean(dim=(0, 2, 3)), layer.bn.bias, atol=1e-5)
+    assert not torch.allclose(out, reference, atol=1e-3)
+
+
+def test_channels_last_input_gives_the_same_contiguous_embedding() -> None:
+    torch.manual_seed(0)
+    encoder = TinyViT(TINY, image_size=64, out_dim=24).eval()
+    images = torch.rand(2, 3, 64, 64)
+    out = encoder(images)
+    assert out.is_contiguous()
+    assert torch.allclose(encoder(images.contiguous(memory_format=torch.channels_last)), out)

@@ -62,8 +62,20 @@ class ConvBN(nn.Module):
         nn.init.zeros_(self.bn.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, C_in, H, W] -> [B, C_out, H / stride, W / stride]``."""
-        return self.bn(self.conv(x))
+        """``[B, C_in, H, W] -> [B, C_out, H / stride, W / stride]``.
+
+        In eval mode the BatchNorm's affine map is folded into the convolution's weight
+        and bias (the same function to float rounding, ~1e-6 here): one pass over the
+        activations instead of two, which are most of the frozen encoder's time at the
+        full-resolution stem (docs/architecture.md).
+        """
+        if self.training:
+            return self.bn(self.conv(x))
+        bn, conv = self.bn, self.conv
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        weight = conv.weight * scale.view(-1, 1, 1, 1)
+        bias = bn.bias - bn.running_mean * scale
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 class LayerNorm2d(nn.Module):
@@ -357,10 +369,12 @@ class TinyViT(nn.Module):
                 f"TinyViT expects pixel values [B, 3, {self.image_size}, {self.image_size}], "
                 f"got {tuple(pixel_values.shape)}"
             )
-        x = self.patch_embed(pixel_values)
+        # Channels-last from the start: oneDNN's convolutions run faster on it, and the
+        # attention stages' [B, H, W, C] view of the map is then contiguous.
+        x = self.patch_embed(pixel_values.contiguous(memory_format=torch.channels_last))
         for stage in self.stages:
             x = stage(x)
-        return self.neck(x)
+        return self.neck(x).contiguous()
 
 
 def _init_weights(module: nn.Module) -> None:
