@@ -194,6 +194,30 @@ def test_sides_on_a_toy_image(ontology):
     assert other_seed.qa != result.qa
 
 
+def test_a_shared_layout_draws_the_same_questions(ontology):
+    from medisee.data.geometry import Layout
+
+    h, w = 64, 96
+    liver = np.zeros((h, w), bool)
+    liver[10:40, 5:35] = True
+    spleen = np.zeros((h, w), bool)
+    spleen[15:30, 70:85] = True
+    kidney = np.zeros((h, w), bool)
+    kidney[30:45, 36:46] = True  # right next to the liver
+    masks, labels = [liver, spleen, kidney], ["liver", "spleen", "left kidney"]
+    record = _toy_record(masks, labels)
+    engine = TemplateEngine(ontology, seed=0)
+    layout = Layout(labels, masks)
+    for variant in range(3):
+        fresh = engine.generate(record, masks, variant=variant)
+        shared = engine.generate(record, masks, variant=variant, layout=layout)
+        assert shared.qa == fresh.qa and shared.conversation == fresh.conversation
+    # The shared layout kept what it computed for the later draws.
+    assert layout._distance
+    with pytest.raises(ValueError, match="layout"):
+        engine.generate(record, masks, layout=Layout(labels[::-1], masks[::-1]))
+
+
 def test_unknown_label_gets_referring_and_location_only(ontology):
     h, w = 40, 40
     a = np.zeros((h, w), bool)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from medisee.data.geometry import Layout
 from medisee.data.ontology import Ontology
 from medisee.data.qa_template import TemplateEngine
 from medisee.data.schema import QAItem, Record, SkipReport
@@ -219,7 +220,9 @@ class Builder:
                 if mask.shape == image.shape[:2] and mask.any()
             }
             masks = [label_masks[target.label] for target in record.targets]
-            result = self.engine.generate(record, masks)
+            # One layout serves the record and all its variant draws.
+            layout = Layout([t.label for t in record.targets], masks) if masks else None
+            result = self.engine.generate(record, masks, layout=layout)
             for target, items in zip(record.targets, result.qa):
                 target.qa = items
             record.conversation = result.conversation
@@ -227,7 +230,7 @@ class Builder:
             if self.train_qa_variants:
                 extra: list[list[QAItem]] = [[] for _ in record.targets]
                 for variant in range(1, self.train_qa_variants + 1):
-                    drawn = self.engine.generate(record, masks, variant=variant)
+                    drawn = self.engine.generate(record, masks, variant=variant, layout=layout)
                     for items, more in zip(extra, drawn.qa):
                         items += [item for item in more if item.kind == "reasoning"]
                 self._variant_items[record.id] = extra

@@ -369,12 +369,20 @@ class TemplateEngine:
 
     # ----------------------------------------------------------------- main
     def generate(
-        self, record: Record, masks: Sequence[np.ndarray], variant: int = 0
+        self,
+        record: Record,
+        masks: Sequence[np.ndarray],
+        variant: int = 0,
+        layout: Layout | None = None,
     ) -> TemplateResult:
         """QA for every target of ``record`` given its ``H x W`` bool ``masks`` (same order).
 
         ``variant`` > 0 draws another set of choices (facts, descriptors, wording) for the
-        same record: extra training questions (``BuildOptions(train_qa_variants=...)``)."""
+        same record: extra training questions (``BuildOptions(train_qa_variants=...)``).
+        ``layout``: the :class:`Layout` of ``masks`` when the caller has one; the variants
+        of one image can share it, since it caches the relations it has computed (the
+        distance maps and pieces were most of a build's time when every draw rebuilt
+        them)."""
         report = SkipReport()
         if len(masks) != len(record.targets):
             raise ValueError(
@@ -384,7 +392,13 @@ class TemplateEngine:
             return TemplateResult([], None, report)
         rng = record_rng(self.seed, record.id if not variant else f"{record.id}#{variant}")
         labels = [target.label for target in record.targets]
-        layout = Layout(labels, masks)
+        if layout is None:
+            layout = Layout(labels, masks)
+        elif [shape.label for shape in layout.shapes] != labels:
+            raise ValueError(
+                f"record {record.id}: the layout is of {[s.label for s in layout.shapes]}, "
+                f"not of its targets {labels}"
+            )
         mod = MODALITY_NOUNS.get(record.modality, "image")
         nouns = [self._noun(label) for label in labels]
         categories = [self._category(label) for label in labels]
