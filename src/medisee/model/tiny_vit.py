@@ -66,15 +66,16 @@ class ConvBN(nn.Module):
 
         In eval mode the BatchNorm's affine map is folded into the convolution's weight
         and bias (the same function to float rounding, ~1e-6 here): one pass over the
-        activations instead of two, which are most of the frozen encoder's time at the
-        full-resolution stem (docs/architecture.md).
+        activations instead of two, which matters at the full-resolution stem of the
+        frozen encoder (docs/install.md, "Speed on a CPU").
         """
-        if self.training:
-            return self.bn(self.conv(x))
         bn, conv = self.bn, self.conv
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        mean, var = bn.running_mean, bn.running_var
+        if self.training or mean is None or var is None:
+            return bn(conv(x))
+        scale = bn.weight * torch.rsqrt(var + bn.eps)
         weight = conv.weight * scale.view(-1, 1, 1, 1)
-        bias = bn.bias - bn.running_mean * scale
+        bias = bn.bias - mean * scale
         return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
