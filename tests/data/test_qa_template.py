@@ -169,15 +169,23 @@ def _toy_record(masks, labels, display="radiological"):
     )
 
 
+ABDOMEN_LABELS = ["liver", "spleen", "left kidney"]
+
+
+def _toy_abdomen(kidney: tuple[slice, slice]) -> list[np.ndarray]:
+    """Masks of :data:`ABDOMEN_LABELS` on a 64 x 96 image: the liver on the image's left
+    (the patient's right, radiological), the spleen on its right, the kidney at
+    ``kidney`` (rows, columns)."""
+    masks = [np.zeros((64, 96), bool) for _ in ABDOMEN_LABELS]
+    masks[0][10:40, 5:35] = True
+    masks[1][15:30, 70:85] = True
+    masks[2][kidney] = True
+    return masks
+
+
 def test_sides_on_a_toy_image(ontology):
-    h, w = 64, 96
-    liver = np.zeros((h, w), bool)
-    liver[10:40, 5:35] = True  # image left = patient right (radiological)
-    spleen = np.zeros((h, w), bool)
-    spleen[15:30, 70:85] = True
-    kidney = np.zeros((h, w), bool)
-    kidney[45:60, 75:85] = True  # below the spleen
-    record = _toy_record([liver, spleen, kidney], ["liver", "spleen", "left kidney"])
+    liver, spleen, kidney = _toy_abdomen((slice(45, 60), slice(75, 85)))  # below the spleen
+    record = _toy_record([liver, spleen, kidney], ABDOMEN_LABELS)
     result = TemplateEngine(ontology, seed=0).generate(record, [liver, spleen, kidney])
     text = " ".join(
         item.question for items in result.qa for item in items if item.perspective == "location"
@@ -197,14 +205,8 @@ def test_sides_on_a_toy_image(ontology):
 def test_a_shared_layout_draws_the_same_questions(ontology):
     from medisee.data.geometry import Layout
 
-    h, w = 64, 96
-    liver = np.zeros((h, w), bool)
-    liver[10:40, 5:35] = True
-    spleen = np.zeros((h, w), bool)
-    spleen[15:30, 70:85] = True
-    kidney = np.zeros((h, w), bool)
-    kidney[30:45, 36:46] = True  # right next to the liver
-    masks, labels = [liver, spleen, kidney], ["liver", "spleen", "left kidney"]
+    # The kidney right next to the liver, so the layout computes a distance map.
+    masks, labels = _toy_abdomen((slice(30, 45), slice(36, 46))), ABDOMEN_LABELS
     record = _toy_record(masks, labels)
     engine = TemplateEngine(ontology, seed=0)
     layout = Layout(labels, masks)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from medisee.model.config import GroundingConfig
-from medisee.model.grounding import GroundingHead, peak_region, region_box
+from medisee.model.grounding import GroundingHead, peak_region, region_box, region_on_grid
 from tests.conftest import make_batch
 
 
@@ -396,12 +396,7 @@ def test_decoded_masks_stay_inside_the_seeded_region_at_inference(tiny_model, mo
     with torch.no_grad():
         out = tiny_model.decode_targets(*states, embeddings, torch.tensor([[64, 64]] * 3))
     region = peak_region(out.grounding_logits, threshold=-1.0, seed_threshold=0.0)
-    inside = (
-        torch.nn.functional.interpolate(
-            region[:, None].float(), size=out.mask_logits.shape[-2:], mode="nearest"
-        )[:, 0]
-        > 0
-    )
+    inside = region_on_grid(region, out.mask_logits.shape[-2:])
     decoded = out.mask_logits > 0
     assert bool((decoded & ~inside).sum() == 0)
     # The gate did cut something: without it the same decoder paints outside.
