@@ -6,9 +6,9 @@ from types import SimpleNamespace
 import pytest
 
 from medisee.data.ontology import Ontology
+from medisee.data.schema import exam_kind
 from medisee.evaluate.metrics import TargetScore, summarize
 from medisee.evaluate.plausibility import (
-    exam_kind,
     is_plausible,
     named_structures,
     structures_by_exam,

@@ -48,6 +48,16 @@ def test_processor_masks_only_the_flagged_rows_and_leaves_allowed_scores():
     assert torch.isinf(out[:, [0, 2, 3, 4, 5]]).all() and torch.equal(out[:, 1], scores[:, 1])
 
 
+def test_processor_follows_a_row_own_trie():
+    shared, own = TokenTrie([[1, 2]]), TokenTrie([[3, 4]])
+    scores = torch.zeros(2, 6)
+    out = AnswerConstraint(shared, row_tries={1: own})(
+        torch.zeros((2, 0), dtype=torch.long), scores
+    )
+    assert torch.isfinite(out[0]).tolist() == [False, True, False, False, False, False]
+    assert torch.isfinite(out[1]).tolist() == [False, False, False, True, False, False]
+
+
 def test_answer_sequences_are_the_training_reply_ids(tiny_model):
     builder = tiny_model.prompt_builder()
     sequences = answer_sequences(builder, [*LABELS, " liver "])

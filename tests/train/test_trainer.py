@@ -292,6 +292,36 @@ def test_train_runs_both_stages_and_writes_everything(tmp_path, synthetic_record
     assert json.loads((out / "history.json").read_text()) == result.history
 
 
+def test_training_ends_by_fitting_the_exam_head(tmp_path, synthetic_records):
+    from medisee.model.medisee import MediSee
+
+    records, _ = synthetic_records
+    train_records = [r for r in records if r.split == "train"]
+    # Two kinds of exam: the synthetic images are all CT; call half of them MRI.
+    for record in train_records[::2]:
+        record.meta = {**(record.meta or {}), "kind": "brain_mri"}
+    result = train(
+        _config(tmp_path, eval_every=0, max_steps=1), progress=False, records=synthetic_records
+    )
+    assert result.exam_head is not None and result.exam_head["kinds"] == ["CT", "brain_mri"]
+    assert result.exam_head["images"] == len(train_records)
+    assert result.exam_head["accuracy"] == 1.0
+    assert result.phase_seconds["exam_head"] >= 0
+    model = MediSee.from_pretrained(tmp_path / "run" / "model")
+    labels = sorted({t.label for r in train_records[::2] for t in r.targets})
+    assert list(model.config.exams) == ["CT", "brain_mri"]
+    assert list(model.config.exams["brain_mri"]) == labels
+    assert model.exam_head is not None and model.exam_head.weight.abs().sum() > 0
+    # exam_head_images=0: no head.
+    plain = train(
+        _config(tmp_path / "b", eval_every=0, max_steps=1, exam_head_images=0),
+        progress=False,
+        records=synthetic_records,
+    )
+    assert plain.exam_head is None
+    assert MediSee.from_pretrained(tmp_path / "b" / "run" / "model").exam_head is None
+
+
 def test_without_periodic_evaluation_only_training_images_are_embedded(tmp_path, synthetic_records):
     from medisee.model.embedding_cache import EmbeddingCache, encoder_fingerprint
     from medisee.model.medisee import MediSee

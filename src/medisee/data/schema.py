@@ -473,6 +473,14 @@ class Record:
             raise ValueError(f"record is missing field {error.args[0]!r}") from None
 
 
+def exam_kind(record: Record) -> str:
+    """The record's kind of exam: ``meta["kind"]`` where its source gives one
+    (``brain_mri``, ``chest_ct``, ``mammography``...: modality and body region), else its
+    modality."""
+    kind = (record.meta or {}).get("kind")
+    return str(kind) if kind else str(record.modality)
+
+
 class SchemaVersionError(ValueError):
     """A record written with a schema major version this medisee cannot read."""
 

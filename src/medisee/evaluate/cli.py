@@ -46,6 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="generate answer sentences freely (default: each names one of the structures "
         "the model was trained on)",
     )
+    parser.add_argument(
+        "--any-exam",
+        action="store_true",
+        help="let a constrained answer name any trained structure (default: with an exam "
+        "head, only those trained on the image's kind of exam)",
+    )
     parser.add_argument("--max-examples", type=int)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--cache-dir", help="embedding cache directory (reused across runs)")
@@ -71,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         baselines=[] if args.baselines == "none" else args.baselines.split(","),
         questions=questions,
         constrain_answer=not args.free_answers,
+        constrain_to_exam=not args.any_exam,
         **{name: getattr(args, name) for name in same},
     )
     print((Path(args.out) / "metrics.md").read_text())

@@ -28,9 +28,10 @@ import torch
 from tqdm.auto import tqdm
 
 from medisee.data.ontology import Ontology
+from medisee.data.schema import exam_kind
 from medisee.evaluate.metrics import MetricAccumulator, Summary, score_target
 from medisee.evaluate.naming import names_structure
-from medisee.evaluate.plausibility import exam_kind, is_plausible, structures_by_exam
+from medisee.evaluate.plausibility import is_plausible, structures_by_exam
 from medisee.inference.predictor import (
     GenerationOptions,
     ImageState,
@@ -298,6 +299,7 @@ def evaluate_items(
     batch_size: int = 8,
     max_new_tokens: int = 48,
     constrain_answer: bool = True,
+    constrain_to_exam: bool = True,
     ontology: Ontology | None = None,
     shown: dict[str, frozenset[str]] | None = None,
     progress: bool = True,
@@ -309,8 +311,10 @@ def evaluate_items(
     records).
 
     ``cache``: an ``EmbeddingCache`` of the model's segmenter; images it does not hold are
-    encoded. ``max_new_tokens`` bounds each generated reply; ``constrain_answer``: see
-    ``GenerationOptions`` (every item is a first-turn question that asks for a target).
+    encoded. ``max_new_tokens`` bounds each generated reply; ``constrain_answer`` and
+    ``constrain_to_exam``: see ``GenerationOptions`` (every item is a first-turn question
+    that asks for a target). A model with an exam head also writes the kind it read off
+    each image (``predicted_exam``) into the generated rows.
     """
     unknown = set(modes) - {"generated", "teacher_forced"}
     if unknown:
@@ -321,7 +325,11 @@ def evaluate_items(
         shown = structures_by_exam({id(i.record): i.record for i in items}.values(), ontology)
     predictor = Predictor(
         model,
-        GenerationOptions(max_new_tokens=max_new_tokens, constrain_answer=constrain_answer),
+        GenerationOptions(
+            max_new_tokens=max_new_tokens,
+            constrain_answer=constrain_answer,
+            constrain_to_exam=constrain_to_exam,
+        ),
         batch_size=batch_size,
     )
     states = _States(predictor, root, cache, keep=2 * batch_size)
@@ -365,6 +373,8 @@ def evaluate_items(
                     named=score.named,
                     plausible=score.plausible,
                 )
+                if prediction.scores.get("exam") is not None:
+                    row["predicted_exam"] = prediction.scores["exam"]
         if "teacher_forced" in modes:
             for item, truth, (mask, box), row in zip(
                 chunk, truths, _teacher_forced(predictor, chunk, requests), rows

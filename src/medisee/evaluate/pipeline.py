@@ -32,6 +32,7 @@ def evaluate_with_baselines(
     progress: bool = True,
     questions: Sequence[HandwrittenQuestion] | None = None,
     constrain_answer: bool = True,
+    constrain_to_exam: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Returns ``{method: summary}``; writes ``metrics.json``, ``metrics.md`` and the
     per-example ``predictions.jsonl`` (with each generated explanation) under ``out``.
@@ -39,8 +40,8 @@ def evaluate_with_baselines(
     ``questions``: hand-written questions (``medisee.evaluate.handwritten``), scored on
     the split's images of their labels as their own rows: the model generated, and the
     label-matching baseline (the other baselines do not read the question).
-    ``constrain_answer``: generated answers name one of the model's labels
-    (``GenerationOptions``).
+    ``constrain_answer``: generated answers name one of the model's labels, and with
+    ``constrain_to_exam`` one of those of the image's exam kind (``GenerationOptions``).
     """
     from medisee.data.manifest import load_records
     from medisee.data.ontology import Ontology
@@ -73,6 +74,7 @@ def evaluate_with_baselines(
         batch_size=batch_size,
         max_examples=max_examples,
         constrain_answer=constrain_answer,
+        constrain_to_exam=constrain_to_exam,
         ontology=ontology,
         shown=shown,
         progress=progress,
@@ -91,6 +93,7 @@ def evaluate_with_baselines(
             cache=cache,
             batch_size=batch_size,
             constrain_answer=constrain_answer,
+            constrain_to_exam=constrain_to_exam,
             ontology=ontology,
             shown=shown,
             progress=progress,

@@ -19,13 +19,8 @@ from functools import lru_cache
 from typing import Any
 
 from medisee.data.ontology import Ontology, term_pattern
+from medisee.data.schema import exam_kind
 from medisee.evaluate.naming import answer_sentence
-
-
-def exam_kind(record: Any) -> str:
-    """``meta["kind"]`` of a record (``medisee.data.schema.Record``), else its modality."""
-    kind = (record.meta or {}).get("kind")
-    return str(kind) if kind else str(record.modality)
 
 
 def _category(label: str, ontology: Ontology) -> str:

@@ -102,6 +102,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "one of the structures the model was trained on)",
     )
     parser.add_argument(
+        "--any-exam",
+        action="store_true",
+        help="let that answer name any trained structure (default: with an exam head, only "
+        "those trained on the image's kind of exam)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
 
@@ -135,6 +141,7 @@ def _load_predictor(args: argparse.Namespace):
         top_p=args.top_p,
         seed=args.seed,
         constrain_answer=not args.free_answer,
+        constrain_to_exam=not args.any_exam,
     )
     return Predictor.from_pretrained(
         args.model, device=args.device, generation=generation, batch_size=args.batch_size

@@ -56,6 +56,10 @@ class GenerationOptions:
     its reply opens with an answer sentence that names one of the structures the model
     was trained on (``ModelConfig.labels``; ``medisee.model.answer_constraint``), then
     the candidate tokens. Follow-up turns are generated freely.
+
+    ``constrain_to_exam``: with a model that has an exam head, that label is one trained
+    on images of the exam kinds the head finds likely for the image
+    (``medisee.model.exam_head``): a brain MRI's answer names no lung.
     """
 
     max_new_tokens: int = 64
@@ -64,6 +68,7 @@ class GenerationOptions:
     top_p: float = 1.0
     seed: int | None = None
     constrain_answer: bool = True
+    constrain_to_exam: bool = True
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -523,6 +528,7 @@ class Predictor:
             "constrain_answer": [
                 options.constrain_answer and not request.history for request in requests
             ],
+            "constrain_to_exam": options.constrain_to_exam,
         }
         if options.do_sample:
             kwargs.update(temperature=options.temperature, top_p=options.top_p)
@@ -546,6 +552,8 @@ class Predictor:
                 "iou": answer.iou_score,
                 "mask_pixels": int(mask.sum()),
                 "new_tokens": len(answer.token_ids),
+                "exam": answer.exam,
+                "exam_probability": answer.exam_probability,
             },
             question=request.question.strip(),
             raw_text=self._raw_text(answer),

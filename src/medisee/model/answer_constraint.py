@@ -16,7 +16,7 @@ eval``). A chat follow-up ("what does it do?") is generated freely.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from transformers import LogitsProcessor
@@ -76,20 +76,27 @@ class AnswerConstraint(LogitsProcessor):
     ``prompt_length``: how many leading ids of the ``input_ids`` the processor sees are
     the prompt (0 when generation runs from ``inputs_embeds``, where transformers passes
     the new tokens only). ``rows``: the batch rows it applies to (default: all).
+    ``row_tries``: rows that follow a trie of their own (the answers over the labels of
+    the image's exam, ``medisee.model.exam_head``) instead of ``trie``.
     """
 
     def __init__(
-        self, trie: TokenTrie, prompt_length: int = 0, rows: Sequence[int] | None = None
+        self,
+        trie: TokenTrie,
+        prompt_length: int = 0,
+        rows: Sequence[int] | None = None,
+        row_tries: Mapping[int, TokenTrie] | None = None,
     ) -> None:
         self.trie = trie
         self.prompt_length = prompt_length
         self.rows = None if rows is None else sorted(set(int(r) for r in rows))
+        self.row_tries = {int(row): own for row, own in (row_tries or {}).items()}
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         rows = range(input_ids.shape[0]) if self.rows is None else self.rows
         generated = input_ids[:, self.prompt_length :]
         for row in rows:
-            allowed = self.trie.children(generated[row].tolist())
+            allowed = self.row_tries.get(row, self.trie).children(generated[row].tolist())
             if allowed is None:
                 continue
             keep = scores[row, allowed].clone()

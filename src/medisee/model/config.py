@@ -329,6 +329,12 @@ class ModelConfig:
     ``labels``: the structures the model was trained to segment (the trainer writes the
     training split's labels). Where a target is wanted, a generated answer sentence
     names one of them (``medisee.model.answer_constraint``); empty: answers are free.
+
+    ``exams``: exam kind (``medisee.data.schema.exam_kind``) -> the labels trained on its
+    images, in the order of the exam head's outputs (``medisee.model.exam_head``; the
+    trainer fits it). With it, a constrained answer names a label of the kinds the head
+    gives at least ``exam_min_probability`` (and of the most likely kind); empty: no head,
+    and an answer may name any of ``labels``.
     """
 
     language: LanguageConfig = field(default_factory=LanguageConfig)
@@ -341,6 +347,8 @@ class ModelConfig:
     answer_box: str = "prompt"
     preset: str | None = None
     labels: tuple[str, ...] = ()
+    exams: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    exam_min_probability: float = 0.2
 
     def __post_init__(self) -> None:
         for name, cls in (
@@ -364,6 +372,24 @@ class ModelConfig:
         blank = [label for label in self.labels if not isinstance(label, str) or not label.strip()]
         if blank:
             raise ValueError(f"ModelConfig.labels must be non-empty strings, got {blank!r}")
+        self.exams = {str(kind): tuple(labels) for kind, labels in dict(self.exams).items()}
+        for kind, labels in self.exams.items():
+            if not kind.strip() or not labels:
+                raise ValueError(
+                    f"ModelConfig.exams maps each named exam kind to its labels, got {kind!r}: "
+                    f"{list(labels)!r}"
+                )
+            unknown = set(labels) - set(self.labels)
+            if unknown:
+                raise ValueError(
+                    f"ModelConfig.exams[{kind!r}] names labels outside ModelConfig.labels: "
+                    f"{sorted(unknown)}"
+                )
+        if not 0.0 < self.exam_min_probability <= 1.0:
+            raise ValueError(
+                "ModelConfig.exam_min_probability must be in (0, 1], got "
+                f"{self.exam_min_probability!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return _to_jsonable(dataclasses.asdict(self))

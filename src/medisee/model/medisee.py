@@ -25,6 +25,7 @@ from medisee.boxes import denormalize_box, normalize_box
 from medisee.model.answer_constraint import AnswerConstraint, TokenTrie, answer_sequences
 from medisee.model.box_decoder import BoxDecoder
 from medisee.model.config import ModelConfig
+from medisee.model.exam_head import ExamHead, allowed_exams, labels_of_exams
 from medisee.model.fusion import CandidateFusion, FusionOutput
 from medisee.model.grounding import GroundingHead, peak_region, region_box, region_on_grid
 from medisee.model.mask_decoder import PromptableSegmenter
@@ -83,6 +84,8 @@ class GeneratedAnswer:
     box: torch.Tensor | None = None  # [4] normalised cxcywh, original frame
     mask_logits: torch.Tensor | None = None  # [L, L] low-res, segmenter input frame
     iou_score: float | None = None
+    exam: str | None = None  # the exam head's most likely kind (None: the model has none)
+    exam_probability: float | None = None
 
     @property
     def found_target(self) -> bool:
@@ -164,6 +167,9 @@ class MediSee(nn.Module):
                 "a grounding head must be given exactly when config.grounding.enabled is set"
             )
         self.grounding = grounding
+        self.exam_head = (
+            ExamHead(config.mask.prompt_dim, len(config.exams)) if config.exams else None
+        )
         tokens = candidate_token_strings(config.num_candidate_tokens)
         self.candidate_token_ids: list[int] = list(tokenizer.convert_tokens_to_ids(tokens))
         self.train(self.training)  # a new nn.Module is in train mode: freeze encoders' mode now
@@ -545,6 +551,7 @@ class MediSee(nn.Module):
         temperature: float = 1.0,
         top_p: float = 1.0,
         constrain_answer: bool | Sequence[bool] = False,
+        constrain_to_exam: bool = True,
     ) -> list[GeneratedAnswer]:
         """Generated (not teacher-forced) prediction for a batch of prompts.
 
@@ -561,6 +568,9 @@ class MediSee(nn.Module):
             constrain_answer: the reply (of every row, or of the rows flagged) opens with an
                 answer sentence that names one of ``config.labels``, then the candidate
                 tokens (``medisee.model.answer_constraint``); no effect without labels.
+            constrain_to_exam: with an exam head, a constrained answer names only labels
+                trained on images of the exam kinds it finds likely for the row's image
+                (``medisee.model.exam_head``); ``False``: any of ``config.labels``.
         """
         if len(prompts) != image_sizes.shape[0]:
             raise ValueError(f"{len(prompts)} prompts for {image_sizes.shape[0]} images")
@@ -587,11 +597,22 @@ class MediSee(nn.Module):
         )
         if len(flags) != len(prompts):
             raise ValueError(f"{len(flags)} constrain_answer flags for {len(prompts)} prompts")
+        exams = self.predict_exams(image_embeddings)
         if any(flags) and self.config.labels:
             offset = width if self.language.generate_sees_prompt else 0
             rows = [row for row, flag in enumerate(flags) if flag]
+            row_tries = {}
+            if constrain_to_exam and exams is not None:
+                kinds = list(self.config.exams)
+                for row in rows:
+                    labels = labels_of_exams(self.config.exams, kinds, exams[1][row])
+                    row_tries[row] = self.answer_trie(labels)
             sampling["logits_processor"] = LogitsProcessorList(
-                [AnswerConstraint(self.answer_trie(), prompt_length=offset, rows=rows)]
+                [
+                    AnswerConstraint(
+                        self.answer_trie(), prompt_length=offset, rows=rows, row_tries=row_tries
+                    )
+                ]
             )
         new_tokens = self.language.generate(
             input_ids,
@@ -613,6 +634,12 @@ class MediSee(nn.Module):
             )
             for tokens, mask in zip(new_tokens, new_mask)
         ]
+        if exams is not None:
+            probabilities, _ = exams
+            kinds = list(self.config.exams)
+            for answer, row in zip(answers, probabilities):
+                answer.exam = kinds[int(row.argmax())]
+                answer.exam_probability = float(row.max())
         found = [self._emits_candidate_group(answer.token_ids) for answer in answers]
         rows = [row for row, ok in enumerate(found) if ok]
         if rows:
@@ -633,14 +660,39 @@ class MediSee(nn.Module):
                 answers[row].iou_score = float(decoded.iou_scores[i])
         return answers
 
-    def answer_trie(self) -> TokenTrie:
-        """The answer openings over ``config.labels`` (built once per label set)."""
-        cached = getattr(self, "_answer_trie", None)
-        if cached is None or cached[0] != self.config.labels:
-            trie = TokenTrie(answer_sequences(self.prompt_builder(), self.config.labels))
-            cached = (self.config.labels, trie)
-            self._answer_trie = cached
-        return cached[1]
+    def answer_trie(self, labels: Sequence[str] | None = None) -> TokenTrie:
+        """The answer openings over ``labels`` (default ``config.labels``), built once per
+        label set."""
+        key = tuple(sorted(self.config.labels if labels is None else labels))
+        cached: dict[tuple[str, ...], TokenTrie] = self.__dict__.setdefault("_answer_tries", {})
+        if key not in cached:
+            cached[key] = TokenTrie(answer_sequences(self.prompt_builder(), key))
+        return cached[key]
+
+    @torch.no_grad()
+    def predict_exams(
+        self, image_embeddings: torch.Tensor
+    ) -> tuple[torch.Tensor, list[list[int]]] | None:
+        """The exam head's ``[B, K]`` probabilities over ``config.exams`` and, per row, the
+        kinds an answer may draw its label from (``exam_head.allowed_exams``); ``None``
+        without an exam head."""
+        if self.exam_head is None:
+            return None
+        probabilities = self.exam_head(image_embeddings).softmax(-1)
+        return probabilities, allowed_exams(probabilities, self.config.exam_min_probability)
+
+    def attach_exam_head(self, exams: dict[str, Sequence[str]]) -> ExamHead:
+        """A new, zero exam head over ``exams`` (kind -> labels, every label one of
+        ``config.labels``), on the model's device, recorded in the config; fit it with
+        ``medisee.model.exam_head.fit_exam_head``."""
+        self.config = dataclasses.replace(
+            self.config, exams={kind: tuple(labels) for kind, labels in exams.items()}
+        )
+        if not self.config.exams:
+            raise ValueError("attach_exam_head needs at least one exam kind")
+        device = next(self.segmenter.parameters()).device
+        self.exam_head = ExamHead(self.config.mask.prompt_dim, len(self.config.exams)).to(device)
+        return self.exam_head
 
     def _emits_candidate_group(self, token_ids: list[int]) -> bool:
         """Whether generated tokens hold complete, ordered candidate groups; a malformed

@@ -65,6 +65,10 @@ class TrainConfig:
     # Draw the refit's examples from a fixed seeded subset of this many (0: all of them),
     # so that the cached states are reused: the demo's ~30 k examples would each be new.
     refit_examples: int = 0
+    # After training, fit the exam head (medisee.model.exam_head) on up to this many
+    # training images of each exam kind, so that answers name only labels of the image's
+    # kind of exam (0: no exam head).
+    exam_head_images: int = 128
     mixed_precision: str = "no"
     # torch's fused AdamW kernel (CPU and CUDA): one pass over all parameters instead of a
     # dozen foreach ops; 10 against 49 ms a step for the lite preset's ~10 M trainable
@@ -113,6 +117,7 @@ class TrainConfig:
             "max_steps",
             "grounding_refit_steps",
             "refit_examples",
+            "exam_head_images",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from medisee.data.manifest import load_records
 from medisee.train.config import TrainConfig
+from medisee.train.exam_fit import fit_exams
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +46,11 @@ class TrainResult:
     seconds: float = 0.0
     resumed_from: int | None = None
     #: wall seconds per phase: ``setup`` (model, embedding cache, data), ``joint``,
-    #: ``refit`` and, inside it, ``refit_states`` (the LM passes of a cached refit)
+    #: ``refit`` and, inside it, ``refit_states`` (the LM passes of a cached refit), and
+    #: ``exam_head``
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    #: the exam head's kinds, image count, loss and training accuracy (None: not fitted)
+    exam_head: dict[str, Any] | None = None
 
 
 def warmup_linear_decay(warmup_steps: int, total_steps: int):
@@ -143,6 +147,7 @@ class TrainingRun:
     #: the refit phase's own stream, over ``refit_examples`` examples (None: ``batches``)
     refit_batches: Iterator[dict[str, torch.Tensor]] | None
     eval_records: list
+    train_records: list
     root: Path
     builder: Any
     cache: Any
@@ -150,6 +155,8 @@ class TrainingRun:
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int | None = None
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    #: the exam head's fit (``medisee.train.exam_fit.fit_exams``), once it ran
+    exam_fit: dict[str, Any] | None = None
 
 
 def train(
@@ -172,7 +179,19 @@ def train(
     accelerator = run.accelerator
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        accelerator.unwrap_model(run.task).model.save_pretrained(model_dir)
+        model = accelerator.unwrap_model(run.task).model
+        if config.exam_head_images:
+            fit_started = time.perf_counter()
+            run.exam_fit = fit_exams(
+                model,
+                run.train_records,
+                run.root,
+                cache=run.cache,
+                per_kind=config.exam_head_images,
+                seed=config.seed,
+            )
+            run.phase_seconds["exam_head"] = time.perf_counter() - fit_started
+        model.save_pretrained(model_dir)
         _atomic_write_text(
             Path(config.output_dir) / "history.json", json.dumps(run.history, indent=1)
         )
@@ -184,6 +203,7 @@ def train(
         time.perf_counter() - started,
         run.resumed_from,
         run.phase_seconds,
+        run.exam_fit,
     )
 
 
@@ -349,6 +369,7 @@ def setup_training(
         batches=batches(None, start_step),
         refit_batches=refit_batches,
         eval_records=eval_records,
+        train_records=train_records,
         root=root,
         builder=builder,
         cache=cache,
