@@ -322,6 +322,45 @@ def test_training_ends_by_fitting_the_exam_head(tmp_path, synthetic_records):
     assert MediSee.from_pretrained(tmp_path / "b" / "run" / "model").exam_head is None
 
 
+def test_training_ends_by_fitting_the_question_prior(tmp_path, synthetic_records, monkeypatch):
+    from medisee.model.medisee import MediSee
+    from medisee.train.prior_fit import training_questions
+    from tests.model.gguf_fixture import write_tiny_gguf
+
+    monkeypatch.setenv("MEDISEE_CACHE", str(tmp_path / "cache"))
+    gguf = write_tiny_gguf(tmp_path / "tiny-llama.gguf").path
+    result = train(
+        _config(
+            tmp_path,
+            eval_every=0,
+            max_steps=1,
+            question_prior_questions=6,
+            question_prior_encoder=str(gguf),
+            question_prior_layers=1,
+        ),
+        progress=False,
+        records=synthetic_records,
+    )
+    assert result.question_prior is not None and result.question_prior["questions"] == 6
+    assert result.phase_seconds["question_prior"] >= 0
+    model = MediSee.from_pretrained(tmp_path / "run" / "model")
+    assert model.config.question_prior.encoder == str(gguf)
+    assert model.config.question_prior.width == 32
+    assert model.question_prior is not None and model.question_prior.weight.abs().sum() > 0
+    # The saved classifier (weights and standardisation) is the fitted one: reloaded, it
+    # names the label of each question it was fitted on, as the fit reported.
+    assert result.question_prior["accuracy"] == 1.0
+    records, _ = synthetic_records
+    drawn = training_questions([r for r in records if r.split == "train"], 6, seed=0)
+    probabilities = model.question_label_probabilities(
+        [question for question, _, _ in drawn], [model.config.labels] * len(drawn)
+    )
+    assert [max(p, key=p.get) for p in probabilities] == [label for _, label, _ in drawn]
+    assert all(sum(p.values()) == pytest.approx(1.0) for p in probabilities)
+    with pytest.raises(ValueError, match="question_prior_questions"):
+        _config(tmp_path, question_prior_questions=-1)
+
+
 def test_without_periodic_evaluation_only_training_images_are_embedded(tmp_path, synthetic_records):
     from medisee.model.embedding_cache import EmbeddingCache, encoder_fingerprint
     from medisee.model.medisee import MediSee

@@ -52,6 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="let a constrained answer name any trained structure (default: with an exam "
         "head, only those trained on the image's kind of exam)",
     )
+    parser.add_argument(
+        "--no-question-prior",
+        action="store_true",
+        help="do not weigh a constrained answer's labels by the question prior (default: "
+        "with one, they are)",
+    )
     parser.add_argument("--max-examples", type=int)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--cache-dir", help="embedding cache directory (reused across runs)")
@@ -78,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         questions=questions,
         constrain_answer=not args.free_answers,
         constrain_to_exam=not args.any_exam,
+        question_prior=not args.no_question_prior,
         **{name: getattr(args, name) for name in same},
     )
     print((Path(args.out) / "metrics.md").read_text())

@@ -300,6 +300,7 @@ def evaluate_items(
     max_new_tokens: int = 48,
     constrain_answer: bool = True,
     constrain_to_exam: bool = True,
+    question_prior: bool = True,
     ontology: Ontology | None = None,
     shown: dict[str, frozenset[str]] | None = None,
     progress: bool = True,
@@ -311,8 +312,8 @@ def evaluate_items(
     records).
 
     ``cache``: an ``EmbeddingCache`` of the model's segmenter; images it does not hold are
-    encoded. ``max_new_tokens`` bounds each generated reply; ``constrain_answer`` and
-    ``constrain_to_exam``: see ``GenerationOptions`` (every item is a first-turn question
+    encoded. ``max_new_tokens`` bounds each generated reply; ``constrain_answer``,
+    ``constrain_to_exam`` and ``question_prior``: see ``GenerationOptions`` (every item is a first-turn question
     that asks for a target). A model with an exam head also writes the kind it read off
     each image (``predicted_exam``) into the generated rows.
     """
@@ -329,6 +330,7 @@ def evaluate_items(
             max_new_tokens=max_new_tokens,
             constrain_answer=constrain_answer,
             constrain_to_exam=constrain_to_exam,
+            question_prior=question_prior,
         ),
         batch_size=batch_size,
     )

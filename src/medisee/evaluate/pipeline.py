@@ -33,6 +33,7 @@ def evaluate_with_baselines(
     questions: Sequence[HandwrittenQuestion] | None = None,
     constrain_answer: bool = True,
     constrain_to_exam: bool = True,
+    question_prior: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Returns ``{method: summary}``; writes ``metrics.json``, ``metrics.md`` and the
     per-example ``predictions.jsonl`` (with each generated explanation) under ``out``.
@@ -41,7 +42,8 @@ def evaluate_with_baselines(
     the split's images of their labels as their own rows: the model generated, and the
     label-matching baseline (the other baselines do not read the question).
     ``constrain_answer``: generated answers name one of the model's labels, and with
-    ``constrain_to_exam`` one of those of the image's exam kind (``GenerationOptions``).
+    ``constrain_to_exam`` one of those of the image's exam kind, weighed by the question
+    prior with ``question_prior`` (``GenerationOptions``).
     """
     from medisee.data.manifest import load_records
     from medisee.data.ontology import Ontology
@@ -75,6 +77,7 @@ def evaluate_with_baselines(
         max_examples=max_examples,
         constrain_answer=constrain_answer,
         constrain_to_exam=constrain_to_exam,
+        question_prior=question_prior,
         ontology=ontology,
         shown=shown,
         progress=progress,
@@ -94,6 +97,7 @@ def evaluate_with_baselines(
             batch_size=batch_size,
             constrain_answer=constrain_answer,
             constrain_to_exam=constrain_to_exam,
+            question_prior=question_prior,
             ontology=ontology,
             shown=shown,
             progress=progress,

@@ -108,6 +108,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "those trained on the image's kind of exam)",
     )
     parser.add_argument(
+        "--no-question-prior",
+        action="store_true",
+        help="do not weigh that answer's labels by the question prior (default: with one, "
+        "they are)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
 
@@ -142,6 +148,7 @@ def _load_predictor(args: argparse.Namespace):
         seed=args.seed,
         constrain_answer=not args.free_answer,
         constrain_to_exam=not args.any_exam,
+        question_prior=not args.no_question_prior,
     )
     return Predictor.from_pretrained(
         args.model, device=args.device, generation=generation, batch_size=args.batch_size

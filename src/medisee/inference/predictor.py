@@ -60,6 +60,10 @@ class GenerationOptions:
     ``constrain_to_exam``: with a model that has an exam head, that label is one trained
     on images of the exam kinds the head finds likely for the image
     (``medisee.model.exam_head``): a brain MRI's answer names no lung.
+
+    ``question_prior``: with a model that has a question prior, that label is also
+    weighed by how likely a pretrained LM reading the question alone finds it
+    (``medisee.model.question_prior``).
     """
 
     max_new_tokens: int = 64
@@ -69,6 +73,7 @@ class GenerationOptions:
     seed: int | None = None
     constrain_answer: bool = True
     constrain_to_exam: bool = True
+    question_prior: bool = True
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -529,6 +534,8 @@ class Predictor:
                 options.constrain_answer and not request.history for request in requests
             ],
             "constrain_to_exam": options.constrain_to_exam,
+            "questions": [request.question for request in requests],
+            "use_question_prior": options.question_prior,
         }
         if options.do_sample:
             kwargs.update(temperature=options.temperature, top_p=options.top_p)

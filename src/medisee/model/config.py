@@ -319,6 +319,29 @@ class MaskConfig:
 
 
 @dataclass
+class QuestionPriorConfig:
+    """The question prior (``medisee.model.question_prior``): ``encoder`` is a pretrained
+    causal LM as ``LanguageConfig.pretrained_path`` names one (``"smollm2"``, a ``.gguf``
+    file or an HF directory), of which the first ``layers`` read the question; ``width``
+    is its hidden size (the classifier's input); ``weight`` scales the prior's
+    log-probability against the LM's scores while an answer spells its label (0: off)."""
+
+    encoder: str = "smollm2"
+    layers: int = 6
+    width: int = 576
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.encoder, str) or not self.encoder.strip():
+            raise ValueError(
+                f"QuestionPriorConfig.encoder must name a pretrained LM, got {self.encoder!r}"
+            )
+        _check_positive("QuestionPriorConfig", layers=self.layers, width=self.width)
+        if not self.weight >= 0.0:
+            raise ValueError(f"QuestionPriorConfig.weight must be >= 0, got {self.weight!r}")
+
+
+@dataclass
 class ModelConfig:
     """The whole MediSee model. ``num_candidate_tokens`` is n of the paper (1..3, default 2).
 
@@ -335,6 +358,10 @@ class ModelConfig:
     trainer fits it). With it, a constrained answer names a label of the kinds the head
     gives at least ``exam_min_probability`` (and of the most likely kind); empty: no head,
     and an answer may name any of ``labels``.
+
+    ``question_prior``: with it, a constrained answer also weighs each label by how likely
+    a pretrained LM reading the question alone finds it (``medisee.model.question_prior``;
+    the trainer fits it); ``None``: no prior.
     """
 
     language: LanguageConfig = field(default_factory=LanguageConfig)
@@ -349,6 +376,7 @@ class ModelConfig:
     labels: tuple[str, ...] = ()
     exams: dict[str, tuple[str, ...]] = field(default_factory=dict)
     exam_min_probability: float = 0.2
+    question_prior: QuestionPriorConfig | None = None
 
     def __post_init__(self) -> None:
         for name, cls in (
@@ -390,6 +418,10 @@ class ModelConfig:
                 "ModelConfig.exam_min_probability must be in (0, 1], got "
                 f"{self.exam_min_probability!r}"
             )
+        if isinstance(self.question_prior, dict):
+            self.question_prior = QuestionPriorConfig(**self.question_prior)
+        if self.question_prior is not None and not self.labels:
+            raise ValueError("ModelConfig.question_prior needs ModelConfig.labels to score")
 
     def to_dict(self) -> dict[str, Any]:
         return _to_jsonable(dataclasses.asdict(self))

@@ -22,15 +22,22 @@ from torch import nn
 from transformers import LogitsProcessorList
 
 from medisee.boxes import denormalize_box, normalize_box
-from medisee.model.answer_constraint import AnswerConstraint, TokenTrie, answer_sequences
+from medisee.model.answer_constraint import (
+    AnswerConstraint,
+    TokenTrie,
+    answer_sequences,
+    answer_sequences_by_label,
+    weighted_answer_trie,
+)
 from medisee.model.box_decoder import BoxDecoder
-from medisee.model.config import ModelConfig
+from medisee.model.config import ModelConfig, QuestionPriorConfig
 from medisee.model.exam_head import ExamHead, allowed_exams, labels_of_exams
 from medisee.model.fusion import CandidateFusion, FusionOutput
 from medisee.model.grounding import GroundingHead, peak_region, region_box, region_on_grid
 from medisee.model.mask_decoder import PromptableSegmenter
 from medisee.model.mllm import BackboneOutput, LanguageBackbone
 from medisee.model.prompting import PromptBuilder
+from medisee.model.question_prior import QuestionEncoder, QuestionPrior
 from medisee.model.tokenizer import candidate_token_strings
 
 CONFIG_NAME = "config.json"
@@ -169,6 +176,10 @@ class MediSee(nn.Module):
         self.grounding = grounding
         self.exam_head = (
             ExamHead(config.mask.prompt_dim, len(config.exams)) if config.exams else None
+        )
+        prior = config.question_prior
+        self.question_prior = (
+            QuestionPrior(prior.width, len(config.labels)) if prior is not None else None
         )
         tokens = candidate_token_strings(config.num_candidate_tokens)
         self.candidate_token_ids: list[int] = list(tokenizer.convert_tokens_to_ids(tokens))
@@ -552,6 +563,8 @@ class MediSee(nn.Module):
         top_p: float = 1.0,
         constrain_answer: bool | Sequence[bool] = False,
         constrain_to_exam: bool = True,
+        questions: Sequence[str | None] | None = None,
+        use_question_prior: bool = True,
     ) -> list[GeneratedAnswer]:
         """Generated (not teacher-forced) prediction for a batch of prompts.
 
@@ -571,6 +584,10 @@ class MediSee(nn.Module):
             constrain_to_exam: with an exam head, a constrained answer names only labels
                 trained on images of the exam kinds it finds likely for the row's image
                 (``medisee.model.exam_head``); ``False``: any of ``config.labels``.
+            questions: each row's question text; with a question prior (and
+                ``use_question_prior``), a constrained row weighs its labels by the prior's
+                probabilities for its question (``medisee.model.question_prior``). A row
+                without one (``None``) is constrained as before.
         """
         if len(prompts) != image_sizes.shape[0]:
             raise ValueError(f"{len(prompts)} prompts for {image_sizes.shape[0]} images")
@@ -601,16 +618,32 @@ class MediSee(nn.Module):
         if any(flags) and self.config.labels:
             offset = width if self.language.generate_sees_prompt else 0
             rows = [row for row, flag in enumerate(flags) if flag]
-            row_tries = {}
+            row_labels: dict[int, Sequence[str]] = {}
             if constrain_to_exam and exams is not None:
                 kinds = list(self.config.exams)
                 for row in rows:
-                    labels = labels_of_exams(self.config.exams, kinds, exams[1][row])
-                    row_tries[row] = self.answer_trie(labels)
+                    row_labels[row] = labels_of_exams(self.config.exams, kinds, exams[1][row])
+            row_tries = {row: self.answer_trie(labels) for row, labels in row_labels.items()}
+            prior = self.config.question_prior
+            if questions is not None and len(questions) != len(prompts):
+                raise ValueError(f"{len(questions)} questions for {len(prompts)} prompts")
+            if use_question_prior and questions is not None and prior and prior.weight:
+                asked = [row for row in rows if questions[row]]
+                priors = self.question_label_probabilities(
+                    [str(questions[row]) for row in asked],
+                    [row_labels.get(row, self.config.labels) for row in asked],
+                )
+                openings = self.answer_openings()
+                for row, label_probabilities in zip(asked, priors):
+                    row_tries[row] = weighted_answer_trie(openings, label_probabilities)
             sampling["logits_processor"] = LogitsProcessorList(
                 [
                     AnswerConstraint(
-                        self.answer_trie(), prompt_length=offset, rows=rows, row_tries=row_tries
+                        self.answer_trie(),
+                        prompt_length=offset,
+                        rows=rows,
+                        row_tries=row_tries,
+                        prior_weight=prior.weight if prior is not None else 1.0,
                     )
                 ]
             )
@@ -669,6 +702,16 @@ class MediSee(nn.Module):
             cached[key] = TokenTrie(answer_sequences(self.prompt_builder(), key))
         return cached[key]
 
+    def answer_openings(self) -> dict[str, list[list[int]]]:
+        """Per label of ``config.labels``, its answer openings' token ids
+        (``answer_sequences_by_label``), built once."""
+        key = tuple(sorted(self.config.labels))
+        cached = self.__dict__.get("_answer_openings")
+        if cached is None or cached[0] != key:
+            cached = (key, answer_sequences_by_label(self.prompt_builder(), key))
+            self.__dict__["_answer_openings"] = cached
+        return cached[1]
+
     @torch.no_grad()
     def predict_exams(
         self, image_embeddings: torch.Tensor
@@ -693,6 +736,63 @@ class MediSee(nn.Module):
         device = next(self.segmenter.parameters()).device
         self.exam_head = ExamHead(self.config.mask.prompt_dim, len(self.config.exams)).to(device)
         return self.exam_head
+
+    def question_encoder(self) -> QuestionEncoder:
+        """The question prior's frozen encoder, loaded on first use (not a submodule: its
+        weights come from ``config.question_prior.encoder``, never from the checkpoint)."""
+        prior = self.config.question_prior
+        if prior is None:
+            raise ValueError("this model has no question prior")
+        device = next(self.segmenter.parameters()).device
+        cached = self.__dict__.get("_question_encoder")
+        if cached is None or cached[0] != (prior.encoder, prior.layers, str(device)):
+            from medisee.model.pretrained_lm import resolve_pretrained_lm
+
+            encoder = QuestionEncoder(resolve_pretrained_lm(prior.encoder), prior.layers, device)
+            cached = ((prior.encoder, prior.layers, str(device)), encoder)
+            self.__dict__["_question_encoder"] = cached
+        return cached[1]
+
+    @torch.no_grad()
+    def question_label_probabilities(
+        self, questions: Sequence[str], allowed: Sequence[Sequence[str]]
+    ) -> list[dict[str, float]]:
+        """Per question, the prior's probability of each label in its ``allowed`` set
+        (renormalised over that set)."""
+        if self.question_prior is None:
+            raise ValueError("this model has no question prior")
+        if len(questions) != len(allowed):
+            raise ValueError(f"{len(allowed)} label sets for {len(questions)} questions")
+        if not questions:
+            return []
+        index = {label: i for i, label in enumerate(self.config.labels)}
+        mask = torch.zeros(len(questions), len(index), dtype=torch.bool)
+        for row, labels in enumerate(allowed):
+            mask[row, [index[label] for label in labels]] = True
+        encoder = self.question_encoder()
+        if encoder.width != self.question_prior.weight.shape[1]:
+            raise ValueError(
+                f"question encoder {getattr(self.config.question_prior, 'encoder', None)!r} has width "
+                f"{encoder.width}; the prior was fitted on width "
+                f"{self.question_prior.weight.shape[1]}"
+            )
+        features = encoder.encode(list(questions))
+        device = self.question_prior.weight.device
+        log_probs = self.question_prior.log_probs(features.to(device), mask).exp().cpu()
+        return [
+            {label: float(log_probs[row, index[label]]) for label in labels}
+            for row, labels in enumerate(allowed)
+        ]
+
+    def attach_question_prior(self, prior: QuestionPriorConfig) -> QuestionPrior:
+        """A new, zero question prior over ``config.labels`` on the model's device,
+        recorded in the config; fit it with ``question_prior.fit_question_prior``."""
+        if not self.config.labels:
+            raise ValueError("attach_question_prior needs config.labels")
+        self.config = dataclasses.replace(self.config, question_prior=prior)
+        device = next(self.segmenter.parameters()).device
+        self.question_prior = QuestionPrior(prior.width, len(self.config.labels)).to(device)
+        return self.question_prior
 
     def _emits_candidate_group(self, token_ids: list[int]) -> bool:
         """Whether generated tokens hold complete, ordered candidate groups; a malformed

@@ -69,6 +69,14 @@ class TrainConfig:
     # training images of each exam kind, so that answers name only labels of the image's
     # kind of exam (0: no exam head).
     exam_head_images: int = 128
+    # Then fit the question prior (medisee.model.question_prior) on up to this many of
+    # the training split's questions, read by the first question_prior_layers layers of
+    # the pretrained LM question_prior_encoder names, so that an answer's label is also
+    # weighed by what a pretrained LM reads in the question (0: no prior; the lite recipe
+    # sets it).
+    question_prior_questions: int = 0
+    question_prior_encoder: str = "smollm2"
+    question_prior_layers: int = 6
     mixed_precision: str = "no"
     # torch's fused AdamW kernel (CPU and CUDA): one pass over all parameters instead of a
     # dozen foreach ops; 10 against 49 ms a step for the lite preset's ~10 M trainable
@@ -105,6 +113,7 @@ class TrainConfig:
             "save_every",
             "keep_checkpoints",
             "mask_loss_every",
+            "question_prior_layers",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
@@ -118,6 +127,7 @@ class TrainConfig:
             "grounding_refit_steps",
             "refit_examples",
             "exam_head_images",
+            "question_prior_questions",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")

@@ -51,6 +51,10 @@ def lite_recipe() -> dict[str, Any]:
         "repeat_threshold": 0.2,
         # Then the grounding head alone on the finished LM's states.
         "grounding_refit_steps": 1500,
+        # Then a question prior on the answer's label, read by SmolLM2's first 6 layers
+        # from 4000 training questions (~50 s): hand-written questions, out of the
+        # template's vocabulary, named the right structure in 0.64 -> 0.71 of replies.
+        "question_prior_questions": 4000,
         "losses": LossWeights(answer_tokens=5.0),
         "save_every": 200,
     }
@@ -71,6 +75,8 @@ def lite_smollm2_recipe() -> dict[str, Any]:
         "grounding_refit_steps": 2500,
         "refit_cached_states": True,
         "refit_examples": 2000,
+        # Measured without a question prior; its LM reads the question itself.
+        "question_prior_questions": 0,
         # A checkpoint holds the whole LM (~0.5 GB): seconds each on this disk.
         "save_every": 500,
     }

@@ -29,8 +29,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from medisee.data.manifest import load_records
+from medisee.model.config import QuestionPriorConfig
 from medisee.train.config import TrainConfig
 from medisee.train.exam_fit import fit_exams
+from medisee.train.prior_fit import fit_prior
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +49,12 @@ class TrainResult:
     resumed_from: int | None = None
     #: wall seconds per phase: ``setup`` (model, embedding cache, data), ``joint``,
     #: ``refit`` and, inside it, ``refit_states`` (the LM passes of a cached refit), and
-    #: ``exam_head``
+    #: ``exam_head`` and ``question_prior``
     phase_seconds: dict[str, float] = field(default_factory=dict)
     #: the exam head's kinds, image count, loss and training accuracy (None: not fitted)
     exam_head: dict[str, Any] | None = None
+    #: the question prior's encoder, question count, loss and accuracy (None: not fitted)
+    question_prior: dict[str, Any] | None = None
 
 
 def warmup_linear_decay(warmup_steps: int, total_steps: int):
@@ -157,6 +161,8 @@ class TrainingRun:
     phase_seconds: dict[str, float] = field(default_factory=dict)
     #: the exam head's fit (``medisee.train.exam_fit.fit_exams``), once it ran
     exam_fit: dict[str, Any] | None = None
+    #: the question prior's fit (``medisee.train.prior_fit.fit_prior``), once it ran
+    prior_fit: dict[str, Any] | None = None
 
 
 def train(
@@ -191,6 +197,18 @@ def train(
                 seed=config.seed,
             )
             run.phase_seconds["exam_head"] = time.perf_counter() - fit_started
+        if config.question_prior_questions:
+            fit_started = time.perf_counter()
+            run.prior_fit = fit_prior(
+                model,
+                run.train_records,
+                questions=config.question_prior_questions,
+                seed=config.seed,
+                prior=QuestionPriorConfig(
+                    encoder=config.question_prior_encoder, layers=config.question_prior_layers
+                ),
+            )
+            run.phase_seconds["question_prior"] = time.perf_counter() - fit_started
         model.save_pretrained(model_dir)
         _atomic_write_text(
             Path(config.output_dir) / "history.json", json.dumps(run.history, indent=1)
@@ -204,6 +222,7 @@ def train(
         run.resumed_from,
         run.phase_seconds,
         run.exam_fit,
+        run.prior_fit,
     )
 
 

@@ -1,0 +1,110 @@
+"""A question prior on the answer's label: one model, with and without.
+
+Fits the question prior (``medisee.model.question_prior``, what ``medisee train`` now does
+after its last step) onto a trained model, from the training split's questions read by
+the first layers of SmolLM2-135M-Instruct, and saves the result beside the original.
+Both are then scored by ``medisee eval`` (generated answers, the shipped hand-written
+questions, no baselines): with the prior weighing the constrained answer's labels, and
+with ``--no-question-prior`` (as before). The other weights are the same in both, so the
+difference is the prior's alone.
+
+    python benchmarks/experiments/question_prior.py --model outputs/demo/run/model \\
+        --manifest outputs/demo/data/manifest.jsonl \\
+        --cache-dir outputs/demo/embedding_cache --out outputs/question_prior \\
+        --json benchmarks/experiments/question_prior.json
+
+An evaluation whose ``metrics.json`` is already in ``--out`` is not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+VARIANTS = {"prior": [], "no_prior": ["--no-question-prior"]}
+GROUPS = ("image", "real_structure")
+
+
+def fit(args: argparse.Namespace) -> dict:
+    import time
+
+    from medisee.data.manifest import load_records
+    from medisee.model.medisee import MediSee
+    from medisee.train.prior_fit import fit_prior
+
+    target = Path(args.out) / "model"
+    stats_path = Path(args.out) / "prior_fit.json"
+    if (target / "config.json").exists() and stats_path.exists():
+        return json.loads(stats_path.read_text())
+    records, _ = load_records(args.manifest)
+    train = [r for r in records if r.split == "train"]
+    model = MediSee.from_pretrained(args.model)
+    if model.question_prior is not None:
+        raise SystemExit(f"{args.model} already has a question prior")
+    started = time.perf_counter()
+    stats = fit_prior(model, train, questions=args.questions, seed=0)
+    stats["seconds"] = time.perf_counter() - started
+    model.save_pretrained(target)
+    stats_path.write_text(json.dumps(stats, indent=1))
+    return stats
+
+
+def evaluate(args: argparse.Namespace, variant: str, split: str) -> Path:
+    directory = Path(args.out) / variant / split
+    if not (directory / "metrics.json").exists():
+        command = [
+            sys.executable, "-m", "medisee", "eval", "--model", str(Path(args.out) / "model"),
+            "--manifest", args.manifest, "--split", split, "--out", str(directory),
+            "--questions", "shipped", "--modes", "generated", "--baselines", "none",
+            "--cache-dir", args.cache_dir, "--batch-size", "16", *VARIANTS[variant],
+        ]  # fmt: skip
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return directory
+
+
+def summarise(directory: Path) -> dict:
+    metrics = json.loads((directory / "metrics.json").read_text())["summaries"]
+    out: dict = {}
+    for method, summary in metrics.items():
+        if not method.startswith("medisee (generated"):
+            continue
+        overall = summary["overall"]
+        row = {k: overall[k] for k in ("dice", "acc", "named_rate", "plausible_rate", "count")}
+        for group in GROUPS:
+            for name, values in summary.get(group, {}).items():
+                row[f"{group}:{name}"] = round(values["dice"], 4)
+        out[method] = row
+    rows = [json.loads(line) for line in (directory / "predictions.jsonl").open()]
+    judged = [r for r in rows if "predicted_exam" in r]
+    if judged:
+        out["exam_accuracy"] = sum(r["predicted_exam"] == r["exam"] for r in judged) / len(judged)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--cache-dir", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--splits", nargs="+", default=["val", "test"])
+    parser.add_argument("--questions", type=int, default=4000)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--json", help="write the comparison here")
+    args = parser.parse_args()
+    result = {"command": " ".join(sys.argv), "fit": fit(args), "variants": {}}
+    for variant in args.variants:
+        for split in args.splits:
+            summary = summarise(evaluate(args, variant, split))
+            result["variants"].setdefault(variant, {})[split] = summary
+            print(variant, split, json.dumps(summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

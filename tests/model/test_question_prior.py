@@ -1,0 +1,257 @@
+"""The question prior (``medisee.model.question_prior``): weighted answer tries, the
+classifier and its fit, the frozen encoder on a tiny GGUF-built LM, and generation that
+follows the prior."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from medisee.data.schema import QAItem, Record, Target
+from medisee.model.answer_constraint import (
+    ANSWER_FORMS,
+    AnswerConstraint,
+    TokenTrie,
+    answer_sequences_by_label,
+    weighted_answer_trie,
+)
+from medisee.model.config import ModelConfig, QuestionPriorConfig
+from medisee.model.medisee import build_model
+from medisee.model.presets import tiny
+from medisee.model.pretrained_lm import resolve_pretrained_lm
+from medisee.model.question_prior import QuestionEncoder, QuestionPrior, fit_question_prior
+from medisee.train.prior_fit import fit_prior, training_questions
+from tests.conftest import TINY_CORPUS
+from tests.model.gguf_fixture import write_tiny_gguf
+
+# --------------------------------------------------------------------- weighted tries
+
+
+def test_log_shares_split_each_prefix_mass_by_hand():
+    # Masses 0.2 ([1, 2]), 0.3 ([1, 3]) and 0.5 ([4]): at the root, 1 holds 0.5 and 4
+    # holds 0.5; after 1, 2 holds 0.2 / 0.5 and 3 holds 0.3 / 0.5.
+    trie = TokenTrie([[1, 2], [1, 3], [4]], weights=[0.2, 0.3, 0.5])
+    assert trie.weighted
+    assert trie.log_shares([], [1, 4]) == pytest.approx([math.log(0.5), math.log(0.5)])
+    assert trie.log_shares([1], [2, 3]) == pytest.approx([math.log(0.4), math.log(0.6)])
+    plain = TokenTrie([[1, 2], [1, 3]])
+    assert not plain.weighted and plain.log_shares([1], [2, 3]) == [0.0, 0.0]
+    with pytest.raises(ValueError, match="3 weights for 2"):
+        TokenTrie([[1], [2]], weights=[1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="one weight per sequence"):
+        TokenTrie([[1], [2]], weights=[1.0])
+    with pytest.raises(ValueError, match=">= 0"):
+        TokenTrie([[1]], weights=[-1.0])
+
+
+def test_processor_adds_the_weighted_log_shares():
+    trie = TokenTrie([[1, 2], [3]], weights=[0.25, 0.75])
+    scores = torch.tensor([[0.0, 1.0, 0.0, 1.5]])
+    out = AnswerConstraint(trie, row_tries={0: trie}, prior_weight=2.0)(
+        torch.zeros((1, 0), dtype=torch.long), scores.clone()
+    )
+    # 1 + 2 log 0.25 = -1.773 against 1.5 + 2 log 0.75 = 0.925: the prior tips it to 3.
+    assert out[0, 1].item() == pytest.approx(1.0 + 2 * math.log(0.25))
+    assert out[0, 3].item() == pytest.approx(1.5 + 2 * math.log(0.75))
+    assert torch.isinf(out[0, [0, 2]]).all()
+    # Weight 0: the scores are the LM's own, masked.
+    same = AnswerConstraint(trie, row_tries={0: trie}, prior_weight=0.0)(
+        torch.zeros((1, 0), dtype=torch.long), scores.clone()
+    )
+    assert same[0, 1].item() == 1.0 and same[0, 3].item() == 1.5
+
+
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(0)
+    model = build_model(tiny(), corpus=TINY_CORPUS)
+    model.config.labels = ("brain", "left kidney", "liver")
+    return model.eval()
+
+
+def test_weighted_answer_trie_sums_to_each_label_log_probability(tiny_model):
+    builder = tiny_model.prompt_builder()
+    probabilities = {"left kidney": 0.7, "liver": 0.2, "brain": 0.1}
+    by_label = answer_sequences_by_label(builder, probabilities)
+    assert tiny_model.answer_openings() == by_label  # the same labels, cached
+    trie = weighted_answer_trie(by_label, probabilities)
+    with pytest.raises(ValueError, match="no answer openings"):
+        weighted_answer_trie(by_label, {"spleen": 1.0})
+    for label, openings in by_label.items():
+        assert len(openings) == len(ANSWER_FORMS)
+        for ids in openings:
+            total = sum(trie.log_shares(ids[:i], [ids[i]])[0] for i in range(len(ids)))
+            assert total == pytest.approx(math.log(probabilities[label] / len(openings)))
+
+
+# --------------------------------------------------------------------- the classifier
+
+
+def test_a_new_prior_is_uniform_and_draws_nothing_from_the_rng():
+    state = torch.random.get_rng_state()
+    prior = QuestionPrior(width=4, num_labels=3)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    allowed = torch.tensor([[True, True, False]])
+    log_probs = prior.log_probs(torch.randn(1, 4), allowed)
+    assert log_probs[0, :2].exp().tolist() == pytest.approx([0.5, 0.5])
+    assert log_probs[0, 2].item() == float("-inf")
+    with pytest.raises(ValueError, match="num_labels"):
+        QuestionPrior(width=4, num_labels=0)
+
+
+def _questions(count: int = 24) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Label 0 is bright in dimension 0, label 1 in 1, label 2 in 2; label 2's questions
+    may not be answered with label 0 (another exam)."""
+    generator = torch.Generator().manual_seed(0)
+    targets = torch.arange(count) % 3
+    features = torch.rand(count, 3, generator=generator)
+    features[torch.arange(count), targets] += 2.0
+    allowed = torch.ones(count, 3, dtype=torch.bool)
+    allowed[targets == 2, 0] = False
+    return features, targets, allowed
+
+
+def test_fit_learns_the_labels_and_is_deterministic():
+    features, targets, allowed = _questions()
+    first, second = QuestionPrior(3, 3), QuestionPrior(3, 3)
+    stats = fit_question_prior(first, features, targets, allowed, steps=200)
+    fit_question_prior(second, features, targets, allowed, steps=200)
+    assert stats["accuracy"] == 1.0 and stats["loss"] < 0.1 and stats["questions"] == 24
+    assert torch.equal(first.weight, second.weight)
+    assert torch.allclose(first.mean, features.mean(0))
+    assert torch.equal(first.log_probs(features, allowed).argmax(-1), targets)
+
+
+def test_fit_rejects_bad_inputs():
+    features, targets, allowed = _questions()
+    with pytest.raises(ValueError, match="do not match"):
+        fit_question_prior(QuestionPrior(3, 3), features, targets[:-1], allowed)
+    with pytest.raises(ValueError, match="must be allowed"):
+        fit_question_prior(QuestionPrior(3, 3), features, torch.zeros_like(targets), allowed)
+    with pytest.raises(ValueError, match="N >= 1"):
+        fit_question_prior(QuestionPrior(3, 3), features[:0], targets[:0], allowed[:0])
+
+
+def test_config_round_trips_and_is_checked():
+    config = ModelConfig(labels=["liver"], question_prior={"encoder": "x.gguf", "width": 32})
+    assert config.question_prior == QuestionPriorConfig("x.gguf", 6, 32, 1.0)
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    assert ModelConfig().question_prior is None
+    with pytest.raises(ValueError, match="needs ModelConfig.labels"):
+        ModelConfig(question_prior=QuestionPriorConfig())
+    with pytest.raises(ValueError, match="layers"):
+        QuestionPriorConfig(layers=0)
+    with pytest.raises(ValueError, match="weight"):
+        QuestionPriorConfig(weight=-1.0)
+    with pytest.raises(ValueError, match="encoder"):
+        QuestionPriorConfig(encoder=" ")
+
+
+# --------------------------------------------------------------------- the encoder
+
+
+@pytest.fixture
+def gguf_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDISEE_CACHE", str(tmp_path / "cache"))
+    return write_tiny_gguf(tmp_path / "tiny-llama.gguf").path
+
+
+def test_encoder_pools_the_stream_after_its_first_layers(gguf_path):
+    from transformers import AutoModelForCausalLM
+
+    directory = resolve_pretrained_lm(str(gguf_path))
+    encoder = QuestionEncoder(directory, layers=1, device="cpu")
+    texts = ["which organ filters the blood", "the liver", "the heart is"]
+    features = encoder.encode(texts)
+    assert features.shape == (3, encoder.width) and encoder.width == 32
+    # One text alone (no padding) gives the same row: the order and the padding are undone.
+    for row, text in enumerate(texts):
+        assert torch.allclose(encoder.encode([text])[0], features[row], atol=1e-5)
+    # By hand: the full LM's residual stream after layer 1, before any norm, averaged.
+    full = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
+    ids = encoder.tokenizer(texts[0], return_tensors="pt")
+    with torch.no_grad():
+        hidden = full.model(**ids, output_hidden_states=True).hidden_states[1]
+    assert torch.allclose(features[0], hidden[0].mean(0), atol=1e-5)
+    assert encoder.encode([]).shape == (0, 32)
+    with pytest.raises(ValueError, match="has 2 layers"):
+        QuestionEncoder(directory, layers=3, device="cpu")
+
+
+def _record(name: str, kind: str, labels_and_questions) -> Record:
+    targets = [
+        Target(
+            label=label,
+            mask={"size": [4, 4], "counts": "0"},
+            box_xyxy=(0, 0, 1, 1),
+            area=1,
+            qa=[QAItem("reasoning", "attribute", "short", q, f"It is the {label}.") for q in qs],
+        )
+        for label, qs in labels_and_questions
+    ]
+    return Record(
+        id=name, image=f"{name}.png", modality="CT", source="toy", source_id=name,
+        height=4, width=4, targets=targets, split="train", meta={"kind": kind},
+    )  # fmt: skip
+
+
+def test_training_questions_are_distinct_and_a_seeded_draw():
+    records = [
+        _record("a", "abdominal_ct", [("liver", ["Which organ makes bile?"] * 2)]),
+        _record("b", "brain_mri", [("brain", ["Which organ  thinks?", "What thinks?"])]),
+    ]
+    every = training_questions(records, 10, seed=0)
+    assert every == [
+        ("Which organ makes bile?", "liver", "abdominal_ct"),
+        ("Which organ thinks?", "brain", "brain_mri"),
+        ("What thinks?", "brain", "brain_mri"),
+    ]
+    two = training_questions(records, 2, seed=0)
+    assert len(two) == 2 and set(two) <= set(every)
+    assert two == training_questions(records, 2, seed=0)
+
+
+def test_generation_follows_the_fitted_prior(tiny_model, gguf_path):
+    """Fit on toy records, then push the prior hard to one label: the constrained answer
+    names it; without the prior the reply is the LM's own."""
+    records = [
+        _record("a", "abdominal_ct", [("liver", ["the liver"]), ("left kidney", ["blood"])]),
+        _record("b", "brain_mri", [("brain", ["the heart is"])]),
+    ]
+    prior = QuestionPriorConfig(encoder=str(gguf_path), layers=1, width=999)
+    stats = fit_prior(tiny_model, records, questions=10, prior=prior)
+    assert stats["questions"] == 3 and stats["accuracy"] == 1.0
+    assert tiny_model.config.question_prior.width == 32  # the encoder's, not the guess
+    builder = tiny_model.prompt_builder()
+    questions = ["Which organ filters the blood?", "Where?"]
+    prompts = [builder.encode([(q, None)]).input_ids for q in questions]
+    size = tiny_model.config.mask.image_size
+    torch.manual_seed(0)
+    pixels = torch.rand(2, 3, size, size)
+    sizes = torch.tensor([[size, size]] * 2)
+    first = tiny_model.candidate_token_ids[0]
+
+    def sentences(**kwargs):
+        answers = tiny_model.generate(
+            prompts, sizes, pixel_values=pixels, max_new_tokens=24, constrain_answer=True,
+            **kwargs,
+        )  # fmt: skip
+        return [
+            tiny_model.tokenizer.decode(a.token_ids[: a.token_ids.index(first)]).strip()
+            for a in answers
+        ]
+
+    own = sentences()
+    assert own == sentences(questions=questions, use_question_prior=False)
+    for favoured in tiny_model.config.labels:
+        with torch.no_grad():
+            tiny_model.question_prior.weight.zero_()
+            tiny_model.question_prior.bias.fill_(-30.0)
+            tiny_model.question_prior.bias[tiny_model.config.labels.index(favoured)] = 30.0
+        named = sentences(questions=questions)
+        openings = {form.format(label=favoured) for form in ANSWER_FORMS}
+        assert set(named) <= openings, (favoured, named)
+    with pytest.raises(ValueError, match="questions for"):
+        sentences(questions=questions[:1])
