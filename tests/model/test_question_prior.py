@@ -255,3 +255,27 @@ def test_generation_follows_the_fitted_prior(tiny_model, gguf_path):
         assert set(named) <= openings, (favoured, named)
     with pytest.raises(ValueError, match="questions for"):
         sentences(questions=questions[:1])
+
+
+def test_predictor_passes_each_question_to_the_prior(tiny_model, gguf_path, tmp_path):
+    from medisee.inference.predictor import GenerationOptions, Predictor
+
+    records = [_record("a", "abdominal_ct", [("liver", ["the liver"]), ("brain", ["blood"])])]
+    fit_prior(tiny_model, records, questions=10, prior=QuestionPriorConfig(str(gguf_path), 1))
+    image = torch.rand(40, 50, 3).mul(255).byte().numpy()
+    question = "Which organ filters the blood?"
+    without = Predictor(tiny_model, GenerationOptions(question_prior=False))
+    own = without.predict(question, image=image).raw_text.split(" <cand_0>")[0]
+    # Favour a label the LM did not name on its own: the predictor must pass the question.
+    favoured = next(label for label in tiny_model.config.labels if label not in own)
+    with torch.no_grad():
+        tiny_model.question_prior.weight.zero_()
+        tiny_model.question_prior.bias.fill_(-30.0)
+        tiny_model.question_prior.bias[tiny_model.config.labels.index(favoured)] = 30.0
+    reply = Predictor(tiny_model).predict(question, image=image).raw_text
+    assert reply.split(" <cand_0>")[0] in {f.format(label=favoured) for f in ANSWER_FORMS}
+    # Without the prior the predictor never reads the encoder: a missing one is no error.
+    tiny_model.attach_question_prior(QuestionPriorConfig(str(tmp_path / "gone.gguf"), 1, 32))
+    Predictor(tiny_model, GenerationOptions(question_prior=False)).predict(question, image=image)
+    with pytest.raises(FileNotFoundError, match="--no-question-prior"):
+        Predictor(tiny_model).predict(question, image=image)

@@ -748,7 +748,15 @@ class MediSee(nn.Module):
         if cached is None or cached[0] != (prior.encoder, prior.layers, str(device)):
             from medisee.model.pretrained_lm import resolve_pretrained_lm
 
-            encoder = QuestionEncoder(resolve_pretrained_lm(prior.encoder), prior.layers, device)
+            try:
+                directory = resolve_pretrained_lm(prior.encoder)
+            except FileNotFoundError as error:
+                raise FileNotFoundError(
+                    f"{error}. The model's question prior reads questions with it; to answer "
+                    "without the prior, pass --no-question-prior (GenerationOptions("
+                    "question_prior=False))"
+                ) from error
+            encoder = QuestionEncoder(directory, prior.layers, device)
             cached = ((prior.encoder, prior.layers, str(device)), encoder)
             self.__dict__["_question_encoder"] = cached
         return cached[1]
