@@ -130,6 +130,29 @@ def test_lite_export_with_lora(tmp_path: Path) -> None:
     _assert_same_outputs(before, _outputs(exported, batch))
 
 
+def test_export_keeps_the_exam_head_and_the_question_prior(tmp_path: Path) -> None:
+    from medisee.model.config import QuestionPriorConfig
+
+    model = _lite_model()
+    model.config.labels = ("brain", "liver")
+    model.attach_exam_head({"abdominal_ct": ("liver",), "brain_mri": ("brain",)})
+    model.attach_question_prior(QuestionPriorConfig("unused.gguf", layers=1, width=8))
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for module in (model.exam_head, model.question_prior):
+            for tensor in (*module.parameters(), *module.buffers()):
+                tensor.copy_(torch.randn(tensor.shape, generator=generator))
+    model.save_pretrained(tmp_path / "trained")
+    export_model(tmp_path / "trained", tmp_path / "exported")
+    exported = MediSee.from_pretrained(tmp_path / "exported")
+    assert exported.config.exams == model.config.exams
+    assert exported.config.question_prior == model.config.question_prior
+    for name in ("exam_head", "question_prior"):
+        original, loaded = getattr(model, name).state_dict(), getattr(exported, name).state_dict()
+        assert original.keys() == loaded.keys()
+        assert all(torch.equal(original[key], loaded[key]) for key in original)
+
+
 def test_merge_lora_in_memory_and_without_adapters() -> None:
     model = _lite_model()
     batch = make_batch(model)
