@@ -32,6 +32,7 @@ def fit(args: argparse.Namespace) -> dict:
     import time
 
     from medisee.data.manifest import load_records
+    from medisee.model.config import QuestionPriorConfig
     from medisee.model.medisee import MediSee
     from medisee.train.prior_fit import fit_prior
 
@@ -45,7 +46,8 @@ def fit(args: argparse.Namespace) -> dict:
     if model.question_prior is not None:
         raise SystemExit(f"{args.model} already has a question prior")
     started = time.perf_counter()
-    stats = fit_prior(model, train, questions=args.questions, seed=0)
+    prior = QuestionPriorConfig(layers=args.layers)
+    stats = fit_prior(model, train, questions=args.questions, seed=0, prior=prior)
     stats["seconds"] = time.perf_counter() - started
     model.save_pretrained(target)
     stats_path.write_text(json.dumps(stats, indent=1))
@@ -92,6 +94,7 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--splits", nargs="+", default=["val", "test"])
     parser.add_argument("--questions", type=int, default=4000)
+    parser.add_argument("--layers", type=int, default=3, help="the encoder's layers read")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--json", help="write the comparison here")
     args = parser.parse_args()

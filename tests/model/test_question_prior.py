@@ -136,7 +136,7 @@ def test_fit_rejects_bad_inputs():
 
 def test_config_round_trips_and_is_checked():
     config = ModelConfig(labels=["liver"], question_prior={"encoder": "x.gguf", "width": 32})
-    assert config.question_prior == QuestionPriorConfig("x.gguf", 6, 32, 1.0)
+    assert config.question_prior == QuestionPriorConfig("x.gguf", 3, 32, 1.0)
     assert ModelConfig.from_dict(config.to_dict()) == config
     assert ModelConfig().question_prior is None
     with pytest.raises(ValueError, match="needs ModelConfig.labels"):

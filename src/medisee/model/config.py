@@ -327,7 +327,7 @@ class QuestionPriorConfig:
     log-probability against the LM's scores while an answer spells its label (0: off)."""
 
     encoder: str = "smollm2"
-    layers: int = 6
+    layers: int = 3
     width: int = 576
     weight: float = 1.0
 

@@ -76,7 +76,7 @@ class TrainConfig:
     # sets it).
     question_prior_questions: int = 0
     question_prior_encoder: str = "smollm2"
-    question_prior_layers: int = 6
+    question_prior_layers: int = 3
     mixed_precision: str = "no"
     # torch's fused AdamW kernel (CPU and CUDA): one pass over all parameters instead of a
     # dozen foreach ops; 10 against 49 ms a step for the lite preset's ~10 M trainable

@@ -51,9 +51,10 @@ def lite_recipe() -> dict[str, Any]:
         "repeat_threshold": 0.2,
         # Then the grounding head alone on the finished LM's states.
         "grounding_refit_steps": 1500,
-        # Then a question prior on the answer's label, read by SmolLM2's first 6 layers
-        # from 4000 training questions (~50 s): hand-written questions, out of the
-        # template's vocabulary, named the right structure in 0.64 -> 0.71 of replies.
+        # Then a question prior on the answer's label, read by SmolLM2's first 3 layers
+        # (QuestionPriorConfig's default, chosen on the validation split's template
+        # questions) from 4000 training questions: hand-written questions, out of the
+        # template's vocabulary, are named right far more often (docs/training.md).
         "question_prior_questions": 4000,
         "losses": LossWeights(answer_tokens=5.0),
         "save_every": 200,
