@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
+from eval_variants import evaluate, summarise
+
 VARIANTS = {"prior": [], "no_prior": ["--no-question-prior"]}
-GROUPS = ("image", "real_structure")
 
 
 def fit(args: argparse.Namespace) -> dict:
@@ -54,38 +54,6 @@ def fit(args: argparse.Namespace) -> dict:
     return stats
 
 
-def evaluate(args: argparse.Namespace, variant: str, split: str) -> Path:
-    directory = Path(args.out) / variant / split
-    if not (directory / "metrics.json").exists():
-        command = [
-            sys.executable, "-m", "medisee", "eval", "--model", str(Path(args.out) / "model"),
-            "--manifest", args.manifest, "--split", split, "--out", str(directory),
-            "--questions", "shipped", "--modes", "generated", "--baselines", "none",
-            "--cache-dir", args.cache_dir, "--batch-size", "16", *VARIANTS[variant],
-        ]  # fmt: skip
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return directory
-
-
-def summarise(directory: Path) -> dict:
-    metrics = json.loads((directory / "metrics.json").read_text())["summaries"]
-    out: dict = {}
-    for method, summary in metrics.items():
-        if not method.startswith("medisee (generated"):
-            continue
-        overall = summary["overall"]
-        row = {k: overall[k] for k in ("dice", "acc", "named_rate", "plausible_rate", "count")}
-        for group in GROUPS:
-            for name, values in summary.get(group, {}).items():
-                row[f"{group}:{name}"] = round(values["dice"], 4)
-        out[method] = row
-    rows = [json.loads(line) for line in (directory / "predictions.jsonl").open()]
-    judged = [r for r in rows if "predicted_exam" in r]
-    if judged:
-        out["exam_accuracy"] = sum(r["predicted_exam"] == r["exam"] for r in judged) / len(judged)
-    return out
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
@@ -101,7 +69,11 @@ def main() -> int:
     result = {"command": " ".join(sys.argv), "fit": fit(args), "variants": {}}
     for variant in args.variants:
         for split in args.splits:
-            summary = summarise(evaluate(args, variant, split))
+            directory = evaluate(
+                Path(args.out) / "model", args.manifest, args.cache_dir,
+                Path(args.out) / variant / split, split, VARIANTS[variant],
+            )  # fmt: skip
+            summary = summarise(directory)
             result["variants"].setdefault(variant, {})[split] = summary
             print(variant, split, json.dumps(summary))
     if args.json:

@@ -31,7 +31,7 @@ def main() -> int:
     from medisee.model.pretrained_lm import resolve_pretrained_lm
     from medisee.model.question_prior import QuestionEncoder, QuestionPrior, fit_question_prior
     from medisee.train.exam_fit import exams_of
-    from medisee.train.prior_fit import training_questions
+    from medisee.train.prior_fit import allowed_labels, training_questions
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--manifest", required=True)
@@ -90,25 +90,21 @@ def main() -> int:
                 out[layer].append((hidden * weights).sum(1) / weights.sum(1))
         return {layer: torch.cat(rows) for layer, rows in out.items()}
 
-    def allowed(rows) -> torch.Tensor:
-        mask = torch.zeros(len(rows), len(labels), dtype=torch.bool)
-        for i, (_, label, kind) in enumerate(rows):
-            mask[i, [index[name] for name in exams.get(kind, labels)]] = True
-            mask[i, index[label]] = True
-        return mask
-
     pooled = {name: features([q for q, _, _ in rows]) for name, rows in sets.items()}
     result: dict = {"command": " ".join(sys.argv), "counts": {k: len(v) for k, v in sets.items()}}
     for layer in args.layers:
         prior = QuestionPrior(deepest.width, len(labels))
         targets = torch.tensor([index[label] for _, label, _ in sets["train"]])
-        fit = fit_question_prior(prior, pooled["train"][layer], targets, allowed(sets["train"]))
+        fit = fit_question_prior(
+            prior, pooled["train"][layer], targets, allowed_labels(sets["train"], labels, exams)
+        )
         row: dict = {"train_accuracy": fit["accuracy"]}
         for name, rows in sets.items():
             if name == "train":
                 continue
             truth = torch.tensor([index[label] for _, label, _ in rows])
-            top = prior.log_probs(pooled[name][layer], allowed(rows)).argmax(-1)
+            allowed = allowed_labels(rows, labels, exams)
+            top = prior.log_probs(pooled[name][layer], allowed).argmax(-1)
             row[name] = float((top == truth).float().mean())
         encoder = QuestionEncoder(directory, layer, "cpu")
         timed = [q for q, _, _ in sets["train"][:512]]

@@ -22,7 +22,7 @@ from medisee.model.medisee import build_model
 from medisee.model.presets import tiny
 from medisee.model.pretrained_lm import resolve_pretrained_lm
 from medisee.model.question_prior import QuestionEncoder, QuestionPrior, fit_question_prior
-from medisee.train.prior_fit import fit_prior, training_questions
+from medisee.train.prior_fit import allowed_labels, fit_prior, training_questions
 from tests.conftest import TINY_CORPUS
 from tests.model.gguf_fixture import write_tiny_gguf
 
@@ -211,6 +211,24 @@ def test_training_questions_are_distinct_and_a_seeded_draw():
     two = training_questions(records, 2, seed=0)
     assert len(two) == 2 and set(two) <= set(every)
     assert two == training_questions(records, 2, seed=0)
+
+
+def test_allowed_labels_are_the_exam_labels_and_the_own_one():
+    labels = ["brain", "left kidney", "liver"]
+    exams = {"abdominal_ct": ("left kidney", "liver"), "brain_mri": ("brain",)}
+    questions = [
+        ("q1", "liver", "abdominal_ct"),
+        ("q2", "brain", "brain_mri"),
+        ("q3", "liver", "brain_mri"),  # its own label, though outside the kind's
+        ("q4", "brain", "fundus"),  # a kind without labels: all of them
+    ]
+    assert allowed_labels(questions, labels, exams).tolist() == [
+        [False, True, True],
+        [True, False, False],
+        [True, False, True],
+        [True, True, True],
+    ]
+    assert allowed_labels(questions[:1], labels, {}).tolist() == [[True, True, True]]
 
 
 def test_generation_follows_the_fitted_prior(tiny_model, gguf_path):

@@ -786,9 +786,9 @@ class MediSee(nn.Module):
             )
         features = encoder.encode(list(questions))
         device = self.question_prior.weight.device
-        log_probs = self.question_prior.log_probs(features.to(device), mask).exp().cpu()
+        probabilities = self.question_prior.log_probs(features.to(device), mask).exp().cpu()
         return [
-            {label: float(log_probs[row, index[label]]) for label in labels}
+            {label: float(probabilities[row, index[label]]) for label in labels}
             for row, labels in enumerate(allowed)
         ]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -38,6 +38,22 @@ def training_questions(records: Sequence[Any], count: int, seed: int) -> list[tu
         keep = sorted(random.Random(f"{seed}-question-prior").sample(range(len(pool)), count))
         pool = [pool[i] for i in keep]
     return pool
+
+
+def allowed_labels(
+    questions: Sequence[tuple[str, str, str]],
+    labels: Sequence[str],
+    exams: Mapping[str, Sequence[str]],
+) -> torch.Tensor:
+    """``[N, L]`` bool over ``labels``: for each ``(question, label, exam kind)``, the
+    labels of its kind in ``exams`` (all of them where the kind is not there, or without
+    exams), and its own label always."""
+    index = {label: i for i, label in enumerate(labels)}
+    allowed = torch.zeros(len(questions), len(labels), dtype=torch.bool)
+    for row, (_, label, kind) in enumerate(questions):
+        allowed[row, [index[name] for name in exams.get(kind, labels)]] = True
+        allowed[row, index[label]] = True
+    return allowed
 
 
 def fit_prior(
@@ -72,12 +88,7 @@ def fit_prior(
     module = model.attach_question_prior(config)
     features = encoder.encode([question for question, _, _ in drawn])
     targets = torch.tensor([index[label] for _, label, _ in drawn])
-    allowed = torch.zeros(len(drawn), len(labels), dtype=torch.bool)
-    exams = model.config.exams
-    for row, (_, label, kind) in enumerate(drawn):
-        kind_labels = exams.get(kind, labels) if exams else labels
-        allowed[row, [index[name] for name in kind_labels]] = True
-        allowed[row, index[label]] = True
+    allowed = allowed_labels(drawn, labels, model.config.exams)
     stats = fit_question_prior(module, features, targets, allowed)
     logger.info(
         "question prior: %d questions, training accuracy %.3f", len(drawn), stats["accuracy"]

@@ -1,0 +1,51 @@
+"""Shared by the experiments that score one saved model under several ``medisee eval``
+flag sets (``exam_head.py``, ``question_prior.py``): run each evaluation once, read its
+generated figures back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+GROUPS = ("image", "real_structure")
+
+
+def evaluate(
+    model_dir: Path, manifest: str, cache_dir: str, out: Path, split: str, flags: Sequence[str]
+) -> Path:
+    """``medisee eval`` of ``model_dir`` on ``split`` (generated answers, the shipped
+    hand-written questions, no baselines) with ``flags``, into ``out``; skipped when
+    ``out`` already holds its ``metrics.json``."""
+    if not (out / "metrics.json").exists():
+        command = [
+            sys.executable, "-m", "medisee", "eval", "--model", str(model_dir),
+            "--manifest", manifest, "--split", split, "--out", str(out),
+            "--questions", "shipped", "--modes", "generated", "--baselines", "none",
+            "--cache-dir", cache_dir, "--batch-size", "16", *flags,
+        ]  # fmt: skip
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return out
+
+
+def summarise(directory: Path) -> dict:
+    """The generated rows' overall figures and Dice per group, and how often the exam
+    head read the image's kind right (where the rows record it)."""
+    metrics = json.loads((directory / "metrics.json").read_text())["summaries"]
+    out: dict = {}
+    for method, summary in metrics.items():
+        if not method.startswith("medisee (generated"):
+            continue
+        overall = summary["overall"]
+        row = {k: overall[k] for k in ("dice", "acc", "named_rate", "plausible_rate", "count")}
+        for group in GROUPS:
+            for name, values in summary.get(group, {}).items():
+                row[f"{group}:{name}"] = round(values["dice"], 4)
+        out[method] = row
+    rows = [json.loads(line) for line in (directory / "predictions.jsonl").open()]
+    judged = [r for r in rows if "predicted_exam" in r]
+    if judged:
+        out["exam_accuracy"] = sum(r["predicted_exam"] == r["exam"] for r in judged) / len(judged)
+    return out
