@@ -24,6 +24,7 @@ SUBSYSTEMS = (
     "medisee.inference.cli",
     "medisee.serve.cli",
     "medisee.demo",
+    "medisee.release.cli",
 )
 
 #: top-level module of an optional dependency -> the extra that installs it

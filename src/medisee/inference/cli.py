@@ -27,7 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Answer a question about images: writes mask PNG (or NIfTI), box JSON, "
         "overlay PNG and the explanation per image, and predictions.jsonl.",
     )
-    predict.add_argument("--model", required=True, help="checkpoint directory (save_pretrained)")
+    predict.add_argument(
+        "--model",
+        default=None,
+        help="checkpoint directory, released model name or Hub id (default: the released "
+        "medisee-lite)",
+    )
     source = predict.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", nargs="+", help="image file(s): PNG/JPEG/TIFF, DICOM, NIfTI")
     source.add_argument("--images", help="a directory: every image file in it (recursive)")
@@ -54,7 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="talk about one image in the terminal",
         description=f"Interactive conversation about one image (stdin). {CHAT_HELP}.",
     )
-    chat.add_argument("--model", required=True, help="checkpoint directory (save_pretrained)")
+    chat.add_argument(
+        "--model",
+        default=None,
+        help="checkpoint directory, released model name or Hub id (default: the released "
+        "medisee-lite)",
+    )
     chat.add_argument("--image", required=True, help="PNG/JPEG/TIFF, DICOM or NIfTI file")
     chat.add_argument(
         "--no-knowledge",

@@ -285,22 +285,28 @@ class Predictor:
     @classmethod
     def from_pretrained(
         cls,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | None = None,
         device: str | torch.device = "cpu",
         *,
         llm_dtype: torch.dtype | None = None,
         llm_quantization: str | None = None,
         **kwargs: Any,
     ) -> Predictor:
-        """Load a ``save_pretrained`` (or ``medisee export``) checkpoint onto ``device``.
+        """Load a model onto ``device``: a checkpoint directory (``save_pretrained``,
+        ``medisee export`` or a release), the released ``"medisee-lite"`` (the default when
+        ``path`` is ``None``), or a Hugging Face Hub id (``medisee.model.released.resolve_model``).
 
         ``llm_dtype``/``llm_quantization`` are passed to ``MediSee.from_pretrained``;
         ``kwargs`` to the constructor (``generation``, ``batch_size``).
         """
         from medisee.model.medisee import MediSee
+        from medisee.model.released import resolve_model
 
         model = MediSee.from_pretrained(
-            path, map_location=device, llm_dtype=llm_dtype, llm_quantization=llm_quantization
+            resolve_model(path),
+            map_location=device,
+            llm_dtype=llm_dtype,
+            llm_quantization=llm_quantization,
         )
         if llm_quantization is None:
             # Weights are loaded into modules built on the CPU: move them (a quantized LM is

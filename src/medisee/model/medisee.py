@@ -843,7 +843,8 @@ class MediSee(nn.Module):
         llm_quantization: str | None = None,
     ) -> MediSee:
         """Rebuild from ``save_pretrained`` output (or ``medisee export`` output, see
-        ``medisee.model.export``) and load the weights strictly.
+        ``medisee.model.export``, or a release, see ``medisee.model.released``) and load
+        the weights strictly.
 
         ``llm_dtype`` (e.g. ``torch.bfloat16``) and ``llm_quantization`` (``"8bit"``/``"4bit"``,
         bitsandbytes, CUDA only, exported checkpoints only) apply to the LLaVA language
@@ -852,9 +853,15 @@ class MediSee(nn.Module):
         from safetensors.torch import load_model
         from transformers import AutoTokenizer
 
+        from medisee.model.released import is_release, load_release
+
         source = Path(directory)
         if not (source / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"{source} has no {CONFIG_NAME}: not a medisee checkpoint")
+        if is_release(source):
+            if llm_quantization is not None or llm_dtype is not None:
+                raise ValueError(f"{source}: a release loads in its stored precision only")
+            return load_release(source, map_location)
         if is_exported(source):
             return _load_exported(source, map_location, llm_dtype, llm_quantization)
         if llm_quantization is not None:

@@ -21,7 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Serve a model: POST /v1/predict, GET / (web page), GET /healthz, "
         "GET /openapi.json. One model worker; requests queue.",
     )
-    serve.add_argument("--model", required=True, help="checkpoint directory (save_pretrained)")
+    serve.add_argument(
+        "--model",
+        default=None,
+        help="checkpoint directory, released model name or Hub id (default: the released "
+        "medisee-lite)",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--device", default="cpu")
@@ -85,8 +90,10 @@ def run_serve(args: argparse.Namespace) -> int:
     from medisee.serve.app import create_app
 
     settings = settings_from_args(args)
-    if not os.path.isdir(args.model):
-        raise FileNotFoundError(f"no such model directory: {args.model}")
+    from medisee.model.released import resolve_model
+
+    # Resolved before the server starts, so a bad name fails here and not in the worker.
+    model_dir = resolve_model(args.model)
     if args.host not in _LOOPBACK and settings.api_key is None:
         logger.warning(
             "serving on %s without an API key: anyone who can reach it can use it "
@@ -97,6 +104,6 @@ def run_serve(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    app = create_app(args.model, settings, device=args.device)
+    app = create_app(model_dir, settings, device=args.device)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

@@ -1,0 +1,211 @@
+"""``medisee release``: turn ``medisee demo``'s model into the released checkpoint.
+
+1. run ``medisee demo`` with its defaults (or reuse a finished demo directory),
+2. write the slim fp16 release (``medisee.model.released``) to a staging directory,
+3. evaluate the release itself on the demo's test split (generated answers, template and
+   hand-written questions) and score the check items (``medisee.release.check``),
+4. write ``release.json`` and ``MODEL_CARD.md``, and move the release into place.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medisee.model.released import DEFAULT_MODEL, MODEL_CARD, RELEASE_FILE
+
+#: what a newcomer runs to make the release again
+RELEASE_COMMAND = "medisee release"
+
+
+@dataclass
+class ReleaseConfig:
+    """Where the release comes from and goes.
+
+    ``out_dir`` ``None``: the package's own ``assets/models/<name>`` (in a source checkout,
+    the file that ships). ``run_demo`` ``False``: reuse the finished demo in ``demo_dir``.
+    """
+
+    name: str = DEFAULT_MODEL
+    demo_dir: str = "outputs/demo"
+    out_dir: str | None = None
+    run_demo: bool = True
+    dtype: str = "float16"
+    eval_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        from medisee.model.released import RELEASE_DTYPES, RELEASED_MODELS
+
+        if self.name not in RELEASED_MODELS:
+            raise ValueError(f"release name must be one of {sorted(RELEASED_MODELS)}")
+        if self.dtype not in RELEASE_DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(RELEASE_DTYPES)}, got {self.dtype!r}")
+        if self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+
+    def target(self) -> Path:
+        from medisee.model.released import released_model_dir
+
+        return Path(self.out_dir) if self.out_dir else released_model_dir(self.name)
+
+
+def git_commit(where: Path, ignore: Path | None = None) -> str:
+    """``HEAD`` of the checkout holding ``where``, with ``+modified`` when tracked files
+    other than those under ``ignore`` differ from it; ``"unknown"`` outside a checkout."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+        top = Path(
+            subprocess.run(
+                ["git", "rev-parse", "--show-toplevel"],
+                cwd=where,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    skipped = ignore.resolve() if ignore is not None else None
+    dirty = [
+        line
+        for line in changed
+        if skipped is None or not (top / line[3:]).resolve().is_relative_to(skipped)
+    ]
+    return head + ("+modified" if dirty else "")
+
+
+def training_data(records: list) -> dict[str, Any]:
+    """What the model trained on: images per source, targets per provenance, patients."""
+    train = [r for r in records if r.split == "train"]
+    return {
+        "train_images": len(train),
+        "val_images": sum(r.split == "val" for r in records),
+        "test_images": sum(r.split == "test" for r in records),
+        "train_images_by_source": dict(sorted(Counter(r.source for r in train).items())),
+        "train_targets_by_provenance": dict(
+            sorted(Counter(str(t.provenance) for r in train for t in r.targets).items())
+        ),
+        "train_patients": sorted({str(r.meta["patient"]) for r in train if "patient" in r.meta}),
+        "test_patients": sorted(
+            {str(r.meta["patient"]) for r in records if r.split == "test" and "patient" in r.meta}
+        ),
+    }
+
+
+def build_release(config: ReleaseConfig) -> Path:
+    """Make the release (see the module docstring); returns its directory."""
+    from medisee.data.manifest import load_records
+    from medisee.demo import DemoConfig, headline_figures, run_demo
+    from medisee.evaluate.handwritten import load_questions
+    from medisee.evaluate.pipeline import evaluate_with_baselines
+    from medisee.inference.predictor import Predictor
+    from medisee.model.export import merge_lora
+    from medisee.model.medisee import MediSee
+    from medisee.model.released import save_release
+    from medisee.release.card import model_card
+    from medisee.release.check import check_items, mean_dice, score_items
+
+    started = time.perf_counter()
+    target = config.target()
+    # Before the demo runs: the code that trains is the code recorded.
+    commit = git_commit(Path(__file__).parent, ignore=target)
+    demo_dir = Path(config.demo_dir)
+    if config.run_demo and (demo_dir / "demo.json").exists():
+        # The demo resumes what it finds: a finished one would be packed, not retrained.
+        raise FileExistsError(
+            f"{demo_dir} already holds a finished demo: pass --skip-demo to pack its model, "
+            "or --demo-dir a new directory to train one"
+        )
+    if config.run_demo:
+        run_demo(DemoConfig(out_dir=str(demo_dir)))
+    demo_report = demo_dir / "demo.json"
+    model_dir = demo_dir / "run" / "model"
+    manifest = demo_dir / "data" / "manifest.jsonl"
+    for needed in (demo_report, model_dir, manifest):
+        if not needed.exists():
+            raise FileNotFoundError(
+                f"{needed} is missing: run `medisee demo --out {demo_dir}` first, or "
+                "`medisee release` without --skip-demo"
+            )
+    demo = json.loads(demo_report.read_text())
+    records, _ = load_records(manifest)
+
+    model = MediSee.from_pretrained(model_dir).eval()
+    merge_lora(model)
+    staging = target.with_name(f".{target.name}.staging")
+    if staging.exists():
+        shutil.rmtree(staging)
+    save_release(model, staging, config.name, config.dtype)
+    del model
+
+    print(f"evaluating the {config.dtype} release on the test split ...", flush=True)
+    summaries = evaluate_with_baselines(
+        model_dir=staging,
+        manifest=manifest,
+        split="test",
+        out=demo_dir / "release_eval",
+        modes=("generated",),
+        baselines=(),
+        batch_size=config.eval_batch_size,
+        cache_dir=demo_dir / "embedding_cache",
+        records=(records, manifest.parent),
+        questions=load_questions(),
+        progress=False,
+    )
+    figures = headline_figures(summaries)
+    for group, values in demo["headline"].items():  # the oracle box does not use our weights
+        if group in figures and "oracle_dice" in values:
+            figures[group]["oracle_dice"] = values["oracle_dice"]
+    print("scoring the check items ...", flush=True)
+    predictor = Predictor.from_pretrained(staging)
+    items = score_items(predictor, check_items(records))
+    del predictor
+
+    info_path = staging / RELEASE_FILE
+    info = json.loads(info_path.read_text())
+    info.update(
+        {
+            "command": RELEASE_COMMAND
+            if config.run_demo
+            else f"{RELEASE_COMMAND} --skip-demo --demo-dir {demo_dir}",
+            "ran_demo": config.run_demo,
+            "demo_command": f"medisee demo --out {demo_dir}",
+            "commit": commit,
+            "made": time.strftime("%Y-%m-%d", time.gmtime()),
+            "machine": {"platform": platform.platform(), "python": platform.python_version()},
+            "demo_timings_s": demo.get("timings_s", {}),
+            "train_steps": demo.get("train_steps"),
+            "data": training_data(records),
+            "figures": figures,
+            "figures_float32": demo["headline"],
+            "check": {
+                "seed": 0,
+                "mean_dice": round(mean_dice(items), 4),
+                "items": [item.as_dict() for item in items],
+            },
+            "release_seconds": round(time.perf_counter() - started, 1),
+        }
+    )
+    info_path.write_text(json.dumps(info, indent=1) + "\n")
+    (staging / MODEL_CARD).write_text(model_card(info, staging))
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    print(f"wrote {target} (check: mean Dice {info['check']['mean_dice']:.4f} on {len(items)})")
+    return target
