@@ -50,7 +50,8 @@ def main() -> None:
         ]  # fmt: skip
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seconds["train"] = time.perf_counter() - started - seconds["data"]
-    result: dict = {"window": args.window, "seconds": seconds}
+    command = " ".join(["benchmarks/experiments/ct_window.py", *sys.argv[1:]])
+    result: dict = {"command": command, "window": args.window, "seconds": seconds}
     for split in ("val", "test"):
         directory = evaluate(
             run / "model", str(data / "manifest.jsonl"), str(cache), out / f"eval_{split}",
