@@ -212,6 +212,21 @@ def test_read_volumes_reports_missing_members(tmp_path):
         read_volumes(sdist, ["lung1"])
 
 
+def test_ct_slices_follow_the_configured_window(fake_sdist):
+    volume = read_volumes(fake_sdist, ["lung2"])["lung2"]  # a test case: no views, no pastes
+    case = next(c for c in CASES if c.name == "lung2")
+    lung = radiomics.case_slices(case, volume, RadiomicsConfig())
+    wide = radiomics.case_slices(case, volume, RadiomicsConfig(ct_window="chest_wide"))
+    assert [s.record_id for s in lung] == [s.record_id for s in wide]
+    assert {s.meta["window"] for s in lung} == {"lung"}
+    assert {s.meta["window"] for s in wide} == {"chest_wide"}
+    assert wide[0].meta["window_center_width"] == [-160.0, 1150.0]
+    # The same HU through another window: the pixels differ, the masks do not.
+    assert not np.array_equal(lung[0].image, wide[0].image)
+    for a, b in zip(lung, wide):
+        assert [(n, m.tolist()) for n, m in a.targets] == [(n, m.tolist()) for n, m in b.targets]
+
+
 # ------------------------------------------------------------------ derived CT masks
 def test_derived_ct_masks_on_a_synthetic_volume():
     hu, truth = synthetic_ct()
