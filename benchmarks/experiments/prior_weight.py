@@ -1,0 +1,77 @@
+"""The question prior's weight at inference (``QuestionPriorConfig.weight``): score one
+saved model with the weight set to each value, on the validation split (and the test
+split with ``--test``), generated answers, template and hand-written questions.
+
+    python benchmarks/experiments/prior_weight.py --model src/medisee/assets/models/medisee-lite \\
+        --manifest outputs/data/manifest.jsonl --cache-dir outputs/embedding_cache \\
+        --out outputs/prior_weight --weights 0.5,1,2,4 --json benchmarks/experiments/prior_weight.json
+
+The weight scales the prior's log-probability against the language model's: 1 is the plain
+product of the two probabilities; 0 leaves the prior out. Only ``config.json`` differs
+between the copies, so the weights are the same model's. Each evaluation is skipped when
+its output exists, so a stopped run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from eval_variants import evaluate, summarise  # noqa: E402
+
+
+def with_weight(model: Path, weight: float, out: Path) -> Path:
+    """A copy of ``model`` whose question prior has ``weight`` (the weights file linked,
+    not copied)."""
+    if out.exists():
+        return out
+    out.mkdir(parents=True)
+    for item in model.iterdir():
+        target = out / item.name
+        if item.is_dir():
+            shutil.copytree(item, target)
+        elif item.name == "config.json":
+            config = json.loads(item.read_text())
+            if config.get("question_prior") is None:
+                raise SystemExit(f"{model} has no question prior")
+            config["question_prior"]["weight"] = weight
+            target.write_text(json.dumps(config, indent=2))
+        else:
+            target.symlink_to(item.resolve())
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--cache-dir", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--weights", default="0.5,1,2,4")
+    parser.add_argument("--test", action="store_true", help="the test split too")
+    parser.add_argument("--json", required=True)
+    args = parser.parse_args()
+    out = Path(args.out)
+    weights = [float(w) for w in args.weights.split(",")]
+    splits = ["val", "test"] if args.test else ["val"]
+    command = " ".join(["benchmarks/experiments/prior_weight.py", *sys.argv[1:]])
+    result: dict = {"command": command, "variants": {}}
+    for weight in weights:
+        model = with_weight(Path(args.model), weight, out / f"model_w{weight:g}")
+        scores = {}
+        for split in splits:
+            directory = evaluate(
+                model, args.manifest, args.cache_dir, out / f"w{weight:g}_{split}", split, []
+            )
+            scores[split] = summarise(directory)
+        result["variants"][f"{weight:g}"] = scores
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
