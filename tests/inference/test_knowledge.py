@@ -7,11 +7,14 @@ import torch
 
 from medisee.inference import knowledge
 from medisee.inference.knowledge import (
+    answer_follow_up,
+    asks_about_subject,
     knowledge_reply,
     resolve_follow_up,
     subject_of,
     supports_knowledge,
 )
+from medisee.inference.outputs import complete_sentences
 from medisee.inference.predictor import Prediction, Predictor
 from tests.model.gguf_fixture import build_tiny_pretrained_model, write_tiny_gguf
 
@@ -23,6 +26,8 @@ from tests.model.gguf_fixture import build_tiny_pretrained_model, write_tiny_ggu
         ("That is the liver.", "liver"),
         ("Those are the lungs! They exchange gases.", "lungs"),
         ("it is white matter.", "white matter"),
+        ("Sure, this is the brain. It thinks.", "brain"),  # a referring question's answer
+        ("Yes, that is the spleen.", "spleen"),
         ("The liver makes bile.", None),  # not an answer sentence
         ("", None),
     ],
@@ -43,6 +48,10 @@ def test_subject_of_reads_the_answer_sentence(reply, subject):
         ),
         ("What lies next to the spleen?", "What lies next to the spleen?"),  # nothing to resolve
         ("What does digit mean?", "What does digit mean?"),  # "it" inside a word stays
+        (
+            "What is their role? Do they grow?",
+            "What is the left kidney's role? Do the left kidney grow?",
+        ),
     ],
 )
 def test_resolve_follow_up_replaces_pronouns(question, resolved):
@@ -114,8 +123,10 @@ def test_the_from_scratch_lm_has_no_knowledge_to_ask():
 
 
 def _prediction(question, text, found):
+    mask = np.zeros((8, 8), bool)
+    mask[1:4, 1:4] = found
     return Prediction(
-        mask=np.zeros((8, 8), bool),
+        mask=mask,
         box=(1.0, 1.0, 4.0, 4.0) if found else None,
         text=text,
         scores={"found_target": found},
@@ -164,3 +175,104 @@ def test_conversation_answers_text_turns_from_knowledge(models, monkeypatch):
     plain = predictor.conversation(image, knowledge=False)
     plain.ask("q")
     assert plain.ask("What does it do?").text == "The liver makes bile." and len(asked) == 1
+
+
+@pytest.mark.parametrize(
+    ("question", "answered", "about"),
+    [
+        ("What does it do?", "left kidney", True),
+        ("What is its role in the body?", "left kidney", True),
+        ("What does that organ do?", "Left Kidney", True),  # case does not matter
+        ("What does it do?", "liver", False),  # another structure: a new target
+        ("Where is it?", "left kidney", False),  # asks for a region
+        ("Segment it again.", "left kidney", False),
+        ("Show me its outline.", "left kidney", False),
+        ("What does the kidney do?", "left kidney", False),  # does not refer back
+        ("What do they do?", "left kidney", True),
+        ("What is their role?", None, True),  # the reply names no structure
+        ("Where are they?", None, False),
+    ],
+)
+def test_asks_about_subject_by_hand(question, answered, about):
+    assert asks_about_subject(question, "left kidney", answered) is about
+    assert asks_about_subject(question, None, answered) is False  # no subject yet
+
+
+@pytest.fixture
+def prior_model(gguf_path, tmp_path, monkeypatch):
+    """The from-scratch tiny LM with a question prior whose encoder is the tiny GGUF LM."""
+    from medisee.model.config import QuestionPriorConfig
+    from tests.inference.helpers import make_tiny_model
+
+    monkeypatch.setenv("MEDISEE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = make_tiny_model()
+    model.config.labels = ("left kidney", "liver")
+    model.attach_question_prior(QuestionPriorConfig(str(gguf_path), layers=1, width=32))
+    return model.eval()
+
+
+def test_a_question_prior_lm_answers_the_follow_ups(prior_model, gguf_path):
+    """Without adapters, the prior's encoder LM, whole, is asked in its chat template."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medisee.model.pretrained_lm import resolve_pretrained_lm
+
+    assert supports_knowledge(prior_model)
+    reply = knowledge_reply(prior_model, "What does it do?", "kidney", max_new_tokens=8)
+    # By hand: the same LM loaded on its own, asked the resolved question.
+    directory = resolve_pretrained_lm(str(gguf_path))
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    causal = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
+    messages = [
+        {"role": "system", "content": knowledge.KNOWLEDGE_SYSTEM},
+        {"role": "user", "content": "What does the kidney do?"},
+    ]
+    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
+    prompt = torch.tensor([list(ids)])
+    with torch.no_grad():
+        output = causal.generate(
+            input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8,
+            do_sample=False, pad_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )  # fmt: skip
+    expected = tokenizer.decode(output[0, prompt.shape[1] :].tolist(), skip_special_tokens=True)
+    assert reply == complete_sentences(expected)
+    # Loaded once, kept off the module tree (never saved, never moved by .to()).
+    cached = prior_model.__dict__["_knowledge_lm"]
+    knowledge_reply(prior_model, "What is it?", "kidney", max_new_tokens=2)
+    assert prior_model.__dict__["_knowledge_lm"] is cached
+    assert not any("_knowledge_lm" in name for name, _ in prior_model.named_modules())
+
+
+def test_a_follow_up_about_the_subject_keeps_its_mask_and_gets_knowledge(prior_model, monkeypatch):
+    monkeypatch.setattr(
+        knowledge, "knowledge_reply", lambda model, question, subject, **kw: f"About {subject}."
+    )
+    first = _prediction("Which organ filters the blood?", "It is the left kidney.", True)
+    same = _prediction("What does it do?", "It is the left kidney.", True)
+    where = _prediction("Where is it?", "It is the left kidney.", True)
+    other = _prediction("What does it do?", "It is the liver.", True)
+    _, subject = answer_follow_up(prior_model, first, None)
+    assert subject == "left kidney"
+    about, kept = answer_follow_up(prior_model, same, subject)
+    assert (about.text, about.scores["reply"], kept) == ("About left kidney.", "knowledge", subject)
+    assert about.box == same.box and about.mask is same.mask  # the region stays
+    for turn, new_subject in ((where, "left kidney"), (other, "liver")):
+        answered, after = answer_follow_up(prior_model, turn, subject)
+        assert (answered.text, answered.scores["reply"], after) == (
+            turn.text, "model", new_subject,
+        )  # fmt: skip
+    # A target whose reply names no structure answers nothing asked: it is dropped.
+    for reply in ("The heart. It pumps.", "It is found inside the abdomen."):  # no label
+        unnamed = _prediction("What is its role?", reply, True)
+        answered, after = answer_follow_up(prior_model, unnamed, subject)
+        assert (answered.text, answered.scores["reply"], after) == (
+            "About left kidney.", "knowledge", subject,
+        )  # fmt: skip
+        assert answered.box is None and not answered.mask.any() and not answered.found_target
+        assert answered.scores["found_target"] is False and answered.scores["mask_pixels"] == 0
+    # Turned off, the model's reply stands.
+    plain, _ = answer_follow_up(prior_model, same, subject, enabled=False)
+    assert plain.scores["reply"] == "model" and plain.text == same.text

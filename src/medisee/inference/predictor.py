@@ -32,6 +32,8 @@ import torch
 from medisee.boxes import clip_box, denormalize_box
 from medisee.data.io import MedicalImage
 from medisee.inference.inputs import ImageInput, ReadOptions, load_image
+from medisee.inference.knowledge import asks_for_region
+from medisee.inference.outputs import complete_sentences
 
 if TYPE_CHECKING:  # pragma: no cover
     from medisee.model.medisee import GeneratedAnswer, MediSee
@@ -55,7 +57,9 @@ class GenerationOptions:
     ``constrain_answer``: a question on a conversation's first turn asks for a target, so
     its reply opens with an answer sentence that names one of the structures the model
     was trained on (``ModelConfig.labels``; ``medisee.model.answer_constraint``), then
-    the candidate tokens. Follow-up turns are generated freely.
+    the candidate tokens. So does a follow-up that asks for a region ("Segment the
+    liver.", "Where is it?"; ``medisee.inference.knowledge.asks_for_region``); other
+    follow-ups are generated freely.
 
     ``constrain_to_exam``: with a model that has an exam head, that label is one trained
     on images of the exam kinds the head finds likely for the image
@@ -537,7 +541,9 @@ class Predictor:
             "max_new_tokens": options.max_new_tokens,
             "do_sample": options.do_sample,
             "constrain_answer": [
-                options.constrain_answer and not request.history for request in requests
+                options.constrain_answer
+                and (not request.history or asks_for_region(request.question))
+                for request in requests
             ],
             "constrain_to_exam": options.constrain_to_exam,
             "questions": [request.question for request in requests],
@@ -559,7 +565,9 @@ class Predictor:
         return Prediction(
             mask=mask,
             box=box,
-            text=" ".join(answer.text.split()),
+            # The raw reply keeps every token (it is the next turn's history); the shown
+            # one ends on a whole sentence.
+            text=complete_sentences(" ".join(answer.text.split())),
             scores={
                 "found_target": answer.found_target,
                 "iou": answer.iou_score,
@@ -626,9 +634,10 @@ def _rng_devices(device: torch.device) -> list[Any]:
 class Conversation:
     """Questions about one image, each seeing the earlier turns (raw replies kept).
 
-    With ``knowledge`` (the default) and a pretrained LM under adapters, a turn on which
-    the model finds no target is answered by the base LM from its own knowledge, about
-    the structure found last (``medisee.inference.knowledge``); the prediction's
+    With ``knowledge`` (the default) and a pretrained LM to ask (the question prior's, or
+    the model's own under adapters), a turn that asks about the structure found last
+    rather than for a region is answered by that LM from its own knowledge
+    (``medisee.inference.knowledge.answer_follow_up``); the prediction's
     ``scores["reply"]`` says ``"knowledge"`` there and ``"model"`` elsewhere.
     """
 
