@@ -43,11 +43,11 @@ def fit(args: argparse.Namespace) -> dict:
     records, _ = load_records(args.manifest)
     train = [r for r in records if r.split == "train"]
     model = MediSee.from_pretrained(args.model)
-    if model.question_prior is not None:
-        raise SystemExit(f"{args.model} already has a question prior")
+    if model.question_prior is not None and not args.refit:
+        raise SystemExit(f"{args.model} already has a question prior (--refit replaces it)")
     started = time.perf_counter()
     prior = QuestionPriorConfig(layers=args.layers)
-    stats = fit_prior(model, train, questions=args.questions, seed=0, prior=prior)
+    stats = fit_prior(model, train, questions=args.questions, seed=args.seed, prior=prior)
     stats["seconds"] = time.perf_counter() - started
     model.save_pretrained(target)
     stats_path.write_text(json.dumps(stats, indent=1))
@@ -63,6 +63,10 @@ def main() -> int:
     parser.add_argument("--splits", nargs="+", default=["val", "test"])
     parser.add_argument("--questions", type=int, default=4000)
     parser.add_argument("--layers", type=int, default=3, help="the encoder's layers read")
+    parser.add_argument("--seed", type=int, default=0, help="the draw of the questions")
+    parser.add_argument(
+        "--refit", action="store_true", help="replace the model's own question prior"
+    )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--json", help="write the comparison here")
     args = parser.parse_args()
