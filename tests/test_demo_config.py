@@ -102,7 +102,10 @@ def test_headline_puts_real_scans_first_beside_the_oracle():
             "image": {"phantom": s(3, 0.7), "real": s(2, 0.2)},
             "real_structure": {"lungs": s(2, 0.2)},
         },
-        "medisee (generated, hand-written)": {"overall": s(4, 0.4, 0.75)},
+        "medisee (generated, hand-written)": {
+            "overall": s(4, 0.4, 0.75),
+            "by_question": s(2, 0.3, 0.5),
+        },
         "oracle_box": {
             "overall": s(5, 0.9),
             "image": {"phantom": s(3, 0.95), "real": s(2, 0.8)},
@@ -110,12 +113,16 @@ def test_headline_puts_real_scans_first_beside_the_oracle():
         },
     }
     headline = headline_figures(summaries)
-    assert list(headline) == ["real", "real: lungs", "phantom", "hand-written"]
+    assert list(headline) == [
+        "real", "real: lungs", "phantom", "hand-written", "hand-written, by question",
+    ]  # fmt: skip
+    assert headline["hand-written, by question"]["count"] == 2
     assert headline["real"]["dice"] == 0.2 and headline["real"]["oracle_dice"] == 0.8
     assert headline["real: lungs"]["oracle_dice"] == 0.8
     lines = headline_lines(headline)
     assert lines[1].startswith("  real: Dice 0.200, Acc@0.5 0.200 (n=2); oracle box Dice 0.800")
-    assert lines[-1].endswith("named 0.75")
+    assert lines[-2].endswith("(n=4); named 0.75")
+    assert lines[-1].endswith("(n=2 questions); named 0.50")
 
 
 def test_timing_line_gives_each_phase_and_the_training_split_in_minutes():

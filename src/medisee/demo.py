@@ -287,6 +287,8 @@ def headline_figures(summaries: dict) -> dict:
     written = summaries.get(f"medisee (generated, {HANDWRITTEN})")
     if written is not None:
         out["hand-written"] = written["overall"].as_dict()
+        if "by_question" in written:  # each question once, whatever its image count
+            out["hand-written, by question"] = written["by_question"].as_dict()
     return out
 
 
@@ -298,12 +300,12 @@ def headline_lines(headline: dict) -> list[str]:
     for group, figures in headline.items():
         line = (
             f"  {group}: Dice {figures['dice']:.3f}, Acc@0.5 {figures['acc']:.3f} "
-            f"(n={figures['count']})"
+            f"(n={figures['count']}{' questions' if group.endswith('by question') else ''})"
         )
         if "oracle_dice" in figures:
             line += f"; oracle box Dice {figures['oracle_dice']:.3f}"
         named = figures.get("named_rate", math.nan)
-        if group == "hand-written" and not math.isnan(named):
+        if group.startswith("hand-written") and not math.isnan(named):
             line += f"; named {named:.2f}"
         lines.append(line)
     return lines

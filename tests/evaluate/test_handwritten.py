@@ -99,6 +99,8 @@ def test_eval_cli_scores_hand_written_rows(tiny_model, tmp_path):
     assert main([*args, "--questions", str(questions)]) == 0
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["medisee (generated, hand-written)"]["count"] == 1  # one test image
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["summaries"]
+    assert metrics["medisee (generated, hand-written)"]["by_question"]["count"] == 1
     assert summary["medisee (generated)"]["count"] == 4
     assert summary["medisee (generated)"]["named_rate"] == 0.0  # untrained: no "liver"
     rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").open()]

@@ -1,5 +1,6 @@
 """Metric definitions on hand-computed 2x2 cases and the edge cases of SPEC §5."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 from medisee.evaluate.metrics import (
     MetricAccumulator,
     box_iou_xyxy,
+    macro_summary,
     mask_scores,
     score_target,
     summarize,
@@ -80,3 +82,44 @@ def test_accumulator_groups():
     assert summary["length"]["short"].dice == 1.0 and summary["length"]["long"].dice == 0.0
     assert summary["category"]["liver"].count == 2
     assert math.isnan(summarize([]).dice)
+
+
+def test_by_question_weighs_each_question_once():
+    """Question a on three images (Dice 1, 1, 0; named 1, 1, 0) and question b on one
+    (Dice 0, not named): pooled, Dice 2/4 and named 2/4; by question, a gives 2/3 and b
+    0, so Dice (2/3 + 0) / 2 = 1/3 and named 1/3."""
+    full = np.ones((2, 2), bool)
+    hit = score_target(full, full, (0, 0, 2, 2), (0, 0, 2, 2))
+    miss = score_target(None, full, None, (0, 0, 2, 2))
+    acc = MetricAccumulator()
+    for score, named, question in [
+        (hit, True, "a"), (hit, True, "a"), (miss, False, "a"), (miss, False, "b"),
+    ]:  # fmt: skip
+        acc.add(dataclasses.replace(score, named=named), {"length": "short"}, question)
+    summary = acc.summary()
+    assert summary["overall"].dice == 0.5 and summary["overall"].named_rate == 0.5
+    by_question = summary["by_question"]
+    assert by_question.count == 2
+    assert by_question.dice == pytest.approx(1 / 3) and by_question.acc == pytest.approx(1 / 3)
+    assert by_question.named_rate == pytest.approx(1 / 3)
+    assert math.isnan(by_question.plausible_rate)  # no question had it judged
+    assert macro_summary([[hit], []]).count == 1 and math.isnan(macro_summary([]).dice)
+    # Without questions there is no such entry.
+    plain = MetricAccumulator()
+    plain.add(hit)
+    assert "by_question" not in plain.summary()
+
+
+def test_the_table_shows_the_by_question_row_only_where_questions_repeat():
+    from medisee.evaluate.evaluator import markdown_table
+
+    full = np.ones((2, 2), bool)
+    hit = score_target(full, full, (0, 0, 2, 2), (0, 0, 2, 2))
+    repeated, unique = MetricAccumulator(), MetricAccumulator()
+    for question in ("a", "a", "b"):
+        repeated.add(hit, None, question)
+    for question in ("a", "b"):
+        unique.add(hit, None, question)
+    table = markdown_table({"repeated": repeated.summary(), "unique": unique.summary()})
+    assert "| repeated | by question | 2 |" in table
+    assert "| unique | by question" not in table

@@ -167,7 +167,7 @@ def run_baselines(
             for name, box in by_name.items():
                 mask = masks[(item.record.id, box)]
                 score = score_target(mask, truth, box, item.target.box_xyxy)
-                accumulators[name].add(score, item.groups())
+                accumulators[name].add(score, item.groups(), item.qa.question)
         bar.update(len(chunk))
     bar.close()
     return {name: acc.summary() for name, acc in accumulators.items()}

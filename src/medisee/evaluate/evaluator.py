@@ -100,6 +100,10 @@ def markdown_table(
     ]
     for method, summary in summaries.items():
         rows = [("overall", summary["overall"])]
+        by_question = summary.get("by_question")
+        if by_question is not None and by_question.count < summary["overall"].count:
+            # Questions asked of several images: each question weighs the same here.
+            rows.append(("by question", by_question))
         for key in groups:
             values = summary.get(key, {})
             # Real scans before phantoms: the real-image figure is the one that counts.
@@ -365,7 +369,7 @@ def evaluate_items(
                         prediction.text, exam_kind(item.record), shown, ontology
                     ),
                 )
-                accumulators["generated"].add(score, item.groups())
+                accumulators["generated"].add(score, item.groups(), item.qa.question)
                 row.update(
                     reply=prediction.text,
                     box=prediction.box,
@@ -382,7 +386,7 @@ def evaluate_items(
                 chunk, truths, _teacher_forced(predictor, chunk, requests), rows
             ):
                 score = score_target(mask, truth, box, item.target.box_xyxy)
-                accumulators["teacher_forced"].add(score, item.groups())
+                accumulators["teacher_forced"].add(score, item.groups(), item.qa.question)
                 row.update(tf_box=box, tf_dice=score.dice, tf_box_iou=score.box_iou)
         examples.extend(rows)
         bar.update(len(chunk))

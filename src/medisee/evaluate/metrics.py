@@ -17,8 +17,10 @@ category...), by ``MetricAccumulator``.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,20 +131,47 @@ def summarize(scores: list[TargetScore]) -> Summary:
     )
 
 
+def macro_summary(groups: Sequence[Sequence[TargetScore]]) -> Summary:
+    """Each group of scores summarised on its own, then every figure averaged over the
+    groups with equal weight; ``count`` is the number of groups. With one group per
+    question, a question paired with 16 images weighs as much as one paired with one."""
+    summaries = [summarize(list(scores)) for scores in groups if scores]
+    if not summaries:
+        return summarize([])
+
+    def mean(name: str) -> float:
+        values = [getattr(s, name) for s in summaries if not math.isnan(getattr(s, name))]
+        return float(np.mean(values)) if values else float("nan")
+
+    return Summary(
+        count=len(summaries),
+        **{f.name: mean(f.name) for f in dataclasses.fields(Summary) if f.name != "count"},
+    )
+
+
 class MetricAccumulator:
     """Collects ``TargetScore`` s with their group labels; ``summary()`` gives overall and
-    per-group numbers, e.g. ``{"overall": Summary, "length": {"short": ..., "long": ...}}``."""
+    per-group numbers, e.g. ``{"overall": Summary, "length": {"short": ..., "long": ...}}``,
+    and, where scores were added with their question, ``"by_question"``: the
+    :func:`macro_summary` over questions."""
 
     def __init__(self) -> None:
         self._scores: list[TargetScore] = []
         self._groups: list[Mapping[str, str]] = []
+        self._questions: list[str | None] = []
 
     def __len__(self) -> int:
         return len(self._scores)
 
-    def add(self, score: TargetScore, groups: Mapping[str, str | None] | None = None) -> None:
+    def add(
+        self,
+        score: TargetScore,
+        groups: Mapping[str, str | None] | None = None,
+        question: str | None = None,
+    ) -> None:
         self._scores.append(score)
         self._groups.append({k: v for k, v in (groups or {}).items() if v is not None})
+        self._questions.append(question)
 
     def summary(self) -> dict[str, object]:
         by_group: dict[str, dict[str, list[TargetScore]]] = defaultdict(lambda: defaultdict(list))
@@ -150,6 +179,12 @@ class MetricAccumulator:
             for key, value in groups.items():
                 by_group[key][value].append(score)
         result: dict[str, object] = {"overall": summarize(self._scores)}
+        by_question: dict[str, list[TargetScore]] = defaultdict(list)
+        for score, question in zip(self._scores, self._questions):
+            if question is not None:
+                by_question[question].append(score)
+        if by_question:
+            result["by_question"] = macro_summary(list(by_question.values()))
         for key in sorted(by_group):
             result[key] = {
                 value: summarize(items) for value, items in sorted(by_group[key].items())
