@@ -17,10 +17,13 @@ default): that LM, whole and loaded on first need, answers its follow-ups. A mod
 neither keeps its fine-tuned replies (:func:`supports_knowledge` is false).
 
 The fine-tuned ``lite`` LM answers every turn with a structure. A follow-up that refers
-back to the structure found last ("What does it do?"), asks for no mask (no "segment",
-"show", "where"...) and gets that same structure again is a question about it, not a new
-target: its mask and box stay, and its text comes from the knowledge LM
-(:func:`asks_about_subject`).
+back to the structure found last ("What does it do?"), asks for no region (no "segment",
+"show", "where"...: :func:`asks_for_region`) and gets that same structure again, or a
+reply that names none of the model's labels, is a question about it, not a new target
+(:func:`asks_about_subject`): its text comes from the knowledge LM, and the mask and box
+stay with the same structure and are dropped otherwise. A follow-up that asks for a
+region is answered by the model, its answer constrained as a first question's is
+(``medisee.inference.predictor.GenerationOptions``).
 """
 
 from __future__ import annotations
