@@ -40,6 +40,9 @@ def summarise(directory: Path) -> dict:
             continue
         overall = summary["overall"]
         row = {k: overall[k] for k in ("dice", "acc", "named_rate", "plausible_rate", "count")}
+        if "by_question" in summary:  # each question once (medisee.evaluate.metrics)
+            by_question = summary["by_question"]
+            row["by_question"] = {k: by_question[k] for k in ("dice", "named_rate", "count")}
         for group in GROUPS:
             for name, values in summary.get(group, {}).items():
                 row[f"{group}:{name}"] = round(values["dice"], 4)
