@@ -10,6 +10,7 @@ from medisee.inference.knowledge import (
     answer_follow_up,
     asks_about_subject,
     knowledge_reply,
+    model_turn,
     resolve_follow_up,
     subject_of,
     supports_knowledge,
@@ -276,3 +277,38 @@ def test_a_follow_up_about_the_subject_keeps_its_mask_and_gets_knowledge(prior_m
     # Turned off, the model's reply stands.
     plain, _ = answer_follow_up(prior_model, same, subject, enabled=False)
     assert plain.scores["reply"] == "model" and plain.text == same.text
+
+
+def test_a_region_follow_up_is_asked_as_a_first_turn():
+    history = [("Which organ filters the blood?", "It is the left kidney. <cand_0>")]
+    assert model_turn("Where is it?", history, "left kidney") == ("Where is the left kidney?", ())
+    assert model_turn("Segment the liver.", history, "left kidney") == ("Segment the liver.", ())
+    assert model_turn("Where is it?", history, None) == ("Where is it?", ())
+    # Other turns keep the conversation; a first turn has none to drop.
+    assert model_turn("What does it do?", history, "left kidney") == (
+        "What does it do?", tuple(history),
+    )  # fmt: skip
+    assert model_turn("Segment the liver.", (), None) == ("Segment the liver.", ())
+
+
+def test_the_conversation_asks_region_follow_ups_alone(models, monkeypatch):
+    _, tuned = models
+    predictor = Predictor(tuned)
+    calls = []
+    replies = iter(
+        [
+            _prediction("Which organ filters the blood?", "It is the left kidney.", True),
+            _prediction("Where is the left kidney?", "It is the left kidney.", True),
+        ]
+    )
+
+    def predict(question, history, **kwargs):
+        calls.append((question, tuple(history)))
+        return next(replies)
+
+    monkeypatch.setattr(predictor, "predict", predict)
+    chat = predictor.conversation(np.zeros((64, 64, 3), np.uint8))
+    chat.ask("Which organ filters the blood?")
+    second = chat.ask("Where is it?")
+    assert calls == [("Which organ filters the blood?", ()), ("Where is the left kidney?", ())]
+    assert second.question == "Where is it?" and chat.history[1][0] == "Where is it?"

@@ -311,9 +311,17 @@ def test_session_follow_ups_are_answered_from_knowledge(monkeypatch, knowledge_o
         tokenizer=SimpleNamespace(chat_template="{{ messages }}"),
         language=SimpleNamespace(model=SimpleNamespace(disable_adapter=lambda: None)),
     )
-    replies = iter(["It is the left kidney. It filters.", "The kidney filters the blood."])
+    replies = iter(
+        [
+            "It is the left kidney. It filters.",
+            "The kidney filters the blood.",
+            "It is the left kidney.",
+        ]
+    )
+    seen = []
 
     def run(requests, options):
+        seen.extend((r.question, r.history) for r in requests)
         text = next(replies)
         found = text.startswith("It is")
         return [
@@ -337,9 +345,14 @@ def test_session_follow_ups_are_answered_from_knowledge(monkeypatch, knowledge_o
     session = Session("s", image=None, image_info={"filename": "x.png"}, state="state")
     results = [
         _run_jobs(predictor, [Job(_ServeJob(session, question, None))], knowledge=knowledge_on)[0]
-        for question in ("Which organ filters the blood?", "What does it do?")
+        for question in ("Which organ filters the blood?", "What does it do?", "Where is it?")
     ]
     assert session.subject == "left kidney"
+    # The region follow-up is asked alone, "it" resolved; the others keep the conversation.
+    assert [len(history) for _, history in seen] == [0, 1, 0]
+    assert seen[2][0] == "Where is the left kidney?"
+    assert results[2].prediction.question == "Where is it?"  # the user's words
+    assert session.history[2][0] == "Where is it?"
     second = results[1].prediction
     if knowledge_on:
         assert asked == [("What does it do?", "left kidney")]

@@ -650,9 +650,11 @@ class Conversation:
         self.subject: str | None = None  # the structure found last, for "it"
 
     def ask(self, question: str, **generation: Any) -> Prediction:
-        from medisee.inference.knowledge import answer_follow_up
+        from medisee.inference.knowledge import answer_follow_up, model_turn
 
-        prediction = self.predictor.predict(question, self.history, image=self.state, **generation)
+        asked, history = model_turn(question, self.history, self.subject)
+        prediction = self.predictor.predict(asked, history, image=self.state, **generation)
+        prediction = dataclasses.replace(prediction, question=question.strip())
         prediction, self.subject = answer_follow_up(
             self.predictor.model, prediction, self.subject, enabled=self.knowledge
         )

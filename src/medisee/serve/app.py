@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import functools
 import hashlib
 import hmac
@@ -286,7 +287,7 @@ def _run_jobs(predictor: Any, jobs: list[Job], knowledge: bool = True) -> list[_
     """Worker side: one generation batch; each session's history grows by its turn. With
     ``knowledge``, a turn with no target is answered from the pretrained LM's knowledge
     where the model has one (``medisee.inference.knowledge``), as in ``medisee chat``."""
-    from medisee.inference.knowledge import answer_follow_up
+    from medisee.inference.knowledge import answer_follow_up, model_turn
     from medisee.inference.predictor import PredictRequest
 
     payloads: list[_ServeJob] = [job.payload for job in jobs]
@@ -298,13 +299,17 @@ def _run_jobs(predictor: Any, jobs: list[Job], knowledge: bool = True) -> list[_
             # model on a small CPU).
             session.state = predictor.prepare(session.image, name=session.image_info["filename"])
     requests = [
-        PredictRequest(p.session.state, p.question, tuple(p.session.history)) for p in payloads
+        PredictRequest(
+            p.session.state, *model_turn(p.question, p.session.history, p.session.subject)
+        )
+        for p in payloads
     ]
     predictions = predictor.run(requests, payloads[0].options)
     results = []
     model = getattr(predictor, "model", None)
     for payload, prediction in zip(payloads, predictions):
         session = payload.session
+        prediction = dataclasses.replace(prediction, question=payload.question.strip())
         if model is not None:
             prediction, session.subject = answer_follow_up(
                 model, prediction, session.subject, enabled=knowledge
