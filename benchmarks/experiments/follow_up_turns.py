@@ -67,11 +67,11 @@ def main() -> int:
                 requests["history"].append(PredictRequest(state, question, history))
                 requests["first_turn"].append(PredictRequest(state, question))
                 asked.append((record, target))
+    truths = [load_mask(t.mask, root, shape=(r.height, r.width)) for r, t in asked]
     result: dict = {"command": " ".join(["python", *sys.argv]), "follow_ups": len(asked)}
     for mode, batch in requests.items():
         dice, named = [], []
-        for (record, target), prediction in zip(asked, predictor.run(batch)):
-            truth = load_mask(target.mask, root, shape=(record.height, record.width))
+        for (_, target), truth, prediction in zip(asked, truths, predictor.run(batch)):
             mask = prediction.mask if prediction.found_target else None
             score = score_target(mask, truth, prediction.box, target.box_xyxy)
             dice.append(score.dice)

@@ -221,8 +221,8 @@ def answer_follow_up(
     a turn without a target, and on a turn with one when the question asks about the
     subject (:func:`asks_about_subject`): a target that is the subject again keeps its
     mask and box, one whose reply names no structure (none of ``config.labels``, where
-    the model has them) is dropped. Any other turn with a
-    target keeps its prediction and makes what it names the new subject.
+    the model has them) is dropped. Any other turn with a target keeps its prediction
+    and makes what it names the new subject.
     ``scores["reply"]`` says which: ``"knowledge"`` or ``"model"``.
     """
     scores = {**prediction.scores, "reply": "model"}

@@ -32,7 +32,7 @@ import torch
 from medisee.boxes import clip_box, denormalize_box
 from medisee.data.io import MedicalImage
 from medisee.inference.inputs import ImageInput, ReadOptions, load_image
-from medisee.inference.knowledge import asks_for_region
+from medisee.inference.knowledge import answer_follow_up, asks_for_region, model_turn
 from medisee.inference.outputs import complete_sentences
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -650,8 +650,6 @@ class Conversation:
         self.subject: str | None = None  # the structure found last, for "it"
 
     def ask(self, question: str, **generation: Any) -> Prediction:
-        from medisee.inference.knowledge import answer_follow_up, model_turn
-
         asked, history = model_turn(question, self.history, self.subject)
         prediction = self.predictor.predict(asked, history, image=self.state, **generation)
         prediction = dataclasses.replace(prediction, question=question.strip())
