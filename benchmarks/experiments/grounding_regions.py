@@ -1,8 +1,9 @@
 """Which map regions prompt the mask decoder, and whether the mask is cut to them.
 
-Evaluates one trained model under several ``GroundingConfig`` settings of the two
+Evaluates one trained model under several ``GroundingConfig`` settings of the
 inference-time rules (``seed_threshold``: regions seeded above this logit join the peak's;
-``gate_dilation``: the decoded mask is cut to the region grown by this many cells). The
+``gate_dilation``: the decoded mask is cut to the region grown by this many cells;
+``peak_margin``: a weak map is cut this far below its peak). The
 weights are the same in every variant: each is the model directory copied with its
 ``config.json`` changed, scored by ``medisee eval`` (generated answers, the shipped
 hand-written questions, no baselines) on the validation and test splits. A variant whose
@@ -14,7 +15,7 @@ hand-written questions, no baselines) on the validation and test splits. A varia
         --variants none,none 2,none 4,none 8,none none,1 4,1 8,1 \\
         --json benchmarks/experiments/grounding_regions.json
 
-A variant is ``SEED,GATE`` (``none`` for off). The choice is made on ``val``; ``test`` is
+A variant is ``SEED,GATE`` or ``SEED,GATE,MARGIN`` (``peak_margin``; ``none`` for off). The choice is made on ``val``; ``test`` is
 reported beside it.
 """
 
@@ -30,9 +31,16 @@ from pathlib import Path
 GROUPS = ("image", "real_structure")
 
 
-def parse_variant(text: str) -> tuple[float | None, int | None]:
-    seed, gate = text.split(",")
-    return (None if seed == "none" else float(seed), None if gate == "none" else int(gate))
+def parse_variant(text: str) -> dict[str, float | int | None]:
+    """``SEED,GATE[,MARGIN]`` -> ``GroundingConfig`` fields (``none``: off)."""
+    seed, gate, *rest = text.split(",")
+    fields: dict[str, float | int | None] = {
+        "seed_threshold": None if seed == "none" else float(seed),
+        "gate_dilation": None if gate == "none" else int(gate),
+    }
+    if rest:
+        fields["peak_margin"] = None if rest[0] == "none" else float(rest[0])
+    return fields
 
 
 def variant_dir(out: Path, text: str) -> Path:
@@ -49,8 +57,7 @@ def evaluate(args: argparse.Namespace, text: str, split: str) -> Path:
         shutil.copytree(args.model, model)
         config_path = model / "config.json"
         config = json.loads(config_path.read_text())
-        seed, gate = parse_variant(text)
-        config["grounding"].update(seed_threshold=seed, gate_dilation=gate)
+        config["grounding"].update(parse_variant(text))
         config_path.write_text(json.dumps(config, indent=2))
     command = [
         sys.executable, "-m", "medisee", "eval", "--model", str(model),
@@ -93,7 +100,8 @@ def main() -> None:
     }
     report = {
         "command": "python benchmarks/experiments/grounding_regions.py " + " ".join(sys.argv[1:]),
-        "variants": "SEED,GATE: GroundingConfig.seed_threshold, gate_dilation (none: off)",
+        "variants": "SEED,GATE[,MARGIN]: GroundingConfig.seed_threshold, gate_dilation, "
+        "peak_margin (none: off)",
         "results": results,
     }
     for split in args.splits:

@@ -66,6 +66,25 @@ def test_nothing_above_the_threshold_gives_the_peak_cell_alone() -> None:
     assert region_box(region).tolist() == [[4.0, 2.0, 5.0, 3.0]]
 
 
+def test_peak_margin_cuts_a_weak_map_below_its_peak_and_leaves_a_strong_one() -> None:
+    # Row 0, a weak map: peak 0.5 at (2, 2) (threshold 1 passes nothing), a plateau at
+    # -1 around it, a -3 cell beyond and a -1 island apart. Margin 2 cuts at -1.5: the
+    # plateau joins, the -3 cell and the island (not connected) stay out.
+    weak = {(2, 2): 0.5, (1, 2): -1.0, (3, 2): -1.0, (2, 3): -1.0, (4, 2): -3.0, (6, 6): -1.0}
+    # Row 1, a strong map: peak 9 with a 2 neighbour; margin 2 would cut at 7, but the cut
+    # is never above the threshold 1, so the 2 cell stays and the -1 cell stays out.
+    strong = {(2, 2): 9.0, (3, 2): 2.0, (1, 2): -1.0}
+    logits = torch.cat([_logits(8, weak), _logits(8, strong)])
+    region = peak_region(logits, threshold=1.0, peak_margin=2.0)
+    assert _cells_of(region[:1]) == {(2, 2), (1, 2), (3, 2), (2, 3)}
+    assert _cells_of(region[1:]) == {(2, 2), (3, 2)}
+    assert region_box(region).tolist() == [[1.0, 2.0, 4.0, 4.0], [2.0, 2.0, 4.0, 3.0]]
+    # Without a margin the weak map gives its peak cell alone.
+    assert _cells_of(peak_region(logits, threshold=1.0)[:1]) == {(2, 2)}
+    with pytest.raises(ValueError, match="peak_margin"):
+        GroundingConfig(peak_margin=0.0)
+
+
 def test_region_box_is_per_row_of_a_batch() -> None:
     region = torch.zeros(2, 4, 4, dtype=torch.bool)
     region[0, 0, 3] = True  # x 3, y 0
@@ -404,3 +423,15 @@ def test_decoded_masks_stay_inside_the_seeded_region_at_inference(tiny_model, mo
     with torch.no_grad():
         free = tiny_model.decode_targets(*states, embeddings, torch.tensor([[64, 64]] * 3))
     assert bool(((free.mask_logits > 0) & ~inside).any())
+
+
+def test_the_models_peak_region_reads_the_peak_margin(tiny_model, monkeypatch) -> None:
+    # A weak map (peak 0.5 < threshold -1 + margin 3) whose plateau at -2 joins with the
+    # margin and stays out without it.
+    logits = _logits(16, {(5, 5): 0.5, (6, 5): -2.0, (7, 5): -2.0}, background=-9.0)
+    assert _cells_of(tiny_model._peak_region(logits)) == {(5, 5)}
+    monkeypatch.setattr(tiny_model.config.grounding, "peak_margin", 3.0)
+    assert _cells_of(tiny_model._peak_region(logits)) == {(5, 5), (6, 5), (7, 5)}
+    box = tiny_model._grounded_boxes(logits, torch.zeros(1, 4), torch.tensor([[64.0, 64.0]]))
+    # Cells 5..8 of 16 over a 64-pixel image: x 20..32, y 20..24 -> normalised cxcywh.
+    assert torch.allclose(box, torch.tensor([[26 / 64, 22 / 64, 12 / 64, 4 / 64]]))

@@ -163,6 +163,10 @@ class GroundingConfig:
     * ``gate_dilation`` (inference only; None: off): the decoded mask is cut to the
       region grown by this many cells. A box around a target in pieces also holds what
       lies between them, which the decoder paints.
+    * ``peak_margin`` (inference only; None: off): a map whose peak is below
+      ``threshold + peak_margin`` is cut at ``peak - peak_margin`` instead of
+      ``threshold`` (``grounding.peak_region``). A lesion unlike the training patients'
+      can lift the map over its whole extent yet pass ``threshold`` in one cell.
 
     The last two are set by the ``lite`` preset (4 and 1), not here, so a model saved
     before they existed keeps the behaviour it was measured with.
@@ -177,6 +181,7 @@ class GroundingConfig:
     position_dropout: float = 0.0
     seed_threshold: float | None = None
     gate_dilation: int | None = None
+    peak_margin: float | None = None
 
     def __post_init__(self) -> None:
         _check_positive("GroundingConfig", dim=self.dim, refine_dim=self.refine_dim)
@@ -191,6 +196,10 @@ class GroundingConfig:
         if self.refine_layers < 0:
             raise ValueError(
                 f"GroundingConfig.refine_layers must be >= 0, got {self.refine_layers}"
+            )
+        if self.peak_margin is not None and self.peak_margin <= 0:
+            raise ValueError(
+                f"GroundingConfig.peak_margin must be None or > 0, got {self.peak_margin}"
             )
         if self.gate_dilation is not None and self.gate_dilation < 0:
             raise ValueError(

@@ -122,7 +122,10 @@ def _bias(conv: nn.Conv2d) -> torch.Tensor:
 
 
 def peak_region(
-    logits: torch.Tensor, threshold: float = 0.0, seed_threshold: float | None = None
+    logits: torch.Tensor,
+    threshold: float = 0.0,
+    seed_threshold: float | None = None,
+    peak_margin: float | None = None,
 ) -> torch.Tensor:
     """``[B, g, g]`` logits -> ``[B, g, g]`` bool: the 8-connected region of cells with
     ``logit > threshold`` that contains the peak cell (just the peak if none pass).
@@ -132,11 +135,21 @@ def peak_region(
     target in pieces (a lung cut by the heart at its base, several lesions) is found
     whole, while faint blobs elsewhere stay out.
 
+    With ``peak_margin``, a map whose peak is weak is cut lower: each row's threshold is
+    ``min(threshold, peak - peak_margin)``. On a lesion unlike the training patients' the
+    map can rise over the whole lesion yet pass ``threshold`` in one cell or none, and
+    the box of that one cell prompts the decoder to paint a fraction of the lesion.
+    Maps with a peak above ``threshold + peak_margin`` are cut as before.
+
     A flood fill by repeated 3x3 max-pooling, restricted to the cells above the threshold;
     it stops when the region no longer grows (at most g*g rounds, usually a few dozen).
     """
-    above = logits > threshold
     flat = logits.flatten(1)
+    if peak_margin is None:
+        above = logits > threshold
+    else:
+        cut = torch.clamp(flat.amax(1) - peak_margin, max=threshold)  # [B]
+        above = logits > cut[:, None, None]
     region = torch.zeros_like(above).flatten(1)
     region[torch.arange(flat.shape[0]), flat.argmax(1)] = True
     region = region.view_as(above)

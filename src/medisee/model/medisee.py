@@ -324,7 +324,12 @@ class MediSee(nn.Module):
         """``[B, g, g]`` map -> ``[B, g, g]`` bool: its peak region (``peak_region``)."""
         with torch.no_grad():
             grounding = self.config.grounding
-            return peak_region(logits.float(), grounding.threshold, grounding.seed_threshold)
+            return peak_region(
+                logits.float(),
+                grounding.threshold,
+                grounding.seed_threshold,
+                grounding.peak_margin,
+            )
 
     def _grounded_boxes(
         self,
