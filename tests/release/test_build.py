@@ -171,3 +171,86 @@ def test_release_config_is_validated():
         ReleaseConfig(name="other")
     with pytest.raises(ValueError, match="dtype"):
         ReleaseConfig(dtype="int8")
+
+
+def _saved_lite_config(**grounding) -> dict:
+    """A ``config.json`` of the lite preset as saved today, with ``grounding`` changed."""
+    import dataclasses
+
+    from medisee.model.presets import lite
+
+    config = dataclasses.asdict(lite())
+    config["grounding"].update(grounding)
+    return config
+
+
+def test_inference_rule_changes_name_the_rules_that_differ_from_the_preset():
+    from medisee.release.build import inference_rule_changes
+
+    assert inference_rule_changes(_saved_lite_config()) == {}
+    # A release saved before the field existed has no value for it: it ran with it off.
+    saved = _saved_lite_config(seed_threshold=2.0)
+    del saved["grounding"]["peak_margin"]
+    assert inference_rule_changes(saved) == {
+        "grounding.seed_threshold": [2.0, 4.0],
+        "grounding.peak_margin": [None, 8.0],
+    }
+
+
+def test_refresh_leaves_a_current_release_alone_and_needs_the_test_data(tmp_path):
+    from medisee.release.build import refresh_release
+
+    release = tmp_path / "release"
+    release.mkdir()
+    config = ReleaseConfig(demo_dir=str(tmp_path / "demo"), out_dir=str(release))
+    with pytest.raises(FileNotFoundError, match="holds no release"):
+        refresh_release(config)
+    (release / "release.json").write_text("{}")
+    (release / "config.json").write_text(json.dumps(_saved_lite_config()))
+    assert refresh_release(config) == release
+    (release / "config.json").write_text(json.dumps(_saved_lite_config(peak_margin=None)))
+    with pytest.raises(FileNotFoundError, match=r"medisee demo --out .*demo"):
+        refresh_release(config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["release"]  # no staging left
+
+
+def test_model_card_of_a_refreshed_release_compares_with_the_rules_it_had(tmp_path):
+    (tmp_path / WEIGHTS_NAME).write_bytes(b"0" * 1000)
+    (tmp_path / "config.json").write_text(json.dumps({"labels": ["lung tumor"]}))
+    info = {
+        "name": "medisee-lite",
+        "medisee_version": "0.1.0",
+        "format": 1,
+        "dtype": "float16",
+        "command": "medisee release",
+        "demo_command": "medisee demo --out outputs/demo",
+        "commit": "abc123",
+        "made": "2026-12-03",
+        "machine": {"platform": "Linux"},
+        "data": {
+            "train_images": 1,
+            "val_images": 0,
+            "test_images": 1,
+            "train_images_by_source": {"phantom": 1},
+            "train_targets_by_provenance": {"expert": 1},
+            "train_patients": ["lung1"],
+            "test_patients": ["lung2"],
+        },
+        "figures": {"real: lung tumor": {"count": 4, "dice": 0.6, "acc": 0.5}},
+        "figures_float32": {"real: lung tumor": {"dice": 0.26}},
+        "refreshed": [
+            {
+                "command": "medisee release --refresh --demo-dir outputs/demo",
+                "commit": "def456",
+                "made": "2026-12-06",
+                "changes": {"grounding.peak_margin": [None, 8.0]},
+                "figures_before": {"real: lung tumor": {"count": 4, "dice": 0.25, "acc": 0.0}},
+            }
+        ],
+        "check": {"mean_dice": 0.5, "items": [{"record": "r", "label": "lung tumor"}]},
+    }
+    card = model_card(info, tmp_path)
+    assert "| Dice before refresh |" in card and "before fp16" not in card
+    assert "| real: lung tumor | 4 | 0.600 | 0.500 | — | 0.250 |" in card
+    assert "`medisee release --refresh --demo-dir outputs/demo` at commit `def456`" in card
+    assert "`grounding.peak_margin` None → 8.0" in card

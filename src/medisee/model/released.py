@@ -159,7 +159,7 @@ def upstream_fingerprint(state: dict[str, torch.Tensor], prefixes: tuple[str, ..
     return digest.hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -218,7 +218,7 @@ def save_release(
             format=RELEASE_FORMAT,
             medisee_version=__version__,
             dtype=dtype,
-            weights_sha256=_sha256_file(staging / WEIGHTS_NAME),
+            weights_sha256=sha256_file(staging / WEIGHTS_NAME),
             upstream_sha256=upstream_fingerprint(model.state_dict(), UPSTREAM_PREFIXES),
         )
         record = {**asdict(info), **(extra or {})}
@@ -250,7 +250,7 @@ def check_release(directory: str | os.PathLike[str]) -> ReleaseInfo:
             "release with `medisee release`"
         )
     weights = source / WEIGHTS_NAME
-    if _sha256_file(weights) != info.weights_sha256:
+    if sha256_file(weights) != info.weights_sha256:
         raise ReleaseError(f"{weights} does not match the SHA-256 in {RELEASE_FILE}: corrupt")
     return info
 

@@ -5,6 +5,10 @@
 3. evaluate the release itself on the demo's test split (generated answers, template and
    hand-written questions) and score the check items (``medisee.release.check``),
 4. write ``release.json`` and ``MODEL_CARD.md``, and move the release into place.
+
+``medisee release --refresh`` (``refresh_release``) keeps a release's weights and brings
+its inference rules (``INFERENCE_RULES``: config fields no weight depends on) to the
+preset's current values, then measures it again (steps 3 and 4).
 """
 
 from __future__ import annotations
@@ -23,6 +27,18 @@ from medisee.model.released import DEFAULT_MODEL, MODEL_CARD, RELEASE_FILE
 
 #: what a newcomer runs to make the release again
 RELEASE_COMMAND = "medisee release"
+REFRESH_COMMAND = "medisee release --refresh"
+
+#: ``config.json`` fields (section, name) that steer inference only: the release's recipe
+#: prompts the mask decoder with ground-truth boxes in training (``mask_prompt: target``),
+#: so its weights were trained the same whatever their value, and it can take a newer
+#: value without being trained again (its figures are measured again).
+INFERENCE_RULES = (
+    ("grounding", "map_fallback_iou"),
+    ("grounding", "seed_threshold"),
+    ("grounding", "gate_dilation"),
+    ("grounding", "peak_margin"),
+)
 
 
 @dataclass
@@ -111,15 +127,12 @@ def training_data(records: list) -> dict[str, Any]:
 def build_release(config: ReleaseConfig) -> Path:
     """Make the release (see the module docstring); returns its directory."""
     from medisee.data.manifest import load_records
-    from medisee.demo import DemoConfig, headline_figures, run_demo
-    from medisee.evaluate.handwritten import load_questions
-    from medisee.evaluate.pipeline import evaluate_with_baselines
-    from medisee.inference.predictor import Predictor
+    from medisee.demo import DemoConfig, run_demo
     from medisee.model.export import merge_lora
     from medisee.model.medisee import MediSee
     from medisee.model.released import save_release
     from medisee.release.card import model_card
-    from medisee.release.check import check_items, mean_dice, score_items
+    from medisee.release.check import mean_dice
 
     started = time.perf_counter()
     target = config.target()
@@ -154,28 +167,10 @@ def build_release(config: ReleaseConfig) -> Path:
     save_release(model, staging, config.name, config.dtype)
     del model
 
-    print(f"evaluating the {config.dtype} release on the test split ...", flush=True)
-    summaries = evaluate_with_baselines(
-        model_dir=staging,
-        manifest=manifest,
-        split="test",
-        out=demo_dir / "release_eval",
-        modes=("generated",),
-        baselines=(),
-        batch_size=config.eval_batch_size,
-        cache_dir=demo_dir / "embedding_cache",
-        records=(records, manifest.parent),
-        questions=load_questions(),
-        progress=False,
-    )
-    figures = headline_figures(summaries)
+    figures, items = _measure(staging, demo_dir, manifest, records, config.eval_batch_size)
     for group, values in demo["headline"].items():  # the oracle box does not use our weights
         if group in figures and "oracle_dice" in values:
             figures[group]["oracle_dice"] = values["oracle_dice"]
-    print("scoring the check items ...", flush=True)
-    predictor = Predictor.from_pretrained(staging)
-    items = score_items(predictor, check_items(records))
-    del predictor
 
     info_path = staging / RELEASE_FILE
     info = json.loads(info_path.read_text())
@@ -208,4 +203,121 @@ def build_release(config: ReleaseConfig) -> Path:
         shutil.rmtree(target)
     staging.rename(target)
     print(f"wrote {target} (check: mean Dice {info['check']['mean_dice']:.4f} on {len(items)})")
+    return target
+
+
+def inference_rule_changes(config: dict[str, Any]) -> dict[str, list[Any]]:
+    """``{"section.name": [release's value, preset's value]}`` for the ``INFERENCE_RULES``
+    where a saved ``config.json`` (as a dict) differs from its preset in this version."""
+    from medisee.model.presets import get_preset
+
+    preset = get_preset(config["preset"])
+    changes: dict[str, list[Any]] = {}
+    for section, name in INFERENCE_RULES:
+        current = getattr(getattr(preset, section), name)
+        saved = config.get(section, {}).get(name)
+        if saved != current:
+            changes[f"{section}.{name}"] = [saved, current]
+    return changes
+
+
+def _measure(
+    release: Path, demo_dir: Path, manifest: Path, records: list, batch_size: int
+) -> tuple[dict, list]:
+    """Step 3 of the module docstring: the release's headline figures on the test split
+    (generated answers, template and hand-written questions) and its scored check items."""
+    from medisee.demo import headline_figures
+    from medisee.evaluate.handwritten import load_questions
+    from medisee.evaluate.pipeline import evaluate_with_baselines
+    from medisee.inference.predictor import Predictor
+    from medisee.release.check import check_items, score_items
+
+    print(f"evaluating {release.name} on the test split ...", flush=True)
+    summaries = evaluate_with_baselines(
+        model_dir=release,
+        manifest=manifest,
+        split="test",
+        out=demo_dir / "release_eval",
+        modes=("generated",),
+        baselines=(),
+        batch_size=batch_size,
+        cache_dir=demo_dir / "embedding_cache",
+        records=(records, manifest.parent),
+        questions=load_questions(),
+        progress=False,
+    )
+    figures = headline_figures(summaries)
+    print("scoring the check items ...", flush=True)
+    predictor = Predictor.from_pretrained(release)
+    items = score_items(predictor, check_items(records))
+    return figures, items
+
+
+def refresh_release(config: ReleaseConfig) -> Path:
+    """Bring the release in ``config.target()`` to the preset's current inference rules
+    and measure it again on the test split of ``config.demo_dir``'s data; the weights stay
+    byte for byte. Returns the release's directory (unchanged when no rule differs)."""
+    from medisee.data.manifest import load_records
+    from medisee.model.medisee import WEIGHTS_NAME
+    from medisee.model.released import sha256_file
+    from medisee.release.card import model_card
+    from medisee.release.check import mean_dice
+
+    target = config.target()
+    info_path, config_path = target / RELEASE_FILE, target / "config.json"
+    if not info_path.exists():
+        raise FileNotFoundError(f"{target} holds no release ({RELEASE_FILE} is missing)")
+    model_config = json.loads(config_path.read_text())
+    changes = inference_rule_changes(model_config)
+    if not changes:
+        print(f"{target}: its inference rules are the preset's; nothing to refresh")
+        return target
+    demo_dir = Path(config.demo_dir)
+    manifest = demo_dir / "data" / "manifest.jsonl"
+    if not manifest.exists():
+        raise FileNotFoundError(
+            f"{manifest} is missing: the release is measured on the bundled test split; run "
+            f"`medisee demo --out {demo_dir}` (or `medisee data build --source bundled "
+            f"--radiomics --out {demo_dir / 'data'}`) first"
+        )
+    commit = git_commit(Path(__file__).parent, ignore=target)
+    records, _ = load_records(manifest)
+
+    staging = target.with_name(f".{target.name}.staging")
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(target, staging)
+    for key, (_, new) in changes.items():
+        section, name = key.split(".")
+        model_config.setdefault(section, {})[name] = new
+    (staging / "config.json").write_text(json.dumps(model_config, indent=2) + "\n")
+    figures, items = _measure(staging, demo_dir, manifest, records, config.eval_batch_size)
+    info = json.loads(info_path.read_text())
+    if sha256_file(staging / WEIGHTS_NAME) != info["weights_sha256"]:
+        raise RuntimeError(f"{target / WEIGHTS_NAME} does not match its {RELEASE_FILE}")
+    for group, values in info["figures"].items():  # the oracle box does not use our weights
+        if group in figures and "oracle_dice" in values:
+            figures[group]["oracle_dice"] = values["oracle_dice"]
+    info.setdefault("refreshed", []).append(
+        {
+            "command": f"{REFRESH_COMMAND} --demo-dir {demo_dir}",
+            "commit": commit,
+            "made": time.strftime("%Y-%m-%d", time.gmtime()),
+            "machine": {"platform": platform.platform(), "python": platform.python_version()},
+            "changes": changes,
+            "figures_before": info["figures"],
+            "check_mean_dice_before": info["check"]["mean_dice"],
+        }
+    )
+    info["figures"] = figures
+    info["check"] = {
+        "seed": 0,
+        "mean_dice": round(mean_dice(items), 4),
+        "items": [item.as_dict() for item in items],
+    }
+    (staging / RELEASE_FILE).write_text(json.dumps(info, indent=1) + "\n")
+    (staging / MODEL_CARD).write_text(model_card(info, staging))
+    shutil.rmtree(target)
+    staging.rename(target)
+    print(f"refreshed {target}: {changes} (check: mean Dice {info['check']['mean_dice']:.4f})")
     return target

@@ -9,7 +9,9 @@ from typing import Any
 from medisee.model.medisee import WEIGHTS_NAME
 
 
-def _row(group: str, figures: dict[str, Any], fp32: dict[str, Any] | None) -> str:
+def _row(group: str, figures: dict[str, Any], other: dict[str, Any] | None) -> str:
+    """A table row; ``other`` holds the last column's figures (before fp16 or before the
+    last refresh)."""
     oracle = figures.get("oracle_dice")
     cells = [
         group,
@@ -17,22 +19,37 @@ def _row(group: str, figures: dict[str, Any], fp32: dict[str, Any] | None) -> st
         f"{figures['dice']:.3f}",
         f"{figures['acc']:.3f}",
         f"{oracle:.3f}" if oracle is not None else "—",
-        f"{fp32['dice']:.3f}" if fp32 else "—",
+        f"{other['dice']:.3f}" if other else "—",
     ]
     return "| " + " | ".join(cells) + " |"
 
 
 def model_card(info: dict[str, Any], directory: Path) -> str:
     """``MODEL_CARD.md`` for the release described by ``info`` (its ``release.json``)."""
-    figures, fp32 = info["figures"], info.get("figures_float32", {})
+    figures = info["figures"]
+    refreshes = info.get("refreshed", [])
+    if refreshes:  # the fp32 model was measured under the old rules: compare with those
+        other, other_name = refreshes[-1]["figures_before"], "Dice before refresh"
+        other_text = "the last column is the same weights under the rules they were released with"
+    else:
+        other, other_name = info.get("figures_float32", {}), "Dice before fp16"
+        other_text = "the last column is the same model before its weights were rounded to fp16"
     data = info["data"]
     size_mb = (directory / WEIGHTS_NAME).stat().st_size / 1e6
     timings = info.get("demo_timings_s", {})
     table = [
-        "| test group | n | Dice | Acc@0.5 | oracle-box Dice | Dice before fp16 |",
+        f"| test group | n | Dice | Acc@0.5 | oracle-box Dice | {other_name} |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    table += [_row(group, values, fp32.get(group)) for group, values in figures.items()]
+    table += [_row(group, values, other.get(group)) for group, values in figures.items()]
+    refreshed_lines = [
+        f"- Inference rules set by `{refresh['command']}` at commit `{refresh['commit']}` "
+        f"({refresh['made']}): "
+        + ", ".join(f"`{key}` {old} → {new}" for key, (old, new) in refresh["changes"].items())
+        + ". The weights are those made above; the figures below are measured with the "
+        "new rules."
+        for refresh in refreshes
+    ]
     written = figures.get("hand-written", {})
     check = info["check"]
     labels = json.loads((directory / "config.json").read_text()).get("labels") or []
@@ -76,6 +93,7 @@ def model_card(info: dict[str, Any], directory: Path) -> str:
         f"- medisee commit: `{info['commit']}`; made {info['made']} on {info['machine']['platform']}.",
         f"- Demo time: {timings.get('total', float('nan')) / 60:.1f} min "
         f"({info.get('train_steps')} joint training steps).",
+        *refreshed_lines,
         "",
         "## Training data",
         "",
@@ -94,8 +112,7 @@ def model_card(info: dict[str, Any], directory: Path) -> str:
         "The released weights, evaluated by `medisee release` on the test split: generated "
         "answers (the model emits its own candidate tokens), every reasoning question; the "
         "hand-written questions paired with every test image of their label. The oracle box "
-        "is LiteMedSAM given the true box (an upper bound for the mask); the last column is "
-        "the same model before its weights were rounded to fp16.",
+        f"is LiteMedSAM given the true box (an upper bound for the mask); {other_text}.",
         "",
         *table,
         "",

@@ -25,15 +25,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="where to write (default: the package's assets/models/medisee-lite)",
     )
     parser.add_argument("--dtype", default="float16", help="float16, bfloat16 or float32")
+    parser.add_argument(
+        "--refresh",
+        action="store_true",
+        help="keep the release's weights, set its inference-only rules to the preset's "
+        "current values and measure it again on --demo-dir's test split",
+    )
     parser.set_defaults(func=run_release)
 
 
 def run_release(args: argparse.Namespace) -> int:
-    from medisee.release.build import ReleaseConfig, build_release
+    from medisee.release.build import ReleaseConfig, build_release, refresh_release
 
-    build_release(
-        ReleaseConfig(
-            demo_dir=args.demo_dir, out_dir=args.out, run_demo=not args.skip_demo, dtype=args.dtype
-        )
+    config = ReleaseConfig(
+        demo_dir=args.demo_dir, out_dir=args.out, run_demo=not args.skip_demo, dtype=args.dtype
     )
+    if args.refresh:
+        refresh_release(config)
+    else:
+        build_release(config)
     return 0
