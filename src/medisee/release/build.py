@@ -267,6 +267,7 @@ def refresh_release(config: ReleaseConfig) -> Path:
     info_path, config_path = target / RELEASE_FILE, target / "config.json"
     if not info_path.exists():
         raise FileNotFoundError(f"{target} holds no release ({RELEASE_FILE} is missing)")
+    info = json.loads(info_path.read_text())
     model_config = json.loads(config_path.read_text())
     changes = inference_rule_changes(model_config)
     if not changes:
@@ -280,6 +281,8 @@ def refresh_release(config: ReleaseConfig) -> Path:
             f"`medisee demo --out {demo_dir}` (or `medisee data build --source bundled "
             f"--radiomics --out {demo_dir / 'data'}`) first"
         )
+    if sha256_file(target / WEIGHTS_NAME) != info["weights_sha256"]:
+        raise RuntimeError(f"{target / WEIGHTS_NAME} does not match its {RELEASE_FILE}")
     commit = git_commit(Path(__file__).parent, ignore=target)
     records, _ = load_records(manifest)
 
@@ -292,9 +295,6 @@ def refresh_release(config: ReleaseConfig) -> Path:
         model_config.setdefault(section, {})[name] = new
     (staging / "config.json").write_text(json.dumps(model_config, indent=2) + "\n")
     figures, items = _measure(staging, demo_dir, manifest, records, config.eval_batch_size)
-    info = json.loads(info_path.read_text())
-    if sha256_file(staging / WEIGHTS_NAME) != info["weights_sha256"]:
-        raise RuntimeError(f"{target / WEIGHTS_NAME} does not match its {RELEASE_FILE}")
     for group, values in info["figures"].items():  # the oracle box does not use our weights
         if group in figures and "oracle_dice" in values:
             figures[group]["oracle_dice"] = values["oracle_dice"]
