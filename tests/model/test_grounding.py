@@ -435,3 +435,17 @@ def test_the_models_peak_region_reads_the_peak_margin(tiny_model, monkeypatch) -
     box = tiny_model._grounded_boxes(logits, torch.zeros(1, 4), torch.tensor([[64.0, 64.0]]))
     # Cells 5..8 of 16 over a 64-pixel image: x 20..32, y 20..24 -> normalised cxcywh.
     assert torch.allclose(box, torch.tensor([[26 / 64, 22 / 64, 12 / 64, 4 / 64]]))
+
+
+def test_with_a_peak_margin_the_map_boxes_down_to_threshold_minus_margin(tiny_model, monkeypatch):
+    # Peaks -2 (below the threshold -1, within the margin 3) and -5 (below -1 - 3).
+    logits = torch.cat(
+        [_logits(16, {(5, 5): -2.0}, background=-9.0), _logits(16, {(5, 5): -5.0}, -9.0)]
+    )
+    fallback = torch.full((2, 4), 0.5)
+    sizes = torch.tensor([[64.0, 64.0], [64.0, 64.0]])
+    cell = torch.tensor([22 / 64, 22 / 64, 4 / 64, 4 / 64])  # the peak cell (5, 5)
+    assert torch.equal(tiny_model._grounded_boxes(logits, fallback, sizes), fallback)
+    monkeypatch.setattr(tiny_model.config.grounding, "peak_margin", 3.0)
+    box = tiny_model._grounded_boxes(logits, fallback, sizes)
+    assert torch.allclose(box[0], cell) and torch.equal(box[1], fallback[1])

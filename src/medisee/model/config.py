@@ -165,8 +165,10 @@ class GroundingConfig:
       lies between them, which the decoder paints.
     * ``peak_margin`` (inference only; None: off): a map whose peak is below
       ``threshold + peak_margin`` is cut at ``peak - peak_margin`` instead of
-      ``threshold`` (``grounding.peak_region``). A lesion unlike the training patients'
-      can lift the map over its whole extent yet pass ``threshold`` in one cell.
+      ``threshold`` (``grounding.peak_region``), and the map gives the box while its
+      peak is above ``threshold - peak_margin`` (the box decoder's below that). A lesion
+      unlike the training patients' can lift the map over its whole extent yet pass
+      ``threshold`` in one cell, or none.
 
     The last two are set by the ``lite`` preset (4 and 1), not here, so a model saved
     before they existed keeps the behaviour it was measured with.

@@ -254,7 +254,8 @@ class MediSee(nn.Module):
     ) -> TargetDecoding:
         """h_seg, h_det -> boxes (normalised, original frame), grounding map, mask logits.
 
-        The prompt box is the grounding map's box when the head is enabled and its map has a cell above the threshold, else the box
+        The prompt box is the grounding map's box when the head is enabled and its map has a
+        cell above the threshold (less ``grounding.peak_margin``, when set), else the box
         decoder's. The prompt mode decides the sparse prompts of the mask decoder: T = the
         text token only; T+B adds a box (the prompt box, or ``prompt_boxes`` [B, 4]
         normalised cxcywh when given: teacher forcing in training); T+B+P also a positive
@@ -339,7 +340,8 @@ class MediSee(nn.Module):
         region: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Grounding map ``[B, g, g]`` -> normalised cxcywh boxes of the original frame
-        (no gradient: the map is trained directly); ``fallback`` where no cell passes.
+        (no gradient: the map is trained directly); ``fallback`` where no cell passes the
+        threshold (less ``grounding.peak_margin``, when set: a weak map has a region too).
         ``region``: the map's ``_peak_region`` when the caller has it already."""
         with torch.no_grad():
             threshold = self.config.grounding.threshold
@@ -348,6 +350,9 @@ class MediSee(nn.Module):
                 region = self._peak_region(logits)
             cells = region_box(region)  # grid units
             grounded = self._grid_boxes(cells, side, image_sizes).to(fallback.dtype)
+            margin = self.config.grounding.peak_margin
+            if margin is not None:  # a weak map still has a region, cut below its peak
+                threshold -= margin
             found = (logits.flatten(1).amax(1) > threshold)[:, None]
         return torch.where(found, grounded, fallback)
 
