@@ -111,17 +111,9 @@ def test_git_commit_marks_changes_outside_the_release(tmp_path):
     assert git_commit(tmp_path, ignore=tmp_path / "release") == head + "+modified"
 
 
-def test_model_card_carries_the_command_commit_data_figures_and_limits(tmp_path):
-    (tmp_path / WEIGHTS_NAME).write_bytes(b"0" * 2_000_000)
-    (tmp_path / "config.json").write_text(json.dumps({"labels": ["lungs", "lung tumor"]}))
-    figures = {
-        "real": {"count": 10, "dice": 0.6, "acc": 0.5, "oracle_dice": 0.7},
-        "real: lungs": {"count": 6, "dice": 0.85, "acc": 0.9, "oracle_dice": 0.86},
-        "real: lung tumor": {"count": 4, "dice": 0.25, "acc": 0.0, "oracle_dice": 0.9},
-        "hand-written": {"count": 5, "dice": 0.5, "acc": 0.4, "named_rate": 0.8},
-        "hand-written, by question": {"count": 2, "dice": 0.45, "acc": 0.5, "named_rate": 0.5},
-    }
-    info = {
+def _release_info(figures: dict, **fields) -> dict:
+    """A ``release.json`` as ``medisee release`` writes it, with ``figures`` and ``fields``."""
+    return {
         "name": "medisee-lite",
         "medisee_version": "0.1.0",
         "format": 1,
@@ -144,9 +136,22 @@ def test_model_card_carries_the_command_commit_data_figures_and_limits(tmp_path)
             "test_patients": ["lung2"],
         },
         "figures": figures,
-        "figures_float32": {"real": {"dice": 0.601}},
         "check": {"mean_dice": 0.5, "items": [{"record": "r", "label": "lungs"}]},
+        **fields,
     }
+
+
+def test_model_card_carries_the_command_commit_data_figures_and_limits(tmp_path):
+    (tmp_path / WEIGHTS_NAME).write_bytes(b"0" * 2_000_000)
+    (tmp_path / "config.json").write_text(json.dumps({"labels": ["lungs", "lung tumor"]}))
+    figures = {
+        "real": {"count": 10, "dice": 0.6, "acc": 0.5, "oracle_dice": 0.7},
+        "real: lungs": {"count": 6, "dice": 0.85, "acc": 0.9, "oracle_dice": 0.86},
+        "real: lung tumor": {"count": 4, "dice": 0.25, "acc": 0.0, "oracle_dice": 0.9},
+        "hand-written": {"count": 5, "dice": 0.5, "acc": 0.4, "named_rate": 0.8},
+        "hand-written, by question": {"count": 2, "dice": 0.45, "acc": 0.5, "named_rate": 0.5},
+    }
+    info = _release_info(figures, figures_float32={"real": {"dice": 0.601}})
     card = model_card(info, tmp_path)
     assert "not for diagnosis" in card
     assert "`medisee release`" in card and "`abc123`" in card
@@ -217,28 +222,10 @@ def test_refresh_leaves_a_current_release_alone_and_needs_the_test_data(tmp_path
 def test_model_card_of_a_refreshed_release_compares_with_the_rules_it_had(tmp_path):
     (tmp_path / WEIGHTS_NAME).write_bytes(b"0" * 1000)
     (tmp_path / "config.json").write_text(json.dumps({"labels": ["lung tumor"]}))
-    info = {
-        "name": "medisee-lite",
-        "medisee_version": "0.1.0",
-        "format": 1,
-        "dtype": "float16",
-        "command": "medisee release",
-        "demo_command": "medisee demo --out outputs/demo",
-        "commit": "abc123",
-        "made": "2026-12-03",
-        "machine": {"platform": "Linux"},
-        "data": {
-            "train_images": 1,
-            "val_images": 0,
-            "test_images": 1,
-            "train_images_by_source": {"phantom": 1},
-            "train_targets_by_provenance": {"expert": 1},
-            "train_patients": ["lung1"],
-            "test_patients": ["lung2"],
-        },
-        "figures": {"real: lung tumor": {"count": 4, "dice": 0.6, "acc": 0.5}},
-        "figures_float32": {"real: lung tumor": {"dice": 0.26}},
-        "refreshed": [
+    info = _release_info(
+        {"real: lung tumor": {"count": 4, "dice": 0.6, "acc": 0.5}},
+        figures_float32={"real: lung tumor": {"dice": 0.26}},
+        refreshed=[
             {
                 "command": "medisee release --refresh --demo-dir outputs/demo",
                 "commit": "def456",
@@ -247,8 +234,7 @@ def test_model_card_of_a_refreshed_release_compares_with_the_rules_it_had(tmp_pa
                 "figures_before": {"real: lung tumor": {"count": 4, "dice": 0.25, "acc": 0.0}},
             }
         ],
-        "check": {"mean_dice": 0.5, "items": [{"record": "r", "label": "lung tumor"}]},
-    }
+    )
     card = model_card(info, tmp_path)
     assert "| Dice before refresh |" in card and "before fp16" not in card
     assert "| real: lung tumor | 4 | 0.600 | 0.500 | — | 0.250 |" in card

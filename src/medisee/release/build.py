@@ -131,8 +131,6 @@ def build_release(config: ReleaseConfig) -> Path:
     from medisee.model.export import merge_lora
     from medisee.model.medisee import MediSee
     from medisee.model.released import save_release
-    from medisee.release.card import model_card
-    from medisee.release.check import mean_dice
 
     started = time.perf_counter()
     target = config.target()
@@ -167,13 +165,10 @@ def build_release(config: ReleaseConfig) -> Path:
     save_release(model, staging, config.name, config.dtype)
     del model
 
-    figures, items = _measure(staging, demo_dir, manifest, records, config.eval_batch_size)
-    for group, values in demo["headline"].items():  # the oracle box does not use our weights
-        if group in figures and "oracle_dice" in values:
-            figures[group]["oracle_dice"] = values["oracle_dice"]
-
-    info_path = staging / RELEASE_FILE
-    info = json.loads(info_path.read_text())
+    figures, check = _measure(
+        staging, demo_dir, manifest, records, config.eval_batch_size, demo["headline"]
+    )
+    info = json.loads((staging / RELEASE_FILE).read_text())
     info.update(
         {
             "command": RELEASE_COMMAND
@@ -181,28 +176,18 @@ def build_release(config: ReleaseConfig) -> Path:
             else f"{RELEASE_COMMAND} --skip-demo --demo-dir {demo_dir}",
             "ran_demo": config.run_demo,
             "demo_command": f"medisee demo --out {demo_dir}",
-            "commit": commit,
-            "made": time.strftime("%Y-%m-%d", time.gmtime()),
-            "machine": {"platform": platform.platform(), "python": platform.python_version()},
+            **_stamp(commit),
             "demo_timings_s": demo.get("timings_s", {}),
             "train_steps": demo.get("train_steps"),
             "data": training_data(records),
             "figures": figures,
             "figures_float32": demo["headline"],
-            "check": {
-                "seed": 0,
-                "mean_dice": round(mean_dice(items), 4),
-                "items": [item.as_dict() for item in items],
-            },
+            "check": check,
             "release_seconds": round(time.perf_counter() - started, 1),
         }
     )
-    info_path.write_text(json.dumps(info, indent=1) + "\n")
-    (staging / MODEL_CARD).write_text(model_card(info, staging))
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
-    print(f"wrote {target} (check: mean Dice {info['check']['mean_dice']:.4f} on {len(items)})")
+    _install(staging, target, info)
+    print(f"wrote {target} (check: mean Dice {check['mean_dice']:.4f} on {len(check['items'])})")
     return target
 
 
@@ -221,16 +206,32 @@ def inference_rule_changes(config: dict[str, Any]) -> dict[str, list[Any]]:
     return changes
 
 
+def _stamp(commit: str) -> dict[str, Any]:
+    """Where and when a release (or a refresh of it) was made, for ``release.json``."""
+    return {
+        "commit": commit,
+        "made": time.strftime("%Y-%m-%d", time.gmtime()),
+        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+    }
+
+
 def _measure(
-    release: Path, demo_dir: Path, manifest: Path, records: list, batch_size: int
-) -> tuple[dict, list]:
+    release: Path,
+    demo_dir: Path,
+    manifest: Path,
+    records: list,
+    batch_size: int,
+    oracle_from: dict[str, Any],
+) -> tuple[dict, dict]:
     """Step 3 of the module docstring: the release's headline figures on the test split
-    (generated answers, template and hand-written questions) and its scored check items."""
+    (generated answers, template and hand-written questions), with each group's oracle-box
+    Dice taken from ``oracle_from`` (earlier figures: the oracle box does not use our
+    weights), and its ``release.json`` check record (the scored check items)."""
     from medisee.demo import headline_figures
     from medisee.evaluate.handwritten import load_questions
     from medisee.evaluate.pipeline import evaluate_with_baselines
     from medisee.inference.predictor import Predictor
-    from medisee.release.check import check_items, score_items
+    from medisee.release.check import check_items, mean_dice, score_items
 
     print(f"evaluating {release.name} on the test split ...", flush=True)
     summaries = evaluate_with_baselines(
@@ -247,10 +248,30 @@ def _measure(
         progress=False,
     )
     figures = headline_figures(summaries)
+    for group, values in oracle_from.items():
+        if group in figures and "oracle_dice" in values:
+            figures[group]["oracle_dice"] = values["oracle_dice"]
     print("scoring the check items ...", flush=True)
     predictor = Predictor.from_pretrained(release)
     items = score_items(predictor, check_items(records))
-    return figures, items
+    check = {
+        "seed": 0,
+        "mean_dice": round(mean_dice(items), 4),
+        "items": [item.as_dict() for item in items],
+    }
+    return figures, check
+
+
+def _install(staging: Path, target: Path, info: dict[str, Any]) -> None:
+    """Step 4: write ``info`` and the model card into ``staging`` and put it in place of
+    ``target``."""
+    from medisee.release.card import model_card
+
+    (staging / RELEASE_FILE).write_text(json.dumps(info, indent=1) + "\n")
+    (staging / MODEL_CARD).write_text(model_card(info, staging))
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
 
 
 def refresh_release(config: ReleaseConfig) -> Path:
@@ -260,8 +281,6 @@ def refresh_release(config: ReleaseConfig) -> Path:
     from medisee.data.manifest import load_records
     from medisee.model.medisee import WEIGHTS_NAME
     from medisee.model.released import sha256_file
-    from medisee.release.card import model_card
-    from medisee.release.check import mean_dice
 
     target = config.target()
     info_path, config_path = target / RELEASE_FILE, target / "config.json"
@@ -294,30 +313,19 @@ def refresh_release(config: ReleaseConfig) -> Path:
         section, name = key.split(".")
         model_config.setdefault(section, {})[name] = new
     (staging / "config.json").write_text(json.dumps(model_config, indent=2) + "\n")
-    figures, items = _measure(staging, demo_dir, manifest, records, config.eval_batch_size)
-    for group, values in info["figures"].items():  # the oracle box does not use our weights
-        if group in figures and "oracle_dice" in values:
-            figures[group]["oracle_dice"] = values["oracle_dice"]
+    figures, check = _measure(
+        staging, demo_dir, manifest, records, config.eval_batch_size, info["figures"]
+    )
     info.setdefault("refreshed", []).append(
         {
             "command": f"{REFRESH_COMMAND} --demo-dir {demo_dir}",
-            "commit": commit,
-            "made": time.strftime("%Y-%m-%d", time.gmtime()),
-            "machine": {"platform": platform.platform(), "python": platform.python_version()},
+            **_stamp(commit),
             "changes": changes,
             "figures_before": info["figures"],
             "check_mean_dice_before": info["check"]["mean_dice"],
         }
     )
-    info["figures"] = figures
-    info["check"] = {
-        "seed": 0,
-        "mean_dice": round(mean_dice(items), 4),
-        "items": [item.as_dict() for item in items],
-    }
-    (staging / RELEASE_FILE).write_text(json.dumps(info, indent=1) + "\n")
-    (staging / MODEL_CARD).write_text(model_card(info, staging))
-    shutil.rmtree(target)
-    staging.rename(target)
-    print(f"refreshed {target}: {changes} (check: mean Dice {info['check']['mean_dice']:.4f})")
+    info["figures"], info["check"] = figures, check
+    _install(staging, target, info)
+    print(f"refreshed {target}: {changes} (check: mean Dice {check['mean_dice']:.4f})")
     return target
