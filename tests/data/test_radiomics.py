@@ -27,10 +27,12 @@ from medisee.data.sources.radiomics import (
     RadiomicsConfig,
     RadiomicsDataError,
     augmented_views,
+    brain_recipients,
     choose_slices,
     default_data_dir,
     derive_ct_masks,
     find_sdist,
+    head_interior,
     paste_lesion,
     read_volumes,
 )
@@ -381,6 +383,105 @@ def test_paste_lesion_moves_the_lesion_into_the_lungs_as_an_island_or_against_th
     )
 
 
+def test_paste_lesion_with_a_scale_and_no_edge_placements():
+    # The brain's use: islands only, the donor scaled down (here to exactly half a side).
+    image = np.full((60, 80), 100.0, dtype=np.float32)
+    inside = np.zeros((60, 80), dtype=bool)
+    inside[10:50, 10:70] = True
+    donor = np.full((60, 80), 100.0, dtype=np.float32)
+    lesion = np.zeros((60, 80), dtype=bool)
+    lesion[20:36, 20:36] = True  # 16 x 16 px
+    donor[lesion] = 400.0
+    for seed in range(12):
+        result = paste_lesion(
+            image,
+            inside,
+            donor,
+            lesion,
+            np.random.default_rng(seed),
+            scale=(0.5, 0.5),
+            pleural_share=0.0,
+        )
+        assert result is not None
+        pasted, moved = result
+        # Half a side: a quarter of the area (64 px), rotated; an island 2 px inside.
+        assert 40 <= moved.sum() <= 100, moved.sum()
+        rows, cols = np.nonzero(moved)
+        assert rows.min() >= 12 and rows.max() <= 47 and cols.min() >= 12 and cols.max() <= 67
+        assert pasted[moved].min() > 100.0 and np.array_equal(pasted[~inside], image[~inside])
+
+
+def _head(side: int, radius: float, level: int = 150) -> np.ndarray:
+    yy, xx = np.mgrid[:side, :side]
+    head = (yy - side / 2) ** 2 + (xx - side / 2) ** 2 <= radius**2
+    return np.where(head, level, 0).astype(np.uint8)
+
+
+def test_head_interior_is_the_head_shrunk_by_the_inset():
+    display = _head(64, 24)
+    display[30:34, 30:34] = 0  # a dark hole inside the head is still head
+    whole = head_interior(display, 0)
+    assert whole[32, 32] and whole.sum() == (display > 0).sum() + 16
+    inner = head_interior(display, 6)
+    assert inner[32, 32] and not inner[32, 32 + 20] and inner[32, 32 + 16]
+    assert inner.sum() < whole.sum()
+    assert not head_interior(np.zeros((16, 16), np.uint8), 0).any()
+
+
+def test_brain_recipients_skip_the_lesion_the_face_and_the_vertex():
+    depth = 12
+    label = np.zeros((64, 64, depth), dtype=bool)
+    label[30:34, 30:34, 5:7] = True  # the tumour on slices 5 and 6
+    displays = [_head(64, 28) for _ in range(depth)]
+    for k in (0, 1, 2):  # the skull base: sinuses, dark inside the head
+        displays[k][20:40, 20:40] = 0
+    displays[11] = _head(64, 12)  # the vertex: little head
+    # Not within two slices of the tumour (3-8), not dark inside, not small.
+    assert brain_recipients(label, displays, inset_px=4) == [9, 10]
+    assert brain_recipients(np.zeros_like(label), displays[9:10], inset_px=4) == [0]
+
+
+def test_brain_pastes_make_training_slices_from_the_training_share_only():
+    depth = 12
+    image = np.zeros((64, 64, depth), dtype=np.float32)
+    label = np.zeros((64, 64, depth), dtype=np.int16)
+    yy, xx = np.mgrid[:64, :64]
+    radius2 = (yy - 32) ** 2 + (xx - 32) ** 2
+    head = radius2 <= 28**2
+    for k in range(depth):
+        # A darker rim (the window's low end) outside the head, the brain at 500.
+        image[:, :, k] = np.where(head, 500.0, np.where(radius2 <= 30**2, 300.0, 0.0))
+    label[20:28, 36:44, 5:9] = 1  # labelled slices 5-8: 8 is the val share's
+    image[label > 0] = 900.0
+    volume = radiomics.ScanVolume(image, label, (1.0, 1.0, 5.0))
+    case = next(c for c in CASES if c.name == "brain1")
+    config = RadiomicsConfig(val_fraction=0.25, train_views=1, train_brain_pastes=3)
+    slices = radiomics.case_slices(case, volume, config)
+    pasted = [s for s in slices if "pasted_lesion_from" in s.meta]
+    originals = [s for s in pasted if "view" not in s.meta]
+    # Recipients 0-2 and 11 (3-10 lie within two slices of the tumour), 3 pastes each.
+    assert sorted({s.meta["index"] for s in originals}) == [0, 1, 2, 11]
+    assert len(originals) == 12 and len(pasted) == 24  # each with its one view
+    for item in originals:
+        assert item.meta["pasted_lesion_from"] in (5, 6, 7)  # never the val slice 8
+        assert item.split == "train" and item.source_id == "radiomics-brain1"
+        assert item.record_id == (
+            f"radiomics-brain1-z{item.meta['index']:03d}-p{item.meta['pasted_lesion_from']:03d}"
+        )
+        assert [label for label, _ in item.targets] == ["brain tumor"]
+        assert item.provenance == ["derived"]
+        lesion = item.targets[0][1]
+        # Inside the brain: 10 mm (10 px here) from the head's outline.
+        inner = head_interior(np.where(head, 150, 0).astype(np.uint8).T[::-1, ::-1], 10)
+        assert lesion.any() and not (lesion & ~inner).any()
+        assert item.image[lesion].mean() > item.image[inner & ~lesion].mean()
+    assert not [
+        s
+        for s in radiomics.case_slices(case, volume, RadiomicsConfig(train_brain_pastes=0))
+        if "pasted_lesion_from" in s.meta
+    ]
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="unknown radiomics cases"):
         RadiomicsConfig(cases=["lung9"])
@@ -392,6 +493,8 @@ def test_config_validation():
         RadiomicsConfig(train_views=-1)
     with pytest.raises(ValueError, match="train_pasted_lesions"):
         RadiomicsConfig(train_pasted_lesions=-1)
+    with pytest.raises(ValueError, match="train_brain_pastes"):
+        RadiomicsConfig(train_brain_pastes=-1)
     with pytest.raises(ValueError, match="train_ct_negatives"):
         RadiomicsConfig(train_ct_negatives=-2)
 

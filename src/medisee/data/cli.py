@@ -72,7 +72,9 @@ def cmd_build(args: argparse.Namespace) -> int:
                 dicom=not args.no_dicom,
                 radiomics=args.radiomics,
                 radiomics_config=RadiomicsConfig(
-                    sdist=args.radiomics_sdist, ct_window=args.radiomics_ct_window
+                    sdist=args.radiomics_sdist,
+                    ct_window=args.radiomics_ct_window,
+                    train_brain_pastes=args.radiomics_brain_pastes,
                 ),
                 progress=progress,
             )
@@ -264,6 +266,13 @@ def register(subparsers: Any) -> None:
         "--radiomics-ct-window",
         default="lung",
         help="bundled: the window preset of the real CT slices (default: %(default)s)",
+    )
+    build.add_argument(
+        "--radiomics-brain-pastes",
+        type=int,
+        default=0,
+        help="bundled: slices made per brain MRI slice of a training patient by pasting its "
+        "tumour there, scaled down (default: %(default)s; see docs/data.md)",
     )
     build.add_argument("--kinds", help="bundled: comma-separated phantom kinds (default: all)")
     build.add_argument("--modality", help="folder/nifti: modality of the images (CT, MRI, ...)")

@@ -488,7 +488,10 @@ class RadiomicsConfig:
       right are labels);
     - ``train_pasted_lesions``: on a training CT patient, slices made by pasting the
       patient's expert lung lesion into the lungs of a slice without it
-      (:func:`paste_lesion`), at most this many per such slice.
+      (:func:`paste_lesion`), at most this many per such slice;
+    - ``train_brain_pastes``: on a training brain MRI patient, slices made by pasting the
+      patient's tumour, scaled by :data:`BRAIN_PASTE_SCALE`, inside the brain of a slice
+      without it (:func:`brain_recipients`), at most this many per such slice.
     """
 
     sdist: str | None = None
@@ -500,6 +503,7 @@ class RadiomicsConfig:
     train_ct_negatives: int | None = 12
     train_views: int = 2
     train_pasted_lesions: int = 2
+    train_brain_pastes: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -517,6 +521,8 @@ class RadiomicsConfig:
             raise ValueError(f"train_views must be >= 0, got {self.train_views}")
         if self.train_pasted_lesions < 0:
             raise ValueError(f"train_pasted_lesions must be >= 0, got {self.train_pasted_lesions}")
+        if self.train_brain_pastes < 0:
+            raise ValueError(f"train_brain_pastes must be >= 0, got {self.train_brain_pastes}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.ct_window not in WINDOW_PRESETS:
@@ -705,17 +711,22 @@ def paste_lesion(
     lesion_hu: np.ndarray,
     lesion: np.ndarray,
     rng: np.random.Generator,
+    *,
+    scale: tuple[float, float] = PASTE_SCALE,
+    pleural_share: float = PASTE_PLEURAL_SHARE,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Paste a lesion into the lungs of a CT slice; display-frame 2-D arrays.
 
     ``hu``: the slice's HU; ``lungs``: its lung mask; ``lesion_hu`` / ``lesion``: the HU
     and expert mask of a slice that has the lesion. The lesion's pixels are rotated by a
-    random angle, scaled by a factor drawn in :data:`PASTE_SCALE` and moved to a random
-    place: with probability :data:`PASTE_PLEURAL_SHARE` against the lung's edge (the part
+    random angle, scaled by a factor drawn in ``scale`` and moved to a random
+    place: with probability ``pleural_share`` against the lung's edge (the part
     outside the lungs cut off), else wholly at least :data:`PASTE_MARGIN_PX` inside the
     lungs. They are blended in with an opacity drawn in :data:`PASTE_OPACITY` and a
     Gaussian edge drawn in :data:`PASTE_EDGE_SIGMA`. Returns the new HU slice and the
     moved lesion mask (inside ``lungs``), or ``None`` when the lesion fits nowhere.
+    The same works on an MRI slice's intensities with the brain as ``lungs``
+    (:func:`paste_brain_lesions`).
     """
     from scipy import ndimage
 
@@ -729,8 +740,8 @@ def paste_lesion(
     shape0 = np.pad(lesion[box].astype(np.float64), pad)
     values0 = np.pad(lesion_hu[box].astype(np.float64), pad, mode="edge")
     angle = float(rng.uniform(0.0, 360.0))
-    # Lesions come in many sizes: the donor is scaled by a factor drawn in PASTE_SCALE.
-    factor = float(rng.uniform(*PASTE_SCALE))
+    # Lesions come in many sizes: the donor is scaled by a factor drawn in `scale`.
+    factor = float(rng.uniform(*scale))
     shape = ndimage.zoom(ndimage.rotate(shape0, angle, reshape=False, order=1), factor, order=1)
     values = ndimage.zoom(ndimage.rotate(values0, angle, reshape=False, order=1), factor, order=1)
     shape = shape >= 0.5
@@ -739,7 +750,7 @@ def paste_lesion(
     r, c = np.nonzero(shape)
     crop = (slice(int(r.min()), int(r.max()) + 1), slice(int(c.min()), int(c.max()) + 1))
     shape, values = shape[crop], values[crop]
-    pleural = bool(rng.random() < PASTE_PLEURAL_SHARE)
+    pleural = bool(rng.random() < pleural_share)
     inside = lungs
     if not pleural and PASTE_MARGIN_PX:
         inside = ndimage.binary_erosion(lungs, iterations=PASTE_MARGIN_PX)
@@ -764,6 +775,58 @@ def paste_lesion(
     alpha *= float(rng.uniform(*PASTE_OPACITY))
     out = alpha * patch + (1.0 - alpha) * hu
     return out.astype(hu.dtype), moved
+
+
+#: On a training brain MRI the donor (the patient's tumour) is scaled by a factor drawn in
+#: this range: brain1's tumour is 22-35 px (17-27 mm) across, so about 5-35 px; a tumour
+#: seen first as a small enhancing focus (brain2's are 7-20 px) is then trained on too.
+BRAIN_PASTE_SCALE = (0.25, 1.0)
+#: Millimetres between the head's outline and where a pasted brain lesion may lie (the
+#: scalp and the skull).
+BRAIN_PASTE_INSET_MM = 10.0
+#: MRI display level above which a pixel is part of the head (the air around it is dark).
+HEAD_LEVEL = 30
+#: A brain slice receives pasted lesions only when its head covers at least this share of
+#: the volume's largest head section (not the vertex, where there is little brain) ...
+BRAIN_RECIPIENT_MIN_AREA = 0.5
+#: ... and at most this share of its head's interior is dark (air or bone: the sinuses,
+#: orbits and skull base of the lower slices, where a "brain" lesion would land in the face).
+BRAIN_RECIPIENT_MAX_DARK = 0.05
+
+
+def head_interior(display: np.ndarray, inset_px: float) -> np.ndarray:
+    """Where in an MRI head slice a pasted brain lesion may go: the head (the largest
+    component above :data:`HEAD_LEVEL` of the uint8 ``display``, holes filled) shrunk by
+    ``inset_px`` pixels. Display-frame 2-D bool."""
+    from scipy import ndimage
+
+    head = ndimage.binary_fill_holes(_largest_component(display > HEAD_LEVEL))
+    steps = int(round(inset_px))
+    return ndimage.binary_erosion(head, iterations=steps) if steps > 0 else head
+
+
+def brain_recipients(
+    label: np.ndarray, displays: Sequence[np.ndarray], inset_px: float
+) -> list[int]:
+    """Axial indices of a brain volume (``label`` X x Y x Z; ``displays`` its uint8 slices)
+    that receive pasted lesions: slices without the expert label, more than two slices from
+    any that has it (the val share, the most superior labelled slices, included), whose
+    head covers at least :data:`BRAIN_RECIPIENT_MIN_AREA` of the largest section and whose
+    interior (:func:`head_interior`) is at most :data:`BRAIN_RECIPIENT_MAX_DARK` dark."""
+    present = np.flatnonzero(label.any(axis=(0, 1))).tolist()
+    near: set[int] = set()
+    for k in present:
+        near.update(range(k - 2, k + 3))
+    areas = [int(head_interior(display, 0).sum()) for display in displays]
+    largest = max(areas, default=0)
+    chosen = []
+    for k, display in enumerate(displays):
+        if k in near or not largest or areas[k] < BRAIN_RECIPIENT_MIN_AREA * largest:
+            continue
+        inside = head_interior(display, inset_px)
+        if inside.any() and (display[inside] < HEAD_LEVEL).mean() <= BRAIN_RECIPIENT_MAX_DARK:
+            chosen.append(k)
+    return chosen
 
 
 @dataclass
@@ -819,7 +882,26 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
                     )
                 )
 
-    lesion_slices = [k for k in chosen if volume.label[:, :, k].any()]
+    def meta_of(k: int) -> dict[str, Any]:
+        return {
+            "patient": case.name,
+            "kind": case.kind,
+            "axis": "axial",
+            "index": int(k),
+            "window": window_name,
+            "window_center_width": [window.center, window.width],
+            "spacing_mm": [volume.spacing[1], volume.spacing[0]],
+            "sdist": f"{SDIST_PROJECT}=={SDIST_VERSION}",
+            "real": True,
+        }
+
+    # Donors of pasted lesions: the training share's labelled slices (never a val one).
+    lesion_slices = [
+        k
+        for position, k in enumerate(chosen)
+        if volume.label[:, :, k].any()
+        and split_of(case, position, len(chosen), config.val_fraction) == "train"
+    ]
     for position, k in enumerate(chosen):
         split = split_of(case, position, len(chosen), config.val_fraction)
         targets: list[tuple[str, np.ndarray]] = []
@@ -834,17 +916,7 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
                 targets.append((label, plane))
                 provenance.append("derived")
         hu = display_slice(volume.image, 2, k)
-        meta = {
-            "patient": case.name,
-            "kind": case.kind,
-            "axis": "axial",
-            "index": int(k),
-            "window": window_name,
-            "window_center_width": [window.center, window.width],
-            "spacing_mm": [volume.spacing[1], volume.spacing[0]],
-            "sdist": f"{SDIST_PROJECT}=={SDIST_VERSION}",
-            "real": True,
-        }
+        meta = meta_of(k)
         source_id = f"radiomics-{case.name}" + ("-val" if split == "val" else "")
         record_id = f"radiomics-{case.name}-z{k:03d}"
         add(
@@ -900,6 +972,51 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
                 [k, 2, donor],
                 moved,
             )
+    if (
+        case.kind == "brain_mri"
+        and case.split == "train"
+        and config.train_brain_pastes
+        and lesion_slices
+    ):
+        depth = volume.image.shape[2]
+        displays = [apply_window(display_slice(volume.image, 2, k), window) for k in range(depth)]
+        inset = BRAIN_PASTE_INSET_MM / float(volume.spacing[0])
+        for k in brain_recipients(volume.label, displays, inset):
+            intensities = display_slice(volume.image, 2, k)
+            brain = head_interior(displays[k], inset)
+            rng = np.random.default_rng([*case_key, int(k), 3])
+            # Each donor slice at most once per recipient; beyond that, donors again.
+            order = np.concatenate(
+                [
+                    rng.permutation(lesion_slices)
+                    for _ in range(-(-config.train_brain_pastes // len(lesion_slices)))
+                ]
+            )
+            donors = order[: config.train_brain_pastes]
+            for donor in donors.tolist():
+                pasted = paste_lesion(
+                    intensities,
+                    brain,
+                    display_slice(volume.image, 2, donor),
+                    display_slice(volume.label, 2, donor),
+                    rng,
+                    scale=BRAIN_PASTE_SCALE,
+                    pleural_share=0.0,
+                )
+                if pasted is None:
+                    continue
+                pasted_image, moved = pasted
+                add(
+                    f"radiomics-{case.name}-z{k:03d}-p{donor:03d}",
+                    apply_window(pasted_image, window),
+                    [(case.label, moved)],
+                    ["derived"],
+                    {**meta_of(k), "pasted_lesion_from": int(donor)},
+                    f"radiomics-{case.name}",
+                    "train",
+                    [k, 4, donor],
+                    moved,
+                )
     return out
 
 
