@@ -34,3 +34,25 @@ def test_box_iou_and_clip():
     torch.testing.assert_close(boxes.box_iou(a, b), torch.tensor([1 / 7, 0.0, 0.0]))
     clipped = boxes.clip_box(torch.tensor([[-5.0, 2.0, 40.0, 90.0]]), (50, 30))
     torch.testing.assert_close(clipped, torch.tensor([[0.0, 2.0, 30.0, 50.0]]))
+
+
+def test_jitter_boxes_moves_each_side_within_its_share_and_stays_in_the_image():
+    cxcywh = torch.tensor([[0.5, 0.5, 0.2, 0.4], [0.05, 0.95, 0.1, 0.1], [0.5, 0.5, 1.0, 1.0]])
+    assert boxes.jitter_boxes(cxcywh, 0.0) is cxcywh
+    corners = boxes.cxcywh_to_xyxy(cxcywh)
+    # Hand-computed bounds: box 0 spans x 0.4-0.6 (w 0.2) and y 0.3-0.7 (h 0.4), so with
+    # 0.1 its left edge stays in 0.38-0.42 and its top in 0.26-0.34.
+    torch.manual_seed(0)
+    draws = torch.stack([boxes.cxcywh_to_xyxy(boxes.jitter_boxes(cxcywh, 0.1)) for _ in range(200)])
+    first = draws[:, 0]
+    assert (first[:, 0] >= 0.38 - 1e-6).all() and (first[:, 0] <= 0.42 + 1e-6).all()
+    assert (first[:, 1] >= 0.26 - 1e-6).all() and (first[:, 1] <= 0.34 + 1e-6).all()
+    # Both directions occur, and every box stays inside [0, 1] with a positive size.
+    assert (first[:, 0] < 0.399).any() and (first[:, 0] > 0.401).any()
+    assert (draws >= 0).all() and (draws <= 1).all()
+    assert (draws[..., 2] > draws[..., 0]).all() and (draws[..., 3] > draws[..., 1]).all()
+    # The whole image: a side moved outward is clamped to the edge, one moved inward is not.
+    assert (draws[:, 2] != corners[2]).any(dim=-1).float().mean() > 0.8
+    torch.manual_seed(0)
+    again = boxes.cxcywh_to_xyxy(boxes.jitter_boxes(cxcywh, 0.1))
+    torch.testing.assert_close(again, draws[0])

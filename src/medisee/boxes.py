@@ -49,6 +49,34 @@ def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     return torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), dim=-1)
 
 
+def jitter_boxes(boxes: torch.Tensor, fraction: float) -> torch.Tensor:
+    """``[..., 4]`` normalised cxcywh -> the same boxes with each side moved by up to
+    ``fraction`` of the box's width (left, right) or height (top, bottom), uniformly and
+    independently (the torch global RNG), then kept inside ``[0, 1]`` and at least
+    1e-3 wide and high. MedSAM perturbs its training boxes the same way, so the decoder
+    follows boxes that are a little off."""
+    import torch
+
+    if fraction <= 0:
+        return boxes
+    corners = cxcywh_to_xyxy(boxes)
+    size = boxes[..., 2:].repeat_interleave(2, dim=-1)[..., [0, 2, 1, 3]]  # w h w h
+    noise = (torch.rand(corners.shape, device=boxes.device, dtype=boxes.dtype) * 2 - 1) * fraction
+    moved = (corners + noise * size).clamp(0.0, 1.0)
+    x0, x1 = (
+        torch.minimum(moved[..., 0], moved[..., 2]),
+        torch.maximum(moved[..., 0], moved[..., 2]),
+    )
+    y0, y1 = (
+        torch.minimum(moved[..., 1], moved[..., 3]),
+        torch.maximum(moved[..., 1], moved[..., 3]),
+    )
+    x1 = torch.maximum(x1, (x0 + 1e-3).clamp(max=1.0))
+    y1 = torch.maximum(y1, (y0 + 1e-3).clamp(max=1.0))
+    x0, y0 = torch.minimum(x0, x1 - 1e-3), torch.minimum(y0, y1 - 1e-3)
+    return xyxy_to_cxcywh(torch.stack((x0, y0, x1, y1), dim=-1))
+
+
 def _size_tensor(image_size: torch.Tensor | tuple[int, int], like: torch.Tensor) -> torch.Tensor:
     """``(H, W)`` per box (``[..., 2]`` or a pair) -> ``[..., 4]`` scale ``(W, H, W, H)``."""
     import torch

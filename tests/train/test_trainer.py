@@ -456,11 +456,43 @@ def test_target_mask_prompt_gives_the_decoder_the_ground_truth_box(tiny_model, m
     assert skipped.bce is None and len(seen) == 2
 
 
+def test_box_jitter_moves_the_target_prompt_in_training_only(tiny_model, monkeypatch):
+    from medisee.boxes import denormalize_box
+    from medisee.losses import LossWeights
+    from medisee.train.task import MediSeeTask
+    from tests.conftest import make_batch
+
+    seen = []
+    decode = tiny_model.segmenter.decode
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["boxes"])
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_model.segmenter, "decode", spy)
+    batch = make_batch(tiny_model)
+    exact = denormalize_box(batch["target_boxes"], batch["image_sizes"].float())
+    task = MediSeeTask(tiny_model, LossWeights(), mask_prompt="target", box_jitter=0.2)
+    torch.manual_seed(0)
+    task.train()(batch)
+    jittered = seen[-1]
+    assert not torch.allclose(jittered, exact)
+    # Each side moved by at most 0.2 of the box's size (pixels of the input frame).
+    size = (exact[:, 2:] - exact[:, :2]).repeat(1, 2)
+    assert ((jittered - exact).abs() <= 0.2 * size + 1e-3).all()
+    task.eval()(batch)
+    torch.testing.assert_close(seen[-1], exact)
+    with pytest.raises(ValueError, match="box_jitter"):
+        MediSeeTask(tiny_model, LossWeights(), box_jitter=1.0)
+
+
 def test_train_config_rejects_bad_mask_schedule(tmp_path):
     with pytest.raises(ValueError, match="mask_loss_every"):
         _config(tmp_path, mask_loss_every=0)
     with pytest.raises(ValueError, match="mask_prompt"):
         _config(tmp_path, mask_prompt="oracle")
+    with pytest.raises(ValueError, match="mask_box_jitter"):
+        _config(tmp_path, mask_box_jitter=-0.1)
     with pytest.raises(ValueError, match="group_by_length"):
         _config(tmp_path, group_by_length=-1)
     with pytest.raises(ValueError, match="repeat_threshold"):

@@ -46,6 +46,10 @@ class TrainConfig:
     # step's cost, while the LM and the box/grounding heads need many more samples.
     mask_loss_every: int = 1
     mask_prompt: str = "predicted"
+    # With target prompts, move each side of the prompt box by up to this share of the
+    # box's size (uniform; 0: the exact box), so the decoder learns to follow boxes as
+    # loose as the grounding map's (medisee.boxes.jitter_boxes).
+    mask_box_jitter: float = 0.0
     # Sort each window of this many steps' draws by length so batches pad little
     # (0: off); see medisee.train.dataset.MixedSampler.
     group_by_length: int = 0
@@ -134,6 +138,10 @@ class TrainConfig:
         if self.max_steps + self.grounding_refit_steps == 0:
             raise ValueError(
                 "TrainConfig needs max_steps > 0 or grounding_refit_steps > 0 (nothing to train)"
+            )
+        if not 0.0 <= self.mask_box_jitter < 1.0:
+            raise ValueError(
+                f"TrainConfig.mask_box_jitter must be in [0, 1), got {self.mask_box_jitter}"
             )
         if not self.lr > 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medisee.boxes import jitter_boxes
 from medisee.checks import check_choice
 from medisee.losses import (
     LossBreakdown,
@@ -37,11 +38,15 @@ class MediSeeTask(nn.Module):
         weights: LossWeights,
         stage: str = "end2end",
         mask_prompt: str = "predicted",
+        box_jitter: float = 0.0,
     ) -> None:
         super().__init__()
         check_choice("stage", stage, STAGES)
         check_choice("mask_prompt", mask_prompt, MASK_PROMPTS)
+        if not 0.0 <= box_jitter < 1.0:
+            raise ValueError(f"box_jitter must be in [0, 1), got {box_jitter}")
         self.mask_prompt = mask_prompt
+        self.box_jitter = box_jitter
         self.model = model
         self.weights = weights
         self.stage = stage
@@ -67,13 +72,18 @@ class MediSeeTask(nn.Module):
                 return self._refit_from_states(batch, det_states)
             decode_masks = False
             batch = through_last_candidate(batch, self.model.candidate_token_ids)
+        prompt_boxes = None
+        if self.mask_prompt == "target":
+            prompt_boxes = batch["target_boxes"]
+            if self.training and decode_masks and self.box_jitter > 0:
+                prompt_boxes = jitter_boxes(prompt_boxes, self.box_jitter)
         out = self.model(
             batch["input_ids"],
             batch["attention_mask"],
             batch["image_sizes"],
             pixel_values=batch.get("pixel_values"),
             image_embeddings=batch.get("image_embeddings"),
-            prompt_boxes=batch["target_boxes"] if self.mask_prompt == "target" else None,
+            prompt_boxes=prompt_boxes,
             decode_masks=decode_masks,
             language_grad=not grounding_only,
             logits_mask=next_token_supervised(batch["labels"]),

@@ -303,7 +303,9 @@ def setup_training(
         else None,
     )
 
-    task = MediSeeTask(model, config.losses, config.stage, config.mask_prompt)
+    task = MediSeeTask(
+        model, config.losses, config.stage, config.mask_prompt, config.mask_box_jitter
+    )
     parameters = [p for p in task.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         parameters,
