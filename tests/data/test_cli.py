@@ -76,3 +76,28 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert (
         main(["data", "generate", "--manifest", str(tmp_path / "nothing"), "--engine", "llm"]) == 2
     )
+
+
+def test_build_passes_the_radiomics_options(tmp_path, monkeypatch):
+    import medisee.data.sources.bundled as bundled
+
+    seen = {}
+
+    def fake_build(out, options, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)  # stop before any work: only the arguments are checked
+
+    monkeypatch.setattr(bundled, "build_bundled", fake_build)
+    args = ["data", "build", "--source", "bundled", "--out", str(tmp_path / "ds")]
+    try:
+        main([*args, "--radiomics-brain-pastes", "3", "--radiomics-ct-window", "chest_wide"])
+    except SystemExit:
+        pass
+    config = seen["radiomics_config"]
+    assert config.train_brain_pastes == 3 and config.ct_window == "chest_wide"
+    seen.clear()
+    try:
+        main(args)
+    except SystemExit:
+        pass
+    assert seen["radiomics_config"].train_brain_pastes == 0
