@@ -60,7 +60,7 @@ def jitter_boxes(boxes: torch.Tensor, fraction: float) -> torch.Tensor:
     if fraction <= 0:
         return boxes
     corners = cxcywh_to_xyxy(boxes)
-    size = boxes[..., 2:].repeat_interleave(2, dim=-1)[..., [0, 2, 1, 3]]  # w h w h
+    size = torch.cat((boxes[..., 2:], boxes[..., 2:]), dim=-1)  # w h w h, as x0 y0 x1 y1
     noise = (torch.rand(corners.shape, device=boxes.device, dtype=boxes.dtype) * 2 - 1) * fraction
     moved = (corners + noise * size).clamp(0.0, 1.0)
     x0, x1 = (

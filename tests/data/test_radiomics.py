@@ -437,8 +437,11 @@ def test_brain_recipients_skip_the_lesion_the_face_and_the_vertex():
         displays[k][20:40, 20:40] = 0
     displays[11] = _head(64, 12)  # the vertex: little head
     # Not within two slices of the tumour (3-8), not dark inside, not small.
-    assert brain_recipients(label, displays, inset_px=4) == [9, 10]
-    assert brain_recipients(np.zeros_like(label), displays[9:10], inset_px=4) == [0]
+    recipients = brain_recipients(label, displays, inset_px=4)
+    assert list(recipients) == [9, 10]
+    # Each with where a lesion may go: the head shrunk by the inset.
+    assert np.array_equal(recipients[9], head_interior(displays[9], 4))
+    assert list(brain_recipients(np.zeros_like(label), displays[9:10], inset_px=4)) == [0]
 
 
 def test_brain_pastes_make_training_slices_from_the_training_share_only():

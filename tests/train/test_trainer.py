@@ -428,6 +428,19 @@ def test_mask_loss_every_runs_the_mask_decoder_on_those_steps_only(tmp_path, syn
     assert all("loss/ground" in h and "loss/giou" in h for h in losses)
 
 
+def _decoder_box_prompts(model, monkeypatch) -> list:
+    """The box prompts the model's mask decoder receives from now on, in call order."""
+    seen = []
+    decode = model.segmenter.decode
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["boxes"])
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(model.segmenter, "decode", spy)
+    return seen
+
+
 def test_target_mask_prompt_gives_the_decoder_the_ground_truth_box(tiny_model, monkeypatch):
     """``mask_prompt="target"``: the decoder's box prompt is the target box in the
     segmenter input frame; ``"predicted"``: the model's own (grounded) box."""
@@ -436,14 +449,7 @@ def test_target_mask_prompt_gives_the_decoder_the_ground_truth_box(tiny_model, m
     from medisee.train.task import MediSeeTask
     from tests.conftest import make_batch
 
-    seen = []
-    decode = tiny_model.segmenter.decode
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["boxes"])
-        return decode(*args, **kwargs)
-
-    monkeypatch.setattr(tiny_model.segmenter, "decode", spy)
+    seen = _decoder_box_prompts(tiny_model, monkeypatch)
     batch = make_batch(tiny_model)
     # make_batch's images are already image_size square: input frame = original frame.
     expected = denormalize_box(batch["target_boxes"], batch["image_sizes"].float())
@@ -462,14 +468,7 @@ def test_box_jitter_moves_the_target_prompt_in_training_only(tiny_model, monkeyp
     from medisee.train.task import MediSeeTask
     from tests.conftest import make_batch
 
-    seen = []
-    decode = tiny_model.segmenter.decode
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["boxes"])
-        return decode(*args, **kwargs)
-
-    monkeypatch.setattr(tiny_model.segmenter, "decode", spy)
+    seen = _decoder_box_prompts(tiny_model, monkeypatch)
     batch = make_batch(tiny_model)
     exact = denormalize_box(batch["target_boxes"], batch["image_sizes"].float())
     task = MediSeeTask(tiny_model, LossWeights(), mask_prompt="target", box_jitter=0.2)

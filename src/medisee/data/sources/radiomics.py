@@ -75,7 +75,7 @@ import io
 import os
 import sys
 import tarfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -807,25 +807,26 @@ def head_interior(display: np.ndarray, inset_px: float) -> np.ndarray:
 
 def brain_recipients(
     label: np.ndarray, displays: Sequence[np.ndarray], inset_px: float
-) -> list[int]:
-    """Axial indices of a brain volume (``label`` X x Y x Z; ``displays`` its uint8 slices)
-    that receive pasted lesions: slices without the expert label, more than two slices from
+) -> dict[int, np.ndarray]:
+    """The slices of a brain volume (``label`` X x Y x Z; ``displays`` its uint8 slices)
+    that receive pasted lesions, each with where a lesion may go there
+    (:func:`head_interior`): slices without the expert label, more than two slices from
     any that has it (the val share, the most superior labelled slices, included), whose
     head covers at least :data:`BRAIN_RECIPIENT_MIN_AREA` of the largest section and whose
-    interior (:func:`head_interior`) is at most :data:`BRAIN_RECIPIENT_MAX_DARK` dark."""
+    interior is at most :data:`BRAIN_RECIPIENT_MAX_DARK` dark. Keys ascending."""
     present = np.flatnonzero(label.any(axis=(0, 1))).tolist()
     near: set[int] = set()
     for k in present:
         near.update(range(k - 2, k + 3))
     areas = [int(head_interior(display, 0).sum()) for display in displays]
     largest = max(areas, default=0)
-    chosen = []
+    chosen: dict[int, np.ndarray] = {}
     for k, display in enumerate(displays):
         if k in near or not largest or areas[k] < BRAIN_RECIPIENT_MIN_AREA * largest:
             continue
         inside = head_interior(display, inset_px)
         if inside.any() and (display[inside] < HEAD_LEVEL).mean() <= BRAIN_RECIPIENT_MAX_DARK:
-            chosen.append(k)
+            chosen[k] = inside
     return chosen
 
 
@@ -895,6 +896,27 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
             "real": True,
         }
 
+    def pasted(
+        recipient: np.ndarray,
+        inside: np.ndarray,
+        donors: np.ndarray,
+        rng: np.random.Generator,
+        **options: Any,
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """``(donor, image, moved lesion)`` for each donor slice whose lesion fits
+        ``inside`` the ``recipient`` slice (:func:`paste_lesion`)."""
+        for donor in donors.tolist():
+            result = paste_lesion(
+                recipient,
+                inside,
+                display_slice(volume.image, 2, donor),
+                display_slice(volume.label, 2, donor),
+                rng,
+                **options,
+            )
+            if result is not None:
+                yield donor, *result
+
     # Donors of pasted lesions: the training share's labelled slices (never a val one).
     lesion_slices = [
         k
@@ -944,17 +966,7 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
                 lungs |= display_slice(derived[label], 2, k)
         rng = np.random.default_rng([*case_key, int(k), 1])
         donors = rng.permutation(lesion_slices)[: config.train_pasted_lesions]
-        for donor in donors.tolist():
-            pasted = paste_lesion(
-                hu,
-                lungs,
-                display_slice(volume.image, 2, donor),
-                display_slice(volume.label, 2, donor),
-                rng,
-            )
-            if pasted is None:
-                continue
-            pasted_hu, moved = pasted
+        for donor, pasted_hu, moved in pasted(hu, lungs, donors, rng):
             # The lung masks follow their own rule on the new slice: air below
             # AIR_HU, so a dense pasted lesion is cut out as a real one is.
             solid = moved & (pasted_hu >= AIR_HU)
@@ -981,9 +993,7 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
         depth = volume.image.shape[2]
         displays = [apply_window(display_slice(volume.image, 2, k), window) for k in range(depth)]
         inset = BRAIN_PASTE_INSET_MM / float(volume.spacing[0])
-        for k in brain_recipients(volume.label, displays, inset):
-            intensities = display_slice(volume.image, 2, k)
-            brain = head_interior(displays[k], inset)
+        for k, brain in brain_recipients(volume.label, displays, inset).items():
             rng = np.random.default_rng([*case_key, int(k), 3])
             # Each donor slice at most once per recipient; beyond that, donors again.
             order = np.concatenate(
@@ -993,19 +1003,10 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
                 ]
             )
             donors = order[: config.train_brain_pastes]
-            for donor in donors.tolist():
-                pasted = paste_lesion(
-                    intensities,
-                    brain,
-                    display_slice(volume.image, 2, donor),
-                    display_slice(volume.label, 2, donor),
-                    rng,
-                    scale=BRAIN_PASTE_SCALE,
-                    pleural_share=0.0,
-                )
-                if pasted is None:
-                    continue
-                pasted_image, moved = pasted
+            intensities = display_slice(volume.image, 2, k)
+            for donor, pasted_image, moved in pasted(
+                intensities, brain, donors, rng, scale=BRAIN_PASTE_SCALE, pleural_share=0.0
+            ):
                 add(
                     f"radiomics-{case.name}-z{k:03d}-p{donor:03d}",
                     apply_window(pasted_image, window),
