@@ -90,14 +90,22 @@ def test_build_passes_the_radiomics_options(tmp_path, monkeypatch):
     monkeypatch.setattr(bundled, "build_bundled", fake_build)
     args = ["data", "build", "--source", "bundled", "--out", str(tmp_path / "ds")]
     try:
-        main([*args, "--radiomics-brain-pastes", "3", "--radiomics-ct-window", "chest_wide"])
+        main(
+            [
+                *args,
+                *("--radiomics-brain-pastes", "3", "--radiomics-ct-window", "chest_wide"),
+                *("--radiomics-view-shift", "0.25"),
+            ]
+        )
     except SystemExit:
         pass
     config = seen["radiomics_config"]
     assert config.train_brain_pastes == 3 and config.ct_window == "chest_wide"
+    assert config.view_shift == 0.25
     seen.clear()
     try:
         main(args)
     except SystemExit:
         pass
     assert seen["radiomics_config"].train_brain_pastes == 0
+    assert seen["radiomics_config"].view_shift == 0.0

@@ -330,6 +330,47 @@ def test_augmented_views_zoom_keep_the_lesion_and_drop_cut_targets():
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(views, again))
 
 
+def test_view_shift_moves_the_window_past_a_crop_and_still_covers_the_lesion():
+    draws = np.random.default_rng(0)
+    # A 100-px window on a 100-px axis: no room without a shift; with a margin of 20 the
+    # start is anywhere in -20..20 (the slice moves by up to 20 px either way).
+    assert {radiomics._window_start(100, 100, None, None, draws) for _ in range(50)} == {0}
+    starts = {radiomics._window_start(100, 100, None, None, draws, 20) for _ in range(2000)}
+    assert starts == set(range(-20, 21))
+    # A 60-px crop holding pixels 10..30: 0..10 without a shift (it must start at or
+    # before 10 and end after 30); with the margin it may start at -20, not past 10.
+    starts = {radiomics._window_start(100, 60, 10, 30, draws) for _ in range(2000)}
+    assert starts == set(range(0, 11))
+    starts = {radiomics._window_start(100, 60, 10, 30, draws, 20) for _ in range(2000)}
+    assert starts == set(range(-20, 11))
+
+    image = np.full((80, 100), 50, dtype=np.uint8)
+    lesion = np.zeros((80, 100), dtype=bool)
+    lesion[30:40, 45:55] = True
+    plain = augmented_views(
+        image, [("lung tumor", lesion)], ["expert"], 200, np.random.default_rng(1)
+    )
+    shifted = augmented_views(
+        image, [("lung tumor", lesion)], ["expert"], 200, np.random.default_rng(1), shift=0.25
+    )
+
+    def lesion_places(views):
+        # Where the lesion's top-left corner lands, as a share of each view's height/width.
+        places = []
+        for _, _, _, meta in views:
+            row0, col0, row1, col1 = meta["crop"]
+            places.append(((30 - row0) / (row1 - row0), (45 - col0) / (col1 - col0)))
+        return np.array(places)
+
+    # Every view keeps the whole lesion, shifted or not.
+    assert all(kept[0][1].sum() == lesion.sum() for _, kept, _, _ in shifted)
+    # The lesion lands in a wider range of places in the frame.
+    assert np.ptp(lesion_places(shifted)[:, 1]) > np.ptp(lesion_places(plain)[:, 1]) + 0.1
+    assert np.ptp(lesion_places(shifted)[:, 0]) > np.ptp(lesion_places(plain)[:, 0]) + 0.1
+    with pytest.raises(ValueError, match="view_shift"):
+        RadiomicsConfig(view_shift=0.6)
+
+
 def test_paste_lesion_moves_the_lesion_into_the_lungs_as_an_island_or_against_the_edge():
     hu = np.full((60, 80), -850.0, dtype=np.float32)  # lung parenchyma
     lungs = np.zeros((60, 80), dtype=bool)

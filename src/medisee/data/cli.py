@@ -75,6 +75,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                     sdist=args.radiomics_sdist,
                     ct_window=args.radiomics_ct_window,
                     train_brain_pastes=args.radiomics_brain_pastes,
+                    view_shift=args.radiomics_view_shift,
                 ),
                 progress=progress,
             )
@@ -273,6 +274,14 @@ def register(subparsers: Any) -> None:
         default=0,
         help="bundled: slices made per brain MRI slice of a training patient by pasting its "
         "tumour there, scaled down (default: %(default)s; see docs/data.md)",
+    )
+    build.add_argument(
+        "--radiomics-view-shift",
+        type=float,
+        default=0.0,
+        help="bundled: how far an augmented view of a real training slice may move past a "
+        "plain crop or zoom out, as a share of its size per axis (default: %(default)s; "
+        "see docs/data.md)",
     )
     build.add_argument("--kinds", help="bundled: comma-separated phantom kinds (default: all)")
     build.add_argument("--modality", help="folder/nifti: modality of the images (CT, MRI, ...)")

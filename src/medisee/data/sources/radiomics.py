@@ -486,6 +486,9 @@ class RadiomicsConfig:
     - ``train_views``: augmented views added per *training* slice (:func:`augmented_views`:
       zoomed in and out, shifted, with intensity jitter; never flipped, since left and
       right are labels);
+    - ``view_shift``: how far a view's window may move past a plain crop or zoom out, as
+      a share of its length per axis (:func:`augmented_views`); 0 keeps the crops and
+      zoom outs only;
     - ``train_pasted_lesions``: on a training CT patient, slices made by pasting the
       patient's expert lung lesion into the lungs of a slice without it
       (:func:`paste_lesion`), at most this many per such slice;
@@ -502,6 +505,7 @@ class RadiomicsConfig:
     ct_window: str = "lung"
     train_ct_negatives: int | None = 12
     train_views: int = 2
+    view_shift: float = 0.0
     train_pasted_lesions: int = 2
     train_brain_pastes: int = 0
     seed: int = 0
@@ -519,6 +523,8 @@ class RadiomicsConfig:
             raise ValueError(f"train_ct_negatives must be >= 0, got {self.train_ct_negatives}")
         if self.train_views < 0:
             raise ValueError(f"train_views must be >= 0, got {self.train_views}")
+        if not 0.0 <= self.view_shift <= 0.5:
+            raise ValueError(f"view_shift must be in [0, 0.5], got {self.view_shift}")
         if self.train_pasted_lesions < 0:
             raise ValueError(f"train_pasted_lesions must be >= 0, got {self.train_pasted_lesions}")
         if self.train_brain_pastes < 0:
@@ -575,11 +581,14 @@ VIEW_ASPECT = (0.85, 1.15)
 VIEW_MIN_KEPT = 0.5
 
 
-def _window_start(size: int, length: int, low: int | None, high: int | None, rng) -> int:
+def _window_start(
+    size: int, length: int, low: int | None, high: int | None, rng, margin: int = 0
+) -> int:
     """A random first index of a ``length`` window on an axis of ``size`` pixels: inside
-    the axis (a crop) or holding it (a zoom out), and covering pixels ``low..high`` when
-    they fit."""
-    first, last = min(0, size - length), max(0, size - length)
+    the axis (a crop) or holding it (a zoom out), give or take ``margin`` pixels (the
+    slice then moves inside the window, the rest padded), and covering pixels
+    ``low..high`` when they fit."""
+    first, last = min(0, size - length) - margin, max(0, size - length) + margin
     if low is not None and high is not None:
         lo, hi = max(first, high + 1 - length), min(last, low)
         if lo <= hi:
@@ -605,6 +614,7 @@ def augmented_views(
     count: int,
     rng: np.random.Generator,
     lesion: np.ndarray | None = None,
+    shift: float = 0.0,
 ) -> list[tuple[np.ndarray, list[tuple[str, np.ndarray]], list[str], dict[str, Any]]]:
     """``count`` augmented views of a display-frame ``image`` (H x W uint8) and its masks.
 
@@ -612,7 +622,9 @@ def augmented_views(
     by :data:`VIEW_ASPECT`) at a random place: a crop when smaller, a wider field of view
     when larger, padded with the median of the slice's border pixels (the air around the
     patient). The window covers ``lesion`` (default: the union of the ``"expert"``
-    targets) when it can. Then a gamma in [0.8, 1.25] and Gaussian noise of sigma 2-6
+    targets) when it can. ``shift`` > 0 lets the window's start move a further ``shift``
+    of its length past where a crop or a zoom out would put it, on each axis, so the
+    anatomy also moves inside the frame at an unchanged size (the rest padded). Then a gamma in [0.8, 1.25] and Gaussian noise of sigma 2-6
     grey levels. Targets cut to less than :data:`VIEW_MIN_KEPT` of their area are
     dropped. Never flipped: left and right are in the labels. Returns ``(image, targets,
     provenance, meta)`` per view, ``meta["crop"]`` the window as ``[row0, col0, row1,
@@ -636,8 +648,8 @@ def augmented_views(
         aspect = np.sqrt(rng.uniform(*VIEW_ASPECT))
         rows = max(8, int(round(height * scale * aspect)))
         cols = max(8, int(round(width * scale / aspect)))
-        row0 = _window_start(height, rows, *rows_hit, rng)
-        col0 = _window_start(width, cols, *cols_hit, rng)
+        row0 = _window_start(height, rows, *rows_hit, rng, int(round(shift * rows)))
+        col0 = _window_start(width, cols, *cols_hit, rng, int(round(shift * cols)))
         kept_targets, kept_origins = [], []
         for (label, mask), origin in zip(targets, provenance):
             crop = _take(mask, row0, col0, rows, cols, False)
@@ -867,7 +879,9 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
         if split != "train" or not config.train_views or not targets:
             return
         rng = np.random.default_rng([*case_key, *key])
-        views = augmented_views(image, targets, provenance, config.train_views, rng, lesion)
+        views = augmented_views(
+            image, targets, provenance, config.train_views, rng, lesion, config.view_shift
+        )
         for number, (view, view_targets, view_origins, view_meta) in enumerate(views, 1):
             if view_targets:
                 out.append(
