@@ -6,6 +6,7 @@ import json
 
 from medisee.cli import main
 from medisee.data.manifest import read_manifest
+from medisee.data.sources.radiomics import RadiomicsConfig
 
 
 def test_build_generate_stats(tmp_path, capsys):
@@ -108,4 +109,4 @@ def test_build_passes_the_radiomics_options(tmp_path, monkeypatch):
     except SystemExit:
         pass
     assert seen["radiomics_config"].train_brain_pastes == 0
-    assert seen["radiomics_config"].view_shift == 0.0
+    assert seen["radiomics_config"].view_shift == RadiomicsConfig().view_shift
