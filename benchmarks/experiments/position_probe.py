@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -62,7 +63,9 @@ def main() -> None:
     root = Path(args.manifest).parent
     records = {record.id: record for record in read_manifest(args.manifest)[0]}
     result: dict = {
-        "command": " ".join(["python", "benchmarks/experiments/position_probe.py", *sys.argv[1:]]),
+        "command": shlex.join(
+            ["python", "benchmarks/experiments/position_probe.py", *sys.argv[1:]]
+        ),
         "question": f"Segment the {args.label}.",
         "dice": {},
     }
