@@ -37,11 +37,6 @@ def moved(array: np.ndarray, rows: int, fill) -> np.ndarray:
     return out
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / total) if total else 1.0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
@@ -56,6 +51,7 @@ def main() -> None:
 
     from medisee.data.manifest import read_manifest
     from medisee.data.masks import load_mask
+    from medisee.evaluate.metrics import mask_scores
     from medisee.inference.predictor import Predictor
 
     torch.manual_seed(0)
@@ -79,7 +75,8 @@ def main() -> None:
         for rows in args.shifts:
             prediction = predictor.predict(result["question"], image=moved(image, rows, background))
             mask = np.asarray(prediction.mask).astype(bool)
-            row[str(rows)] = round(dice(mask, moved(truth, rows, False)), 3)
+            dice = mask_scores(mask, moved(truth, rows, False))[0]
+            row[str(rows)] = round(dice, 3)
         result["dice"][record_id] = {"split": record.split, **row}
         print(record_id, record.split, row, flush=True)
     if args.json:

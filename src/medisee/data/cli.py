@@ -63,13 +63,6 @@ def cmd_build(args: argparse.Namespace) -> int:
             from medisee.data.sources.bundled import DEFAULT_NUM_IMAGES, build_bundled
             from medisee.data.sources.radiomics import RadiomicsConfig
 
-            radiomics_options = {
-                "sdist": args.radiomics_sdist,
-                "ct_window": args.radiomics_ct_window,
-                "train_brain_pastes": args.radiomics_brain_pastes,
-            }
-            if args.radiomics_view_shift is not None:  # else the config's default
-                radiomics_options["view_shift"] = args.radiomics_view_shift
             result = build_bundled(
                 args.out,
                 options,
@@ -78,7 +71,12 @@ def cmd_build(args: argparse.Namespace) -> int:
                 mni_slices=args.mni_slices,
                 dicom=not args.no_dicom,
                 radiomics=args.radiomics,
-                radiomics_config=RadiomicsConfig(**radiomics_options),
+                radiomics_config=RadiomicsConfig(
+                    sdist=args.radiomics_sdist,
+                    ct_window=args.radiomics_ct_window,
+                    train_brain_pastes=args.radiomics_brain_pastes,
+                    view_shift=args.radiomics_view_shift,
+                ),
                 progress=progress,
             )
         elif args.source == "folder":
@@ -280,10 +278,10 @@ def register(subparsers: Any) -> None:
     build.add_argument(
         "--radiomics-view-shift",
         type=float,
-        default=None,
+        default=0.25,
         help="bundled: how far an augmented view of a real training slice may move past a "
-        "plain crop or zoom out, as a share of its size per axis (default: 0.25; 0 for "
-        "crops and zoom outs only; see docs/data.md)",
+        "plain crop or zoom out, as a share of its size per axis (default: %(default)s; 0 "
+        "for crops and zoom outs only; see docs/data.md)",
     )
     build.add_argument("--kinds", help="bundled: comma-separated phantom kinds (default: all)")
     build.add_argument("--modality", help="folder/nifti: modality of the images (CT, MRI, ...)")

@@ -626,8 +626,8 @@ def augmented_views(
     targets) when it can. ``shift`` > 0 lets the window's start move a further ``shift``
     of its length past where a crop or a zoom out would put it, on each axis, so the
     anatomy also moves inside the frame at an unchanged size (the rest padded). Then a
-    gamma in [0.8, 1.25] and Gaussian noise of sigma 2-6 grey levels. Targets cut to less than :data:`VIEW_MIN_KEPT` of their area are
-    dropped. Never flipped: left and right are in the labels. Returns ``(image, targets,
+    gamma in [0.8, 1.25] and Gaussian noise of sigma 2-6 grey levels. Targets cut to
+    less than :data:`VIEW_MIN_KEPT` of their area are dropped. Never flipped: left and right are in the labels. Returns ``(image, targets,
     provenance, meta)`` per view, ``meta["crop"]`` the window as ``[row0, col0, row1,
     col1]`` in the slice's pixels (beyond its edges when zoomed out), with the gamma and
     the noise.
