@@ -1,6 +1,7 @@
-"""The question prior's weight at inference (``QuestionPriorConfig.weight``): score one
-saved model with the weight set to each value, on the validation split (and the test
-split with ``--test``), generated answers, template and hand-written questions.
+"""The question prior's weights at inference (``QuestionPriorConfig.weight``, or another
+of its fields with ``--field``, such as ``knowledge_weight``): score one saved model with
+the field set to each value, on the validation split (and the test split with
+``--test``), generated answers, template and hand-written questions.
 
     python benchmarks/experiments/prior_weight.py --model src/medisee/assets/models/medisee-lite \\
         --manifest outputs/data/manifest.jsonl --cache-dir outputs/embedding_cache \\
@@ -24,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from eval_variants import evaluate, summarise  # noqa: E402
 
 
-def with_weight(model: Path, weight: float, out: Path) -> Path:
-    """A copy of ``model`` whose question prior has ``weight`` (the weights file linked,
-    not copied)."""
+def with_weight(model: Path, weight: float, out: Path, field: str = "weight") -> Path:
+    """A copy of ``model`` whose question prior's ``field`` is ``weight`` (the weights file
+    linked, not copied)."""
     if out.exists():
         return out
     out.mkdir(parents=True)
@@ -38,7 +39,7 @@ def with_weight(model: Path, weight: float, out: Path) -> Path:
             config = json.loads(item.read_text())
             if config.get("question_prior") is None:
                 raise SystemExit(f"{model} has no question prior")
-            config["question_prior"]["weight"] = weight
+            config["question_prior"][field] = weight
             target.write_text(json.dumps(config, indent=2))
         else:
             target.symlink_to(item.resolve())
@@ -52,6 +53,12 @@ def main() -> None:
     parser.add_argument("--cache-dir", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--weights", default="0.5,1,2,4")
+    parser.add_argument(
+        "--field",
+        default="weight",
+        choices=("weight", "knowledge_weight"),
+        help="the QuestionPriorConfig field to set",
+    )
     parser.add_argument("--test", action="store_true", help="the test split too")
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
@@ -60,12 +67,13 @@ def main() -> None:
     splits = ["val", "test"] if args.test else ["val"]
     command = " ".join(["benchmarks/experiments/prior_weight.py", *sys.argv[1:]])
     result: dict = {"command": command, "variants": {}}
+    tag = "w" if args.field == "weight" else "k"
     for weight in weights:
-        model = with_weight(Path(args.model), weight, out / f"model_w{weight:g}")
+        model = with_weight(Path(args.model), weight, out / f"model_{tag}{weight:g}", args.field)
         scores = {}
         for split in splits:
             directory = evaluate(
-                model, args.manifest, args.cache_dir, out / f"w{weight:g}_{split}", split, []
+                model, args.manifest, args.cache_dir, out / f"{tag}{weight:g}_{split}", split, []
             )
             scores[split] = summarise(directory)
         result["variants"][f"{weight:g}"] = scores

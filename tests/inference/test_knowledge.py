@@ -241,10 +241,10 @@ def test_a_question_prior_lm_answers_the_follow_ups(prior_model, gguf_path):
     expected = tokenizer.decode(output[0, prompt.shape[1] :].tolist(), skip_special_tokens=True)
     assert reply == complete_sentences(expected)
     # Loaded once, kept off the module tree (never saved, never moved by .to()).
-    cached = prior_model.__dict__["_knowledge_lm"]
+    cached = prior_model.__dict__["_prior_language_model"]
     knowledge_reply(prior_model, "What is it?", "kidney", max_new_tokens=2)
-    assert prior_model.__dict__["_knowledge_lm"] is cached
-    assert not any("_knowledge_lm" in name for name, _ in prior_model.named_modules())
+    assert prior_model.__dict__["_prior_language_model"] is cached
+    assert not any("_prior_language_model" in name for name, _ in prior_model.named_modules())
 
 
 def test_a_follow_up_about_the_subject_keeps_its_mask_and_gets_knowledge(prior_model, monkeypatch):

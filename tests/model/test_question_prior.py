@@ -4,6 +4,7 @@ follows the prior."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -297,3 +298,29 @@ def test_predictor_passes_each_question_to_the_prior(tiny_model, gguf_path, tmp_
     Predictor(tiny_model, GenerationOptions(question_prior=False)).predict(question, image=image)
     with pytest.raises(FileNotFoundError, match="--no-question-prior"):
         Predictor(tiny_model).predict(question, image=image)
+
+
+def test_knowledge_weight_multiplies_in_the_whole_lm_label_scores(tiny_model, gguf_path):
+    """With ``knowledge_weight`` k the prior is p_classifier * p_lm ** k over the allowed
+    labels, renormalised; at 0 the whole LM is never loaded."""
+    from medisee.model.label_knowledge import LabelScorer
+
+    records = [_record("a", "abdominal_ct", [("liver", ["the liver"]), ("brain", ["blood"])])]
+    fit_prior(tiny_model, records, questions=10, prior=QuestionPriorConfig(str(gguf_path), 1))
+    questions = ["Which organ filters the blood?", "the liver"]
+    allowed = [["brain", "left kidney", "liver"], ["left kidney", "liver"]]
+    alone = tiny_model.question_label_probabilities(questions, allowed)
+    assert "_prior_language_model" not in tiny_model.__dict__
+    weight = 1.5
+    tiny_model.config.question_prior = dataclasses.replace(
+        tiny_model.config.question_prior, knowledge_weight=weight
+    )
+    combined = tiny_model.question_label_probabilities(questions, allowed)
+    causal, tokenizer = tiny_model.prior_language_model()
+    known = LabelScorer(causal, tokenizer).log_probs(questions, allowed)
+    for first, second, scores in zip(alone, combined, known):
+        raw = {label: first[label] * math.exp(weight * scores[label]) for label in first}
+        total = sum(raw.values())
+        for label, value in raw.items():
+            assert second[label] == pytest.approx(value / total, rel=1e-4, abs=1e-7)
+    assert combined != alone

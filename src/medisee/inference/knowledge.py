@@ -126,27 +126,9 @@ def asks_about_subject(question: str, subject: str | None, answered: str | None)
 
 
 def _prior_lm(model: Any) -> tuple[Any, Any]:
-    """The question prior's encoder LM, whole (all its layers and its LM head), and its
-    tokenizer; loaded on first use and kept on the model (not a submodule: never saved)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from medisee.model.pretrained_lm import resolve_pretrained_lm
-
-    prior = model.config.question_prior
-    device = next(model.parameters()).device
-    key = (prior.encoder, str(device))
-    cached = model.__dict__.get("_knowledge_lm")
-    if cached is None or cached[0] != key:
-        directory = resolve_pretrained_lm(prior.encoder)
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(
-                f"the question prior's LM {prior.encoder!r} has no chat template to ask it with"
-            )
-        causal = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32)
-        cached = (key, causal.to(device).eval().requires_grad_(False), tokenizer)
-        model.__dict__["_knowledge_lm"] = cached
-    return cached[1], cached[2]
+    """The question prior's encoder LM, whole, and its tokenizer
+    (``MediSee.prior_language_model``: loaded once, shared with the label scorer)."""
+    return model.prior_language_model()
 
 
 @contextlib.contextmanager

@@ -335,12 +335,19 @@ class QuestionPriorConfig:
     causal LM as ``LanguageConfig.pretrained_path`` names one (``"smollm2"``, a ``.gguf``
     file or an HF directory), of which the first ``layers`` read the question; ``width``
     is its hidden size (the classifier's input); ``weight`` scales the prior's
-    log-probability against the LM's scores while an answer spells its label (0: off)."""
+    log-probability against the LM's scores while an answer spells its label (0: off).
+
+    ``knowledge_weight``: the whole ``encoder`` LM, asked the question, also scores each
+    label's name as the answer (``medisee.model.label_knowledge``); the prior's
+    probabilities become ``p_classifier * p_lm ** knowledge_weight``, renormalised over
+    the allowed labels (0: off, the classifier alone). Nothing is fitted for it.
+    """
 
     encoder: str = "smollm2"
     layers: int = 3
     width: int = 576
     weight: float = 1.0
+    knowledge_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.encoder, str) or not self.encoder.strip():
@@ -350,6 +357,10 @@ class QuestionPriorConfig:
         _check_positive("QuestionPriorConfig", layers=self.layers, width=self.width)
         if not self.weight >= 0.0:
             raise ValueError(f"QuestionPriorConfig.weight must be >= 0, got {self.weight!r}")
+        if not self.knowledge_weight >= 0.0:
+            raise ValueError(
+                f"QuestionPriorConfig.knowledge_weight must be >= 0, got {self.knowledge_weight!r}"
+            )
 
 
 @dataclass

@@ -41,6 +41,7 @@ from medisee.model.config import ModelConfig, QuestionPriorConfig
 from medisee.model.exam_head import ExamHead, allowed_exams, labels_of_exams
 from medisee.model.fusion import CandidateFusion, FusionOutput
 from medisee.model.grounding import GroundingHead, peak_region, region_box, region_on_grid
+from medisee.model.label_knowledge import LabelScorer
 from medisee.model.mask_decoder import PromptableSegmenter
 from medisee.model.mllm import BackboneOutput, LanguageBackbone
 from medisee.model.prompting import PromptBuilder
@@ -798,11 +799,46 @@ class MediSee(nn.Module):
             )
         features = encoder.encode(list(questions))
         device = self.question_prior.weight.device
-        probabilities = self.question_prior.log_probs(features.to(device), mask).exp().cpu()
+        log_probs = self.question_prior.log_probs(features.to(device), mask).cpu()
+        knowledge_weight = getattr(self.config.question_prior, "knowledge_weight", 0.0)
+        if knowledge_weight:
+            causal, tokenizer = self.prior_language_model()
+            known = LabelScorer(causal, tokenizer).log_probs(list(questions), allowed)
+            for row, scores in enumerate(known):
+                for label, value in scores.items():
+                    log_probs[row, index[label]] += knowledge_weight * value
+            log_probs = log_probs.masked_fill(~mask, float("-inf")).log_softmax(-1)
+        probabilities = log_probs.exp()
         return [
             {label: float(probabilities[row, index[label]]) for label in labels}
             for row, labels in enumerate(allowed)
         ]
+
+    def prior_language_model(self) -> tuple[Any, Any]:
+        """The question prior's encoder LM whole (all its layers and its LM head, frozen)
+        and its tokenizer, loaded on first use and kept on the model (not a submodule:
+        never saved). The label scorer and chat's knowledge replies ask it."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from medisee.model.pretrained_lm import resolve_pretrained_lm
+
+        prior = self.config.question_prior
+        if prior is None:
+            raise ValueError("this model has no question prior")
+        device = next(self.segmenter.parameters()).device
+        key = (prior.encoder, str(device))
+        cached = self.__dict__.get("_prior_language_model")
+        if cached is None or cached[0] != key:
+            directory = resolve_pretrained_lm(prior.encoder)
+            tokenizer = AutoTokenizer.from_pretrained(str(directory))
+            if not getattr(tokenizer, "chat_template", None):
+                raise ValueError(
+                    f"the question prior's LM {prior.encoder!r} has no chat template to ask it with"
+                )
+            causal = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32)
+            cached = (key, causal.to(device).eval().requires_grad_(False), tokenizer)
+            self.__dict__["_prior_language_model"] = cached
+        return cached[1], cached[2]
 
     def attach_question_prior(self, prior: QuestionPriorConfig) -> QuestionPrior:
         """A new, zero question prior over ``config.labels`` on the model's device,

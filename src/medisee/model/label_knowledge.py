@@ -1,0 +1,136 @@
+"""What a pretrained LM already knows about a question: which of the labels it names.
+
+The question prior's classifier (``medisee.model.question_prior``) is fitted on template
+questions only. Over the early layers' pooled features it learns their wording, and a
+plain-language question can land near the wrong label's templates with near certainty
+("where is the breathing organ on the right side of this patient's chest?" read as the
+trachea, p = 0.98, on the demo's model). The whole pretrained LM has read such words in
+context: asked the question in its own chat format, it finds "The answer is the right
+lung." more likely than "... the trachea.". :class:`LabelScorer` turns that into a
+distribution over the labels an answer may name: each label's name is scored as the
+continuation of the question, and the scores are normalised over the allowed labels.
+
+Nothing here is trained. The question's prompt is run once and its cache reused for all
+of the question's labels, and questions are batched, so a question with 14 labels costs
+about one forward pass over its prompt and one over the labels' few tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+#: The system turn: the LM is asked for a structure's name, the way the labels are written.
+SYSTEM = "You are a radiologist. Name the anatomical structure or finding the question asks about."
+#: The assistant turn's opening; each label continues it as `` {label}.``.
+OPENING = "The answer is the"
+
+
+class LabelScorer:
+    """``log_probs(questions, allowed)`` -> per question, ``{label: log p(label | question)}``
+    over its allowed labels (normalised over them), read from ``causal``, a frozen
+    pretrained causal LM with a chat template (``tokenizer``)."""
+
+    def __init__(self, causal: Any, tokenizer: Any, *, system: str = SYSTEM) -> None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("LabelScorer needs a tokenizer with a chat template")
+        self.causal = causal
+        self.tokenizer = tokenizer
+        self.system = system
+        self._label_ids: dict[str, list[int]] = {}
+
+    def prompt_ids(self, question: str) -> list[int]:
+        """The chat prompt (system, the question, the assistant's opening) as token ids."""
+        messages = [
+            {"role": "system", "content": self.system},
+            {"role": "user", "content": " ".join(question.split())},
+        ]
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return list(self.tokenizer(text + OPENING, add_special_tokens=False).input_ids)
+
+    def label_ids(self, label: str) -> list[int]:
+        """`` {label}.`` as token ids (the period ends the name, so "lung" does not take
+        the mass of "lung tumor")."""
+        if label not in self._label_ids:
+            self._label_ids[label] = list(
+                self.tokenizer(f" {label}.", add_special_tokens=False).input_ids
+            )
+        return self._label_ids[label]
+
+    @torch.no_grad()
+    def log_probs(
+        self,
+        questions: Sequence[str],
+        allowed: Sequence[Sequence[str]],
+        batch_size: int = 16,
+    ) -> list[dict[str, float]]:
+        if len(questions) != len(allowed):
+            raise ValueError(f"{len(allowed)} label sets for {len(questions)} questions")
+        if any(not labels for labels in allowed):
+            raise ValueError("every question needs at least one allowed label")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        out: list[dict[str, float]] = []
+        for start in range(0, len(questions), batch_size):
+            out.extend(
+                self._score_batch(
+                    questions[start : start + batch_size], allowed[start : start + batch_size]
+                )
+            )
+        return out
+
+    def _score_batch(
+        self, questions: Sequence[str], allowed: Sequence[Sequence[str]]
+    ) -> list[dict[str, float]]:
+        device = next(self.causal.parameters()).device
+        pad = self.tokenizer.pad_token_id
+        pad = int(pad if pad is not None else self.tokenizer.eos_token_id or 0)
+        prompts = [self.prompt_ids(question) for question in questions]
+        width = max(len(p) for p in prompts)
+        # Left padding: every prompt ends at the last column, where its first label token is
+        # predicted. RoPE attends by relative position, so the shift changes nothing.
+        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long, device=device)
+        prompt_mask = torch.zeros_like(input_ids)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, device=device)
+            prompt_mask[row, width - len(prompt) :] = 1
+        prompt_out = self.causal(input_ids=input_ids, attention_mask=prompt_mask, use_cache=True)
+        first = prompt_out.logits[:, -1].float().log_softmax(-1)  # [B, V]
+
+        owners = [row for row, labels in enumerate(allowed) for _ in labels]
+        names = [label for labels in allowed for label in labels]
+        continuations = [self.label_ids(label) for label in names]
+        length = max(len(c) for c in continuations)
+        scores = torch.tensor(
+            [float(first[owner, ids[0]]) for owner, ids in zip(owners, continuations)]
+        )
+        if length > 1:
+            cache = prompt_out.past_key_values
+            cache.reorder_cache(torch.tensor(owners, device=device))
+            follow = torch.full((len(names), length - 1), pad, dtype=torch.long, device=device)
+            follow_mask = torch.zeros_like(follow)
+            for row, ids in enumerate(continuations):
+                follow[row, : len(ids) - 1] = torch.tensor(ids[:-1], device=device)
+                follow_mask[row, : len(ids) - 1] = 1
+            mask = torch.cat((prompt_mask[owners], follow_mask), dim=1)
+            logits = self.causal(
+                input_ids=follow, attention_mask=mask, past_key_values=cache, use_cache=False
+            ).logits.float()
+            steps = logits.log_softmax(-1)  # position j predicts token j + 1 of the label
+            for row, ids in enumerate(continuations):
+                if len(ids) > 1:
+                    targets = torch.tensor(ids[1:], device=device)
+                    picked = steps[row, : len(ids) - 1].gather(-1, targets[:, None])
+                    scores[row] += float(picked.sum())
+        out: list[dict[str, float]] = []
+        position = 0
+        for labels in allowed:
+            chunk = scores[position : position + len(labels)]
+            chunk = chunk - torch.logsumexp(chunk, 0)
+            out.append({label: float(value) for label, value in zip(labels, chunk)})
+            position += len(labels)
+        return out

@@ -1,0 +1,81 @@
+"""The label scorer: each allowed label's name scored as the answer by a pretrained LM."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from medisee.model.config import QuestionPriorConfig
+from medisee.model.label_knowledge import OPENING, SYSTEM, LabelScorer
+from medisee.model.pretrained_lm import resolve_pretrained_lm
+from tests.model.gguf_fixture import write_tiny_gguf
+
+
+@pytest.fixture(scope="module")
+def causal_and_tokenizer(tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = tmp_path_factory.mktemp("label_knowledge")
+    path = write_tiny_gguf(root / "tiny-llama.gguf").path
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MEDISEE_CACHE", str(root / "cache"))
+        directory = resolve_pretrained_lm(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    causal = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
+    return causal, tokenizer
+
+
+def _by_hand(causal, tokenizer, question: str, labels: list[str]) -> dict[str, float]:
+    """Each label scored as one whole, unpadded sequence (no cache), then normalised."""
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer(text + OPENING, add_special_tokens=False).input_ids
+    raw = []
+    for label in labels:
+        ids = tokenizer(f" {label}.", add_special_tokens=False).input_ids
+        with torch.no_grad():
+            steps = causal(torch.tensor([prompt + ids])).logits[0].log_softmax(-1)
+        raw.append(sum(float(steps[len(prompt) - 1 + j, ids[j]]) for j in range(len(ids))))
+    total = math.log(sum(math.exp(value) for value in raw))
+    return {label: value - total for label, value in zip(labels, raw)}
+
+
+def test_scores_match_whole_sequences_scored_one_by_one(causal_and_tokenizer):
+    causal, tokenizer = causal_and_tokenizer
+    scorer = LabelScorer(causal, tokenizer)
+    questions = [
+        "Which organ filters the blood?",
+        "the heart is",  # shorter: left-padded in the batch
+        "Which organ  here makes bile and stores glycogen for the body?",
+    ]
+    allowed = [["liver", "left kidney", "heart"], ["brain"], ["liver", "left kidney"]]
+    scored = scorer.log_probs(questions, allowed, batch_size=2)  # two batches, one of 1
+    assert [list(s) for s in scored] == allowed
+    for question, labels, got in zip(questions, allowed, scored):
+        expected = _by_hand(causal, tokenizer, " ".join(question.split()), labels)
+        for label in labels:
+            assert got[label] == pytest.approx(expected[label], abs=1e-4)
+        assert sum(math.exp(v) for v in got.values()) == pytest.approx(1.0, abs=1e-5)
+    assert scored[1] == {"brain": 0.0}
+    # Labels that differ from one another do get different scores.
+    assert len({round(v, 6) for v in scored[0].values()}) == 3
+
+
+def test_bad_inputs_are_refused(causal_and_tokenizer):
+    causal, tokenizer = causal_and_tokenizer
+    scorer = LabelScorer(causal, tokenizer)
+    with pytest.raises(ValueError, match="label sets for 2 questions"):
+        scorer.log_probs(["a", "b"], [["liver"]])
+    with pytest.raises(ValueError, match="at least one allowed label"):
+        scorer.log_probs(["a"], [[]])
+    with pytest.raises(ValueError, match="batch_size"):
+        scorer.log_probs(["a"], [["liver"]], batch_size=0)
+    assert scorer.log_probs([], []) == []
+
+
+def test_knowledge_weight_is_validated_and_defaults_off():
+    assert QuestionPriorConfig().knowledge_weight == 0.0
+    with pytest.raises(ValueError, match="knowledge_weight"):
+        QuestionPriorConfig(knowledge_weight=-0.5)
