@@ -324,3 +324,67 @@ def test_knowledge_weight_multiplies_in_the_whole_lm_label_scores(tiny_model, gg
         for label, value in raw.items():
             assert second[label] == pytest.approx(value / total, rel=1e-4, abs=1e-7)
     assert combined != alone
+
+
+def test_familiarity_is_the_mahalanobis_distance_to_the_training_questions():
+    from medisee.model.question_prior import fit_familiarity
+
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(200, 4, generator=generator) * torch.tensor([1.0, 2.0, 0.5, 3.0])
+    prior = QuestionPrior(4, 2, familiarity=True)
+    assert not prior.unfamiliar(features).any()  # nothing is unfamiliar before a fit
+    with torch.no_grad():
+        prior.mean.copy_(features.mean(0))
+        prior.scale.copy_(features.std(0, unbiased=False))
+    farthest = fit_familiarity(prior, features, ridge=1e-3)
+    # By hand: the standardised features' covariance, ridge on its diagonal, inverted.
+    z = (features - features.mean(0)) / features.std(0, unbiased=False)
+    precision = torch.linalg.inv(torch.cov(z.T) + 1e-3 * torch.eye(4))
+    by_hand = ((z @ precision) * z).sum(1).sqrt()
+    assert torch.allclose(prior.distance(features), by_hand, atol=1e-4)
+    assert farthest == pytest.approx(float(by_hand.max()), abs=1e-4)
+    assert not prior.unfamiliar(features).any()  # every training question is familiar
+    far = features.mean(0, keepdim=True) + torch.tensor([[0.0, 0.0, 0.0, 30.0]])
+    assert prior.unfamiliar(far).tolist() == [True]
+    with pytest.raises(ValueError, match="without familiarity"):
+        QuestionPrior(4, 2).distance(features)
+    with pytest.raises(ValueError, match="N >= 2"):
+        fit_familiarity(prior, features[:1])
+
+
+def test_only_unfamiliar_questions_are_read_by_the_whole_lm(tiny_model, gguf_path, monkeypatch):
+    from medisee.model import label_knowledge
+
+    records = [_record("a", "abdominal_ct", [("liver", ["the liver"]), ("brain", ["blood"])])]
+    prior = QuestionPriorConfig(str(gguf_path), 1, knowledge_weight=1.0, familiarity=True)
+    stats = fit_prior(tiny_model, records, questions=10, prior=prior)
+    assert stats["familiar_distance"] > 0
+    assert tiny_model.question_prior.familiarity
+    asked: list[str] = []
+    scorer = label_knowledge.LabelScorer.log_probs
+
+    def recording(self, questions, allowed, batch_size=16):
+        asked.extend(questions)
+        return scorer(self, questions, allowed, batch_size)
+
+    monkeypatch.setattr(label_knowledge.LabelScorer, "log_probs", recording)
+    encoder = tiny_model.question_encoder()
+    questions = ["the liver", "Which organ filters the blood of a patient who is sick?"]
+    unfamiliar = tiny_model.question_prior.unfamiliar(encoder.encode(questions)).tolist()
+    assert unfamiliar == [False, True]  # a training question, and one unlike both
+    allowed = [["brain", "liver"]] * 2
+    tiny_model.question_label_probabilities(questions, allowed)
+    assert asked == [q for q, u in zip(questions, unfamiliar) if u]
+
+
+def test_a_prior_with_familiarity_round_trips(tiny_model, gguf_path, tmp_path):
+    records = [_record("a", "abdominal_ct", [("liver", ["the liver"]), ("brain", ["blood"])])]
+    prior = QuestionPriorConfig(str(gguf_path), 1, familiarity=True)
+    fit_prior(tiny_model, records, questions=10, prior=prior)
+    tiny_model.save_pretrained(tmp_path / "model")
+    loaded = type(tiny_model).from_pretrained(tmp_path / "model")
+    assert loaded.config.question_prior == tiny_model.config.question_prior
+    for name in ("precision", "familiar_distance", "mean", "weight"):
+        assert torch.equal(
+            getattr(loaded.question_prior, name), getattr(tiny_model.question_prior, name)
+        )

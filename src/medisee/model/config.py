@@ -169,6 +169,11 @@ class GroundingConfig:
       peak is above ``threshold - peak_margin`` (the box decoder's below that). A lesion
       unlike the training patients' can lift the map over its whole extent yet pass
       ``threshold`` in one cell, or none.
+    * ``decode_regions`` (inference only; None: off): where the region is in several
+      8-connected pieces, each of its ``decode_regions`` largest pieces prompts the
+      decoder with its own box and the answer mask is their union. One box around pieces
+      spread over the image (ribs on both sides, a vertebra between) holds everything
+      between them.
 
     The last two are set by the ``lite`` preset (4 and 1), not here, so a model saved
     before they existed keeps the behaviour it was measured with.
@@ -184,9 +189,14 @@ class GroundingConfig:
     seed_threshold: float | None = None
     gate_dilation: int | None = None
     peak_margin: float | None = None
+    decode_regions: int | None = None
 
     def __post_init__(self) -> None:
         _check_positive("GroundingConfig", dim=self.dim, refine_dim=self.refine_dim)
+        if self.decode_regions is not None and self.decode_regions < 2:
+            raise ValueError(
+                f"GroundingConfig.decode_regions must be None or >= 2, got {self.decode_regions}"
+            )
         if not 0.0 <= self.position_dropout < 1.0:
             raise ValueError(
                 f"GroundingConfig.position_dropout must be in [0, 1), got {self.position_dropout}"
@@ -341,6 +351,11 @@ class QuestionPriorConfig:
     label's name as the answer (``medisee.model.label_knowledge``); the prior's
     probabilities become ``p_classifier * p_lm ** knowledge_weight``, renormalised over
     the allowed labels (0: off, the classifier alone). Nothing is fitted for it.
+
+    ``familiarity``: the prior also keeps the training questions' spread (their
+    covariance in its feature space) and the largest distance among them; the whole LM
+    then scores only the questions farther than that, which the classifier has seen
+    nothing like (``QuestionPrior.unfamiliar``). Without it, it scores every question.
     """
 
     encoder: str = "smollm2"
@@ -348,6 +363,7 @@ class QuestionPriorConfig:
     width: int = 576
     weight: float = 1.0
     knowledge_weight: float = 0.0
+    familiarity: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.encoder, str) or not self.encoder.strip():

@@ -188,3 +188,27 @@ def region_box(region: torch.Tensor) -> torch.Tensor:
     y0 = torch.where(rows, index, big).min(1).values
     y1 = torch.where(rows, index, -1).max(1).values + 1
     return torch.stack((x0, y0, x1, y1), dim=1).float()
+
+
+def region_components(region: torch.Tensor) -> torch.Tensor:
+    """``[B, g, g]`` bool -> ``[B, g, g]`` long: each 8-connected component of a row's
+    region numbered 1, 2, ... by size (largest first; ties by first cell in raster
+    order), 0 outside. Label propagation: every cell takes the largest index among its
+    region neighbours until nothing changes."""
+    batch, height, width = region.shape
+    index = torch.arange(1, height * width + 1, device=region.device, dtype=torch.float32)
+    labels = torch.where(region, index.view(1, height, width), torch.zeros(()))
+    for _ in range(height * width):
+        spread = F.max_pool2d(labels[:, None], 3, stride=1, padding=1)[:, 0]
+        spread = torch.where(region, spread, torch.zeros(()))
+        if torch.equal(spread, labels):
+            break
+        labels = spread
+    out = torch.zeros(region.shape, dtype=torch.long, device=region.device)
+    for row in range(batch):
+        found, counts = torch.unique(labels[row][region[row]], return_counts=True)
+        first = torch.stack([(labels[row] == value).flatten().nonzero()[0, 0] for value in found])
+        order = sorted(range(len(found)), key=lambda i: (-int(counts[i]), int(first[i])))
+        for rank, i in enumerate(order, start=1):
+            out[row][labels[row] == found[i]] = rank
+    return out

@@ -40,7 +40,13 @@ from medisee.model.checkpoint_files import (
 from medisee.model.config import ModelConfig, QuestionPriorConfig
 from medisee.model.exam_head import ExamHead, allowed_exams, labels_of_exams
 from medisee.model.fusion import CandidateFusion, FusionOutput
-from medisee.model.grounding import GroundingHead, peak_region, region_box, region_on_grid
+from medisee.model.grounding import (
+    GroundingHead,
+    peak_region,
+    region_box,
+    region_components,
+    region_on_grid,
+)
 from medisee.model.label_knowledge import LabelScorer
 from medisee.model.mask_decoder import PromptableSegmenter
 from medisee.model.mllm import BackboneOutput, LanguageBackbone
@@ -182,7 +188,9 @@ class MediSee(nn.Module):
         )
         prior = config.question_prior
         self.question_prior = (
-            QuestionPrior(prior.width, len(config.labels)) if prior is not None else None
+            QuestionPrior(prior.width, len(config.labels), prior.familiarity)
+            if prior is not None
+            else None
         )
         tokens = candidate_token_strings(config.num_candidate_tokens)
         self.candidate_token_ids: list[int] = list(tokenizer.convert_tokens_to_ids(tokens))
@@ -288,6 +296,10 @@ class MediSee(nn.Module):
             if grounding_logits is not None and not self.training:
                 if region is None:
                     region = self._peak_region(grounding_logits)
+                if prompt_boxes is None and self.config.grounding.decode_regions:
+                    mask_logits = self._decode_pieces(
+                        mask_logits, seg_state, image_embeddings, image_sizes, region
+                    )
                 mask_logits = self._map_fallback(mask_logits, grounding_logits, region=region)
                 mask_logits = self._map_gate(mask_logits, region)
             if answer_boxes and self.config.answer_box == "mask":
@@ -380,6 +392,42 @@ class MediSee(nn.Module):
             use_map = (overlap / union < below)[:, None, None]
             replacement = torch.where(region, 10.0, -10.0).to(mask_logits.dtype)
         return torch.where(use_map, replacement, mask_logits)
+
+    def _decode_pieces(
+        self,
+        mask_logits: torch.Tensor,
+        seg_state: torch.Tensor,
+        image_embeddings: torch.Tensor,
+        image_sizes: torch.Tensor,
+        region: torch.Tensor,
+    ) -> torch.Tensor:
+        """Low-res mask logits ``[B, L, L]`` -> the same, where a row's map region
+        (``[B, g, g]`` bool) is in several 8-connected pieces: the pixelwise max of the
+        masks decoded from each of its ``grounding.decode_regions`` largest pieces' boxes
+        (one decoder pass over all the pieces of the batch)."""
+        with torch.no_grad():
+            pieces = region_components(region)
+            limit = int(self.config.grounding.decode_regions or 0)
+            owners: list[int] = []
+            masks: list[torch.Tensor] = []
+            for row in range(region.shape[0]):
+                count = min(int(pieces[row].max()), limit)
+                if count < 2:
+                    continue
+                owners.extend([row] * count)
+                masks.extend(pieces[row] == piece for piece in range(1, count + 1))
+            if not owners:
+                return mask_logits
+            index = torch.tensor(owners, device=mask_logits.device)
+            cells = region_box(torch.stack(masks))
+            boxes = self._grid_boxes(cells, region.shape[-1], image_sizes[index])
+            decoded, _ = self._decode_masks(
+                seg_state[index], image_embeddings[index], image_sizes[index], boxes
+            )
+            out = mask_logits.clone()
+            for row in sorted(set(owners)):
+                out[row] = decoded[index == row].amax(0).to(out.dtype)
+        return out
 
     def _map_gate(self, mask_logits: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
         """Low-res mask logits ``[B, L, L]`` -> the same, with the pixels outside the map's
@@ -800,11 +848,18 @@ class MediSee(nn.Module):
         features = encoder.encode(list(questions))
         device = self.question_prior.weight.device
         log_probs = self.question_prior.log_probs(features.to(device), mask).cpu()
-        knowledge_weight = getattr(self.config.question_prior, "knowledge_weight", 0.0)
-        if knowledge_weight:
+        prior = self.config.question_prior
+        knowledge_weight = prior.knowledge_weight if prior is not None else 0.0
+        asked = list(range(len(questions)))
+        if knowledge_weight and self.question_prior.familiarity:
+            unfamiliar = self.question_prior.unfamiliar(features.to(device)).cpu()
+            asked = [row for row in asked if bool(unfamiliar[row])]
+        if knowledge_weight and asked:
             causal, tokenizer = self.prior_language_model()
-            known = LabelScorer(causal, tokenizer).log_probs(list(questions), allowed)
-            for row, scores in enumerate(known):
+            known = LabelScorer(causal, tokenizer).log_probs(
+                [questions[row] for row in asked], [allowed[row] for row in asked]
+            )
+            for row, scores in zip(asked, known):
                 for label, value in scores.items():
                     log_probs[row, index[label]] += knowledge_weight * value
             log_probs = log_probs.masked_fill(~mask, float("-inf")).log_softmax(-1)
@@ -835,7 +890,7 @@ class MediSee(nn.Module):
                 raise ValueError(
                     f"the question prior's LM {prior.encoder!r} has no chat template to ask it with"
                 )
-            causal = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32)
+            causal: Any = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32)
             cached = (key, causal.to(device).eval().requires_grad_(False), tokenizer)
             self.__dict__["_prior_language_model"] = cached
         return cached[1], cached[2]
@@ -847,7 +902,9 @@ class MediSee(nn.Module):
             raise ValueError("attach_question_prior needs config.labels")
         self.config = dataclasses.replace(self.config, question_prior=prior)
         device = next(self.segmenter.parameters()).device
-        self.question_prior = QuestionPrior(prior.width, len(self.config.labels)).to(device)
+        self.question_prior = QuestionPrior(
+            prior.width, len(self.config.labels), prior.familiarity
+        ).to(device)
         return self.question_prior
 
     def _emits_candidate_group(self, token_ids: list[int]) -> bool:

@@ -83,8 +83,10 @@ class QuestionPrior(nn.Module):
 
     mean: torch.Tensor
     scale: torch.Tensor
+    precision: torch.Tensor
+    familiar_distance: torch.Tensor
 
-    def __init__(self, width: int, num_labels: int) -> None:
+    def __init__(self, width: int, num_labels: int, familiarity: bool = False) -> None:
         super().__init__()
         if width < 1 or num_labels < 1:
             raise ValueError(
@@ -94,9 +96,26 @@ class QuestionPrior(nn.Module):
         self.register_buffer("scale", torch.ones(width))
         self.weight = nn.Parameter(torch.zeros(num_labels, width))
         self.bias = nn.Parameter(torch.zeros(num_labels))
+        self.familiarity = familiarity
+        if familiarity:  # fitted with the classifier (fit_familiarity)
+            self.register_buffer("precision", torch.zeros(width, width))
+            self.register_buffer("familiar_distance", torch.tensor(float("inf")))
 
     def standardize(self, features: torch.Tensor) -> torch.Tensor:
         return (features.float() - self.mean) / self.scale
+
+    def distance(self, features: torch.Tensor) -> torch.Tensor:
+        """``[N, D]`` features -> ``[N]`` Mahalanobis distance of each from the training
+        questions (their mean and regularised covariance, in standardised units)."""
+        if not self.familiarity:
+            raise ValueError("this question prior was built without familiarity")
+        centred = self.standardize(features)  # the training questions' mean is 0 here
+        return ((centred @ self.precision) * centred).sum(-1).clamp_min(0.0).sqrt()
+
+    def unfamiliar(self, features: torch.Tensor) -> torch.Tensor:
+        """``[N]`` bool: questions farther from the training questions than any of them
+        (``familiar_distance``; ``False`` everywhere before ``fit_familiarity``)."""
+        return self.distance(features) > self.familiar_distance
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(self.standardize(features), self.weight, self.bias)
@@ -110,6 +129,30 @@ class QuestionPrior(nn.Module):
         if allowed is not None:
             logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
         return logits.log_softmax(-1)
+
+
+def fit_familiarity(prior: QuestionPrior, features: torch.Tensor, ridge: float = 1e-3) -> float:
+    """Fit ``prior``'s familiarity in place from the training questions' ``[N, D]``
+    features (after ``mean`` and ``scale`` are set): the precision of their covariance in
+    standardised units (plus ``ridge`` on the diagonal: near-duplicate templates leave it
+    close to singular), and as ``familiar_distance`` the largest distance among them.
+    Returns that distance."""
+    if not prior.familiarity:
+        raise ValueError("this question prior was built without familiarity")
+    if features.dim() != 2 or features.shape[0] < 2:
+        raise ValueError(f"expected [N, D] features with N >= 2, got {tuple(features.shape)}")
+    if not ridge > 0:
+        raise ValueError(f"ridge must be > 0, got {ridge!r}")
+    with torch.no_grad():
+        standardized = prior.standardize(features.to(prior.mean.device))
+        covariance = torch.cov(standardized.T) + ridge * torch.eye(
+            standardized.shape[1], device=standardized.device
+        )
+        prior.precision.copy_(torch.linalg.inv(covariance))
+        prior.familiar_distance.fill_(float("inf"))
+        farthest = prior.distance(features).max()
+        prior.familiar_distance.copy_(farthest)
+    return float(farthest)
 
 
 def fit_question_prior(
@@ -162,8 +205,11 @@ def fit_question_prior(
         optimizer.step()
     with torch.no_grad():
         predicted = prior.log_probs(features, allowed).argmax(-1)
-    return {
+    stats = {
         "loss": float(loss.detach()),
         "accuracy": float((predicted == targets).float().mean()),
         "questions": int(features.shape[0]),
     }
+    if prior.familiarity and features.shape[0] >= 2:
+        stats["familiar_distance"] = fit_familiarity(prior, features)
+    return stats
