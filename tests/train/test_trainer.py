@@ -337,6 +337,8 @@ def test_training_ends_by_fitting_the_question_prior(tmp_path, synthetic_records
             question_prior_questions=6,
             question_prior_encoder=str(gguf),
             question_prior_layers=1,
+            question_prior_knowledge_weight=1.0,
+            question_prior_familiarity=True,
         ),
         progress=False,
         records=synthetic_records,
@@ -346,7 +348,12 @@ def test_training_ends_by_fitting_the_question_prior(tmp_path, synthetic_records
     model = MediSee.from_pretrained(tmp_path / "run" / "model")
     assert model.config.question_prior.encoder == str(gguf)
     assert model.config.question_prior.width == 32
+    assert model.config.question_prior.knowledge_weight == 1.0
+    assert model.config.question_prior.familiarity
     assert model.question_prior is not None and model.question_prior.weight.abs().sum() > 0
+    # The familiarity is fitted and saved: the farthest training question bounds it.
+    familiar = float(model.question_prior.familiar_distance)
+    assert familiar == pytest.approx(result.question_prior["familiar_distance"]) and familiar > 0
     # The saved classifier (weights and standardisation) is the fitted one: reloaded, it
     # names the label of each question it was fitted on, as the fit reported.
     assert result.question_prior["accuracy"] == 1.0
@@ -359,6 +366,8 @@ def test_training_ends_by_fitting_the_question_prior(tmp_path, synthetic_records
     assert all(sum(p.values()) == pytest.approx(1.0) for p in probabilities)
     with pytest.raises(ValueError, match="question_prior_questions"):
         _config(tmp_path, question_prior_questions=-1)
+    with pytest.raises(ValueError, match="question_prior_knowledge_weight"):
+        _config(tmp_path, question_prior_knowledge_weight=-1.0)
 
 
 def test_without_periodic_evaluation_only_training_images_are_embedded(tmp_path, synthetic_records):

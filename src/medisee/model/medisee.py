@@ -856,9 +856,13 @@ class MediSee(nn.Module):
             asked = [row for row in asked if bool(unfamiliar[row])]
         if knowledge_weight and asked:
             causal, tokenizer = self.prior_language_model()
-            known = LabelScorer(causal, tokenizer).log_probs(
-                [questions[row] for row in asked], [allowed[row] for row in asked]
+            # One question is often asked of several images in a batch: score it once.
+            distinct = list(dict.fromkeys((questions[row], tuple(allowed[row])) for row in asked))
+            scored = LabelScorer(causal, tokenizer).log_probs(
+                [question for question, _ in distinct], [labels for _, labels in distinct]
             )
+            by_key = dict(zip(distinct, scored))
+            known = [by_key[(questions[row], tuple(allowed[row]))] for row in asked]
             for row, scores in zip(asked, known):
                 for label, value in scores.items():
                     log_probs[row, index[label]] += knowledge_weight * value

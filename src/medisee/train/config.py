@@ -81,6 +81,11 @@ class TrainConfig:
     question_prior_questions: int = 0
     question_prior_encoder: str = "smollm2"
     question_prior_layers: int = 3
+    # And with a knowledge weight, the whole encoder LM also scores each label's name as
+    # the answer to a question (medisee.model.label_knowledge); with familiarity, only for
+    # the questions unlike every training question (QuestionPriorConfig).
+    question_prior_knowledge_weight: float = 0.0
+    question_prior_familiarity: bool = False
     mixed_precision: str = "no"
     # torch's fused AdamW kernel (CPU and CUDA): one pass over all parameters instead of a
     # dozen foreach ops; 10 against 49 ms a step for the lite preset's ~10 M trainable
@@ -135,6 +140,11 @@ class TrainConfig:
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.question_prior_knowledge_weight >= 0:
+            raise ValueError(
+                "TrainConfig.question_prior_knowledge_weight must be >= 0, got "
+                f"{self.question_prior_knowledge_weight!r}"
+            )
         if self.max_steps + self.grounding_refit_steps == 0:
             raise ValueError(
                 "TrainConfig needs max_steps > 0 or grounding_refit_steps > 0 (nothing to train)"

@@ -205,7 +205,10 @@ def train(
                 questions=config.question_prior_questions,
                 seed=config.seed,
                 prior=QuestionPriorConfig(
-                    encoder=config.question_prior_encoder, layers=config.question_prior_layers
+                    encoder=config.question_prior_encoder,
+                    layers=config.question_prior_layers,
+                    knowledge_weight=config.question_prior_knowledge_weight,
+                    familiarity=config.question_prior_familiarity,
                 ),
             )
             run.phase_seconds["question_prior"] = time.perf_counter() - fit_started
