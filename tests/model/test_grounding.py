@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from medisee.model.config import GroundingConfig
-from medisee.model.grounding import GroundingHead, peak_region, region_box, region_on_grid
+from medisee.model.grounding import (
+    GroundingHead,
+    peak_region,
+    region_box,
+    region_components,
+    region_on_grid,
+)
 from tests.conftest import make_batch
 
 
@@ -449,3 +455,43 @@ def test_with_a_peak_margin_the_map_boxes_down_to_threshold_minus_margin(tiny_mo
     monkeypatch.setattr(tiny_model.config.grounding, "peak_margin", 3.0)
     box = tiny_model._grounded_boxes(logits, fallback, sizes)
     assert torch.allclose(box[0], cell) and torch.equal(box[1], fallback[1])
+
+
+def test_region_components_number_the_pieces_by_size() -> None:
+    region = torch.zeros(2, 8, 8, dtype=torch.bool)
+    region[0, 0, 0] = region[0, 1, 1] = True  # diagonal: one 8-connected piece of 2
+    region[0, 5:7, 4:7] = True  # 6 cells: the largest
+    region[0, 0, 7] = True  # 1 cell
+    region[1, 3, 3] = True  # the second row: one piece
+    pieces = region_components(region)
+    assert pieces[0, 5:7, 4:7].eq(1).all() and pieces[0, 0, 0] == pieces[0, 1, 1] == 2
+    assert pieces[0, 0, 7] == 3 and int(pieces[0].max()) == 3
+    assert torch.equal(pieces[0] > 0, region[0])
+    assert int(pieces[1, 3, 3]) == 1 and int(pieces[1].sum()) == 1
+
+
+def test_decode_regions_decodes_each_piece_with_its_own_box(tiny_model, monkeypatch) -> None:
+    """A region in two pieces: the mask is the pixelwise max of the masks decoded from
+    each piece's box; a region in one piece keeps the mask it had."""
+    tiny_model.eval()
+    torch.manual_seed(2)
+    hidden = tiny_model.config.language.hidden_size
+    seg = torch.randn(2, hidden)
+    embeddings = torch.randn(2, tiny_model.config.mask.prompt_dim, 16, 16)
+    sizes = torch.tensor([[64, 64], [64, 64]])
+    region = torch.zeros(2, 16, 16, dtype=torch.bool)
+    region[0, 1:3, 1:4] = True  # two pieces in row 0
+    region[0, 10:14, 9:15] = True
+    region[1, 5:8, 5:8] = True  # one piece in row 1
+    whole = torch.randn(2, 64, 64)
+    monkeypatch.setattr(tiny_model.config.grounding, "decode_regions", 2)
+    with torch.no_grad():
+        out = tiny_model._decode_pieces(whole, seg, embeddings, sizes, region)
+        boxes = tiny_model._grid_boxes(
+            torch.tensor([[9.0, 10.0, 15.0, 14.0], [1.0, 1.0, 4.0, 3.0]]), 16, sizes
+        )
+        by_hand, _ = tiny_model._decode_masks(seg[[0, 0]], embeddings[[0, 0]], sizes, boxes)
+    assert torch.allclose(out[0], by_hand.amax(0), atol=1e-5)
+    assert torch.equal(out[1], whole[1])
+    with pytest.raises(ValueError, match="decode_regions"):
+        GroundingConfig(decode_regions=1)

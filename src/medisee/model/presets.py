@@ -77,9 +77,12 @@ def lite() -> ModelConfig:
         # seeded above logit 4 join the peak's, and the mask stays within one cell of
         # them: a target in pieces is found whole. A weak map is cut 8 logits below its
         # peak: a lesion unlike the training patients' lifts the map over its extent but
-        # passes the threshold in one cell (all three chosen on the validation split).
+        # passes the threshold in one cell (all three chosen on the validation split). A
+        # region in pieces (ribs and a vertebra, a lung cut by the heart) prompts the
+        # decoder once per piece, up to 8, instead of with one box around them all
+        # (validation Dice 0.727 -> 0.731 on the demo's model).
         grounding=GroundingConfig(
-            enabled=True, seed_threshold=4.0, gate_dilation=1, peak_margin=8.0
+            enabled=True, seed_threshold=4.0, gate_dilation=1, peak_margin=8.0, decode_regions=8
         ),
         answer_box="mask",
         preset="lite",

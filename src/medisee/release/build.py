@@ -38,6 +38,7 @@ INFERENCE_RULES = (
     ("grounding", "seed_threshold"),
     ("grounding", "gate_dilation"),
     ("grounding", "peak_margin"),
+    ("grounding", "decode_regions"),
 )
 
 
