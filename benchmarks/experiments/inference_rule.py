@@ -1,0 +1,82 @@
+"""One inference rule of a saved model's ``config.json`` set to each of several values, the
+weights unchanged: ``medisee eval`` of each copy on the validation split (and the test
+split with ``--test``), generated answers, template and hand-written questions.
+
+    python benchmarks/experiments/inference_rule.py --model outputs/demo/run/model \\
+        --manifest outputs/demo/data/manifest.jsonl --cache-dir outputs/demo/embedding_cache \\
+        --out outputs/decode_regions --rule grounding.decode_regions --values null,8 --test \\
+        --json benchmarks/experiments/decode_regions.json
+
+``--values`` are JSON (``null`` for off). Only ``config.json`` differs between the copies
+(the weights file is linked), so the difference is the rule's alone. Each evaluation is
+skipped when its output exists, so a stopped run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from eval_variants import evaluate, summarise  # noqa: E402
+
+
+def with_rule(model: Path, section: str, field: str, value: object, out: Path) -> Path:
+    """A copy of ``model`` whose ``config.json`` has ``section.field`` = ``value``."""
+    if out.exists():
+        return out
+    out.mkdir(parents=True)
+    for item in model.iterdir():
+        target = out / item.name
+        if item.is_dir():
+            shutil.copytree(item, target)
+        elif item.name == "config.json":
+            config = json.loads(item.read_text())
+            if not isinstance(config.get(section), dict):
+                raise SystemExit(f"{model}/config.json has no section {section!r}")
+            config[section][field] = value
+            target.write_text(json.dumps(config, indent=2))
+        else:
+            target.symlink_to(item.resolve())
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--cache-dir", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--rule", required=True, help="section.field, e.g. grounding.peak_margin")
+    parser.add_argument("--values", required=True, help="comma-separated JSON values")
+    parser.add_argument("--test", action="store_true", help="the test split too")
+    parser.add_argument("--json", required=True)
+    args = parser.parse_args()
+    section, _, field = args.rule.partition(".")
+    if not field:
+        raise SystemExit(f"--rule must be section.field, got {args.rule!r}")
+    out = Path(args.out)
+    splits = ["val", "test"] if args.test else ["val"]
+    command = shlex.join(["python", "benchmarks/experiments/inference_rule.py", *sys.argv[1:]])
+    result: dict = {"command": command, "rule": args.rule, "variants": {}}
+    for text in args.values.split(","):
+        value = json.loads(text)
+        tag = f"{field}-{text}"
+        model = with_rule(Path(args.model), section, field, value, out / f"model_{tag}")
+        scores = {}
+        for split in splits:
+            directory = evaluate(
+                model, args.manifest, args.cache_dir, out / f"{tag}_{split}", split, []
+            )
+            scores[split] = summarise(directory)
+        result["variants"][text] = scores
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
