@@ -384,7 +384,7 @@ def test_a_prior_with_familiarity_round_trips(tiny_model, gguf_path, tmp_path):
     tiny_model.save_pretrained(tmp_path / "model")
     loaded = type(tiny_model).from_pretrained(tmp_path / "model")
     assert loaded.config.question_prior == tiny_model.config.question_prior
-    for name in ("precision", "familiar_distance", "mean", "weight"):
+    for name in ("precision_triangle", "familiar_distance", "mean", "weight"):
         assert torch.equal(
             getattr(loaded.question_prior, name), getattr(tiny_model.question_prior, name)
         )

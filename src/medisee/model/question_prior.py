@@ -83,7 +83,7 @@ class QuestionPrior(nn.Module):
 
     mean: torch.Tensor
     scale: torch.Tensor
-    precision: torch.Tensor
+    precision_triangle: torch.Tensor
     familiar_distance: torch.Tensor
 
     def __init__(self, width: int, num_labels: int, familiarity: bool = False) -> None:
@@ -98,7 +98,9 @@ class QuestionPrior(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_labels))
         self.familiarity = familiarity
         if familiarity:  # fitted with the classifier (fit_familiarity)
-            self.register_buffer("precision", torch.zeros(width, width))
+            # The precision matrix is symmetric: its upper triangle (row-major, diagonal
+            # included) is kept, half the bytes of the whole matrix in the release.
+            self.register_buffer("precision_triangle", torch.zeros(width * (width + 1) // 2))
             self.register_buffer("familiar_distance", torch.tensor(float("inf")))
 
     def standardize(self, features: torch.Tensor) -> torch.Tensor:
@@ -110,7 +112,17 @@ class QuestionPrior(nn.Module):
         if not self.familiarity:
             raise ValueError("this question prior was built without familiarity")
         centred = self.standardize(features)  # the training questions' mean is 0 here
-        return ((centred @ self.precision) * centred).sum(-1).clamp_min(0.0).sqrt()
+        return ((centred @ self.precision()) * centred).sum(-1).clamp_min(0.0).sqrt()
+
+    def precision(self) -> torch.Tensor:
+        """``[D, D]``: the symmetric precision matrix, unpacked from its upper triangle."""
+        width = self.mean.shape[0]
+        rows, cols = torch.triu_indices(width, width, device=self.mean.device)
+        matrix = torch.zeros(width, width, device=self.mean.device)
+        values = self.precision_triangle.float()
+        matrix[rows, cols] = values
+        matrix[cols, rows] = values
+        return matrix
 
     def unfamiliar(self, features: torch.Tensor) -> torch.Tensor:
         """``[N]`` bool: questions farther from the training questions than any of them
@@ -148,7 +160,11 @@ def fit_familiarity(prior: QuestionPrior, features: torch.Tensor, ridge: float =
         covariance = torch.cov(standardized.T) + ridge * torch.eye(
             standardized.shape[1], device=standardized.device
         )
-        prior.precision.copy_(torch.linalg.inv(covariance))
+        precision = torch.linalg.inv(covariance)
+        precision = (precision + precision.T) / 2  # exactly symmetric
+        width = precision.shape[0]
+        rows, cols = torch.triu_indices(width, width, device=precision.device)
+        prior.precision_triangle.copy_(precision[rows, cols])
         prior.familiar_distance.fill_(float("inf"))
         farthest = prior.distance(features).max()
         prior.familiar_distance.copy_(farthest)
