@@ -79,3 +79,28 @@ def test_knowledge_weight_is_validated_and_defaults_off():
     assert QuestionPriorConfig().knowledge_weight == 0.0
     with pytest.raises(ValueError, match="knowledge_weight"):
         QuestionPriorConfig(knowledge_weight=-0.5)
+
+
+def test_per_token_scores_are_each_names_mean(causal_and_tokenizer):
+    """``per_token``: each name's summed log-probability divided by its token count,
+    then normalised over the labels."""
+    causal, tokenizer = causal_and_tokenizer
+    question, labels = "Which organ filters the blood?", ["liver", "left kidney", "heart"]
+    summed = LabelScorer(causal, tokenizer).log_probs([question], [labels])[0]
+    mean = LabelScorer(causal, tokenizer, per_token=True).log_probs([question], [labels])[0]
+    # The normalised sums differ from the raw ones by one constant: recover the raw by hand.
+    by_hand = _by_hand(causal, tokenizer, question, labels)
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer(text + OPENING, add_special_tokens=False).input_ids
+    raw = {}
+    for label in labels:
+        ids = tokenizer(f" {label}.", add_special_tokens=False).input_ids
+        with torch.no_grad():
+            steps = causal(torch.tensor([prompt + ids])).logits[0].log_softmax(-1)
+        total = sum(float(steps[len(prompt) - 1 + j, ids[j]]) for j in range(len(ids)))
+        raw[label] = total / len(ids)
+    norm = math.log(sum(math.exp(v) for v in raw.values()))
+    for label in labels:
+        assert mean[label] == pytest.approx(raw[label] - norm, abs=1e-4)
+        assert summed[label] == pytest.approx(by_hand[label], abs=1e-4)

@@ -350,7 +350,9 @@ class QuestionPriorConfig:
     ``knowledge_weight``: the whole ``encoder`` LM, asked the question, also scores each
     label's name as the answer (``medisee.model.label_knowledge``); the prior's
     probabilities become ``p_classifier * p_lm ** knowledge_weight``, renormalised over
-    the allowed labels (0: off, the classifier alone). Nothing is fitted for it.
+    the allowed labels (0: off, the classifier alone). Nothing is fitted for it. With
+    ``knowledge_per_token`` a name is scored by its tokens' mean log-probability rather
+    than their sum, which favours short names less.
 
     ``familiarity``: the prior also keeps the training questions' spread (their
     covariance in its feature space) and the largest distance among them; the whole LM
@@ -364,6 +366,7 @@ class QuestionPriorConfig:
     weight: float = 1.0
     knowledge_weight: float = 0.0
     familiarity: bool = False
+    knowledge_per_token: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.encoder, str) or not self.encoder.strip():

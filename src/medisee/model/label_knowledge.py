@@ -31,14 +31,21 @@ OPENING = "The answer is the"
 class LabelScorer:
     """``log_probs(questions, allowed)`` -> per question, ``{label: log p(label | question)}``
     over its allowed labels (normalised over them), read from ``causal``, a frozen
-    pretrained causal LM with a chat template (``tokenizer``)."""
+    pretrained causal LM with a chat template (``tokenizer``). With ``per_token`` a name's
+    score is its tokens' mean log-probability, then normalised over the labels the same
+    way."""
 
-    def __init__(self, causal: Any, tokenizer: Any, *, system: str = SYSTEM) -> None:
+    def __init__(
+        self, causal: Any, tokenizer: Any, *, system: str = SYSTEM, per_token: bool = False
+    ) -> None:
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("LabelScorer needs a tokenizer with a chat template")
         self.causal = causal
         self.tokenizer = tokenizer
         self.system = system
+        # A name's log-probability is the sum over its tokens, so a one-word label outscores
+        # "left lateral ventricle"; per_token scores each name by its mean instead.
+        self.per_token = per_token
         self._label_ids: dict[str, list[int]] = {}
 
     def prompt_ids(self, question: str) -> list[int]:
@@ -126,6 +133,8 @@ class LabelScorer:
                     targets = torch.tensor(ids[1:], device=device)
                     picked = steps[row, : len(ids) - 1].gather(-1, targets[:, None])
                     scores[row] += float(picked.sum())
+        if self.per_token:
+            scores = scores / torch.tensor([float(len(ids)) for ids in continuations])
         out: list[dict[str, float]] = []
         position = 0
         for labels in allowed:
