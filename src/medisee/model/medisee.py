@@ -854,13 +854,13 @@ class MediSee(nn.Module):
         if knowledge_weight and self.question_prior.familiarity:
             unfamiliar = self.question_prior.unfamiliar(features.to(device)).cpu()
             asked = [row for row in asked if bool(unfamiliar[row])]
-        if knowledge_weight and asked:
+        if prior is not None and knowledge_weight and asked:
             causal, tokenizer = self.prior_language_model()
             # One question is often asked of several images in a batch: score it once.
             distinct = list(dict.fromkeys((questions[row], tuple(allowed[row])) for row in asked))
-            scored = LabelScorer(
-                causal, tokenizer, per_token=prior.knowledge_per_token if prior else False
-            ).log_probs([question for question, _ in distinct], [labels for _, labels in distinct])
+            scored = LabelScorer(causal, tokenizer, per_token=prior.knowledge_per_token).log_probs(
+                [question for question, _ in distinct], [labels for _, labels in distinct]
+            )
             by_key = dict(zip(distinct, scored))
             known = [by_key[(questions[row], tuple(allowed[row]))] for row in asked]
             for row, scores in zip(asked, known):
