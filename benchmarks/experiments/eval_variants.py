@@ -5,6 +5,7 @@ generated figures back."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -28,6 +29,40 @@ def evaluate(
         ]  # fmt: skip
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return out
+
+
+def with_rule(model: Path, section: str, field: str, value: object, out: Path) -> Path:
+    """A copy of ``model`` at ``out`` whose ``config.json`` has ``section.field`` = ``value``
+    (the weights file linked, not copied); an existing ``out`` is kept as it is."""
+    if out.exists():
+        return out
+    out.mkdir(parents=True)
+    for item in model.iterdir():
+        target = out / item.name
+        if item.is_dir():
+            shutil.copytree(item, target)
+        elif item.name == "config.json":
+            config = json.loads(item.read_text())
+            if not isinstance(config.get(section), dict):
+                raise SystemExit(f"{model}/config.json has no section {section!r}")
+            config[section][field] = value
+            target.write_text(json.dumps(config, indent=2))
+        else:
+            target.symlink_to(item.resolve())
+    return out
+
+
+def evaluate_splits(
+    model_dir: Path, manifest: str, cache_dir: str, out: Path, tag: str, splits: Sequence[str]
+) -> dict:
+    """``evaluate`` of ``model_dir`` on each of ``splits`` into ``out/{tag}_{split}``, then
+    ``summarise`` of each: ``{split: summary}``."""
+    return {
+        split: summarise(
+            evaluate(model_dir, manifest, cache_dir, out / f"{tag}_{split}", split, [])
+        )
+        for split in splits
+    }
 
 
 def summarise(directory: Path) -> dict:

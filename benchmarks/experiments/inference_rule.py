@@ -17,32 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from eval_variants import evaluate, summarise  # noqa: E402
-
-
-def with_rule(model: Path, section: str, field: str, value: object, out: Path) -> Path:
-    """A copy of ``model`` whose ``config.json`` has ``section.field`` = ``value``."""
-    if out.exists():
-        return out
-    out.mkdir(parents=True)
-    for item in model.iterdir():
-        target = out / item.name
-        if item.is_dir():
-            shutil.copytree(item, target)
-        elif item.name == "config.json":
-            config = json.loads(item.read_text())
-            if not isinstance(config.get(section), dict):
-                raise SystemExit(f"{model}/config.json has no section {section!r}")
-            config[section][field] = value
-            target.write_text(json.dumps(config, indent=2))
-        else:
-            target.symlink_to(item.resolve())
-    return out
+from eval_variants import evaluate_splits, with_rule  # noqa: E402
 
 
 def main() -> None:
@@ -67,13 +46,9 @@ def main() -> None:
         value = json.loads(text)
         tag = f"{field}-{text}"
         model = with_rule(Path(args.model), section, field, value, out / f"model_{tag}")
-        scores = {}
-        for split in splits:
-            directory = evaluate(
-                model, args.manifest, args.cache_dir, out / f"{tag}_{split}", split, []
-            )
-            scores[split] = summarise(directory)
-        result["variants"][text] = scores
+        result["variants"][text] = evaluate_splits(
+            model, args.manifest, args.cache_dir, out, tag, splits
+        )
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
 

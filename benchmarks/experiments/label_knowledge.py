@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from eval_variants import evaluate, summarise  # noqa: E402
+from eval_variants import evaluate_splits  # noqa: E402
 
 
 def with_knowledge(args: argparse.Namespace, weight: float, out: Path) -> tuple[Path, dict]:
@@ -103,13 +103,10 @@ def main() -> None:
     for weight in [float(w) for w in args.weights.split(",")]:
         tag = f"k{weight:g}" + ("_all" if args.no_familiarity else "")
         model, stats = with_knowledge(args, weight, out / f"model_{tag}")
-        scores: dict = {"familiarity": stats}
-        for split in splits:
-            directory = evaluate(
-                model, args.manifest, args.cache_dir, out / f"{tag}_{split}", split, []
-            )
-            scores[split] = summarise(directory)
-        result["variants"][tag] = scores
+        result["variants"][tag] = {
+            "familiarity": stats,
+            **evaluate_splits(model, args.manifest, args.cache_dir, out, tag, splits),
+        }
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
 

@@ -17,33 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from eval_variants import evaluate, summarise  # noqa: E402
-
-
-def with_weight(model: Path, weight: float, out: Path, field: str = "weight") -> Path:
-    """A copy of ``model`` whose question prior's ``field`` is ``weight`` (the weights file
-    linked, not copied)."""
-    if out.exists():
-        return out
-    out.mkdir(parents=True)
-    for item in model.iterdir():
-        target = out / item.name
-        if item.is_dir():
-            shutil.copytree(item, target)
-        elif item.name == "config.json":
-            config = json.loads(item.read_text())
-            if config.get("question_prior") is None:
-                raise SystemExit(f"{model} has no question prior")
-            config["question_prior"][field] = weight
-            target.write_text(json.dumps(config, indent=2))
-        else:
-            target.symlink_to(item.resolve())
-    return out
+from eval_variants import evaluate_splits, with_rule  # noqa: E402
 
 
 def main() -> None:
@@ -67,16 +45,15 @@ def main() -> None:
     splits = ["val", "test"] if args.test else ["val"]
     command = " ".join(["benchmarks/experiments/prior_weight.py", *sys.argv[1:]])
     result: dict = {"command": command, "variants": {}}
-    tag = "w" if args.field == "weight" else "k"
+    letter = "w" if args.field == "weight" else "k"
     for weight in weights:
-        model = with_weight(Path(args.model), weight, out / f"model_{tag}{weight:g}", args.field)
-        scores = {}
-        for split in splits:
-            directory = evaluate(
-                model, args.manifest, args.cache_dir, out / f"{tag}{weight:g}_{split}", split, []
-            )
-            scores[split] = summarise(directory)
-        result["variants"][f"{weight:g}"] = scores
+        tag = f"{letter}{weight:g}"
+        model = with_rule(
+            Path(args.model), "question_prior", args.field, weight, out / f"model_{tag}"
+        )
+        result["variants"][f"{weight:g}"] = evaluate_splits(
+            model, args.manifest, args.cache_dir, out, tag, splits
+        )
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
 

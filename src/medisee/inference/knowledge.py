@@ -125,18 +125,12 @@ def asks_about_subject(question: str, subject: str | None, answered: str | None)
     return refers_back and not asks_for_region(question)
 
 
-def _prior_lm(model: Any) -> tuple[Any, Any]:
-    """The question prior's encoder LM, whole, and its tokenizer
-    (``MediSee.prior_language_model``: loaded once, shared with the label scorer)."""
-    return model.prior_language_model()
-
-
 @contextlib.contextmanager
 def _knowledge_lm(model: Any) -> Iterator[tuple[Any, Any]]:
     """``(causal LM, tokenizer)`` to ask, in eval mode: the model's own LM with its
-    adapters off, or else the question prior's LM."""
+    adapters off, or else the question prior's whole LM (``MediSee.prior_language_model``)."""
     if not _has_adapters(model):
-        yield _prior_lm(model)
+        yield model.prior_language_model()
         return
     language = model.language.model  # a PEFT model
     was_training = language.training
