@@ -79,6 +79,9 @@ def test_knowledge_weight_is_validated_and_defaults_off():
     assert QuestionPriorConfig().knowledge_weight == 0.0
     with pytest.raises(ValueError, match="knowledge_weight"):
         QuestionPriorConfig(knowledge_weight=-0.5)
+    assert QuestionPriorConfig().unfamiliar_weight == 1.0
+    with pytest.raises(ValueError, match="unfamiliar_weight"):
+        QuestionPriorConfig(unfamiliar_weight=-0.1)
 
 
 def test_per_token_scores_are_each_names_mean(causal_and_tokenizer):

@@ -324,6 +324,21 @@ def test_knowledge_weight_multiplies_in_the_whole_lm_label_scores(tiny_model, gg
         for label, value in raw.items():
             assert second[label] == pytest.approx(value / total, rel=1e-4, abs=1e-7)
     assert combined != alone
+    # unfamiliar_weight a: p_classifier ** a * p_lm ** k on the questions the LM reads
+    # (here all of them: no familiarity); at 0 the LM's scores alone, still renormalised.
+    for exponent in (0.5, 0.0):
+        tiny_model.config.question_prior = dataclasses.replace(
+            tiny_model.config.question_prior, unfamiliar_weight=exponent
+        )
+        tempered = tiny_model.question_label_probabilities(questions, allowed)
+        for first, third, scores in zip(alone, tempered, known):
+            raw = {
+                label: first[label] ** exponent * math.exp(weight * scores[label])
+                for label in first
+            }
+            total = sum(raw.values())
+            for label, value in raw.items():
+                assert third[label] == pytest.approx(value / total, rel=1e-4, abs=1e-7)
 
 
 def test_familiarity_is_the_mahalanobis_distance_to_the_training_questions():

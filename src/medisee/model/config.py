@@ -358,6 +358,11 @@ class QuestionPriorConfig:
     covariance in its feature space) and the largest distance among them; the whole LM
     then scores only the questions farther than that, which the classifier has seen
     nothing like (``QuestionPrior.unfamiliar``). Without it, it scores every question.
+
+    ``unfamiliar_weight``: on the questions the whole LM scores, the classifier's
+    probabilities enter as ``p_classifier ** unfamiliar_weight`` (1: as on every other
+    question). Fitted on template questions, the classifier reads an unlike question
+    with a confidence it has not earned; below 1 it is tempered there.
     """
 
     encoder: str = "smollm2"
@@ -367,6 +372,7 @@ class QuestionPriorConfig:
     knowledge_weight: float = 0.0
     familiarity: bool = False
     knowledge_per_token: bool = False
+    unfamiliar_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.encoder, str) or not self.encoder.strip():
@@ -379,6 +385,11 @@ class QuestionPriorConfig:
         if not self.knowledge_weight >= 0.0:
             raise ValueError(
                 f"QuestionPriorConfig.knowledge_weight must be >= 0, got {self.knowledge_weight!r}"
+            )
+        if not self.unfamiliar_weight >= 0.0:
+            raise ValueError(
+                "QuestionPriorConfig.unfamiliar_weight must be >= 0, got "
+                f"{self.unfamiliar_weight!r}"
             )
 
 

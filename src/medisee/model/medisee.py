@@ -864,6 +864,9 @@ class MediSee(nn.Module):
             by_key = dict(zip(distinct, scored))
             known = [by_key[(questions[row], tuple(allowed[row]))] for row in asked]
             for row, scores in zip(asked, known):
+                log_probs[row] = torch.where(
+                    mask[row], log_probs[row] * prior.unfamiliar_weight, log_probs[row]
+                )
                 for label, value in scores.items():
                     log_probs[row, index[label]] += knowledge_weight * value
             log_probs = log_probs.masked_fill(~mask, float("-inf")).log_softmax(-1)

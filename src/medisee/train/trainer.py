@@ -209,6 +209,7 @@ def train(
                     layers=config.question_prior_layers,
                     knowledge_weight=config.question_prior_knowledge_weight,
                     familiarity=config.question_prior_familiarity,
+                    unfamiliar_weight=config.question_prior_unfamiliar_weight,
                 ),
             )
             run.phase_seconds["question_prior"] = time.perf_counter() - fit_started

@@ -1,0 +1,178 @@
+"""A selection set for unfamiliar questions, made from the training split alone: how the
+question prior's classifier and the whole LM (``medisee.model.label_knowledge``) should be
+weighed where the classifier has not read what a question says.
+
+    python benchmarks/experiments/held_out_facts.py --model outputs/demo/run/model \\
+        --manifest outputs/demo/data/manifest.jsonl --draws 0 1 2 \\
+        --json benchmarks/experiments/held_out_facts.json
+
+The template questions of validation and test are the training questions verbatim, so
+they cannot tell how a rule reads a question unlike any of them; the hand-written
+questions can, but they measure generalisation and choose nothing. Here, per draw, a
+third of the labels lose their attribute questions (what the structure is, does, or
+suffers from) from the classifier's fit: it keeps their names and positions, and every
+other label's facts. Those held-out questions then ask, in template words, about facts
+the classifier never saw for their label (a right lung asked by what the left lung was
+taught by): the case where it extrapolates. The classifier is refitted without them
+(the trainer's ``fit_question_prior``, with familiarity), the whole LM scores each
+question's exam labels, and each rule's top-1 label within the exam is counted, on all
+held-out questions and on those the refitted prior finds unfamiliar.
+
+Rules: ``p_classifier ** a * p_lm`` for each ``a`` of ``--exponents`` (1 is the `lite`
+recipe's rule, 0 the LM alone), under the LM prompt of ``LabelScorer`` (``plain``) and
+the same prompt with the exam's labels listed in the system turn (``options``). Accuracies
+are kept as ``[hits, count]`` per draw and pooled over the draws. Rerun with other
+``--draws`` and the same ``--json`` to add draws.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shlex
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+
+def pooled(draws) -> dict[str, dict[str, float]]:
+    """Each rule's accuracy over all draws' questions: ``{rule: {part: hits / count}}``
+    from the draws' ``[hits, count]`` pairs."""
+    totals: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    for draw in draws:
+        for rule, parts in draw["accuracy"].items():
+            for part, (hits, count) in parts.items():
+                totals[rule][part][0] += hits
+                totals[rule][part][1] += count
+    return {
+        rule: {part: hits / count for part, (hits, count) in parts.items() if count}
+        for rule, parts in totals.items()
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--draws", type=int, nargs="+", default=[0])
+    parser.add_argument("--share", type=float, default=1 / 3, help="labels held out per draw")
+    parser.add_argument("--per-draw", type=int, default=160, help="questions scored per draw")
+    parser.add_argument("--exponents", default="1,0.75,0.5,0.25,0")
+    parser.add_argument("--json", required=True)
+    args = parser.parse_args()
+
+    import torch
+
+    from medisee.data.manifest import load_records
+    from medisee.data.schema import exam_kind
+    from medisee.model.label_knowledge import SYSTEM, LabelScorer
+    from medisee.model.medisee import MediSee
+    from medisee.model.question_prior import QuestionPrior, fit_question_prior
+    from medisee.train.prior_fit import allowed_labels
+
+    exponents = [float(v) for v in args.exponents.split(",")]
+    model = MediSee.from_pretrained(args.model)
+    if model.config.question_prior is None:
+        raise SystemExit(f"{args.model} has no question prior")
+    labels = list(model.config.labels)
+    index = {label: i for i, label in enumerate(labels)}
+    exams = model.config.exams
+    encoder = model.question_encoder()
+    causal, tokenizer = model.prior_language_model()
+    plain = LabelScorer(causal, tokenizer)
+
+    records, _ = load_records(args.manifest)
+    # (question, label, exam kind) -> whether it states a fact of the label.
+    pool: dict[tuple[str, str, str], bool] = {}
+    for record in records:
+        if record.split != "train":
+            continue
+        kind = exam_kind(record)
+        for target in record.targets:
+            for qa in target.qa:
+                key = (" ".join(qa.question.split()), target.label, kind)
+                fact = qa.kind == "reasoning" and qa.perspective == "attribute"
+                pool[key] = pool.get(key, False) or fact
+    questions = list(pool)
+    features = encoder.encode([q for q, _, _ in questions])
+    allowed = allowed_labels(questions, labels, exams)
+    with_facts = sorted({label for (_, label, _), fact in pool.items() if fact})
+
+    command = shlex.join(["python", "benchmarks/experiments/held_out_facts.py", *sys.argv[1:]])
+    result: dict = {"commands": [], "training_questions": len(questions), "draws": {}}
+    out = Path(args.json)
+    if out.exists():  # more draws for the same results: the earlier ones are kept
+        result = json.loads(out.read_text())
+    result["commands"].append(command)
+    for draw in args.draws:
+        if str(draw) in result["draws"]:
+            continue
+        rng = random.Random(f"held-out-facts-{draw}")
+        held = set(rng.sample(with_facts, max(1, round(args.share * len(with_facts)))))
+        out_rows = [
+            i for i, (_, label, _) in enumerate(questions) if label in held and pool[questions[i]]
+        ]
+        keep = sorted(set(range(len(questions))) - set(out_rows))
+        prior = QuestionPrior(features.shape[1], len(labels), familiarity=True)
+        targets = torch.tensor([index[questions[i][1]] for i in keep])
+        fit = fit_question_prior(prior, features[keep], targets, allowed[keep])
+        dev = sorted(rng.sample(out_rows, min(args.per_draw, len(out_rows))))
+        dev_features = features[dev]
+        with torch.no_grad():
+            classifier = prior.log_probs(dev_features, allowed[dev])
+            unfamiliar = prior.unfamiliar(dev_features)
+            distance = prior.distance(dev_features)
+        dev_questions = [questions[i][0] for i in dev]
+        dev_allowed = [[labels[j] for j in allowed[i].nonzero().flatten().tolist()] for i in dev]
+        scorings = {"plain": plain.log_probs(dev_questions, dev_allowed)}
+        # The options prompt: one scorer per label set (the system turn lists them).
+        options: list[dict[str, float] | None] = [None] * len(dev)
+        by_set: dict[tuple[str, ...], list[int]] = defaultdict(list)
+        for row, names in enumerate(dev_allowed):
+            by_set[tuple(names)].append(row)
+        for names, rows in by_set.items():
+            listed = LabelScorer(
+                causal, tokenizer, system=f"{SYSTEM} Choose one of: {', '.join(names)}."
+            )
+            for row, scores in zip(
+                rows, listed.log_probs([dev_questions[r] for r in rows], [list(names)] * len(rows))
+            ):
+                options[row] = scores
+        scorings["options"] = [s for s in options if s is not None]
+
+        draw_result: dict = {
+            "held_out_labels": sorted(held),
+            "fit": fit,
+            "questions": len(dev),
+            "unfamiliar": int(unfamiliar.sum()),
+            "distance_median": float(distance.median()),
+            "accuracy": {},
+        }
+        truth = [index[questions[i][1]] for i in dev]
+        for name, scored in scorings.items():
+            lm = torch.full_like(classifier, float("-inf"))
+            for row, scores in enumerate(scored):
+                for label, value in scores.items():
+                    lm[row, index[label]] = value
+            for a in exponents:
+                combined = (a * classifier.masked_fill(classifier.isinf(), 0.0) + lm).masked_fill(
+                    lm.isinf(), float("-inf")
+                )
+                hit = (combined.argmax(-1) == torch.tensor(truth)).tolist()
+                far = [h for h, u in zip(hit, unfamiliar.tolist()) if u]
+                draw_result["accuracy"][f"{name}, a={a:g}"] = {
+                    "all": [sum(hit), len(hit)],
+                    "unfamiliar": [sum(far), len(far)],
+                }
+        alone = (classifier.argmax(-1) == torch.tensor(truth)).tolist()
+        draw_result["accuracy"]["classifier alone"] = {"all": [sum(alone), len(alone)]}
+        result["draws"][str(draw)] = draw_result
+        result["pooled"] = pooled(result["draws"].values())
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps({"draw": draw, **draw_result}, indent=1), flush=True)
+    print(json.dumps(result["pooled"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
