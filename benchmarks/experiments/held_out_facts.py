@@ -18,9 +18,11 @@ taught by): the case where it extrapolates. The classifier is refitted without t
 question's exam labels, and each rule's top-1 label within the exam is counted, on all
 held-out questions and on those the refitted prior finds unfamiliar.
 
-Rules: ``p_classifier ** a * p_lm`` for each ``a`` of ``--exponents`` (1 is the `lite`
-recipe's rule, 0 the LM alone), under the LM prompt of ``LabelScorer`` (``plain``) and
-the same prompt with the exam's labels listed in the system turn (``options``). Accuracies
+Rules: ``p_classifier ** a * p_lm`` for each ``a`` of ``--exponents`` (0 is the LM
+alone), under each LM prompt of ``--variants``: ``LabelScorer``'s own (``plain``), the
+same with the exam's labels listed in the system turn (``options``), and the same after
+``--examples`` worked examples (``examples``): short attribute questions of the same exam
+about other labels, none held out, each answered as a label is scored. Accuracies
 are kept as ``[hits, count]`` per draw and pooled over the draws. Rerun with other
 ``--draws`` and the same ``--json`` to add draws.
 """
@@ -59,6 +61,8 @@ def main() -> None:
     parser.add_argument("--share", type=float, default=1 / 3, help="labels held out per draw")
     parser.add_argument("--per-draw", type=int, default=160, help="questions scored per draw")
     parser.add_argument("--exponents", default="1,0.75,0.5,0.25,0")
+    parser.add_argument("--variants", default="plain,options", help="LM prompts to compare")
+    parser.add_argument("--examples", type=int, default=3, help="worked examples per exam")
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
 
@@ -85,6 +89,8 @@ def main() -> None:
     records, _ = load_records(args.manifest)
     # (question, label, exam kind) -> whether it states a fact of the label.
     pool: dict[tuple[str, str, str], bool] = {}
+    # exam kind -> its short attribute questions, (question, label): worked examples
+    short_facts: dict[str, dict[tuple[str, str], None]] = defaultdict(dict)
     for record in records:
         if record.split != "train":
             continue
@@ -94,6 +100,8 @@ def main() -> None:
                 key = (" ".join(qa.question.split()), target.label, kind)
                 fact = qa.kind == "reasoning" and qa.perspective == "attribute"
                 pool[key] = pool.get(key, False) or fact
+                if fact and qa.length == "short":
+                    short_facts[kind][(key[0], target.label)] = None
     questions = list(pool)
     features = encoder.encode([q for q, _, _ in questions])
     allowed = allowed_labels(questions, labels, exams)
@@ -125,21 +133,43 @@ def main() -> None:
             distance = prior.distance(dev_features)
         dev_questions = [questions[i][0] for i in dev]
         dev_allowed = [[labels[j] for j in allowed[i].nonzero().flatten().tolist()] for i in dev]
-        scorings = {"plain": plain.log_probs(dev_questions, dev_allowed)}
-        # The options prompt: one scorer per label set (the system turn lists them).
-        options: list[dict[str, float] | None] = [None] * len(dev)
-        by_set: dict[tuple[str, ...], list[int]] = defaultdict(list)
-        for row, names in enumerate(dev_allowed):
-            by_set[tuple(names)].append(row)
-        for names, rows in by_set.items():
-            listed = LabelScorer(
-                causal, tokenizer, system=f"{SYSTEM} Choose one of: {', '.join(names)}."
-            )
-            for row, scores in zip(
-                rows, listed.log_probs([dev_questions[r] for r in rows], [list(names)] * len(rows))
-            ):
-                options[row] = scores
-        scorings["options"] = [s for s in options if s is not None]
+        variants = args.variants.split(",")
+        scorings = {}
+        if "plain" in variants:
+            scorings["plain"] = plain.log_probs(dev_questions, dev_allowed)
+        if "options" in variants:  # one scorer per label set (the system turn lists them)
+            options: list[dict[str, float] | None] = [None] * len(dev)
+            by_set: dict[tuple[str, ...], list[int]] = defaultdict(list)
+            for row, names in enumerate(dev_allowed):
+                by_set[tuple(names)].append(row)
+            for names, rows in by_set.items():
+                listed = LabelScorer(
+                    causal, tokenizer, system=f"{SYSTEM} Choose one of: {', '.join(names)}."
+                )
+                asked = [dev_questions[r] for r in rows]
+                for row, scores in zip(rows, listed.log_probs(asked, [list(names)] * len(rows))):
+                    options[row] = scores
+            scorings["options"] = [s for s in options if s is not None]
+        if "examples" in variants:  # one scorer per exam kind, its examples drawn once
+            worked: list[dict[str, float] | None] = [None] * len(dev)
+            by_kind: dict[str, list[int]] = defaultdict(list)
+            for row, i in enumerate(dev):
+                by_kind[questions[i][2]].append(row)
+            for kind, rows in sorted(by_kind.items()):
+                candidates = [(q, label) for q, label in short_facts[kind] if label not in held]
+                chosen: dict[str, str] = {}
+                for q, label in rng.sample(candidates, len(candidates)):
+                    if label not in chosen and len(chosen) < args.examples:
+                        chosen[label] = q
+                scorer = LabelScorer(
+                    causal, tokenizer, examples=[(q, label) for label, q in chosen.items()]
+                )
+                asked = [dev_questions[r] for r in rows]
+                for row, scores in zip(
+                    rows, scorer.log_probs(asked, [dev_allowed[r] for r in rows])
+                ):
+                    worked[row] = scores
+            scorings["examples"] = [s for s in worked if s is not None]
 
         draw_result: dict = {
             "held_out_labels": sorted(held),

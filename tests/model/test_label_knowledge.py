@@ -27,9 +27,14 @@ def causal_and_tokenizer(tmp_path_factory):
     return causal, tokenizer
 
 
-def _by_hand(causal, tokenizer, question: str, labels: list[str]) -> dict[str, float]:
-    """Each label scored as one whole, unpadded sequence (no cache), then normalised."""
-    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+def _by_hand(causal, tokenizer, question: str, labels: list[str], examples=()) -> dict[str, float]:
+    """Each label scored as one whole, unpadded sequence (no cache), then normalised;
+    ``examples`` (question, label) come first as answered turns."""
+    messages = [{"role": "system", "content": SYSTEM}]
+    for example, label in examples:
+        messages.append({"role": "user", "content": example})
+        messages.append({"role": "assistant", "content": f"{OPENING} {label}."})
+    messages.append({"role": "user", "content": question})
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     prompt = tokenizer(text + OPENING, add_special_tokens=False).input_ids
     raw = []
@@ -61,6 +66,27 @@ def test_scores_match_whole_sequences_scored_one_by_one(causal_and_tokenizer):
     assert scored[1] == {"brain": 0.0}
     # Labels that differ from one another do get different scores.
     assert len({round(v, 6) for v in scored[0].values()}) == 3
+
+
+def test_worked_examples_come_first_as_answered_turns(causal_and_tokenizer):
+    causal, tokenizer = causal_and_tokenizer
+    examples = [("Which organ makes bile?", "liver"), ("Which organ  pumps blood?", "heart")]
+    scorer = LabelScorer(causal, tokenizer, examples=examples)
+    prompt = tokenizer.decode(scorer.prompt_ids("Which organ filters the blood?"))
+    # In order, each answered the way a label is scored, before the question.
+    assert prompt.index("makes bile") < prompt.index("The answer is the liver.")
+    assert prompt.index("The answer is the liver.") < prompt.index("pumps blood")
+    assert prompt.index("The answer is the heart.") < prompt.index("filters the blood")
+    questions = ["Which organ filters the blood?", "the heart is"]
+    allowed = [["liver", "left kidney", "heart"], ["liver", "brain"]]
+    cleaned = [(" ".join(q.split()), label) for q, label in examples]
+    for question, labels, got in zip(questions, allowed, scorer.log_probs(questions, allowed)):
+        expected = _by_hand(causal, tokenizer, question, labels, cleaned)
+        for label in labels:
+            assert got[label] == pytest.approx(expected[label], abs=1e-4)
+    assert scorer.log_probs(questions, allowed) != LabelScorer(causal, tokenizer).log_probs(
+        questions, allowed
+    )
 
 
 def test_bad_inputs_are_refused(causal_and_tokenizer):

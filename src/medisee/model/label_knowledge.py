@@ -36,24 +36,35 @@ class LabelScorer:
     way."""
 
     def __init__(
-        self, causal: Any, tokenizer: Any, *, system: str = SYSTEM, per_token: bool = False
+        self,
+        causal: Any,
+        tokenizer: Any,
+        *,
+        system: str = SYSTEM,
+        per_token: bool = False,
+        examples: Sequence[tuple[str, str]] = (),
     ) -> None:
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("LabelScorer needs a tokenizer with a chat template")
         self.causal = causal
         self.tokenizer = tokenizer
         self.system = system
+        # Worked examples, (question, label): earlier turns of the chat, each answered
+        # the way a label is scored, so the LM has seen the form of the answer asked for.
+        self.examples = [(" ".join(q.split()), label) for q, label in examples]
         # A name's log-probability is the sum over its tokens, so a one-word label outscores
         # "left lateral ventricle"; per_token scores each name by its mean instead.
         self.per_token = per_token
         self._label_ids: dict[str, list[int]] = {}
 
     def prompt_ids(self, question: str) -> list[int]:
-        """The chat prompt (system, the question, the assistant's opening) as token ids."""
-        messages = [
-            {"role": "system", "content": self.system},
-            {"role": "user", "content": " ".join(question.split())},
-        ]
+        """The chat prompt (system, the examples' turns, the question, the assistant's
+        opening) as token ids."""
+        messages = [{"role": "system", "content": self.system}]
+        for example, label in self.examples:
+            messages.append({"role": "user", "content": example})
+            messages.append({"role": "assistant", "content": f"{OPENING} {label}."})
+        messages.append({"role": "user", "content": " ".join(question.split())})
         text = self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
