@@ -198,39 +198,6 @@ def _record(name: str, kind: str, labels_and_questions) -> Record:
     )  # fmt: skip
 
 
-def test_worked_examples_are_short_attribute_questions_one_per_label():
-    from medisee.train.prior_fit import worked_examples
-
-    records = [
-        _record("a", "abdominal_ct", [("liver", ["Which organ makes bile?", "What  stores it?"])]),
-        _record("b", "abdominal_ct", [("spleen", ["Which organ filters old cells?"])]),
-        _record("c", "brain_mri", [("brain", ["Which organ thinks?"])]),
-    ]
-    records[2].targets[0].qa.append(
-        QAItem("reasoning", "location", "short", "Which organ lies inside the skull?", "x")
-    )
-    examples = worked_examples(records, 2, seed=0)
-    assert sorted(examples) == ["abdominal_ct", "brain_mri"]
-    assert sorted(label for _, label in examples["abdominal_ct"]) == ["liver", "spleen"]
-    assert examples["brain_mri"] == [["Which organ thinks?", "brain"]]  # no location question
-    one = worked_examples(records, 1, seed=0)
-    assert [len(pairs) for pairs in one.values()] == [1, 1]
-    assert one == worked_examples(records, 1, seed=0)
-    assert worked_examples(records, 0, seed=0) == {}
-    with pytest.raises(ValueError, match="count"):
-        worked_examples(records, -1, seed=0)
-
-
-def test_knowledge_examples_are_validated_and_round_trip_as_lists():
-    config = QuestionPriorConfig(knowledge_examples={"chest_ct": [("Which organ?", "heart")]})
-    assert config.knowledge_examples == {"chest_ct": [["Which organ?", "heart"]]}
-    assert QuestionPriorConfig().knowledge_examples == {}
-    with pytest.raises(ValueError, match="knowledge_examples"):
-        QuestionPriorConfig(knowledge_examples={"chest_ct": [["only a question"]]})
-    with pytest.raises(ValueError, match="knowledge_examples"):
-        QuestionPriorConfig(knowledge_examples={"chest_ct": [["Which organ?", " "]]})
-
-
 def test_training_questions_are_distinct_and_a_seeded_draw():
     records = [
         _record("a", "abdominal_ct", [("liver", ["Which organ makes bile?"] * 2)]),
@@ -372,30 +339,6 @@ def test_knowledge_weight_multiplies_in_the_whole_lm_label_scores(tiny_model, gg
             total = sum(raw.values())
             for label, value in raw.items():
                 assert third[label] == pytest.approx(value / total, rel=1e-4, abs=1e-7)
-
-    # Worked examples of a question's exam kind come before it in the whole LM's prompt.
-    examples = [["Which organ makes bile?", "liver"]]
-    tiny_model.config.question_prior = dataclasses.replace(
-        tiny_model.config.question_prior,
-        unfamiliar_weight=1.0,
-        knowledge_examples={"abdominal_ct": examples},
-    )
-    kinds = ["abdominal_ct", "brain_mri"]  # the second has no examples
-    worked = tiny_model.question_label_probabilities(questions, allowed, kinds)
-    shown = LabelScorer(causal, tokenizer, examples=[tuple(e) for e in examples])
-    for row, expected_scores in enumerate(
-        [shown.log_probs(questions[:1], allowed[:1])[0], known[1]]
-    ):
-        raw = {
-            label: alone[row][label] * math.exp(weight * expected_scores[label])
-            for label in alone[row]
-        }
-        total = sum(raw.values())
-        for label, value in raw.items():
-            assert worked[row][label] == pytest.approx(value / total, rel=1e-4, abs=1e-7)
-    assert worked[0] != combined[0] and worked[1] == pytest.approx(combined[1])
-    with pytest.raises(ValueError, match="exam kinds"):
-        tiny_model.question_label_probabilities(questions, allowed, kinds[:1])
 
 
 def test_familiarity_is_the_mahalanobis_distance_to_the_training_questions():

@@ -324,15 +324,10 @@ def test_training_ends_by_fitting_the_exam_head(tmp_path, synthetic_records):
 
 def test_training_ends_by_fitting_the_question_prior(tmp_path, synthetic_records, monkeypatch):
     from medisee.model.medisee import MediSee
-    from medisee.data.schema import QAItem
-    from medisee.train.prior_fit import training_questions, worked_examples
+    from medisee.train.prior_fit import training_questions
     from tests.model.gguf_fixture import write_tiny_gguf
 
     monkeypatch.setenv("MEDISEE_CACHE", str(tmp_path / "cache"))
-    for record in synthetic_records[0]:  # short attribute questions: worked examples
-        for target in record.targets:
-            question = f"Which structure here is like a {target.label}?"
-            target.qa.append(QAItem("reasoning", "attribute", "short", question, "It is."))
     gguf = write_tiny_gguf(tmp_path / "tiny-llama.gguf").path
     result = train(
         _config(
@@ -345,7 +340,6 @@ def test_training_ends_by_fitting_the_question_prior(tmp_path, synthetic_records
             question_prior_knowledge_weight=1.0,
             question_prior_familiarity=True,
             question_prior_unfamiliar_weight=0.5,
-            question_prior_knowledge_examples=1,
         ),
         progress=False,
         records=synthetic_records,
@@ -358,11 +352,6 @@ def test_training_ends_by_fitting_the_question_prior(tmp_path, synthetic_records
     assert model.config.question_prior.knowledge_weight == 1.0
     assert model.config.question_prior.familiarity
     assert model.config.question_prior.unfamiliar_weight == 0.5
-    # The worked examples are drawn from the training split and saved with the config.
-    train_records = [r for r in synthetic_records[0] if r.split == "train"]
-    drawn_examples = worked_examples(train_records, 1, seed=0)
-    assert drawn_examples and all(len(pairs) == 1 for pairs in drawn_examples.values())
-    assert model.config.question_prior.knowledge_examples == drawn_examples
     assert model.question_prior is not None and model.question_prior.weight.abs().sum() > 0
     # The familiarity is fitted and saved: the farthest training question bounds it.
     familiar = float(model.question_prior.familiar_distance)
@@ -381,8 +370,6 @@ def test_training_ends_by_fitting_the_question_prior(tmp_path, synthetic_records
         _config(tmp_path, question_prior_questions=-1)
     with pytest.raises(ValueError, match="question_prior_knowledge_weight"):
         _config(tmp_path, question_prior_knowledge_weight=-1.0)
-    with pytest.raises(ValueError, match="question_prior_knowledge_examples"):
-        _config(tmp_path, question_prior_knowledge_examples=-1)
     with pytest.raises(ValueError, match="question_prior_unfamiliar_weight"):
         _config(tmp_path, question_prior_unfamiliar_weight=-1.0)
 

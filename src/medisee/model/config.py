@@ -363,11 +363,6 @@ class QuestionPriorConfig:
     probabilities enter as ``p_classifier ** unfamiliar_weight`` (1: as on every other
     question). Fitted on template questions, the classifier reads an unlike question
     with a confidence it has not earned; below 1 it is tempered there.
-
-    ``knowledge_examples``: exam kind -> worked examples, ``[question, label]`` pairs
-    drawn from the training questions by the fit, put before a question of that kind as
-    answered chat turns when the whole LM reads it (``LabelScorer``'s ``examples``);
-    empty: none.
     """
 
     encoder: str = "smollm2"
@@ -378,7 +373,6 @@ class QuestionPriorConfig:
     familiarity: bool = False
     knowledge_per_token: bool = False
     unfamiliar_weight: float = 1.0
-    knowledge_examples: dict[str, list[list[str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.encoder, str) or not self.encoder.strip():
@@ -397,21 +391,6 @@ class QuestionPriorConfig:
                 "QuestionPriorConfig.unfamiliar_weight must be >= 0, got "
                 f"{self.unfamiliar_weight!r}"
             )
-        for kind, pairs in self.knowledge_examples.items():
-            if not all(
-                isinstance(pair, (list, tuple))
-                and len(pair) == 2
-                and all(isinstance(text, str) and text.strip() for text in pair)
-                for pair in pairs
-            ):
-                raise ValueError(
-                    f"QuestionPriorConfig.knowledge_examples[{kind!r}] must be "
-                    f"[question, label] pairs of text, got {pairs!r}"
-                )
-        self.knowledge_examples = {
-            kind: [[question, label] for question, label in pairs]
-            for kind, pairs in self.knowledge_examples.items()
-        }
 
 
 @dataclass

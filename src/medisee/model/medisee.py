@@ -690,15 +690,9 @@ class MediSee(nn.Module):
                 raise ValueError(f"{len(questions)} questions for {len(prompts)} prompts")
             if use_question_prior and questions is not None and prior and prior.weight:
                 asked = [row for row in rows if questions[row]]
-                likeliest = (
-                    [list(self.config.exams)[int(k)] for k in exams[0].argmax(-1).tolist()]
-                    if exams is not None
-                    else None
-                )
                 priors = self.question_label_probabilities(
                     [str(questions[row]) for row in asked],
                     [row_labels.get(row, self.config.labels) for row in asked],
-                    [likeliest[row] for row in asked] if likeliest is not None else None,
                 )
                 openings = self.answer_openings()
                 for row, label_probabilities in zip(asked, priors):
@@ -830,20 +824,14 @@ class MediSee(nn.Module):
 
     @torch.no_grad()
     def question_label_probabilities(
-        self,
-        questions: Sequence[str],
-        allowed: Sequence[Sequence[str]],
-        kinds: Sequence[str | None] | None = None,
+        self, questions: Sequence[str], allowed: Sequence[Sequence[str]]
     ) -> list[dict[str, float]]:
         """Per question, the prior's probability of each label in its ``allowed`` set
-        (renormalised over that set). ``kinds``: each question's exam kind (the exam
-        head's likeliest), whose ``knowledge_examples`` the whole LM reads first."""
+        (renormalised over that set)."""
         if self.question_prior is None:
             raise ValueError("this model has no question prior")
         if len(questions) != len(allowed):
             raise ValueError(f"{len(allowed)} label sets for {len(questions)} questions")
-        if kinds is not None and len(kinds) != len(questions):
-            raise ValueError(f"{len(kinds)} exam kinds for {len(questions)} questions")
         if not questions:
             return []
         index = {label: i for i, label in enumerate(self.config.labels)}
@@ -868,27 +856,13 @@ class MediSee(nn.Module):
             asked = [row for row in asked if bool(unfamiliar[row])]
         if prior is not None and knowledge_weight and asked:
             causal, tokenizer = self.prior_language_model()
-            row_kind = [
-                kinds[row] if kinds is not None and kinds[row] in prior.knowledge_examples else None
-                for row in range(len(questions))
-            ]
             # One question is often asked of several images in a batch: score it once.
-            distinct = list(
-                dict.fromkeys((questions[row], tuple(allowed[row]), row_kind[row]) for row in asked)
+            distinct = list(dict.fromkeys((questions[row], tuple(allowed[row])) for row in asked))
+            scored = LabelScorer(causal, tokenizer, per_token=prior.knowledge_per_token).log_probs(
+                [question for question, _ in distinct], [labels for _, labels in distinct]
             )
-            by_key: dict[tuple[str, tuple[str, ...], str | None], dict[str, float]] = {}
-            for kind in dict.fromkeys(key[2] for key in distinct):
-                keys = [key for key in distinct if key[2] == kind]
-                examples = prior.knowledge_examples.get(kind, []) if kind is not None else []
-                scorer = LabelScorer(
-                    causal,
-                    tokenizer,
-                    per_token=prior.knowledge_per_token,
-                    examples=[(question, label) for question, label in examples],
-                )
-                scored = scorer.log_probs([key[0] for key in keys], [key[1] for key in keys])
-                by_key.update(zip(keys, scored))
-            known = [by_key[(questions[row], tuple(allowed[row]), row_kind[row])] for row in asked]
+            by_key = dict(zip(distinct, scored))
+            known = [by_key[(questions[row], tuple(allowed[row]))] for row in asked]
             for row, scores in zip(asked, known):
                 log_probs[row] = torch.where(
                     mask[row], log_probs[row] * prior.unfamiliar_weight, log_probs[row]

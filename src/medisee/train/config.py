@@ -89,9 +89,6 @@ class TrainConfig:
     # On the questions the whole LM reads, the classifier's probabilities are raised to
     # this power (QuestionPriorConfig.unfamiliar_weight; 1: not tempered).
     question_prior_unfamiliar_weight: float = 1.0
-    # Worked examples per exam kind (short training questions and their labels) that the
-    # whole LM reads before such a question (QuestionPriorConfig.knowledge_examples).
-    question_prior_knowledge_examples: int = 0
     mixed_precision: str = "no"
     # torch's fused AdamW kernel (CPU and CUDA): one pass over all parameters instead of a
     # dozen foreach ops; 10 against 49 ms a step for the lite preset's ~10 M trainable
@@ -143,7 +140,6 @@ class TrainConfig:
             "refit_examples",
             "exam_head_images",
             "question_prior_questions",
-            "question_prior_knowledge_examples",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")

@@ -40,36 +40,6 @@ def training_questions(records: Sequence[Any], count: int, seed: int) -> list[tu
     return pool
 
 
-def worked_examples(records: Sequence[Any], count: int, seed: int) -> dict[str, list[list[str]]]:
-    """Per exam kind, up to ``count`` ``[question, label]`` pairs for the whole LM's
-    prompt (``QuestionPriorConfig.knowledge_examples``): short attribute questions (what
-    a structure is or does) of ``records``' targets, each of another label (a seeded
-    draw)."""
-    if count < 0:
-        raise ValueError(f"count must be >= 0, got {count}")
-    by_kind: dict[str, dict[tuple[str, str], None]] = {}
-    for record in records:
-        kind = exam_kind(record)
-        for target in record.targets:
-            for qa in target.qa:
-                if (
-                    qa.kind == "reasoning"
-                    and qa.perspective == "attribute"
-                    and qa.length == "short"
-                ):
-                    key = (" ".join(qa.question.split()), target.label)
-                    by_kind.setdefault(kind, {})[key] = None
-    out: dict[str, list[list[str]]] = {}
-    for kind in sorted(by_kind) if count else []:
-        pool = list(by_kind[kind])
-        chosen: dict[str, str] = {}
-        for question, label in random.Random(f"{seed}-examples-{kind}").sample(pool, len(pool)):
-            if label not in chosen and len(chosen) < count:
-                chosen[label] = question
-        out[kind] = [[question, label] for label, question in chosen.items()]
-    return out
-
-
 def allowed_labels(
     questions: Sequence[tuple[str, str, str]],
     labels: Sequence[str],
@@ -93,12 +63,10 @@ def fit_prior(
     questions: int = 4000,
     seed: int = 0,
     prior: QuestionPriorConfig | None = None,
-    examples: int = 0,
 ) -> dict[str, Any]:
     """Attach a question prior (``prior``, default ``QuestionPriorConfig()``) to ``model``
     and fit it on up to ``questions`` of ``records``' questions (the training split);
-    returns the question count and the fit's loss and accuracy. ``examples``: worked
-    examples per exam kind for the whole LM's prompt (``worked_examples``), 0: none.
+    returns the question count and the fit's loss and accuracy.
 
     Every label of ``records`` must already be in ``model.config.labels``.
     """
@@ -113,10 +81,6 @@ def fit_prior(
     if unknown:
         raise ValueError(f"training labels outside model.config.labels: {unknown}")
     config = prior if prior is not None else QuestionPriorConfig()
-    if examples:
-        config = dataclasses.replace(
-            config, knowledge_examples=worked_examples(records, examples, seed)
-        )
     model.attach_question_prior(config)
     encoder = model.question_encoder()  # loaded once; re-attaching below keeps it
     if encoder.width != config.width:  # an encoder of another width than SmolLM2's

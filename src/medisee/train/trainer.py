@@ -211,7 +211,6 @@ def train(
                     familiarity=config.question_prior_familiarity,
                     unfamiliar_weight=config.question_prior_unfamiliar_weight,
                 ),
-                examples=config.question_prior_knowledge_examples,
             )
             run.phase_seconds["question_prior"] = time.perf_counter() - fit_started
         model.save_pretrained(model_dir)
