@@ -22,7 +22,9 @@ Rules: ``p_classifier ** a * p_lm`` for each ``a`` of ``--exponents`` (0 is the 
 alone), under each LM prompt of ``--variants``: ``LabelScorer``'s own (``plain``), the
 same with the exam's labels listed in the system turn (``options``), and the same after
 ``--examples`` worked examples (``examples``): short attribute questions of the same exam
-about other labels, none held out, each answered as a label is scored. Accuracies
+about other labels, none held out, each answered as a label is scored. With several
+``--weight-decays`` the classifier is fitted once per decay (the trainer's is 0.01) and
+each rule is counted for each. Accuracies
 are kept as ``[hits, count]`` per draw and pooled over the draws. Rerun with other
 ``--draws`` and the same ``--json`` to add draws.
 """
@@ -62,6 +64,9 @@ def main() -> None:
     parser.add_argument("--per-draw", type=int, default=160, help="questions scored per draw")
     parser.add_argument("--exponents", default="1,0.75,0.5,0.25,0")
     parser.add_argument("--variants", default="plain,options", help="LM prompts to compare")
+    parser.add_argument(
+        "--weight-decays", default="0.01", help="the classifier fit's AdamW weight decays"
+    )
     parser.add_argument("--examples", type=int, default=3, help="worked examples per exam")
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
@@ -76,6 +81,7 @@ def main() -> None:
     from medisee.train.prior_fit import allowed_labels
 
     exponents = [float(v) for v in args.exponents.split(",")]
+    decays = [float(v) for v in args.weight_decays.split(",")]
     model = MediSee.from_pretrained(args.model)
     if model.config.question_prior is None:
         raise SystemExit(f"{args.model} has no question prior")
@@ -122,15 +128,20 @@ def main() -> None:
             i for i, (_, label, _) in enumerate(questions) if label in held and pool[questions[i]]
         ]
         keep = sorted(set(range(len(questions))) - set(out_rows))
-        prior = QuestionPrior(features.shape[1], len(labels), familiarity=True)
         targets = torch.tensor([index[questions[i][1]] for i in keep])
-        fit = fit_question_prior(prior, features[keep], targets, allowed[keep])
         dev = sorted(rng.sample(out_rows, min(args.per_draw, len(out_rows))))
         dev_features = features[dev]
-        with torch.no_grad():
-            classifier = prior.log_probs(dev_features, allowed[dev])
-            unfamiliar = prior.unfamiliar(dev_features)
-            distance = prior.distance(dev_features)
+        fits: dict[float, dict] = {}
+        classifiers: dict[float, torch.Tensor] = {}
+        for decay in decays:
+            prior = QuestionPrior(features.shape[1], len(labels), familiarity=True)
+            fits[decay] = fit_question_prior(
+                prior, features[keep], targets, allowed[keep], weight_decay=decay
+            )
+            with torch.no_grad():  # the familiarity does not depend on the decay
+                classifiers[decay] = prior.log_probs(dev_features, allowed[dev])
+                unfamiliar = prior.unfamiliar(dev_features)
+                distance = prior.distance(dev_features)
         dev_questions = [questions[i][0] for i in dev]
         dev_allowed = [[labels[j] for j in allowed[i].nonzero().flatten().tolist()] for i in dev]
         variants = args.variants.split(",")
@@ -173,30 +184,39 @@ def main() -> None:
 
         draw_result: dict = {
             "held_out_labels": sorted(held),
-            "fit": fit,
+            "fit": fits[decays[0]] if len(decays) == 1 else {f"{d:g}": fits[d] for d in decays},
             "questions": len(dev),
             "unfamiliar": int(unfamiliar.sum()),
             "distance_median": float(distance.median()),
             "accuracy": {},
         }
         truth = [index[questions[i][1]] for i in dev]
-        for name, scored in scorings.items():
-            lm = torch.full_like(classifier, float("-inf"))
-            for row, scores in enumerate(scored):
-                for label, value in scores.items():
-                    lm[row, index[label]] = value
-            for a in exponents:
-                combined = (a * classifier.masked_fill(classifier.isinf(), 0.0) + lm).masked_fill(
-                    lm.isinf(), float("-inf")
-                )
-                hit = (combined.argmax(-1) == torch.tensor(truth)).tolist()
-                far = [h for h, u in zip(hit, unfamiliar.tolist()) if u]
-                draw_result["accuracy"][f"{name}, a={a:g}"] = {
-                    "all": [sum(hit), len(hit)],
-                    "unfamiliar": [sum(far), len(far)],
-                }
-        alone = (classifier.argmax(-1) == torch.tensor(truth)).tolist()
-        draw_result["accuracy"]["classifier alone"] = {"all": [sum(alone), len(alone)]}
+        for decay, classifier in classifiers.items():
+            # One decay (the default): the keys of the first runs; more: each named.
+            tag = "" if len(decays) == 1 else f", weight decay {decay:g}"
+            for name, scored in scorings.items():
+                lm = torch.full_like(classifier, float("-inf"))
+                for row, scores in enumerate(scored):
+                    for label, value in scores.items():
+                        lm[row, index[label]] = value
+                for a in exponents:
+                    combined = (
+                        a * classifier.masked_fill(classifier.isinf(), 0.0) + lm
+                    ).masked_fill(lm.isinf(), float("-inf"))
+                    hit = (combined.argmax(-1) == torch.tensor(truth)).tolist()
+                    far = [h for h, u in zip(hit, unfamiliar.tolist()) if u]
+                    draw_result["accuracy"][f"{name}, a={a:g}{tag}"] = {
+                        "all": [sum(hit), len(hit)],
+                        "unfamiliar": [sum(far), len(far)],
+                    }
+            alone = (classifier.argmax(-1) == torch.tensor(truth)).tolist()
+            far = [h for h, u in zip(alone, unfamiliar.tolist()) if u]
+            draw_result["accuracy"][f"classifier alone{tag}"] = {"all": [sum(alone), len(alone)]}
+            if tag:
+                draw_result["accuracy"][f"classifier alone{tag}"]["unfamiliar"] = [
+                    sum(far),
+                    len(far),
+                ]
         result["draws"][str(draw)] = draw_result
         result["pooled"] = pooled(result["draws"].values())
         out.write_text(json.dumps(result, indent=1) + "\n")
