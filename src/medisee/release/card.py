@@ -128,13 +128,13 @@ def model_card(info: dict[str, Any], directory: Path) -> str:
     if written:
         sentence = (
             f"On the hand-written questions the reply names the asked structure in "
-            f"{written.get('named_rate', float('nan')):.0%} of {written['count']} cases"
+            f"{written.get('named_rate', float('nan')):.1%} of {written['count']} cases"
         )
         by_question = figures.get("hand-written, by question")
         if by_question:
             # A question counts once per test image with its label; some meet 16 images.
             sentence += (
-                f"; each question counted once, in {by_question['named_rate']:.0%} of "
+                f"; each question counted once, in {by_question['named_rate']:.1%} of "
                 f"{by_question['count']} questions (Dice {by_question['dice']:.3f})"
             )
         lines += [f"{sentence}.", ""]
