@@ -55,7 +55,7 @@ class ReleaseConfig:
     out_dir: str | None = None
     run_demo: bool = True
     dtype: str = "float16"
-    eval_batch_size: int = 32
+    eval_batch_size: int = 16  # as the demo's (medisee.demo.DemoConfig)
 
     def __post_init__(self) -> None:
         from medisee.model.released import RELEASE_DTYPES, RELEASED_MODELS
