@@ -158,7 +158,9 @@ def test_model_card_carries_the_command_commit_data_figures_and_limits(tmp_path)
     assert "expert 1, derived 3" in card and "held out for test: lung2" in card
     assert "| real | 10 | 0.600 | 0.500 | 0.700 | 0.601 |" in card
     assert "| real: lung tumor | 4 | 0.250 | 0.000 | 0.900 | — |" in card
-    assert "80.0% of 5 cases; each question counted once, in 50.0% of 2 questions (Dice 0.450)" in card
+    assert (
+        "80.0% of 5 cases; each question counted once, in 50.0% of 2 questions (Dice 0.450)" in card
+    )
     assert "| hand-written, by question | 2 | 0.450 |" in card
     assert "2.0 MB" in card and "only the 2 structures" in card
     assert "finds lungs well" in card and "lung tumor only in part" in card
