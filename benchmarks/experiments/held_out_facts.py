@@ -22,7 +22,9 @@ Rules: ``p_classifier ** a * p_lm`` for each ``a`` of ``--exponents`` (0 is the 
 alone), under each LM prompt of ``--variants``: ``LabelScorer``'s own (``plain``), the
 same with the exam's labels listed in the system turn (``options``), and the same after
 ``--examples`` worked examples (``examples``): short attribute questions of the same exam
-about other labels, none held out, each answered as a label is scored. With several
+about other labels, none held out, each answered as a label is scored; the noisy channel
+(``channel``, ``ChannelScorer``: the LM told the label and scored on writing the
+question), and the product of the plain reading and the channel (``plain+channel``). With several
 ``--weight-decays`` the classifier is fitted once per decay (the trainer's is 0.01) and
 each rule is counted for each. Accuracies
 are kept as ``[hits, count]`` per draw and pooled over the draws. Rerun with other
@@ -75,7 +77,7 @@ def main() -> None:
 
     from medisee.data.manifest import load_records
     from medisee.data.schema import exam_kind
-    from medisee.model.label_knowledge import SYSTEM, LabelScorer
+    from medisee.model.label_knowledge import SYSTEM, ChannelScorer, LabelScorer
     from medisee.model.medisee import MediSee
     from medisee.model.question_prior import QuestionPrior, fit_question_prior
     from medisee.train.prior_fit import allowed_labels
@@ -146,8 +148,20 @@ def main() -> None:
         dev_allowed = [[labels[j] for j in allowed[i].nonzero().flatten().tolist()] for i in dev]
         variants = args.variants.split(",")
         scorings = {}
-        if "plain" in variants:
+        if "plain" in variants or "plain+channel" in variants:
             scorings["plain"] = plain.log_probs(dev_questions, dev_allowed)
+        if "channel" in variants or "plain+channel" in variants:
+            scorings["channel"] = ChannelScorer(causal, tokenizer).log_probs(
+                dev_questions, dev_allowed
+            )
+        if "plain+channel" in variants:  # both readings' product
+            scorings["plain+channel"] = [
+                {label: direct[label] + channel[label] for label in direct}
+                for direct, channel in zip(scorings["plain"], scorings["channel"])
+            ]
+            for name in ("plain", "channel"):
+                if name not in variants:
+                    del scorings[name]
         if "options" in variants:  # one scorer per label set (the system turn lists them)
             options: list[dict[str, float] | None] = [None] * len(dev)
             by_set: dict[tuple[str, ...], list[int]] = defaultdict(list)

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from medisee.model.config import QuestionPriorConfig
-from medisee.model.label_knowledge import OPENING, SYSTEM, LabelScorer
+from medisee.model.label_knowledge import (
+    CHANNEL_SYSTEM,
+    OPENING,
+    SYSTEM,
+    ChannelScorer,
+    LabelScorer,
+)
 from medisee.model.pretrained_lm import resolve_pretrained_lm
 from tests.model.gguf_fixture import write_tiny_gguf
 
@@ -133,3 +139,44 @@ def test_per_token_scores_are_each_names_mean(causal_and_tokenizer):
     for label in labels:
         assert mean[label] == pytest.approx(raw[label] - norm, abs=1e-4)
         assert summed[label] == pytest.approx(by_hand[label], abs=1e-4)
+
+
+def _channel_by_hand(causal, tokenizer, question: str, labels: list[str]) -> dict[str, float]:
+    """log p(question | label) of each label, one whole unpadded sequence each, normalised."""
+    raw = []
+    asked = tokenizer(" ".join(question.split()), add_special_tokens=False).input_ids
+    for label in labels:
+        messages = [
+            {"role": "system", "content": CHANNEL_SYSTEM},
+            {"role": "user", "content": f"Ask a question about the {label}."},
+        ]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        prefix = tokenizer(text, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            steps = causal(torch.tensor([prefix + asked])).logits[0].log_softmax(-1)
+        raw.append(sum(float(steps[len(prefix) - 1 + j, asked[j]]) for j in range(len(asked))))
+    total = math.log(sum(math.exp(value) for value in raw))
+    return {label: value - total for label, value in zip(labels, raw)}
+
+
+def test_channel_scores_are_each_questions_likelihood_given_the_label(causal_and_tokenizer):
+    causal, tokenizer = causal_and_tokenizer
+    scorer = ChannelScorer(causal, tokenizer)
+    questions = ["Which organ filters the blood?", "the  heart is"]
+    allowed = [["liver", "left kidney", "heart"], ["brain", "left lateral ventricle"]]
+    # Batches of 2 pairs: one batch holds pairs of both questions, right-padded.
+    scored = scorer.log_probs(questions, allowed, batch_size=2)
+    assert [list(s) for s in scored] == allowed
+    for question, labels, got in zip(questions, allowed, scored):
+        expected = _channel_by_hand(causal, tokenizer, question, labels)
+        for label in labels:
+            assert got[label] == pytest.approx(expected[label], abs=1e-4)
+        assert sum(math.exp(v) for v in got.values()) == pytest.approx(1.0, abs=1e-5)
+    assert len({round(v, 6) for v in scored[0].values()}) == 3
+    assert scorer.log_probs(["a question"], [["liver"]]) == [{"liver": 0.0}]
+    with pytest.raises(ValueError, match="label sets for 2 questions"):
+        scorer.log_probs(["a", "b"], [["liver"]])
+    with pytest.raises(ValueError, match="at least one allowed label"):
+        scorer.log_probs(["a"], [[]])
+    with pytest.raises(ValueError, match="batch_size"):
+        scorer.log_probs(["a"], [["liver"]], batch_size=0)

@@ -403,3 +403,40 @@ def test_a_prior_with_familiarity_round_trips(tiny_model, gguf_path, tmp_path):
         assert torch.equal(
             getattr(loaded.question_prior, name), getattr(tiny_model.question_prior, name)
         )
+
+
+def test_channel_weight_multiplies_in_the_channel_scores(tiny_model, gguf_path):
+    """With ``channel_weight`` c the prior is p_classifier ** a * p_lm ** k * p_channel ** c
+    on the questions the whole LM reads, renormalised over the allowed labels."""
+    from medisee.model.label_knowledge import ChannelScorer, LabelScorer
+
+    records = [_record("a", "abdominal_ct", [("liver", ["the liver"]), ("brain", ["blood"])])]
+    fit_prior(tiny_model, records, questions=10, prior=QuestionPriorConfig(str(gguf_path), 1))
+    questions = ["Which organ filters the blood?", "the liver"]
+    allowed = [["brain", "left kidney", "liver"], ["left kidney", "liver"]]
+    alone = tiny_model.question_label_probabilities(questions, allowed)
+    exponent, weight, channel_weight = 0.5, 1.0, 2.0
+    tiny_model.config.question_prior = dataclasses.replace(
+        tiny_model.config.question_prior,
+        knowledge_weight=weight,
+        unfamiliar_weight=exponent,
+        channel_weight=channel_weight,
+    )
+    combined = tiny_model.question_label_probabilities(questions, allowed)
+    causal, tokenizer = tiny_model.prior_language_model()
+    known = LabelScorer(causal, tokenizer).log_probs(questions, allowed)
+    written = ChannelScorer(causal, tokenizer).log_probs(questions, allowed)
+    for first, second, scores, channel in zip(alone, combined, known, written):
+        raw = {
+            label: first[label] ** exponent
+            * math.exp(weight * scores[label] + channel_weight * channel[label])
+            for label in first
+        }
+        total = sum(raw.values())
+        for label, value in raw.items():
+            assert second[label] == pytest.approx(value / total, rel=1e-4, abs=1e-7)
+    without = dataclasses.replace(tiny_model.config.question_prior, channel_weight=0.0)
+    tiny_model.config.question_prior = without
+    assert tiny_model.question_label_probabilities(questions, allowed) != combined
+    with pytest.raises(ValueError, match="channel_weight"):
+        QuestionPriorConfig(channel_weight=-1.0)

@@ -340,6 +340,7 @@ def test_training_ends_by_fitting_the_question_prior(tmp_path, synthetic_records
             question_prior_knowledge_weight=1.0,
             question_prior_familiarity=True,
             question_prior_unfamiliar_weight=0.5,
+            question_prior_channel_weight=1.0,
         ),
         progress=False,
         records=synthetic_records,
@@ -352,6 +353,7 @@ def test_training_ends_by_fitting_the_question_prior(tmp_path, synthetic_records
     assert model.config.question_prior.knowledge_weight == 1.0
     assert model.config.question_prior.familiarity
     assert model.config.question_prior.unfamiliar_weight == 0.5
+    assert model.config.question_prior.channel_weight == 1.0
     assert model.question_prior is not None and model.question_prior.weight.abs().sum() > 0
     # The familiarity is fitted and saved: the farthest training question bounds it.
     familiar = float(model.question_prior.familiar_distance)
@@ -372,6 +374,8 @@ def test_training_ends_by_fitting_the_question_prior(tmp_path, synthetic_records
         _config(tmp_path, question_prior_knowledge_weight=-1.0)
     with pytest.raises(ValueError, match="question_prior_unfamiliar_weight"):
         _config(tmp_path, question_prior_unfamiliar_weight=-1.0)
+    with pytest.raises(ValueError, match="question_prior_channel_weight"):
+        _config(tmp_path, question_prior_channel_weight=-1.0)
 
 
 def test_without_periodic_evaluation_only_training_images_are_embedded(tmp_path, synthetic_records):

@@ -373,6 +373,7 @@ class QuestionPriorConfig:
     familiarity: bool = False
     knowledge_per_token: bool = False
     unfamiliar_weight: float = 1.0
+    channel_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.encoder, str) or not self.encoder.strip():
@@ -390,6 +391,10 @@ class QuestionPriorConfig:
             raise ValueError(
                 "QuestionPriorConfig.unfamiliar_weight must be >= 0, got "
                 f"{self.unfamiliar_weight!r}"
+            )
+        if not self.channel_weight >= 0.0:
+            raise ValueError(
+                f"QuestionPriorConfig.channel_weight must be >= 0, got {self.channel_weight!r}"
             )
 
 

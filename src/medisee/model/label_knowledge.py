@@ -154,3 +154,93 @@ class LabelScorer:
             out.append({label: float(value) for label, value in zip(labels, chunk)})
             position += len(labels)
         return out
+
+
+#: The channel's system turn: the LM writes a question about a structure it is given.
+CHANNEL_SYSTEM = "You are a radiologist. Ask a question about the structure you are given."
+
+
+class ChannelScorer:
+    """The noisy channel: ``log_probs(questions, allowed)`` -> per question,
+    ``{label: log p(question | label)}`` normalised over its allowed labels, i.e. the
+    posterior under a uniform label prior. The LM is told the label and scored on writing
+    the question (its tokens' summed log-probability), so a label's name is read, never
+    predicted: a long name ("left lateral ventricle") costs nothing against a short one
+    ("the brain"), and each label is weighed by how well it explains every word of the
+    question. Costs one forward pass per (question, label) pair over the label's prompt
+    and the question's tokens, batched."""
+
+    def __init__(self, causal: Any, tokenizer: Any, *, system: str = CHANNEL_SYSTEM) -> None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("ChannelScorer needs a tokenizer with a chat template")
+        self.causal = causal
+        self.tokenizer = tokenizer
+        self.system = system
+        self._prefix_ids: dict[str, list[int]] = {}
+
+    def prefix_ids(self, label: str) -> list[int]:
+        """The chat up to the assistant's turn, the label given in the user's, as token
+        ids; the question follows as the assistant's reply."""
+        if label not in self._prefix_ids:
+            messages = [
+                {"role": "system", "content": self.system},
+                {"role": "user", "content": f"Ask a question about the {label}."},
+            ]
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+            self._prefix_ids[label] = list(self.tokenizer(text, add_special_tokens=False).input_ids)
+        return self._prefix_ids[label]
+
+    def question_ids(self, question: str) -> list[int]:
+        return list(self.tokenizer(" ".join(question.split()), add_special_tokens=False).input_ids)
+
+    @torch.no_grad()
+    def log_probs(
+        self,
+        questions: Sequence[str],
+        allowed: Sequence[Sequence[str]],
+        batch_size: int = 32,
+    ) -> list[dict[str, float]]:
+        if len(questions) != len(allowed):
+            raise ValueError(f"{len(allowed)} label sets for {len(questions)} questions")
+        if any(not labels for labels in allowed):
+            raise ValueError("every question needs at least one allowed label")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        pairs = [(row, label) for row, labels in enumerate(allowed) for label in labels]
+        asked = [self.question_ids(question) for question in questions]
+        scores = torch.empty(len(pairs))
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            scores[start : start + len(chunk)] = self._score_pairs(
+                [(self.prefix_ids(label), asked[row]) for row, label in chunk]
+            )
+        out: list[dict[str, float]] = []
+        position = 0
+        for labels in allowed:
+            chunk_scores = scores[position : position + len(labels)]
+            chunk_scores = chunk_scores - torch.logsumexp(chunk_scores, 0)
+            out.append({label: float(value) for label, value in zip(labels, chunk_scores)})
+            position += len(labels)
+        return out
+
+    def _score_pairs(self, pairs: Sequence[tuple[list[int], list[int]]]) -> torch.Tensor:
+        """Summed log-probability of each ``(prefix, continuation)``'s continuation."""
+        device = next(self.causal.parameters()).device
+        pad = self.tokenizer.pad_token_id
+        pad = int(pad if pad is not None else self.tokenizer.eos_token_id or 0)
+        width = max(len(prefix) + len(rest) for prefix, rest in pairs)
+        input_ids = torch.full((len(pairs), width), pad, dtype=torch.long, device=device)
+        attention = torch.zeros_like(input_ids)
+        scored = torch.zeros(input_ids.shape, dtype=torch.bool, device=device)
+        for row, (prefix, rest) in enumerate(pairs):
+            ids = prefix + rest
+            input_ids[row, : len(ids)] = torch.tensor(ids, device=device)
+            attention[row, : len(ids)] = 1
+            scored[row, len(prefix) : len(ids)] = True
+        logits = self.causal(input_ids=input_ids, attention_mask=attention).logits.float()
+        # Position j predicts token j + 1: shift so each scored token meets its prediction.
+        steps = logits[:, :-1].log_softmax(-1)
+        picked = steps.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        return (picked * scored[:, 1:]).sum(-1).cpu()

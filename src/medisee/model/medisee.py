@@ -47,7 +47,7 @@ from medisee.model.grounding import (
     region_components,
     region_on_grid,
 )
-from medisee.model.label_knowledge import LabelScorer
+from medisee.model.label_knowledge import ChannelScorer, LabelScorer
 from medisee.model.mask_decoder import PromptableSegmenter
 from medisee.model.mllm import BackboneOutput, LanguageBackbone
 from medisee.model.prompting import PromptBuilder
@@ -858,17 +858,32 @@ class MediSee(nn.Module):
             causal, tokenizer = self.prior_language_model()
             # One question is often asked of several images in a batch: score it once.
             distinct = list(dict.fromkeys((questions[row], tuple(allowed[row])) for row in asked))
+            distinct_questions = [question for question, _ in distinct]
+            distinct_labels = [list(labels) for _, labels in distinct]
             scored = LabelScorer(causal, tokenizer, per_token=prior.knowledge_per_token).log_probs(
-                [question for question, _ in distinct], [labels for _, labels in distinct]
+                distinct_questions, distinct_labels
             )
-            by_key = dict(zip(distinct, scored))
+            # log p_lm ** k (the label read as the answer), times p_channel ** c (the
+            # question read as written about the label), per distinct question.
+            combined = [
+                {label: knowledge_weight * value for label, value in scores.items()}
+                for scores in scored
+            ]
+            if prior.channel_weight:
+                channel = ChannelScorer(causal, tokenizer).log_probs(
+                    distinct_questions, distinct_labels
+                )
+                for scores, written in zip(combined, channel):
+                    for label, value in written.items():
+                        scores[label] += prior.channel_weight * value
+            by_key = dict(zip(distinct, combined))
             known = [by_key[(questions[row], tuple(allowed[row]))] for row in asked]
             for row, scores in zip(asked, known):
                 log_probs[row] = torch.where(
                     mask[row], log_probs[row] * prior.unfamiliar_weight, log_probs[row]
                 )
                 for label, value in scores.items():
-                    log_probs[row, index[label]] += knowledge_weight * value
+                    log_probs[row, index[label]] += value
             log_probs = log_probs.masked_fill(~mask, float("-inf")).log_softmax(-1)
         probabilities = log_probs.exp()
         return [

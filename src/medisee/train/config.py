@@ -89,6 +89,9 @@ class TrainConfig:
     # On the questions the whole LM reads, the classifier's probabilities are raised to
     # this power (QuestionPriorConfig.unfamiliar_weight; 1: not tempered).
     question_prior_unfamiliar_weight: float = 1.0
+    # There the LM also reads the question as written about each label (the noisy
+    # channel), its probabilities raised to this power (0: off).
+    question_prior_channel_weight: float = 0.0
     mixed_precision: str = "no"
     # torch's fused AdamW kernel (CPU and CUDA): one pass over all parameters instead of a
     # dozen foreach ops; 10 against 49 ms a step for the lite preset's ~10 M trainable
@@ -152,6 +155,11 @@ class TrainConfig:
             raise ValueError(
                 "TrainConfig.question_prior_unfamiliar_weight must be >= 0, got "
                 f"{self.question_prior_unfamiliar_weight!r}"
+            )
+        if not self.question_prior_channel_weight >= 0:
+            raise ValueError(
+                "TrainConfig.question_prior_channel_weight must be >= 0, got "
+                f"{self.question_prior_channel_weight!r}"
             )
         if self.max_steps + self.grounding_refit_steps == 0:
             raise ValueError(

@@ -210,6 +210,7 @@ def train(
                     knowledge_weight=config.question_prior_knowledge_weight,
                     familiarity=config.question_prior_familiarity,
                     unfamiliar_weight=config.question_prior_unfamiliar_weight,
+                    channel_weight=config.question_prior_channel_weight,
                 ),
             )
             run.phase_seconds["question_prior"] = time.perf_counter() - fit_started
