@@ -33,7 +33,8 @@ def evaluate(
 
 def with_rule(model: Path, section: str, field: str, value: object, out: Path) -> Path:
     """A copy of ``model`` at ``out`` whose ``config.json`` has ``section.field`` = ``value``
-    (the weights file linked, not copied); an existing ``out`` is kept as it is."""
+    (with an empty ``field``, ``value`` is a dict of the section's fields to set; the
+    weights file linked, not copied); an existing ``out`` is kept as it is."""
     if out.exists():
         return out
     out.mkdir(parents=True)
@@ -45,7 +46,12 @@ def with_rule(model: Path, section: str, field: str, value: object, out: Path) -
             config = json.loads(item.read_text())
             if not isinstance(config.get(section), dict):
                 raise SystemExit(f"{model}/config.json has no section {section!r}")
-            config[section][field] = value
+            if field:
+                config[section][field] = value
+            elif isinstance(value, dict):
+                config[section].update(value)
+            else:
+                raise SystemExit(f"a whole section {section!r} takes a JSON object, got {value!r}")
             target.write_text(json.dumps(config, indent=2))
         else:
             target.symlink_to(item.resolve())

@@ -440,3 +440,34 @@ def test_channel_weight_multiplies_in_the_channel_scores(tiny_model, gguf_path):
     assert tiny_model.question_label_probabilities(questions, allowed) != combined
     with pytest.raises(ValueError, match="channel_weight"):
         QuestionPriorConfig(channel_weight=-1.0)
+
+
+def test_the_whole_lm_reads_each_distinct_question_once(tiny_model, gguf_path, monkeypatch):
+    """Across calls (an evaluation's batches) a question with the same labels and rule is
+    scored once; another label set, another rule or a full memo scores again."""
+    from medisee.model import medisee as medisee_module
+
+    records = [_record("a", "abdominal_ct", [("liver", ["the liver"]), ("brain", ["blood"])])]
+    prior = QuestionPriorConfig(str(gguf_path), 1, knowledge_weight=1.0)
+    fit_prior(tiny_model, records, questions=10, prior=prior)
+    tiny_model.config.question_prior = prior
+    read: list[str] = []
+    scorer = type(tiny_model)._whole_lm_label_scores
+
+    def counted(self, keys, rule):
+        read.extend(question for _, question, _ in keys)
+        return scorer(self, keys, rule)
+
+    monkeypatch.setattr(type(tiny_model), "_whole_lm_label_scores", counted)
+    labels = ["brain", "liver"]
+    first = tiny_model.question_label_probabilities(["q one", "q two", "q one"], [labels] * 3)
+    assert read == ["q one", "q two"] and first[0] == first[2]
+    again = tiny_model.question_label_probabilities(["q two", "q one"], [labels] * 2)
+    assert read == ["q one", "q two"] and again == [first[1], first[0]]
+    tiny_model.question_label_probabilities(["q one"], [["liver", "brain", "left kidney"]])
+    tiny_model.config.question_prior = dataclasses.replace(prior, channel_weight=1.0)
+    tiny_model.question_label_probabilities(["q one"], [labels])
+    assert read == ["q one", "q two", "q one", "q one"]
+    monkeypatch.setattr(medisee_module, "KNOWLEDGE_MEMO_SIZE", 1)
+    tiny_model.question_label_probabilities(["q three", "q one"], [labels] * 2)
+    assert read[-2:] == ["q three", "q one"]  # the memo started over, this call's kept

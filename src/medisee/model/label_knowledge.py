@@ -167,8 +167,8 @@ class ChannelScorer:
     the question (its tokens' summed log-probability), so a label's name is read, never
     predicted: a long name ("left lateral ventricle") costs nothing against a short one
     ("the brain"), and each label is weighed by how well it explains every word of the
-    question. Costs one forward pass per (question, label) pair over the label's prompt
-    and the question's tokens, batched."""
+    question. Costs one pass over each label's prompt per batch of pairs and one over the
+    question's tokens per (question, label) pair, from the prompt's cache."""
 
     def __init__(self, causal: Any, tokenizer: Any, *, system: str = CHANNEL_SYSTEM) -> None:
         if not getattr(tokenizer, "chat_template", None):
@@ -214,7 +214,7 @@ class ChannelScorer:
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
             scores[start : start + len(chunk)] = self._score_pairs(
-                [(self.prefix_ids(label), asked[row]) for row, label in chunk]
+                [(label, asked[row]) for row, label in chunk]
             )
         out: list[dict[str, float]] = []
         position = 0
@@ -225,22 +225,46 @@ class ChannelScorer:
             position += len(labels)
         return out
 
-    def _score_pairs(self, pairs: Sequence[tuple[list[int], list[int]]]) -> torch.Tensor:
-        """Summed log-probability of each ``(prefix, continuation)``'s continuation."""
+    def _score_pairs(self, pairs: Sequence[tuple[str, list[int]]]) -> torch.Tensor:
+        """Summed log-probability of each ``(label, question ids)``'s question after the
+        label's prompt. Each label's prompt is run once (left-padded: every prompt ends at
+        the last column, where the question's first token is predicted) and its cache
+        reused by all of its questions; RoPE attends by relative position, so the padding
+        shifts nothing."""
         device = next(self.causal.parameters()).device
         pad = self.tokenizer.pad_token_id
         pad = int(pad if pad is not None else self.tokenizer.eos_token_id or 0)
-        width = max(len(prefix) + len(rest) for prefix, rest in pairs)
-        input_ids = torch.full((len(pairs), width), pad, dtype=torch.long, device=device)
-        attention = torch.zeros_like(input_ids)
-        scored = torch.zeros(input_ids.shape, dtype=torch.bool, device=device)
-        for row, (prefix, rest) in enumerate(pairs):
-            ids = prefix + rest
-            input_ids[row, : len(ids)] = torch.tensor(ids, device=device)
-            attention[row, : len(ids)] = 1
-            scored[row, len(prefix) : len(ids)] = True
-        logits = self.causal(input_ids=input_ids, attention_mask=attention).logits.float()
-        # Position j predicts token j + 1: shift so each scored token meets its prediction.
-        steps = logits[:, :-1].log_softmax(-1)
-        picked = steps.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-        return (picked * scored[:, 1:]).sum(-1).cpu()
+        labels = list(dict.fromkeys(label for label, _ in pairs))
+        prefixes = [self.prefix_ids(label) for label in labels]
+        width = max(len(prefix) for prefix in prefixes)
+        prefix_ids = torch.full((len(labels), width), pad, dtype=torch.long, device=device)
+        prefix_mask = torch.zeros_like(prefix_ids)
+        for row, prefix in enumerate(prefixes):
+            prefix_ids[row, width - len(prefix) :] = torch.tensor(prefix, device=device)
+            prefix_mask[row, width - len(prefix) :] = 1
+        prefix_out = self.causal(input_ids=prefix_ids, attention_mask=prefix_mask, use_cache=True)
+        first = prefix_out.logits[:, -1].float().log_softmax(-1)  # [labels, V]
+        owners = [labels.index(label) for label, _ in pairs]
+        scores = torch.tensor(
+            [float(first[owner, ids[0]]) for owner, (_, ids) in zip(owners, pairs)]
+        )
+        length = max(len(ids) for _, ids in pairs)
+        if length > 1:
+            cache = prefix_out.past_key_values
+            cache.reorder_cache(torch.tensor(owners, device=device))
+            follow = torch.full((len(pairs), length - 1), pad, dtype=torch.long, device=device)
+            follow_mask = torch.zeros_like(follow)
+            for row, (_, ids) in enumerate(pairs):
+                follow[row, : len(ids) - 1] = torch.tensor(ids[:-1], device=device)
+                follow_mask[row, : len(ids) - 1] = 1
+            mask = torch.cat((prefix_mask[owners], follow_mask), dim=1)
+            logits = self.causal(
+                input_ids=follow, attention_mask=mask, past_key_values=cache, use_cache=False
+            ).logits.float()
+            steps = logits.log_softmax(-1)  # position j predicts token j + 1 of the question
+            for row, (_, ids) in enumerate(pairs):
+                if len(ids) > 1:
+                    targets = torch.tensor(ids[1:], device=device)
+                    picked = steps[row, : len(ids) - 1].gather(-1, targets[:, None])
+                    scores[row] += float(picked.sum())
+        return scores

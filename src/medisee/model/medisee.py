@@ -55,6 +55,9 @@ from medisee.model.question_prior import QuestionEncoder, QuestionPrior
 from medisee.model.tokenizer import candidate_token_strings
 
 LANGUAGE_PREFIX = "language."
+#: Distinct (question, labels) pairs whose whole-LM label scores a model keeps; past it the
+#: memo starts over (a server asked many questions does not grow without bound).
+KNOWLEDGE_MEMO_SIZE = 4096
 
 
 def is_exported(directory: str | os.PathLike[str]) -> bool:
@@ -855,29 +858,25 @@ class MediSee(nn.Module):
             unfamiliar = self.question_prior.unfamiliar(features.to(device)).cpu()
             asked = [row for row in asked if bool(unfamiliar[row])]
         if prior is not None and knowledge_weight and asked:
-            causal, tokenizer = self.prior_language_model()
-            # One question is often asked of several images in a batch: score it once.
-            distinct = list(dict.fromkeys((questions[row], tuple(allowed[row])) for row in asked))
-            distinct_questions = [question for question, _ in distinct]
-            distinct_labels = [list(labels) for _, labels in distinct]
-            scored = LabelScorer(causal, tokenizer, per_token=prior.knowledge_per_token).log_probs(
-                distinct_questions, distinct_labels
+            # One question is often asked of several images, in a batch and across
+            # batches (an evaluation pairs each with every image of its label): the whole
+            # LM reads it once per model and rule (the memo is bounded, never saved).
+            rule = (
+                prior.encoder,
+                knowledge_weight,
+                prior.knowledge_per_token,
+                prior.channel_weight,
             )
-            # log p_lm ** k (the label read as the answer), times p_channel ** c (the
-            # question read as written about the label), per distinct question.
-            combined = [
-                {label: knowledge_weight * value for label, value in scores.items()}
-                for scores in scored
-            ]
-            if prior.channel_weight:
-                channel = ChannelScorer(causal, tokenizer).log_probs(
-                    distinct_questions, distinct_labels
-                )
-                for scores, written in zip(combined, channel):
-                    for label, value in written.items():
-                        scores[label] += prior.channel_weight * value
-            by_key = dict(zip(distinct, combined))
-            known = [by_key[(questions[row], tuple(allowed[row]))] for row in asked]
+            memo: dict[tuple, dict[str, float]] = self.__dict__.setdefault("_knowledge_memo", {})
+            keys = [(rule, questions[row], tuple(allowed[row])) for row in asked]
+            missing = [key for key in dict.fromkeys(keys) if key not in memo]
+            if missing and len(memo) + len(missing) > KNOWLEDGE_MEMO_SIZE:
+                memo.clear()
+                missing = list(dict.fromkeys(keys))
+            if missing:
+                for key, scores in zip(missing, self._whole_lm_label_scores(missing, prior)):
+                    memo[key] = scores
+            known = [memo[key] for key in keys]
             for row, scores in zip(asked, known):
                 log_probs[row] = torch.where(
                     mask[row], log_probs[row] * prior.unfamiliar_weight, log_probs[row]
@@ -890,6 +889,29 @@ class MediSee(nn.Module):
             {label: float(probabilities[row, index[label]]) for label in labels}
             for row, labels in enumerate(allowed)
         ]
+
+    def _whole_lm_label_scores(
+        self, keys: Sequence[tuple[Any, str, tuple[str, ...]]], prior: QuestionPriorConfig
+    ) -> list[dict[str, float]]:
+        """Per ``(rule, question, labels)``: ``k log p_lm + c log p_channel`` of each label,
+        the label read as the answer (``LabelScorer``) and, with a channel weight, the
+        question read as written about the label (``ChannelScorer``)."""
+        causal, tokenizer = self.prior_language_model()
+        questions = [question for _, question, _ in keys]
+        allowed = [list(labels) for _, _, labels in keys]
+        scored = LabelScorer(causal, tokenizer, per_token=prior.knowledge_per_token).log_probs(
+            questions, allowed
+        )
+        combined = [
+            {label: prior.knowledge_weight * value for label, value in scores.items()}
+            for scores in scored
+        ]
+        if prior.channel_weight:
+            written = ChannelScorer(causal, tokenizer).log_probs(questions, allowed)
+            for scores, channel in zip(combined, written):
+                for label, value in channel.items():
+                    scores[label] += prior.channel_weight * value
+        return combined
 
     def prior_language_model(self) -> tuple[Any, Any]:
         """The question prior's encoder LM whole (all its layers and its LM head, frozen)
