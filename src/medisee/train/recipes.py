@@ -64,9 +64,12 @@ def lite_recipe() -> dict[str, Any]:
         # read such words (docs/training.md, "What the pretrained LM knows").
         "question_prior_knowledge_weight": 1.0,
         "question_prior_familiarity": True,
-        # There the classifier extrapolates: its probabilities are tempered, p ** 0.75,
-        # chosen on questions held out of its fit (benchmarks/experiments/held_out_facts.py).
-        "question_prior_unfamiliar_weight": 0.75,
+        # There the classifier extrapolates: its probabilities are tempered, p ** 0.25, and
+        # the LM also reads each question as written about each label (the noisy channel),
+        # both chosen on questions held out of the classifier's fit
+        # (benchmarks/experiments/held_out_facts.py, held_out_facts_channel.json).
+        "question_prior_unfamiliar_weight": 0.25,
+        "question_prior_channel_weight": 1.0,
         "losses": LossWeights(answer_tokens=5.0),
         "save_every": 200,
     }
