@@ -204,6 +204,32 @@ def test_inference_rule_changes_name_the_rules_that_differ_from_the_preset():
     }
 
 
+def test_question_prior_rules_are_compared_with_the_presets_recipe():
+    import dataclasses
+
+    from medisee.model.config import QuestionPriorConfig
+    from medisee.release.build import inference_rule_changes
+    from medisee.train.recipes import lite_recipe
+
+    recipe = lite_recipe()
+    current = QuestionPriorConfig(
+        knowledge_weight=recipe["question_prior_knowledge_weight"],
+        familiarity=True,
+        unfamiliar_weight=recipe["question_prior_unfamiliar_weight"],
+        channel_weight=recipe["question_prior_channel_weight"],
+    )
+    saved = _saved_lite_config()
+    saved["question_prior"] = dataclasses.asdict(current)
+    assert inference_rule_changes(saved) == {}
+    # A release saved before the channel existed, with another exponent.
+    saved["question_prior"]["unfamiliar_weight"] = 0.5
+    del saved["question_prior"]["channel_weight"]
+    assert inference_rule_changes(saved) == {
+        "question_prior.unfamiliar_weight": [0.5, recipe["question_prior_unfamiliar_weight"]],
+        "question_prior.channel_weight": [None, recipe["question_prior_channel_weight"]],
+    }
+
+
 def test_refresh_leaves_a_current_release_alone_and_needs_the_test_data(tmp_path):
     from medisee.release.build import refresh_release
 

@@ -7,8 +7,8 @@
 4. write ``release.json`` and ``MODEL_CARD.md``, and move the release into place.
 
 ``medisee release --refresh`` (``refresh_release``) keeps a release's weights and brings
-its inference rules (``INFERENCE_RULES``: config fields no weight depends on) to the
-preset's current values, then measures it again (steps 3 and 4).
+its inference rules (``INFERENCE_RULES`` and ``QUESTION_PRIOR_RULES``: config fields no
+weight depends on) to the preset's current values, then measures it again (steps 3 and 4).
 """
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ INFERENCE_RULES = (
     ("grounding", "peak_margin"),
     ("grounding", "decode_regions"),
 )
+#: ``question_prior`` fields that steer inference only, against the preset's training
+#: recipe (``medisee.train.recipes``, whose ``question_prior_<field>`` sets them): the
+#: prior's classifier and familiarity are fitted the same whatever their value.
+QUESTION_PRIOR_RULES = ("knowledge_weight", "unfamiliar_weight", "channel_weight")
 
 
 @dataclass
@@ -194,8 +198,14 @@ def build_release(config: ReleaseConfig) -> Path:
 
 def inference_rule_changes(config: dict[str, Any]) -> dict[str, list[Any]]:
     """``{"section.name": [release's value, preset's value]}`` for the ``INFERENCE_RULES``
-    where a saved ``config.json`` (as a dict) differs from its preset in this version."""
+    where a saved ``config.json`` (as a dict) differs from its preset in this version, and
+    for the ``QUESTION_PRIOR_RULES`` of a saved question prior where they differ from the
+    preset's recipe (a field saved before it existed reads ``None``)."""
+    import dataclasses
+
     from medisee.model.presets import get_preset
+    from medisee.train.config import TrainConfig
+    from medisee.train.recipes import RECIPES
 
     preset = get_preset(config["preset"])
     changes: dict[str, list[Any]] = {}
@@ -204,6 +214,15 @@ def inference_rule_changes(config: dict[str, Any]) -> dict[str, list[Any]]:
         saved = config.get(section, {}).get(name)
         if saved != current:
             changes[f"{section}.{name}"] = [saved, current]
+    prior = config.get("question_prior")
+    if prior is not None and config["preset"] in RECIPES:
+        recipe = RECIPES[config["preset"]]()
+        defaults = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
+        for name in QUESTION_PRIOR_RULES:
+            key = f"question_prior_{name}"
+            current = recipe.get(key, defaults[key])
+            if prior.get(name) != current:
+                changes[f"question_prior.{name}"] = [prior.get(name), current]
     return changes
 
 
