@@ -33,6 +33,18 @@ def causal_and_tokenizer(tmp_path_factory):
     return causal, tokenizer
 
 
+def _summed(causal, prompt: list[int], ids: list[int]) -> float:
+    """``ids``' summed log-probability after ``prompt``: one whole, unpadded sequence."""
+    with torch.no_grad():
+        steps = causal(torch.tensor([prompt + ids])).logits[0].log_softmax(-1)
+    return sum(float(steps[len(prompt) - 1 + j, ids[j]]) for j in range(len(ids)))
+
+
+def _normalised(raw: list[float], labels: list[str]) -> dict[str, float]:
+    total = math.log(sum(math.exp(value) for value in raw))
+    return {label: value - total for label, value in zip(labels, raw)}
+
+
 def _by_hand(causal, tokenizer, question: str, labels: list[str], examples=()) -> dict[str, float]:
     """Each label scored as one whole, unpadded sequence (no cache), then normalised;
     ``examples`` (question, label) come first as answered turns."""
@@ -43,14 +55,11 @@ def _by_hand(causal, tokenizer, question: str, labels: list[str], examples=()) -
     messages.append({"role": "user", "content": question})
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     prompt = tokenizer(text + OPENING, add_special_tokens=False).input_ids
-    raw = []
-    for label in labels:
-        ids = tokenizer(f" {label}.", add_special_tokens=False).input_ids
-        with torch.no_grad():
-            steps = causal(torch.tensor([prompt + ids])).logits[0].log_softmax(-1)
-        raw.append(sum(float(steps[len(prompt) - 1 + j, ids[j]]) for j in range(len(ids))))
-    total = math.log(sum(math.exp(value) for value in raw))
-    return {label: value - total for label, value in zip(labels, raw)}
+    raw = [
+        _summed(causal, prompt, tokenizer(f" {label}.", add_special_tokens=False).input_ids)
+        for label in labels
+    ]
+    return _normalised(raw, labels)
 
 
 def test_scores_match_whole_sequences_scored_one_by_one(causal_and_tokenizer):
@@ -95,9 +104,10 @@ def test_worked_examples_come_first_as_answered_turns(causal_and_tokenizer):
     )
 
 
-def test_bad_inputs_are_refused(causal_and_tokenizer):
+@pytest.mark.parametrize("scorer_class", [LabelScorer, ChannelScorer])
+def test_bad_inputs_are_refused(causal_and_tokenizer, scorer_class):
     causal, tokenizer = causal_and_tokenizer
-    scorer = LabelScorer(causal, tokenizer)
+    scorer = scorer_class(causal, tokenizer)
     with pytest.raises(ValueError, match="label sets for 2 questions"):
         scorer.log_probs(["a", "b"], [["liver"]])
     with pytest.raises(ValueError, match="at least one allowed label"):
@@ -128,16 +138,13 @@ def test_per_token_scores_are_each_names_mean(causal_and_tokenizer):
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     prompt = tokenizer(text + OPENING, add_special_tokens=False).input_ids
-    raw = {}
+    raw = []
     for label in labels:
         ids = tokenizer(f" {label}.", add_special_tokens=False).input_ids
-        with torch.no_grad():
-            steps = causal(torch.tensor([prompt + ids])).logits[0].log_softmax(-1)
-        total = sum(float(steps[len(prompt) - 1 + j, ids[j]]) for j in range(len(ids)))
-        raw[label] = total / len(ids)
-    norm = math.log(sum(math.exp(v) for v in raw.values()))
+        raw.append(_summed(causal, prompt, ids) / len(ids))
+    expected = _normalised(raw, labels)
     for label in labels:
-        assert mean[label] == pytest.approx(raw[label] - norm, abs=1e-4)
+        assert mean[label] == pytest.approx(expected[label], abs=1e-4)
         assert summed[label] == pytest.approx(by_hand[label], abs=1e-4)
 
 
@@ -151,12 +158,8 @@ def _channel_by_hand(causal, tokenizer, question: str, labels: list[str]) -> dic
             {"role": "user", "content": f"Ask a question about the {label}."},
         ]
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        prefix = tokenizer(text, add_special_tokens=False).input_ids
-        with torch.no_grad():
-            steps = causal(torch.tensor([prefix + asked])).logits[0].log_softmax(-1)
-        raw.append(sum(float(steps[len(prefix) - 1 + j, asked[j]]) for j in range(len(asked))))
-    total = math.log(sum(math.exp(value) for value in raw))
-    return {label: value - total for label, value in zip(labels, raw)}
+        raw.append(_summed(causal, tokenizer(text, add_special_tokens=False).input_ids, asked))
+    return _normalised(raw, labels)
 
 
 def test_channel_scores_are_each_questions_likelihood_given_the_label(causal_and_tokenizer):
@@ -174,9 +177,3 @@ def test_channel_scores_are_each_questions_likelihood_given_the_label(causal_and
         assert sum(math.exp(v) for v in got.values()) == pytest.approx(1.0, abs=1e-5)
     assert len({round(v, 6) for v in scored[0].values()}) == 3
     assert scorer.log_probs(["a question"], [["liver"]]) == [{"liver": 0.0}]
-    with pytest.raises(ValueError, match="label sets for 2 questions"):
-        scorer.log_probs(["a", "b"], [["liver"]])
-    with pytest.raises(ValueError, match="at least one allowed label"):
-        scorer.log_probs(["a"], [[]])
-    with pytest.raises(ValueError, match="batch_size"):
-        scorer.log_probs(["a"], [["liver"]], batch_size=0)

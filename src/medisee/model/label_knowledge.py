@@ -28,6 +28,80 @@ SYSTEM = "You are a radiologist. Name the anatomical structure or finding the qu
 OPENING = "The answer is the"
 
 
+def _check_inputs(
+    questions: Sequence[str], allowed: Sequence[Sequence[str]], batch_size: int
+) -> None:
+    if len(questions) != len(allowed):
+        raise ValueError(f"{len(allowed)} label sets for {len(questions)} questions")
+    if any(not labels for labels in allowed):
+        raise ValueError("every question needs at least one allowed label")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _normalised(scores: torch.Tensor, allowed: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+    """``scores``, one per allowed label in order, as log-probabilities over each set."""
+    out: list[dict[str, float]] = []
+    position = 0
+    for labels in allowed:
+        chunk = scores[position : position + len(labels)]
+        chunk = chunk - torch.logsumexp(chunk, 0)
+        out.append({label: float(value) for label, value in zip(labels, chunk)})
+        position += len(labels)
+    return out
+
+
+def continuation_log_probs(
+    causal: Any,
+    pad: int,
+    prompts: Sequence[list[int]],
+    owners: Sequence[int],
+    continuations: Sequence[list[int]],
+) -> torch.Tensor:
+    """``[len(continuations)]``: each continuation's summed token log-probability after
+    the prompt ``prompts[owner]``. Each prompt is run once, left-padded so that every one
+    ends at the last column, where its continuations' first token is predicted (RoPE
+    attends by relative position, so the padding shifts nothing); its cache is then
+    reused by all of its continuations, right-padded."""
+    device = next(causal.parameters()).device
+    width = max(len(prompt) for prompt in prompts)
+    input_ids = torch.full((len(prompts), width), pad, dtype=torch.long, device=device)
+    prompt_mask = torch.zeros_like(input_ids)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt) :] = torch.tensor(prompt, device=device)
+        prompt_mask[row, width - len(prompt) :] = 1
+    prompt_out = causal(input_ids=input_ids, attention_mask=prompt_mask, use_cache=True)
+    first = prompt_out.logits[:, -1].float().log_softmax(-1)  # [prompts, V]
+    scores = torch.tensor(
+        [float(first[owner, ids[0]]) for owner, ids in zip(owners, continuations)]
+    )
+    length = max(len(ids) for ids in continuations)
+    if length > 1:
+        cache = prompt_out.past_key_values
+        cache.reorder_cache(torch.tensor(list(owners), device=device))
+        follow = torch.full((len(continuations), length - 1), pad, dtype=torch.long, device=device)
+        follow_mask = torch.zeros_like(follow)
+        for row, ids in enumerate(continuations):
+            follow[row, : len(ids) - 1] = torch.tensor(ids[:-1], device=device)
+            follow_mask[row, : len(ids) - 1] = 1
+        mask = torch.cat((prompt_mask[list(owners)], follow_mask), dim=1)
+        logits = causal(
+            input_ids=follow, attention_mask=mask, past_key_values=cache, use_cache=False
+        ).logits.float()
+        steps = logits.log_softmax(-1)  # position j predicts token j + 1 of the continuation
+        for row, ids in enumerate(continuations):
+            if len(ids) > 1:
+                targets = torch.tensor(ids[1:], device=device)
+                picked = steps[row, : len(ids) - 1].gather(-1, targets[:, None])
+                scores[row] += float(picked.sum())
+    return scores
+
+
+def _pad_id(tokenizer: Any) -> int:
+    pad = tokenizer.pad_token_id
+    return int(pad if pad is not None else tokenizer.eos_token_id or 0)
+
+
 class LabelScorer:
     """``log_probs(questions, allowed)`` -> per question, ``{label: log p(label | question)}``
     over its allowed labels (normalised over them), read from ``causal``, a frozen
@@ -86,12 +160,7 @@ class LabelScorer:
         allowed: Sequence[Sequence[str]],
         batch_size: int = 16,
     ) -> list[dict[str, float]]:
-        if len(questions) != len(allowed):
-            raise ValueError(f"{len(allowed)} label sets for {len(questions)} questions")
-        if any(not labels for labels in allowed):
-            raise ValueError("every question needs at least one allowed label")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        _check_inputs(questions, allowed, batch_size)
         out: list[dict[str, float]] = []
         for start in range(0, len(questions), batch_size):
             out.extend(
@@ -104,56 +173,15 @@ class LabelScorer:
     def _score_batch(
         self, questions: Sequence[str], allowed: Sequence[Sequence[str]]
     ) -> list[dict[str, float]]:
-        device = next(self.causal.parameters()).device
-        pad = self.tokenizer.pad_token_id
-        pad = int(pad if pad is not None else self.tokenizer.eos_token_id or 0)
         prompts = [self.prompt_ids(question) for question in questions]
-        width = max(len(p) for p in prompts)
-        # Left padding: every prompt ends at the last column, where its first label token is
-        # predicted. RoPE attends by relative position, so the shift changes nothing.
-        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long, device=device)
-        prompt_mask = torch.zeros_like(input_ids)
-        for row, prompt in enumerate(prompts):
-            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, device=device)
-            prompt_mask[row, width - len(prompt) :] = 1
-        prompt_out = self.causal(input_ids=input_ids, attention_mask=prompt_mask, use_cache=True)
-        first = prompt_out.logits[:, -1].float().log_softmax(-1)  # [B, V]
-
         owners = [row for row, labels in enumerate(allowed) for _ in labels]
-        names = [label for labels in allowed for label in labels]
-        continuations = [self.label_ids(label) for label in names]
-        length = max(len(c) for c in continuations)
-        scores = torch.tensor(
-            [float(first[owner, ids[0]]) for owner, ids in zip(owners, continuations)]
+        continuations = [self.label_ids(label) for labels in allowed for label in labels]
+        scores = continuation_log_probs(
+            self.causal, _pad_id(self.tokenizer), prompts, owners, continuations
         )
-        if length > 1:
-            cache = prompt_out.past_key_values
-            cache.reorder_cache(torch.tensor(owners, device=device))
-            follow = torch.full((len(names), length - 1), pad, dtype=torch.long, device=device)
-            follow_mask = torch.zeros_like(follow)
-            for row, ids in enumerate(continuations):
-                follow[row, : len(ids) - 1] = torch.tensor(ids[:-1], device=device)
-                follow_mask[row, : len(ids) - 1] = 1
-            mask = torch.cat((prompt_mask[owners], follow_mask), dim=1)
-            logits = self.causal(
-                input_ids=follow, attention_mask=mask, past_key_values=cache, use_cache=False
-            ).logits.float()
-            steps = logits.log_softmax(-1)  # position j predicts token j + 1 of the label
-            for row, ids in enumerate(continuations):
-                if len(ids) > 1:
-                    targets = torch.tensor(ids[1:], device=device)
-                    picked = steps[row, : len(ids) - 1].gather(-1, targets[:, None])
-                    scores[row] += float(picked.sum())
         if self.per_token:
             scores = scores / torch.tensor([float(len(ids)) for ids in continuations])
-        out: list[dict[str, float]] = []
-        position = 0
-        for labels in allowed:
-            chunk = scores[position : position + len(labels)]
-            chunk = chunk - torch.logsumexp(chunk, 0)
-            out.append({label: float(value) for label, value in zip(labels, chunk)})
-            position += len(labels)
-        return out
+        return _normalised(scores, allowed)
 
 
 #: The channel's system turn: the LM writes a question about a structure it is given.
@@ -202,12 +230,7 @@ class ChannelScorer:
         allowed: Sequence[Sequence[str]],
         batch_size: int = 32,
     ) -> list[dict[str, float]]:
-        if len(questions) != len(allowed):
-            raise ValueError(f"{len(allowed)} label sets for {len(questions)} questions")
-        if any(not labels for labels in allowed):
-            raise ValueError("every question needs at least one allowed label")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        _check_inputs(questions, allowed, batch_size)
         pairs = [(row, label) for row, labels in enumerate(allowed) for label in labels]
         asked = [self.question_ids(question) for question in questions]
         scores = torch.empty(len(pairs))
@@ -216,55 +239,16 @@ class ChannelScorer:
             scores[start : start + len(chunk)] = self._score_pairs(
                 [(label, asked[row]) for row, label in chunk]
             )
-        out: list[dict[str, float]] = []
-        position = 0
-        for labels in allowed:
-            chunk_scores = scores[position : position + len(labels)]
-            chunk_scores = chunk_scores - torch.logsumexp(chunk_scores, 0)
-            out.append({label: float(value) for label, value in zip(labels, chunk_scores)})
-            position += len(labels)
-        return out
+        return _normalised(scores, allowed)
 
     def _score_pairs(self, pairs: Sequence[tuple[str, list[int]]]) -> torch.Tensor:
         """Summed log-probability of each ``(label, question ids)``'s question after the
-        label's prompt. Each label's prompt is run once (left-padded: every prompt ends at
-        the last column, where the question's first token is predicted) and its cache
-        reused by all of its questions; RoPE attends by relative position, so the padding
-        shifts nothing."""
-        device = next(self.causal.parameters()).device
-        pad = self.tokenizer.pad_token_id
-        pad = int(pad if pad is not None else self.tokenizer.eos_token_id or 0)
+        label's prompt; each label's prompt is run once per batch."""
         labels = list(dict.fromkeys(label for label, _ in pairs))
-        prefixes = [self.prefix_ids(label) for label in labels]
-        width = max(len(prefix) for prefix in prefixes)
-        prefix_ids = torch.full((len(labels), width), pad, dtype=torch.long, device=device)
-        prefix_mask = torch.zeros_like(prefix_ids)
-        for row, prefix in enumerate(prefixes):
-            prefix_ids[row, width - len(prefix) :] = torch.tensor(prefix, device=device)
-            prefix_mask[row, width - len(prefix) :] = 1
-        prefix_out = self.causal(input_ids=prefix_ids, attention_mask=prefix_mask, use_cache=True)
-        first = prefix_out.logits[:, -1].float().log_softmax(-1)  # [labels, V]
-        owners = [labels.index(label) for label, _ in pairs]
-        scores = torch.tensor(
-            [float(first[owner, ids[0]]) for owner, (_, ids) in zip(owners, pairs)]
+        return continuation_log_probs(
+            self.causal,
+            _pad_id(self.tokenizer),
+            [self.prefix_ids(label) for label in labels],
+            [labels.index(label) for label, _ in pairs],
+            [ids for _, ids in pairs],
         )
-        length = max(len(ids) for _, ids in pairs)
-        if length > 1:
-            cache = prefix_out.past_key_values
-            cache.reorder_cache(torch.tensor(owners, device=device))
-            follow = torch.full((len(pairs), length - 1), pad, dtype=torch.long, device=device)
-            follow_mask = torch.zeros_like(follow)
-            for row, (_, ids) in enumerate(pairs):
-                follow[row, : len(ids) - 1] = torch.tensor(ids[:-1], device=device)
-                follow_mask[row, : len(ids) - 1] = 1
-            mask = torch.cat((prefix_mask[owners], follow_mask), dim=1)
-            logits = self.causal(
-                input_ids=follow, attention_mask=mask, past_key_values=cache, use_cache=False
-            ).logits.float()
-            steps = logits.log_softmax(-1)  # position j predicts token j + 1 of the question
-            for row, (_, ids) in enumerate(pairs):
-                if len(ids) > 1:
-                    targets = torch.tensor(ids[1:], device=device)
-                    picked = steps[row, : len(ids) - 1].gather(-1, targets[:, None])
-                    scores[row] += float(picked.sum())
-        return scores
