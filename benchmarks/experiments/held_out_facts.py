@@ -24,7 +24,10 @@ same with the exam's labels listed in the system turn (``options``), and the sam
 ``--examples`` worked examples (``examples``): short attribute questions of the same exam
 about other labels, none held out, each answered as a label is scored; the noisy channel
 (``channel``, ``ChannelScorer``: the LM told the label and scored on writing the
-question), and the product of the plain reading and the channel (``plain+channel``). With several
+question), and the product of the plain reading and the channel (``plain+channel``,
+the channel raised to each of ``--channel-weights``); ``plain+channel-calibrated`` takes
+from each label's channel score its mean over ``--references`` questions of the same
+exam about labels not held out (the channel's bias for that label). With several
 ``--weight-decays`` the classifier is fitted once per decay (the trainer's is 0.01) and
 each rule is counted for each. Accuracies
 are kept as ``[hits, count]`` per draw and pooled over the draws. Rerun with other
@@ -70,6 +73,12 @@ def main() -> None:
         "--weight-decays", default="0.01", help="the classifier fit's AdamW weight decays"
     )
     parser.add_argument("--examples", type=int, default=3, help="worked examples per exam")
+    parser.add_argument(
+        "--channel-weights", default="1", help="the channel's exponents in plain+channel"
+    )
+    parser.add_argument(
+        "--references", type=int, default=16, help="questions per exam for the channel's bias"
+    )
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
 
@@ -148,20 +157,60 @@ def main() -> None:
         dev_allowed = [[labels[j] for j in allowed[i].nonzero().flatten().tolist()] for i in dev]
         variants = args.variants.split(",")
         scorings = {}
-        if "plain" in variants or "plain+channel" in variants:
+        combined = any(v.startswith("plain+") for v in variants)
+        if "plain" in variants or combined:
             scorings["plain"] = plain.log_probs(dev_questions, dev_allowed)
-        if "channel" in variants or "plain+channel" in variants:
+        if "channel" in variants or combined:
             scorings["channel"] = ChannelScorer(causal, tokenizer).log_probs(
                 dev_questions, dev_allowed
             )
-        if "plain+channel" in variants:  # both readings' product
-            scorings["plain+channel"] = [
-                {label: direct[label] + channel[label] for label in direct}
-                for direct, channel in zip(scorings["plain"], scorings["channel"])
-            ]
-            for name in ("plain", "channel"):
-                if name not in variants:
-                    del scorings[name]
+        channel_weights = [float(v) for v in args.channel_weights.split(",")]
+        if "plain+channel-calibrated" in variants:
+            # The channel's bias for each label: its mean channel score over reference
+            # questions of the same exam about labels not held out (none asked here).
+            reference_rng = random.Random(f"held-out-facts-{draw}-reference")
+            asked_rows = set(dev)
+            by_set: dict[tuple[str, ...], list[int]] = defaultdict(list)
+            for row in range(len(dev)):
+                by_set[tuple(dev_allowed[row])].append(row)
+            calibrated: list[dict[str, float] | None] = [None] * len(dev)
+            for names, rows in by_set.items():
+                kind = questions[dev[rows[0]]][2]
+                candidates = [
+                    i
+                    for i, (q, label, k) in enumerate(questions)
+                    if k == kind
+                    and pool[questions[i]]
+                    and label not in held
+                    and i not in asked_rows
+                ]
+                reference = reference_rng.sample(candidates, min(args.references, len(candidates)))
+                scored_reference = ChannelScorer(causal, tokenizer).log_probs(
+                    [questions[i][0] for i in reference], [list(names)] * len(reference)
+                )
+                # An exam whose every labelled fact is held out has no reference: no bias.
+                bias = {
+                    name: sum(r[name] for r in scored_reference) / max(1, len(scored_reference))
+                    for name in names
+                }
+                for row in rows:
+                    calibrated[row] = {
+                        name: scorings["channel"][row][name] - bias[name] for name in names
+                    }
+            scorings["channel-calibrated"] = [c for c in calibrated if c is not None]
+        for channel_name in ("channel", "channel-calibrated"):
+            combined_name = f"plain+{channel_name}"
+            if combined_name not in variants:
+                continue
+            for weight in channel_weights:  # both readings' product, the channel ** weight
+                tag = combined_name if weight == 1 else f"{combined_name} x{weight:g}"
+                scorings[tag] = [
+                    {label: direct[label] + weight * channel[label] for label in direct}
+                    for direct, channel in zip(scorings["plain"], scorings[channel_name])
+                ]
+        for name in ("plain", "channel", "channel-calibrated"):
+            if name in scorings and name not in variants:
+                del scorings[name]
         if "options" in variants:  # one scorer per label set (the system turn lists them)
             options: list[dict[str, float] | None] = [None] * len(dev)
             by_set: dict[tuple[str, ...], list[int]] = defaultdict(list)
