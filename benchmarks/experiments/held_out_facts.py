@@ -157,10 +157,10 @@ def main() -> None:
         dev_allowed = [[labels[j] for j in allowed[i].nonzero().flatten().tolist()] for i in dev]
         variants = args.variants.split(",")
         scorings = {}
-        combined = any(v.startswith("plain+") for v in variants)
-        if "plain" in variants or combined:
+        products = any(v.startswith("plain+") for v in variants)
+        if "plain" in variants or products:
             scorings["plain"] = plain.log_probs(dev_questions, dev_allowed)
-        if "channel" in variants or combined:
+        if "channel" in variants or products:
             scorings["channel"] = ChannelScorer(causal, tokenizer).log_probs(
                 dev_questions, dev_allowed
             )
