@@ -27,7 +27,12 @@ about other labels, none held out, each answered as a label is scored; the noisy
 question), and the product of the plain reading and the channel (``plain+channel``,
 the channel raised to each of ``--channel-weights``); ``plain+channel-calibrated`` takes
 from each label's channel score its mean over ``--references`` questions of the same
-exam about labels not held out (the channel's bias for that label). With several
+exam about labels not held out (the channel's bias for that label). Each of
+``--side-penalties`` adds every rule again with that log-probability taken from the
+labels of the side opposite the one a question names (``medisee.model.laterality``;
+``QuestionPriorConfig.side_penalty``), as ``<rule>+side <penalty>``; each of
+``--side-bonuses`` adds those again with that log-probability given to the labels of the
+named side, as ``<rule>+side <penalty> +<bonus>``. With several
 ``--weight-decays`` the classifier is fitted once per decay (the trainer's is 0.01) and
 each rule is counted for each. Accuracies
 are kept as ``[hits, count]`` per draw and pooled over the draws. Rerun with other
@@ -79,6 +84,10 @@ def main() -> None:
     parser.add_argument(
         "--references", type=int, default=16, help="questions per exam for the channel's bias"
     )
+    parser.add_argument(
+        "--side-penalties", default="", help="penalties for the other side's labels"
+    )
+    parser.add_argument("--side-bonuses", default="", help="bonuses for the named side's labels")
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
 
@@ -87,6 +96,7 @@ def main() -> None:
     from medisee.data.manifest import load_records
     from medisee.data.schema import exam_kind
     from medisee.model.label_knowledge import SYSTEM, ChannelScorer, LabelScorer
+    from medisee.model.laterality import label_side, question_side
     from medisee.model.medisee import MediSee
     from medisee.model.question_prior import QuestionPrior, fit_question_prior
     from medisee.train.prior_fit import allowed_labels
@@ -245,6 +255,28 @@ def main() -> None:
                     worked[row] = scores
             scorings["examples"] = [s for s in worked if s is not None]
 
+        named = [question_side(q, labels) for q in dev_questions]
+        bonuses = [0.0] + [float(v) for v in args.side_bonuses.split(",") if v]
+        for penalty in [float(v) for v in args.side_penalties.split(",") if v]:
+            for bonus in bonuses:
+                for name in [n for n in scorings if "+side" not in n]:
+                    sided = []
+                    for row, scores in enumerate(scorings[name]):
+                        side = {k: label_side(k) for k in scores}
+                        sided.append(
+                            {
+                                k: v
+                                - (
+                                    penalty
+                                    if named[row] and side[k] not in (None, named[row])
+                                    else 0
+                                )
+                                + (bonus if named[row] and side[k] == named[row] else 0)
+                                for k, v in scores.items()
+                            }
+                        )
+                    tag = f"+side {penalty:g}" + (f" +{bonus:g}" if bonus else "")
+                    scorings[f"{name}{tag}"] = sided
         draw_result: dict = {
             "held_out_labels": sorted(held),
             "fit": fits[decays[0]] if len(decays) == 1 else {f"{d:g}": fits[d] for d in decays},

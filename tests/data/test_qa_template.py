@@ -202,6 +202,31 @@ def test_sides_on_a_toy_image(ontology):
     assert other_seed.qa != result.qa
 
 
+def test_a_paired_structure_moved_across_the_middle_keeps_its_own_side(ontology):
+    """A view that moves the left kidney into the image's left half (the patient's right
+    on a radiological display) says where it lies in the image, never that it lies on
+    the patient's right; the other questions are drawn as before."""
+    liver, spleen, kidney = _toy_abdomen((slice(45, 60), slice(10, 20)))  # image's left
+    record = _toy_record([liver, spleen, kidney], ABDOMEN_LABELS)
+    said: set[str] = set()
+    for seed in range(12):
+        result = TemplateEngine(ontology, seed=seed).generate(record, [liver, spleen, kidney])
+        for item in result.qa[2]:
+            assert "patient's right" not in item.question
+            if "left side of the image" in item.question:
+                said.add(item.question)
+    assert said  # the image side is still said
+    # The liver's questions, whose side agrees with the frame, are unchanged in kind.
+    liver_text = " ".join(
+        item.question
+        for seed in range(12)
+        for item in TemplateEngine(ontology, seed=seed)
+        .generate(record, [liver, spleen, kidney])
+        .qa[0]
+    )
+    assert "patient's right" in liver_text
+
+
 def test_a_shared_layout_draws_the_same_questions(ontology):
     from medisee.data.geometry import Layout
 

@@ -471,3 +471,29 @@ def test_the_whole_lm_reads_each_distinct_question_once(tiny_model, gguf_path, m
     monkeypatch.setattr(medisee_module, "KNOWLEDGE_MEMO_SIZE", 1)
     tiny_model.question_label_probabilities(["q three", "q one"], [labels] * 2)
     assert read[-2:] == ["q three", "q one"]  # the memo started over, this call's kept
+
+
+def test_side_penalty_lowers_the_other_sides_labels(tiny_model, gguf_path):
+    """A question that names the patient's side takes ``side_penalty`` from the
+    log-probability of the other side's labels, then renormalises; a question that
+    names no side is unchanged."""
+    records = [_record("a", "abdominal_ct", [("liver", ["the liver"]), ("brain", ["blood"])])]
+    fit_prior(tiny_model, records, questions=10, prior=QuestionPriorConfig(str(gguf_path), 1))
+    questions = ["Which organ on the patient's right cleans the blood?", "the liver"]
+    allowed = [["brain", "left kidney", "liver"]] * 2
+    before = tiny_model.question_label_probabilities(questions, allowed)
+    penalty = 3.0
+    tiny_model.config.question_prior = dataclasses.replace(
+        tiny_model.config.question_prior, side_penalty=penalty
+    )
+    after = tiny_model.question_label_probabilities(questions, allowed)
+    raw = {label: before[0][label] for label in allowed[0]}
+    raw["left kidney"] *= math.exp(-penalty)
+    total = sum(raw.values())
+    for label, value in raw.items():
+        assert after[0][label] == pytest.approx(value / total, rel=1e-4, abs=1e-7)
+    assert after[0]["left kidney"] < before[0]["left kidney"]
+    assert after[1] == pytest.approx(before[1], rel=1e-5)  # no side named
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="side_penalty"):
+            QuestionPriorConfig(side_penalty=bad)

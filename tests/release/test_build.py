@@ -217,6 +217,7 @@ def test_question_prior_rules_are_compared_with_the_presets_recipe():
         familiarity=True,
         unfamiliar_weight=recipe["question_prior_unfamiliar_weight"],
         channel_weight=recipe["question_prior_channel_weight"],
+        side_penalty=recipe["question_prior_side_penalty"],
     )
     saved = _saved_lite_config()
     saved["question_prior"] = dataclasses.asdict(current)

@@ -116,8 +116,17 @@ class TemplateEngine:
         category = self._category(label)
         return category.noun if category else "structure"
 
-    def _side_vp(self, side: str, display: str | None, rng: np.random.Generator) -> str:
-        """Verb phrase for an image side, with the patient's side when the display says it."""
+    def _side_vp(
+        self,
+        side: str,
+        display: str | None,
+        rng: np.random.Generator,
+        own_side: str | None = None,
+    ) -> str:
+        """Verb phrase for an image side, with the patient's side when the display says it.
+        ``own_side``: the target's own patient side (a paired structure's); where the image
+        side says otherwise (a view that moved the anatomy across the frame's middle), only
+        the image side is said."""
         patient = patient_side(side, display)
         options = [f"lies on the {side} side of the image"]
         if patient:
@@ -125,7 +134,10 @@ class TemplateEngine:
                 f"lies on the patient's {patient} side",
                 f"lies on the patient's {patient} side, which is the {side} side of the image",
             ]
-        return str(rng.choice(options))
+        chosen = str(rng.choice(options))
+        if own_side is not None and patient not in (None, own_side):
+            return options[0]  # drawn all the same: the draws after it do not move
+        return chosen
 
     def _descriptors(
         self, t: int, layout: Layout, record: Record, peers: Sequence[int], rng: np.random.Generator
@@ -136,7 +148,10 @@ class TemplateEngine:
         side = layout.half(t)
         if side != "centre":
             same = frozenset(i for i in peers if layout.half(i) == side)
-            out.append(Descriptor(self._side_vp(side, record.display, rng), same, "side"))
+            resolved = self.ontology.resolve(labels[t])
+            own = resolved.side if resolved is not None else None
+            vp = self._side_vp(side, record.display, rng, own)
+            out.append(Descriptor(vp, same, "side"))
         vertical = layout.vertical(t)
         if vertical != "middle":
             same = frozenset(i for i in peers if layout.vertical(i) == vertical)

@@ -8,6 +8,7 @@ offending value; ``to_dict``/``from_dict`` give a JSON/YAML round trip.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -363,6 +364,12 @@ class QuestionPriorConfig:
     probabilities enter as ``p_classifier ** unfamiliar_weight`` (1: as on every other
     question). Fitted on template questions, the classifier reads an unlike question
     with a confidence it has not earned; below 1 it is tempered there.
+
+    ``side_penalty``: on every question that names a patient side ("on the patient's
+    left", "the right hip socket"; ``medisee.model.laterality``), the allowed labels of
+    the other side ("right lung") lose this much log-probability before the prior is
+    renormalised (0: off). The whole LM does not read sides: it ranks "left lung" above
+    "right lung" whichever side a question names.
     """
 
     encoder: str = "smollm2"
@@ -374,6 +381,7 @@ class QuestionPriorConfig:
     knowledge_per_token: bool = False
     unfamiliar_weight: float = 1.0
     channel_weight: float = 0.0
+    side_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.encoder, str) or not self.encoder.strip():
@@ -395,6 +403,11 @@ class QuestionPriorConfig:
         if not self.channel_weight >= 0.0:
             raise ValueError(
                 f"QuestionPriorConfig.channel_weight must be >= 0, got {self.channel_weight!r}"
+            )
+        if not 0.0 <= self.side_penalty < math.inf:
+            raise ValueError(
+                "QuestionPriorConfig.side_penalty must be finite and >= 0 (a log-probability "
+                f"taken from the other side's labels), got {self.side_penalty!r}"
             )
 
 

@@ -48,6 +48,7 @@ from medisee.model.grounding import (
     region_on_grid,
 )
 from medisee.model.label_knowledge import ChannelScorer, LabelScorer
+from medisee.model.laterality import opposite_side_labels
 from medisee.model.mask_decoder import PromptableSegmenter
 from medisee.model.mllm import BackboneOutput, LanguageBackbone
 from medisee.model.prompting import PromptBuilder
@@ -830,7 +831,8 @@ class MediSee(nn.Module):
         self, questions: Sequence[str], allowed: Sequence[Sequence[str]]
     ) -> list[dict[str, float]]:
         """Per question, the prior's probability of each label in its ``allowed`` set
-        (renormalised over that set)."""
+        (renormalised over that set): the classifier's, with the whole LM's readings on
+        unfamiliar questions and the side a question names (``QuestionPriorConfig``)."""
         if self.question_prior is None:
             raise ValueError("this model has no question prior")
         if len(questions) != len(allowed):
@@ -883,7 +885,14 @@ class MediSee(nn.Module):
                 )
                 for label, value in scores.items():
                     log_probs[row, index[label]] += value
-            log_probs = log_probs.masked_fill(~mask, float("-inf")).log_softmax(-1)
+        side_penalty = prior.side_penalty if prior is not None else 0.0
+        if side_penalty:
+            # The classifier may read a side from template words, the whole LM never
+            # does: a question that names the patient's side lowers the other side.
+            for row, labels in enumerate(allowed):
+                for label in opposite_side_labels(questions[row], labels, self.config.labels):
+                    log_probs[row, index[label]] -= side_penalty
+        log_probs = log_probs.masked_fill(~mask, float("-inf")).log_softmax(-1)
         probabilities = log_probs.exp()
         return [
             {label: float(probabilities[row, index[label]]) for label in labels}

@@ -43,7 +43,12 @@ INFERENCE_RULES = (
 #: ``question_prior`` fields that steer inference only, against the preset's training
 #: recipe (``medisee.train.recipes``, whose ``question_prior_<field>`` sets them): the
 #: prior's classifier and familiarity are fitted the same whatever their value.
-QUESTION_PRIOR_RULES = ("knowledge_weight", "unfamiliar_weight", "channel_weight")
+QUESTION_PRIOR_RULES = (
+    "knowledge_weight",
+    "unfamiliar_weight",
+    "channel_weight",
+    "side_penalty",
+)
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,9 @@ class TrainConfig:
     # There the LM also reads the question as written about each label (the noisy
     # channel), its probabilities raised to this power (0: off).
     question_prior_channel_weight: float = 0.0
+    # On a question that names the patient's side, the other side's labels lose this
+    # log-probability (QuestionPriorConfig.side_penalty; 0: off).
+    question_prior_side_penalty: float = 0.0
     mixed_precision: str = "no"
     # torch's fused AdamW kernel (CPU and CUDA): one pass over all parameters instead of a
     # dozen foreach ops; 10 against 49 ms a step for the lite preset's ~10 M trainable
@@ -160,6 +164,11 @@ class TrainConfig:
             raise ValueError(
                 "TrainConfig.question_prior_channel_weight must be >= 0, got "
                 f"{self.question_prior_channel_weight!r}"
+            )
+        if not 0 <= self.question_prior_side_penalty < math.inf:
+            raise ValueError(
+                "TrainConfig.question_prior_side_penalty must be finite and >= 0, got "
+                f"{self.question_prior_side_penalty!r}"
             )
         if self.max_steps + self.grounding_refit_steps == 0:
             raise ValueError(

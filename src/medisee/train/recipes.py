@@ -70,6 +70,10 @@ def lite_recipe() -> dict[str, Any]:
         # (benchmarks/experiments/held_out_facts.py, held_out_facts_channel.json).
         "question_prior_unfamiliar_weight": 0.25,
         "question_prior_channel_weight": 1.0,
+        # Neither LM reading tells the left lung from the right: a question that names
+        # the patient's side takes 8 nats from the other side's labels, chosen on the same
+        # held-out questions (held_out_facts_side.json; medisee.model.laterality).
+        "question_prior_side_penalty": 8.0,
         "losses": LossWeights(answer_tokens=5.0),
         "save_every": 200,
     }

@@ -211,6 +211,7 @@ def train(
                     familiarity=config.question_prior_familiarity,
                     unfamiliar_weight=config.question_prior_unfamiliar_weight,
                     channel_weight=config.question_prior_channel_weight,
+                    side_penalty=config.question_prior_side_penalty,
                 ),
             )
             run.phase_seconds["question_prior"] = time.perf_counter() - fit_started
