@@ -46,8 +46,10 @@ def question_side(question: str, labels: Iterable[str] = ()) -> str | None:
     names none, both, or only sides of the picture. Mentions of ``labels`` that carry a
     side ("the right ventricle") are landmarks and do not count."""
     text = question
-    sided = sorted((label for label in labels if label_side(label)), key=len, reverse=True)
-    for label in sided:  # longest first: "right lateral ventricle" before "right ventricle"
+    # Each name once (callers pass the allowed labels with all the known ones), longest
+    # first: "right lateral ventricle" before "right ventricle".
+    sided = sorted({label for label in labels if label_side(label)}, key=lambda n: (-len(n), n))
+    for label in sided:
         text = re.sub(rf"\b{re.escape(label)}\b", " ", text, flags=re.IGNORECASE)
     if _FRAME.search(text):
         return None
