@@ -87,6 +87,9 @@ def test_demo_config_rejects_too_few_images_or_steps():
     with pytest.raises(ValueError, match="eval_examples"):
         DemoConfig(eval_examples=0)
     assert DemoConfig().eval_examples is None  # the whole test split
+    with pytest.raises(ValueError, match="ct_window"):
+        DemoConfig(ct_window="rainbow")
+    assert DemoConfig(ct_window="lung_mediastinum_bone").ct_window == "lung_mediastinum_bone"
 
 
 def test_headline_puts_real_scans_first_beside_the_oracle():

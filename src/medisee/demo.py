@@ -54,6 +54,9 @@ class DemoConfig:
     handwritten: bool = True
     # The real patient slices of pyradiomics' sdist (medisee.data.sources.radiomics).
     radiomics: bool = True
+    # How those CT slices are shown: a window preset, or a composite with one window per
+    # colour channel (``RadiomicsConfig.ct_window``).
+    ct_window: str = "lung"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -69,6 +72,11 @@ class DemoConfig:
             raise ValueError(f"demo train_qa_variants must be >= 0, got {self.train_qa_variants}")
         if self.num_images < 30:
             raise ValueError("the demo needs >= 30 images to leave a test split")
+        from medisee.data.io import COMPOSITE_WINDOWS, WINDOW_PRESETS
+
+        if self.ct_window not in WINDOW_PRESETS and self.ct_window not in COMPOSITE_WINDOWS:
+            known = ", ".join([*WINDOW_PRESETS, *COMPOSITE_WINDOWS])
+            raise ValueError(f"demo ct_window must be one of {known}, got {self.ct_window!r}")
 
     def train_config(
         self, manifest: str | Path, output_dir: str | Path, cache_dir: str | Path
@@ -130,6 +138,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train and test on the real patient scans of the pyradiomics-bhklab sdist "
         "(default: on)",
     )
+    parser.add_argument(
+        "--ct-window",
+        default=defaults.ct_window,
+        help="how the real CT slices are shown: a window preset or a composite "
+        "(lung_mediastinum_bone: one window per colour channel; default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.set_defaults(func=_run_from_args)
 
@@ -145,6 +159,7 @@ def _run_from_args(args: argparse.Namespace) -> int:
         eval_examples=args.eval_examples,
         overlays=args.overlays,
         radiomics=args.radiomics,
+        ct_window=args.ct_window,
         seed=args.seed,
     )
     run_demo(config)
@@ -154,6 +169,7 @@ def _run_from_args(args: argparse.Namespace) -> int:
 def run_demo(config: DemoConfig) -> dict:
     from medisee.data.build import BuildOptions
     from medisee.data.sources.bundled import build_bundled
+    from medisee.data.sources.radiomics import RadiomicsConfig
     from medisee.evaluate.handwritten import load_questions
     from medisee.evaluate.pipeline import evaluate_with_baselines
     from medisee.train.trainer import train
@@ -169,6 +185,7 @@ def run_demo(config: DemoConfig) -> dict:
         BuildOptions(seed=config.seed, overwrite=True, train_qa_variants=config.train_qa_variants),
         num_images=config.num_images,
         radiomics=config.radiomics,
+        radiomics_config=RadiomicsConfig(ct_window=config.ct_window),
     )
     print(built.summary(), flush=True)
     records = (built.records, built.manifest.parent)
@@ -223,6 +240,7 @@ def run_demo(config: DemoConfig) -> dict:
         "headline": headline,
         "overall": overall,
         "train_steps": result.steps,
+        "ct_window": config.ct_window,
     }
     (out / "demo.json").write_text(json.dumps(report, indent=1))
     print("\n" + table)

@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from medisee.data import schema
 from medisee.data.build import BuildOptions
-from medisee.data.io import Window, apply_window
+from medisee.data.io import Window, apply_window, display_slice
 from medisee.data.manifest import read_manifest
 from medisee.data.masks import decode_rle
 from medisee.data.schema import Record, Target
@@ -227,6 +227,43 @@ def test_ct_slices_follow_the_configured_window(fake_sdist):
     assert not np.array_equal(lung[0].image, wide[0].image)
     for a, b in zip(lung, wide):
         assert [(n, m.tolist()) for n, m in a.targets] == [(n, m.tolist()) for n, m in b.targets]
+
+
+def test_a_composite_ct_display_puts_one_window_in_each_channel(fake_sdist):
+    volume = read_volumes(fake_sdist, ["lung1"])["lung1"]  # training: views and pastes too
+    case = next(c for c in CASES if c.name == "lung1")
+    config = RadiomicsConfig(ct_window="lung_mediastinum_bone")
+    slices = radiomics.case_slices(case, volume, config)
+    grey = {s.record_id: s for s in radiomics.case_slices(case, volume, RadiomicsConfig())}
+    assert {s.meta["window"] for s in slices} == {"lung_mediastinum_bone"}
+    assert slices[0].meta["window_center_width"] == [
+        [-600.0, 1500.0],
+        [50.0, 350.0],
+        [400.0, 1800.0],
+    ]
+    assert any("-v" in s.record_id for s in slices) and any("-p" in s.record_id for s in slices)
+    for piece in slices:
+        assert piece.image.ndim == 3 and piece.image.shape[2] == 3
+        assert piece.image.dtype == np.uint8
+    plain = next(s for s in slices if s.record_id in grey and "-v" not in s.record_id)
+    k = plain.meta["index"]
+    hu = display_slice(volume.image, 2, k)
+    # Red is the lung window itself: the grey build's pixels; green and blue the others.
+    assert np.array_equal(plain.image[..., 0], grey[plain.record_id].image)
+    assert np.array_equal(plain.image[..., 1], apply_window(hu, Window(50.0, 350.0)))
+    assert np.array_equal(plain.image[..., 2], apply_window(hu, Window(400.0, 1800.0)))
+    # The same records and masks as the grey build, views and pastes included.
+    assert sorted(s.record_id for s in slices) == sorted(grey)
+    for piece in slices:
+        twin = grey[piece.record_id]
+        assert [(n, m.tolist()) for n, m in piece.targets] == [
+            (n, m.tolist()) for n, m in twin.targets
+        ]
+
+
+def test_unknown_ct_window_is_refused():
+    with pytest.raises(ValueError, match="lung_mediastinum_bone"):
+        RadiomicsConfig(ct_window="rainbow")
 
 
 # ------------------------------------------------------------------ derived CT masks

@@ -35,7 +35,7 @@ are not checked (a black PNG is still a picture).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -61,6 +61,15 @@ WINDOW_PRESETS: Mapping[str, tuple[float, float]] = MappingProxyType(
         "bone": (400.0, 1800.0),
         "angio": (300.0, 600.0),
     }
+)
+
+#: CT displays that show one window per colour channel ``name -> (red, green, blue)``
+#: preset names. One grey window cannot show air, soft tissue and bone apart at once:
+#: in the lung window soft tissue sits at 0.93 of the grey range and bone at 1.0, so the
+#: ribs and vertebrae look like the muscle around them; in three channels each range
+#: keeps its own contrast.
+COMPOSITE_WINDOWS: Mapping[str, tuple[str, str, str]] = MappingProxyType(
+    {"lung_mediastinum_bone": ("lung", "mediastinum", "bone")}
 )
 
 #: Window used for CT when neither the caller nor the header chooses one.
@@ -170,6 +179,23 @@ def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
     """Linear windowing of ``values`` (any shape) to ``uint8`` (see the module docstring)."""
     scaled = np.clip((np.asarray(values, dtype=np.float64) - window.low) / window.width, 0.0, 1.0)
     return np.floor(scaled * 255.0 + 0.5).astype(np.uint8)
+
+
+def apply_windows(values: np.ndarray, windows: Sequence[Window]) -> np.ndarray:
+    """``H x W`` values -> ``H x W x len(windows)`` ``uint8``: channel ``c`` is ``values``
+    through ``windows[c]`` (:func:`apply_window`)."""
+    if not windows:
+        raise ValueError("apply_windows needs at least one window")
+    return np.stack([apply_window(values, window) for window in windows], axis=-1)
+
+
+def composite_windows(name: str) -> tuple[Window, ...]:
+    """The windows of a :data:`COMPOSITE_WINDOWS` display, red to blue."""
+    if name not in COMPOSITE_WINDOWS:
+        raise ValueError(
+            f"unknown composite CT display {name!r}; known: {', '.join(COMPOSITE_WINDOWS)}"
+        )
+    return tuple(Window(*WINDOW_PRESETS[preset]) for preset in COMPOSITE_WINDOWS[name])
 
 
 def stretch_window(

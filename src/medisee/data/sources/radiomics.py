@@ -82,7 +82,16 @@ from typing import Any
 
 import numpy as np
 
-from medisee.data.io import WINDOW_PRESETS, Window, apply_window, display_slice, stretch_window
+from medisee.data.io import (
+    COMPOSITE_WINDOWS,
+    WINDOW_PRESETS,
+    Window,
+    apply_window,
+    apply_windows,
+    composite_windows,
+    display_slice,
+    stretch_window,
+)
 
 SDIST_PROJECT = "pyradiomics-bhklab"
 SDIST_VERSION = "3.1.4"
@@ -480,7 +489,8 @@ class RadiomicsConfig:
     - ``ct_negatives``: CT slices without the expert label, per volume;
     - ``val_fraction``: share of a training volume's slices held out as val (its most
       superior ones);
-    - ``ct_window``: the :data:`~medisee.data.io.WINDOW_PRESETS` name for CT slices;
+    - ``ct_window``: the :data:`~medisee.data.io.WINDOW_PRESETS` name for CT slices, or
+      a :data:`~medisee.data.io.COMPOSITE_WINDOWS` name (one window per colour channel);
     - ``train_ct_negatives``: CT slices without the expert label from *training* patients
       (default: ``ct_negatives``); more of them teach the derived anatomy;
     - ``train_views``: augmented views added per *training* slice (:func:`augmented_views`:
@@ -532,10 +542,9 @@ class RadiomicsConfig:
             raise ValueError(f"train_brain_pastes must be >= 0, got {self.train_brain_pastes}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.ct_window not in WINDOW_PRESETS:
-            raise ValueError(
-                f"ct_window must be one of {', '.join(WINDOW_PRESETS)}, got {self.ct_window!r}"
-            )
+        if self.ct_window not in WINDOW_PRESETS and self.ct_window not in COMPOSITE_WINDOWS:
+            known = ", ".join([*WINDOW_PRESETS, *COMPOSITE_WINDOWS])
+            raise ValueError(f"ct_window must be one of {known}, got {self.ct_window!r}")
 
     @property
     def case_names(self) -> tuple[str, ...]:
@@ -599,7 +608,7 @@ def _window_start(
 
 def _take(array: np.ndarray, row0: int, col0: int, rows: int, cols: int, fill) -> np.ndarray:
     """``array[row0 : row0 + rows, col0 : col0 + cols]``, ``fill`` where that is outside."""
-    out = np.full((rows, cols), fill, dtype=array.dtype)
+    out = np.full((rows, cols, *array.shape[2:]), fill, dtype=array.dtype)
     height, width = array.shape[:2]
     r0, c0 = max(row0, 0), max(col0, 0)
     r1, c1 = min(row0 + rows, height), min(col0 + cols, width)
@@ -617,7 +626,8 @@ def augmented_views(
     lesion: np.ndarray | None = None,
     shift: float = 0.0,
 ) -> list[tuple[np.ndarray, list[tuple[str, np.ndarray]], list[str], dict[str, Any]]]:
-    """``count`` augmented views of a display-frame ``image`` (H x W uint8) and its masks.
+    """``count`` augmented views of a display-frame ``image`` (H x W or H x W x 3 uint8)
+    and its masks.
 
     Each view is a window of :data:`VIEW_SCALE` times the slice's size (aspect jittered
     by :data:`VIEW_ASPECT`) at a random place: a crop when smaller, a wider field of view
@@ -642,7 +652,7 @@ def augmented_views(
         ys, xs = np.nonzero(lesion)
         rows_hit, cols_hit = (int(ys.min()), int(ys.max())), (int(xs.min()), int(xs.max()))
     border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
-    background = np.median(border).astype(image.dtype)
+    background = np.median(border, axis=0).astype(image.dtype)  # per channel, if any
     views = []
     for _ in range(count):
         scale = rng.uniform(*VIEW_SCALE)
@@ -660,7 +670,10 @@ def augmented_views(
         gamma = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
         sigma = float(rng.uniform(2.0, 6.0))
         pixels = _take(image, row0, col0, rows, cols, background).astype(np.float64) / 255.0
-        pixels = 255.0 * pixels**gamma + rng.normal(0.0, sigma, pixels.shape)
+        # One noise field for all channels of a composite: the same draws as a grey
+        # view's, so a build's views have the same crops whatever the display.
+        noise = rng.normal(0.0, sigma, pixels.shape[:2])
+        pixels = 255.0 * pixels**gamma + (noise if pixels.ndim == 2 else noise[..., None])
         view = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
         meta = {"crop": [row0, col0, row0 + rows, col0 + cols], "gamma": gamma, "noise": sigma}
         views.append((view, kept_targets, kept_origins, meta))
@@ -861,14 +874,27 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
     """The chosen slices of one case with their expert and derived masks."""
     chosen = choose_slices(volume.label, config, case.modality, training=case.split == "train")
     derived: dict[str, np.ndarray] = {}
+    windows: tuple[Window, ...]
     if case.modality == "CT":
         derived = derive_ct_masks(volume.image, volume.spacing, chosen)
-        window = Window(*WINDOW_PRESETS[config.ct_window])
+        if config.ct_window in COMPOSITE_WINDOWS:
+            windows = composite_windows(config.ct_window)
+        else:
+            windows = (Window(*WINDOW_PRESETS[config.ct_window]),)
         window_name = config.ct_window
     else:
         values = volume.image[volume.image > 0]
-        window = stretch_window(values if values.size > 100 else volume.image)
+        windows = (stretch_window(values if values.size > 100 else volume.image),)
         window_name = "stretch"
+
+    def render(values: np.ndarray) -> np.ndarray:
+        """A slice's values -> its display: ``H x W`` grey, or ``H x W x 3`` composite."""
+        return (
+            apply_window(values, windows[0])
+            if len(windows) == 1
+            else apply_windows(values, windows)
+        )
+
     out: list[ScanSlice] = []
     # Views and pastes are drawn from (seed, case, slice): a build is deterministic.
     case_key = [config.seed, [c.name for c in CASES].index(case.name)]
@@ -905,7 +931,12 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
             "axis": "axial",
             "index": int(k),
             "window": window_name,
-            "window_center_width": [window.center, window.width],
+            # One (center, width) pair for a grey display; one per channel for a composite.
+            "window_center_width": (
+                [windows[0].center, windows[0].width]
+                if len(windows) == 1
+                else [[w.center, w.width] for w in windows]
+            ),
             "spacing_mm": [volume.spacing[1], volume.spacing[0]],
             "sdist": f"{SDIST_PROJECT}=={SDIST_VERSION}",
             "real": True,
@@ -958,7 +989,7 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
         record_id = f"radiomics-{case.name}-z{k:03d}"
         add(
             record_id,
-            apply_window(hu, window),
+            render(hu),
             targets,
             provenance,
             meta,
@@ -990,7 +1021,7 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
             ]
             add(
                 f"{record_id}-p{donor:03d}",
-                apply_window(pasted_hu, window),
+                render(pasted_hu),
                 [(case.label, moved), *pasted_targets],
                 ["derived", *provenance],
                 {**meta, "pasted_lesion_from": int(donor)},
@@ -1006,7 +1037,7 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
         and lesion_slices
     ):
         depth = volume.image.shape[2]
-        displays = [apply_window(display_slice(volume.image, 2, k), window) for k in range(depth)]
+        displays = [render(display_slice(volume.image, 2, k)) for k in range(depth)]
         inset = BRAIN_PASTE_INSET_MM / float(volume.spacing[0])
         for k, brain in brain_recipients(volume.label, displays, inset).items():
             rng = np.random.default_rng([*case_key, int(k), 3])
@@ -1024,7 +1055,7 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
             ):
                 add(
                     f"radiomics-{case.name}-z{k:03d}-p{donor:03d}",
-                    apply_window(pasted_image, window),
+                    render(pasted_image),
                     [(case.label, moved)],
                     ["derived"],
                     {**meta_of(k), "pasted_lesion_from": int(donor)},
