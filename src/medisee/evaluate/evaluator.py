@@ -409,12 +409,17 @@ def _teacher_forced(
     pixels = None
     if not model.language.uses_segmenter_embedding:
         pixels = torch.stack([r.state.pixel_values for r in requests]).to(device)
+    ids = ids.to(device)
     out = model(
-        ids.to(device),
+        ids,
         attention.to(device),
         torch.tensor([r.state.size for r in requests], device=device),
         pixel_values=pixels,
         image_embeddings=stack_embeddings(r.state for r in requests),
+        # No text logits: only the candidate states are read here, and the LM head over
+        # every position of every reply (batch x length x vocabulary) was most of the
+        # pass's time and memory.
+        logits_mask=torch.zeros_like(ids, dtype=torch.bool),
     )
     results: list[tuple[np.ndarray | None, tuple[float, ...] | None]] = []
     for row, request in enumerate(requests):
