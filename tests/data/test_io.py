@@ -14,6 +14,8 @@ from medisee.data.io import (
     load_volume,
     parse_window,
     read_image,
+    resolve_display,
+    resolve_window,
 )
 
 
@@ -153,6 +155,54 @@ def test_dicom_presets_override_header_and_ct_default(tmp_path):
     assert read_image(no_header).meta.window == WINDOW_PRESETS["abdomen"]
     with pytest.raises(ValueError, match="no WindowCenter"):
         read_image(no_header, window="header")
+
+
+def test_dicom_composite_display_has_one_window_per_channel(tmp_path):
+    stored = np.array([[24, 1024], [1424, 2624]], dtype=np.uint16)  # HU -1000, 0, 400, 1600
+    path = _dicom(tmp_path / "ct.dcm", stored, intercept=-1024.0, window=(40, 400))
+    hu = np.array([[-1000.0, 0.0], [400.0, 1600.0]])
+    expected = [
+        apply_window(hu, Window(*WINDOW_PRESETS[n])) for n in ("lung", "mediastinum", "bone")
+    ]
+    for window in ("lung_mediastinum_bone", "Lung-Mediastinum-Bone"):
+        image = read_image(path, window=window)
+        for channel in range(3):
+            np.testing.assert_array_equal(image.pixels[..., channel], expected[channel])
+        assert image.meta.window is None
+        assert image.meta.extra["windows"] == [[-600.0, 1500.0], [50.0, 350.0], [400.0, 1800.0]]
+    # "auto" with a model's CT display: that display, not the header's window.
+    model_view = read_image(path, ct_window="lung_mediastinum_bone")
+    np.testing.assert_array_equal(model_view.pixels[..., 2], expected[2])
+    lung_view = read_image(path, ct_window="lung")
+    assert lung_view.meta.window == WINDOW_PRESETS["lung"] and lung_view.is_gray
+    # An explicit window still wins over the model's display.
+    assert read_image(path, window="bone", ct_window="lung").meta.window == WINDOW_PRESETS["bone"]
+    # Not CT: the model's CT display does not apply.
+    xray = _dicom(tmp_path / "cr.dcm", stored, window=(150, 300), modality="CR")
+    assert read_image(xray, ct_window="lung_mediastinum_bone").meta.window == (150.0, 300.0)
+
+
+def test_composite_names_resolve_as_displays_not_windows():
+    assert resolve_display("lung") == (Window(-600.0, 1500.0),)
+    assert resolve_display("auto") is None
+    assert len(resolve_display("lung_mediastinum_bone")) == 3
+    assert parse_window("lung_mediastinum_bone") == "lung_mediastinum_bone"
+    with pytest.raises(ValueError, match="composite"):
+        resolve_window("lung_mediastinum_bone")
+    with pytest.raises(ValueError, match="lung_mediastinum_bone"):
+        parse_window("rainbow")
+
+
+def test_nifti_ct_slice_in_a_composite(tmp_path):
+    data = np.full((4, 5, 3), -1000.0, dtype=np.float32)
+    data[1:3, 1:4, :] = 400.0
+    path = _nifti(tmp_path / "ct.nii.gz", data, np.eye(4))
+    image = read_image(path, modality="CT", ct_window="lung_mediastinum_bone")
+    hu = display_slice(data, 2, 1)
+    np.testing.assert_array_equal(image.pixels[..., 1], apply_window(hu, Window(50.0, 350.0)))
+    np.testing.assert_array_equal(image.pixels[..., 2], apply_window(hu, Window(400.0, 1800.0)))
+    # Without a CT modality a NIfTI volume is stretched as before.
+    assert read_image(path, ct_window="lung_mediastinum_bone").is_gray
 
 
 def test_dicom_monochrome1_is_inverted(tmp_path):

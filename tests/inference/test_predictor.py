@@ -87,6 +87,26 @@ def test_dicom_round_trip_with_ct_windowing(echo, tmp_path):
     assert 0 <= prediction.box[1] <= prediction.box[3] <= 40
 
 
+def test_a_ct_is_shown_as_the_model_was_trained_to_see_ct(echo, tmp_path):
+    values = np.full((40, 72), -1000.0)
+    values[8:32, 10:60] = 40.0
+    values[15:25, 20:30] = 700.0
+    path = tmp_path / "ct.dcm"
+    write_ct_dicom(path, values, window=(40.0, 400.0))
+    echo.model.config.ct_window = "lung_mediastinum_bone"
+    state = echo.set_image(path)  # "auto": the model's display, not the header's window
+    assert state.image.meta.extra["windows"] == [[-600.0, 1500.0], [50.0, 350.0], [400.0, 1800.0]]
+    red, green, blue = (state.image.pixels[20, 40, c] for c in range(3))  # 40 HU
+    # 40 HU through -600/1500, 50/350 and 400/1800: 1390/1500, 165/350 and 540/1800 of 255.
+    assert (red, green, blue) == (236, 120, 77)
+    # The network's input is the composite, channel by channel.
+    assert not torch.equal(state.pixel_values[0], state.pixel_values[2])
+    # The caller's window still wins.
+    assert echo.set_image(path, window="abdomen").image.meta.window == (40.0, 400.0)
+    echo.model.config.ct_window = None
+    assert echo.set_image(path).image.meta.window == (40.0, 400.0)  # the header's
+
+
 def test_nifti_slice_choice(echo, tmp_path):
     nib = pytest.importorskip("nibabel")
     data = np.random.default_rng(0).random((20, 24, 10)).astype(np.float32)

@@ -85,6 +85,9 @@ def test_config_exams_round_trip_and_are_checked():
         ModelConfig(labels=["brain"], exams={"brain_mri": []})
     with pytest.raises(ValueError, match="exam_min_probability"):
         ModelConfig(exam_min_probability=0.0)
+    with pytest.raises(ValueError, match="ct_window"):
+        ModelConfig(ct_window="rainbow")
+    assert ModelConfig(ct_window="lung_mediastinum_bone").ct_window == "lung_mediastinum_bone"
 
 
 EXAMS = {"abdominal_ct": ("left kidney", "liver"), "brain_mri": ("brain",)}

@@ -269,3 +269,14 @@ def test_model_card_of_a_refreshed_release_compares_with_the_rules_it_had(tmp_pa
     assert "| real: lung tumor | 4 | 0.600 | 0.500 | — | 0.250 |" in card
     assert "`medisee release --refresh --demo-dir outputs/demo` at commit `def456`" in card
     assert "`grounding.peak_margin` None → 8.0" in card
+
+
+def test_demo_command_names_a_ct_display_other_than_the_default():
+    from medisee.release.build import demo_command
+
+    assert demo_command("outputs/demo", None) == "medisee demo --out outputs/demo"
+    assert demo_command("outputs/demo", "lung") == "medisee demo --out outputs/demo"
+    assert (
+        demo_command("d", "lung_mediastinum_bone")
+        == "medisee demo --out d --ct-window lung_mediastinum_bone"
+    )

@@ -19,6 +19,7 @@ from medisee.train.dataset import (
 from medisee.train.trainer import (
     latest_checkpoint,
     train,
+    training_ct_window,
     training_schedule,
     warmup_linear_decay,
 )
@@ -282,6 +283,7 @@ def test_train_runs_both_stages_and_writes_everything(tmp_path, synthetic_record
     trained = {t.label for r in records if r.split == config.train_split for t in r.targets}
     saved = json.loads((out / "model" / "config.json").read_text())
     assert trained and saved["labels"] == sorted(trained)
+    assert saved["ct_window"] is None  # no record names the window it was shown in
     losses = [h for h in result.history if "loss/total" in h]
     assert [h["step"] for h in losses] == [1, 2, 3, 4]
     assert all(torch.isfinite(torch.tensor(h["loss/total"])) for h in losses)
@@ -566,3 +568,24 @@ def test_refit_step_reads_the_states_without_the_explanation(tiny_model, monkeyp
     assert widths[1] < widths[0] == batch["input_ids"].shape[1]
     torch.testing.assert_close(refit.ground, full.ground)
     torch.testing.assert_close(refit.total, refit.ground)
+
+
+def test_training_ct_window_is_the_display_most_real_ct_records_name():
+    from medisee.data.schema import Record
+
+    def record(i: int, modality: str, window) -> Record:
+        meta = {} if window is None else {"window": window}
+        return Record(f"r{i}", f"r{i}.png", modality, "s", f"r{i}", 8, 8, [], meta=meta)
+
+    records = [
+        record(0, "CT", "lung_mediastinum_bone"),
+        record(1, "CT", "lung_mediastinum_bone"),
+        record(2, "CT", "lung"),
+        record(3, "CT", [40.0, 400.0]),  # a window without a name does not vote
+        record(4, "CT", None),  # nor a phantom, which records none
+        record(5, "MRI", "stretch"),
+        record(6, "MRI", "lung"),  # nor another modality
+    ]
+    assert training_ct_window(records) == "lung_mediastinum_bone"
+    assert training_ct_window(records[2:]) == "lung"
+    assert training_ct_window(records[3:]) is None

@@ -266,7 +266,8 @@ def register(subparsers: Any) -> None:
     build.add_argument(
         "--radiomics-ct-window",
         default="lung",
-        help="bundled: the window preset of the real CT slices (default: %(default)s)",
+        help="bundled: the window preset of the real CT slices, or a composite "
+        "(lung_mediastinum_bone: one window per colour channel; default: %(default)s)",
     )
     build.add_argument(
         "--radiomics-brain-pastes",

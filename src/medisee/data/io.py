@@ -155,10 +155,15 @@ def resolve_window(window: str | Window | tuple[float, float] | None) -> Window 
         key = window.strip().lower().replace("-", "_").replace(" ", "_")
         if key in ("auto", "header", "stretch", "none"):
             return None
+        if key in COMPOSITE_WINDOWS:
+            raise ValueError(
+                f"{window!r} is a composite display (three windows), not one window: "
+                "resolve it with resolve_display"
+            )
         if key not in WINDOW_PRESETS:
             raise ValueError(
-                f"unknown window preset {window!r}; presets: {', '.join(WINDOW_PRESETS)} "
-                "or 'CENTER,WIDTH'"
+                f"unknown window preset {window!r}; presets: {', '.join(WINDOW_PRESETS)}; "
+                f"composites: {', '.join(COMPOSITE_WINDOWS)}; or 'CENTER,WIDTH'"
             )
         return Window(*WINDOW_PRESETS[key])
     if isinstance(window, (tuple, list)) and len(window) == 2:
@@ -171,7 +176,7 @@ def parse_window(text: str) -> str | Window:
     if "," in text:
         center, width = (float(part) for part in text.split(",", 1))
         return Window(center, width)
-    resolve_window(text)  # validates the name
+    resolve_display(text)  # validates the name
     return text
 
 
@@ -196,6 +201,41 @@ def composite_windows(name: str) -> tuple[Window, ...]:
             f"unknown composite CT display {name!r}; known: {', '.join(COMPOSITE_WINDOWS)}"
         )
     return tuple(Window(*WINDOW_PRESETS[preset]) for preset in COMPOSITE_WINDOWS[name])
+
+
+def composite_name(window: Any) -> str | None:
+    """The :data:`COMPOSITE_WINDOWS` name ``window`` spells (any case, ``-`` or space for
+    ``_``), else ``None``."""
+    if not isinstance(window, str):
+        return None
+    key = window.strip().lower().replace("-", "_").replace(" ", "_")
+    return key if key in COMPOSITE_WINDOWS else None
+
+
+def resolve_display(
+    window: str | Window | tuple[float, float] | None,
+) -> tuple[Window, ...] | None:
+    """As :func:`resolve_window`, and a composite name -> its windows, red to blue: the
+    windows of a display, one (grey) or three (composite); ``None`` for a policy."""
+    name = composite_name(window)
+    if name is not None:
+        return composite_windows(name)
+    resolved = resolve_window(window)
+    return None if resolved is None else (resolved,)
+
+
+def render_display(values: np.ndarray, windows: Sequence[Window], meta: ImageMeta) -> np.ndarray:
+    """``H x W`` values through a display's windows -> ``H x W x 3`` ``uint8``, and the
+    display written into ``meta``: ``window`` for one (grey on three channels), ``None``
+    and ``extra["windows"]`` (``[[center, width], ...]``, red to blue) for a composite."""
+    if len(windows) == 1:
+        meta.window = (windows[0].center, windows[0].width)
+        return gray_to_rgb(apply_window(values, windows[0]))
+    if len(windows) != 3:
+        raise ValueError(f"a display has one window or three (a composite), got {len(windows)}")
+    meta.window = None
+    meta.extra["windows"] = [[w.center, w.width] for w in windows]
+    return apply_windows(values, windows)
 
 
 def stretch_window(
@@ -308,12 +348,16 @@ def read_image(
     index: int | None = None,
     frame: int = 0,
     modality: str | None = None,
+    ct_window: str | None = None,
 ) -> MedicalImage:
     """Read PNG/JPEG/TIFF/BMP, DICOM or a NIfTI slice (chosen by content and suffix).
 
     ``window`` applies to grey medical data (DICOM, NIfTI, 16-bit rasters): a preset name
-    (:data:`WINDOW_PRESETS`), ``(center, width)``, ``"auto"`` (the DICOM header's window,
-    else :data:`DEFAULT_CT_WINDOW` for CT, else a percentile stretch) or ``"stretch"``.
+    (:data:`WINDOW_PRESETS`), a composite (:data:`COMPOSITE_WINDOWS`: one window per
+    colour channel), ``(center, width)``, ``"auto"`` (for CT ``ct_window`` when given,
+    else the DICOM header's window, else :data:`DEFAULT_CT_WINDOW` for CT, else a
+    percentile stretch) or ``"stretch"``. ``ct_window``: how a model was shown CT (its
+    ``ModelConfig.ct_window``), so that an ``"auto"`` CT looks as its training CT did.
     ``axis``/``index`` choose a NIfTI slice (default: the middle one); ``frame`` a frame of
     a multi-frame DICOM. ``modality`` overrides what the file says (NIfTI has no modality).
     """
@@ -323,9 +367,11 @@ def read_image(
     if path.is_file() and path.stat().st_size == 0:
         raise ImageReadError(f"cannot read image {path}: the file is empty (0 bytes)")
     if _is_nifti(path):
-        return read_nifti(path, axis=axis, index=index, window=window, modality=modality)
+        return read_nifti(
+            path, axis=axis, index=index, window=window, modality=modality, ct_window=ct_window
+        )
     if _is_dicom(path):
-        return read_dicom(path, window=window, frame=frame)
+        return read_dicom(path, window=window, frame=frame, ct_window=ct_window)
     return read_raster(path, window=window, modality=modality)
 
 
@@ -430,10 +476,9 @@ def read_raster(
     if values.ndim != 2:
         raise ImageReadError(f"{path}: unsupported image mode {mode} with shape {values.shape}")
     check_informative(values, f"the image {path}")
-    resolved = resolve_window(window) or stretch_window(values)
-    gray = apply_window(values, resolved)
-    meta = ImageMeta(format=fmt, modality=modality, window=(resolved.center, resolved.width))
-    return MedicalImage(gray_to_rgb(gray), values, meta)
+    windows = resolve_display(window) or (stretch_window(values),)
+    meta = ImageMeta(format=fmt, modality=modality)
+    return MedicalImage(render_display(values, windows, meta), values, meta)
 
 
 def _first_value(value: Any) -> float | None:
@@ -464,13 +509,15 @@ def read_dicom(
     *,
     window: str | Window | tuple[float, float] | None = "auto",
     frame: int = 0,
+    ct_window: str | None = None,
 ) -> MedicalImage:
     """Read one DICOM image (one frame of a multi-frame file).
 
     Grey images: the modality LUT (``RescaleSlope``/``RescaleIntercept`` or a Modality LUT
-    Sequence) gives ``values`` (HU for CT); the display uses ``window`` — with ``"auto"``,
-    the header's first ``WindowCenter``/``WindowWidth`` if present, else
-    :data:`DEFAULT_CT_WINDOW` for CT, else a percentile stretch; ``MONOCHROME1`` is inverted.
+    Sequence) gives ``values`` (HU for CT); the display uses ``window`` (a window or a
+    composite) — with ``"auto"``, for CT ``ct_window`` when given, else the header's first
+    ``WindowCenter``/``WindowWidth`` if present, else :data:`DEFAULT_CT_WINDOW` for CT,
+    else a percentile stretch; ``MONOCHROME1`` is inverted.
     Colour images (RGB/YBR) come back as RGB with ``values=None``.
     """
     import pydicom
@@ -527,24 +574,25 @@ def read_dicom(
         return MedicalImage(np.ascontiguousarray(rgb), None, meta)
     values = np.asarray(apply_modality_lut(np.asarray(array), dataset), dtype=np.float32)
     check_informative(values, f"the image {path}" if frames == 1 else f"frame {frame} of {path}")
-    resolved = resolve_window(window)
+    windows = resolve_display(window)
     policy = window.strip().lower() if isinstance(window, str) else None
-    if resolved is None and policy in (None, "auto", "header"):
+    if windows is None and policy in (None, "auto") and modality == "CT" and ct_window:
+        windows = resolve_display(ct_window)
+    if windows is None and policy in (None, "auto", "header"):
         center = _first_value(dataset.get("WindowCenter"))
         width = _first_value(dataset.get("WindowWidth"))
         if center is not None and width is not None and width > 0:
-            resolved = Window(center, width)
+            windows = (Window(center, width),)
         elif policy == "header":
             raise ValueError(f"{path}: window='header' but the file has no WindowCenter/Width")
         elif modality == "CT":
-            resolved = Window(*WINDOW_PRESETS[DEFAULT_CT_WINDOW])
-    if resolved is None:
-        resolved = stretch_window(values)
-    gray = apply_window(values, resolved)
+            windows = (Window(*WINDOW_PRESETS[DEFAULT_CT_WINDOW]),)
+    if windows is None:
+        windows = (stretch_window(values),)
+    pixels = render_display(values, windows, meta)
     if photometric == "MONOCHROME1":
-        gray = 255 - gray
-    meta.window = (resolved.center, resolved.width)
-    return MedicalImage(gray_to_rgb(gray), values, meta)
+        pixels = 255 - pixels
+    return MedicalImage(pixels, values, meta)
 
 
 @dataclass
@@ -658,6 +706,24 @@ def load_volume(path: str | os.PathLike[str], *, labels: bool = False, volume: i
     return Volume(np.ascontiguousarray(data), np.asarray(canonical.affine), zooms)  # type: ignore[arg-type]
 
 
+def volume_display(
+    volume: Volume,
+    window: str | Window | tuple[float, float] | None,
+    modality: str | None,
+    ct_window: str | None = None,
+) -> tuple[Window, ...]:
+    """The display of a volume's slices (one window, or three for a composite): explicit,
+    for CT ``ct_window`` (a model's) or the CT default, or a whole-volume stretch (one
+    display for all slices, so slices of one volume share their intensity scale)."""
+    resolved = resolve_display(window)
+    if resolved is not None:
+        return resolved
+    stretch = isinstance(window, str) and window.strip().lower() == "stretch"
+    if modality == "CT" and not stretch:
+        return resolve_display(ct_window or DEFAULT_CT_WINDOW) or ()
+    return (volume_window(volume, "stretch", modality),)
+
+
 def volume_window(
     volume: Volume,
     window: str | Window | tuple[float, float] | None,
@@ -685,8 +751,10 @@ def read_nifti(
     window: str | Window | tuple[float, float] | None = "auto",
     modality: str | None = None,
     volume: int = 0,
+    ct_window: str | None = None,
 ) -> MedicalImage:
-    """One display slice of a NIfTI volume (default: the middle slice along ``axis``)."""
+    """One display slice of a NIfTI volume (default: the middle slice along ``axis``);
+    ``window`` and ``ct_window`` as in :func:`volume_display`."""
     from medisee.data.schema import normalize_modality
 
     vol = load_volume(path, volume=volume)
@@ -704,20 +772,19 @@ def read_nifti(
             f"{axis_name} slice {index} of {path} has no finite values (every value is NaN "
             "or infinite)"
         )
-    resolved = volume_window(vol, window, modality)
-    gray = apply_window(values, resolved)
+    windows = volume_display(vol, window, modality, ct_window)
     axis_name = {v: k for k, v in AXES.items()}[axis_i]
     meta = ImageMeta(
         format="nifti",
         modality=modality,
         display=None if axis_name == "sagittal" else "radiological",
-        window=(resolved.center, resolved.width),
         spacing=vol.spacing(axis_i),
         axis=axis_name,
         index=index,
         num_slices=count,
     )
-    return MedicalImage(gray_to_rgb(gray), values.astype(np.float32), meta)
+    pixels = render_display(values, windows, meta)
+    return MedicalImage(pixels, values.astype(np.float32), meta)
 
 
 def save_png(path: str | os.PathLike[str], pixels: np.ndarray) -> None:

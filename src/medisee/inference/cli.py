@@ -85,7 +85,9 @@ def _add_read_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--window",
         default="auto",
-        help="CT/MR window: preset (lung, abdomen, brain, bone...), CENTER,WIDTH, auto or stretch",
+        help="CT/MR window: preset (lung, abdomen, brain, bone...), composite "
+        "(lung_mediastinum_bone: one window per colour channel), CENTER,WIDTH, auto (a CT is "
+        "shown as the model's training CT was) or stretch",
     )
     parser.add_argument(
         "--axis", default="axial", choices=("axial", "coronal", "sagittal"), help="NIfTI axis"

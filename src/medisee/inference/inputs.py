@@ -57,6 +57,9 @@ class ReadOptions:
             is the middle slice.
         frame: frame of a multi-frame DICOM.
         modality: overrides the file's modality (NIfTI has none; it selects the CT window).
+        ct_window: the display an ``"auto"`` CT gets: a window preset or a composite
+            (``medisee.data.io.COMPOSITE_WINDOWS``). ``Predictor`` fills it with its
+            model's ``ModelConfig.ct_window``, so a CT looks as the model's training CT did.
     """
 
     window: str | Window | tuple[float, float] | None = "auto"
@@ -64,6 +67,7 @@ class ReadOptions:
     index: int | None = None
     frame: int = 0
     modality: str | None = None
+    ct_window: str | None = None
 
 
 def is_nifti_path(path: str | os.PathLike[str]) -> bool:
@@ -121,6 +125,7 @@ def load_image(image: ImageInput, options: ReadOptions | None = None) -> Medical
             index=options.index,
             frame=options.frame,
             modality=options.modality,
+            ct_window=options.ct_window,
         )
     raise TypeError(f"cannot use {type(image).__name__} as an image (array, MedicalImage or path)")
 

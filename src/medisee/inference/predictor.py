@@ -326,11 +326,16 @@ class Predictor:
     def prepare(
         self, image: ImageInput | ImageState, options: ReadOptions | None = None, name: str = ""
     ) -> ImageState:
-        """Decode and transform an image for the model; no model work (thread-safe)."""
+        """Decode and transform an image for the model; no model work (thread-safe). A CT
+        file read with the ``"auto"`` window is shown as the model's training CT was
+        (``ModelConfig.ct_window``) unless ``options.ct_window`` says otherwise."""
         if isinstance(image, ImageState):
             return image
         if not name and isinstance(image, (str, os.PathLike)):
             name = str(image)
+        ct_window = self.model.config.ct_window
+        if ct_window and (options is None or options.ct_window is None):
+            options = dataclasses.replace(options or ReadOptions(), ct_window=ct_window)
         decoded = load_image(image, options)
         pixel_values, frame = self.transform.prepare(decoded.pixels)
         return ImageState(decoded, pixel_values, frame, name=name)

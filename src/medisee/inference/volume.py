@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medisee.data.io import AXES, ImageMeta, MedicalImage, apply_window, gray_to_rgb
+from medisee.data.io import AXES, ImageMeta, MedicalImage, render_display
 
 if TYPE_CHECKING:  # pragma: no cover
     from medisee.inference.predictor import Prediction, Predictor
@@ -118,13 +118,14 @@ def predict_volume(
 ) -> VolumePrediction:
     """Ask ``question`` about every slice along ``axis``; stack the masks as a volume.
 
-    All slices share one display window (``medisee.data.io.volume_window``), as when the
+    All slices share one display (``medisee.data.io.volume_display``; a CT in the model's
+    ``ct_window`` unless ``window`` says otherwise), as when the
     training slices were made. Slices run through ``Predictor.predict_iter`` in batches.
     """
     import nibabel as nib
     from nibabel.spatialimages import SpatialImage
 
-    from medisee.data.io import check_informative, load_volume, volume_window
+    from medisee.data.io import check_informative, load_volume, volume_display
     from medisee.data.schema import normalize_modality
 
     if axis not in AXES:
@@ -135,7 +136,7 @@ def predict_volume(
     vol = load_volume(path, volume=volume)
     check_informative(vol.data, f"the volume {path}")  # as read_nifti: no blank volumes
     modality = normalize_modality(modality) if modality else None
-    resolved = volume_window(vol, window, modality)
+    windows = volume_display(vol, window, modality, predictor.model.config.ct_window)
     axis_index = AXES[axis]
     count = vol.num_slices(axis_index)
 
@@ -143,14 +144,9 @@ def predict_volume(
         for index in range(count):
             values = vol.slice(axis_index, index)
             meta = ImageMeta(
-                format="nifti",
-                modality=modality,
-                window=(resolved.center, resolved.width),
-                axis=axis,
-                index=index,
-                num_slices=count,
+                format="nifti", modality=modality, axis=axis, index=index, num_slices=count
             )
-            image = MedicalImage(gray_to_rgb(apply_window(values, resolved)), values, meta)
+            image = MedicalImage(render_display(values, windows, meta), values, meta)
             yield image, question
 
     predictions = list(predictor.predict_iter(slices(), progress=progress, **generation))

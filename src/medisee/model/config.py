@@ -432,6 +432,11 @@ class ModelConfig:
     ``question_prior``: with it, a constrained answer also weighs each label by how likely
     a pretrained LM reading the question alone finds it (``medisee.model.question_prior``;
     the trainer fits it); ``None``: no prior.
+
+    ``ct_window``: how the training split's CT was shown (a ``medisee.data.io`` window
+    preset or composite name; the trainer reads it from the records). Inference shows a
+    CT file read with the ``"auto"`` window the same way; ``None``: the readers' own
+    choice (the header's window, else the CT default).
     """
 
     language: LanguageConfig = field(default_factory=LanguageConfig)
@@ -447,6 +452,7 @@ class ModelConfig:
     exams: dict[str, tuple[str, ...]] = field(default_factory=dict)
     exam_min_probability: float = 0.2
     question_prior: QuestionPriorConfig | None = None
+    ct_window: str | None = None
 
     def __post_init__(self) -> None:
         for name, cls in (
@@ -492,6 +498,14 @@ class ModelConfig:
             self.question_prior = QuestionPriorConfig(**self.question_prior)
         if self.question_prior is not None and not self.labels:
             raise ValueError("ModelConfig.question_prior needs ModelConfig.labels to score")
+        if self.ct_window is not None:
+            from medisee.data.io import COMPOSITE_WINDOWS, WINDOW_PRESETS
+
+            if self.ct_window not in WINDOW_PRESETS and self.ct_window not in COMPOSITE_WINDOWS:
+                known = ", ".join([*WINDOW_PRESETS, *COMPOSITE_WINDOWS])
+                raise ValueError(
+                    f"ModelConfig.ct_window must be one of {known} or None, got {self.ct_window!r}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return _to_jsonable(dataclasses.asdict(self))

@@ -134,6 +134,17 @@ def training_data(records: list) -> dict[str, Any]:
     }
 
 
+def demo_command(demo_dir: str | Path, ct_window: str | None) -> str:
+    """The ``medisee demo`` command line that made ``demo_dir`` (its report's
+    ``ct_window``: the CT display, given when it is not the demo's default)."""
+    from medisee.demo import DemoConfig
+
+    command = f"medisee demo --out {demo_dir}"
+    if ct_window and ct_window != DemoConfig().ct_window:
+        command += f" --ct-window {ct_window}"
+    return command
+
+
 def build_release(config: ReleaseConfig) -> Path:
     """Make the release (see the module docstring); returns its directory."""
     from medisee.data.manifest import load_records
@@ -141,6 +152,7 @@ def build_release(config: ReleaseConfig) -> Path:
     from medisee.model.export import merge_lora
     from medisee.model.medisee import MediSee
     from medisee.model.released import save_release
+    from medisee.train.trainer import training_ct_window
 
     started = time.perf_counter()
     target = config.target()
@@ -169,6 +181,9 @@ def build_release(config: ReleaseConfig) -> Path:
 
     model = MediSee.from_pretrained(model_dir).eval()
     merge_lora(model)
+    # How its CT was shown, for a model trained before its config recorded it.
+    train_records = [r for r in records if r.split == "train"]
+    model.config.ct_window = model.config.ct_window or training_ct_window(train_records)
     staging = target.with_name(f".{target.name}.staging")
     if staging.exists():
         shutil.rmtree(staging)
@@ -185,7 +200,7 @@ def build_release(config: ReleaseConfig) -> Path:
             if config.run_demo
             else f"{RELEASE_COMMAND} --skip-demo --demo-dir {demo_dir}",
             "ran_demo": config.run_demo,
-            "demo_command": f"medisee demo --out {demo_dir}",
+            "demo_command": demo_command(demo_dir, demo.get("ct_window")),
             **_stamp(commit),
             "demo_timings_s": demo.get("timings_s", {}),
             "train_steps": demo.get("train_steps"),

@@ -78,7 +78,9 @@ class PredictParams(BaseModel):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     window: str | None = Field(
-        None, description="CT/MR window: preset (lung, abdomen...), 'CENTER,WIDTH', auto, stretch"
+        None,
+        description="CT/MR window: preset (lung, abdomen...), composite "
+        "(lung_mediastinum_bone), 'CENTER,WIDTH', auto (a CT: the model's display), stretch",
     )
     axis: Literal["axial", "coronal", "sagittal"] = Field("axial", description="NIfTI axis")
     slice_index: int | None = Field(None, ge=0, description="NIfTI slice (default: middle)")
@@ -339,10 +341,15 @@ def _predictor_factory(predictor: Any, device: str, settings: ServeSettings) -> 
 
 # -------------------------------------------------------------------------- uploads
 def _decode_upload(
-    data: bytes, filename: str | None, params: PredictParams, settings: ServeSettings
+    data: bytes,
+    filename: str | None,
+    params: PredictParams,
+    settings: ServeSettings,
+    ct_window: str | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Bytes -> ``MedicalImage`` and the echoed image info (thread pool; numpy/Pillow/
-    pydicom/nibabel only, no torch)."""
+    pydicom/nibabel only, no torch). ``ct_window``: the model's display for an ``"auto"``
+    CT (``ReadOptions.ct_window``)."""
     from PIL import Image
 
     from medisee.data.io import BlankImageError, ImageReadError, ImageTooLargeError, parse_window
@@ -373,6 +380,7 @@ def _decode_upload(
             index=params.slice_index,
             frame=params.frame,
             modality=params.modality,
+            ct_window=ct_window,
         )
     except ValueError as error:
         raise HTTPException(422, str(error)) from None
@@ -594,6 +602,7 @@ def create_app(
     sessions = SessionStore(settings.max_sessions, settings.session_ttl_s)
     holder: dict[str, ModelWorker] = {}
     reserved: list[str] = []  # the model's special-token strings, known once it is loaded
+    displays: dict[str, str | None] = {"ct_window": None}  # the model's CT display, likewise
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -607,6 +616,8 @@ def create_app(
         holder["worker"] = worker
         await run_in_threadpool(worker.wait_ready)
         reserved.extend(_reserved_tokens(worker.resource))
+        config = getattr(getattr(worker.resource, "model", None), "config", None)
+        displays["ct_window"] = getattr(config, "ct_window", None)
         try:
             yield
         finally:
@@ -708,7 +719,9 @@ def create_app(
                 raise _session_missing(sessions, params.session_id, settings)
             is_new = False
         else:
-            image, info = await run_in_threadpool(_decode_upload, data, filename, params, settings)
+            image, info = await run_in_threadpool(
+                _decode_upload, data, filename, params, settings, displays["ct_window"]
+            )
             session = Session(new_session_id(), image, info)
             is_new = True
         options = GenerationOptions(

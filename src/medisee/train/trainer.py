@@ -20,7 +20,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from medisee.data.manifest import load_records
+from medisee.data.schema import Record
 from medisee.model.config import QuestionPriorConfig
 from medisee.train.config import TrainConfig
 from medisee.train.exam_fit import fit_exams
@@ -165,6 +166,21 @@ class TrainingRun:
     prior_fit: dict[str, Any] | None = None
 
 
+def training_ct_window(records: Sequence[Record]) -> str | None:
+    """The display most of the real CT ``records`` were built in: their ``meta["window"]``
+    where it names a ``medisee.data.io`` window preset or composite (the bundled patient
+    scans record theirs); ``None`` when none does. Phantoms draw their windows at random
+    and record no name, so they do not vote."""
+    from collections import Counter
+
+    from medisee.data.io import COMPOSITE_WINDOWS, WINDOW_PRESETS
+
+    names = {*WINDOW_PRESETS, *COMPOSITE_WINDOWS}
+    windows = (record.meta.get("window") for record in records if record.modality == "CT")
+    votes = Counter(window for window in windows if isinstance(window, str) and window in names)
+    return votes.most_common(1)[0][0] if votes else None
+
+
 def train(
     config: TrainConfig,
     *,
@@ -273,6 +289,8 @@ def setup_training(
     # The structures it learns to segment: generated answers name one of them.
     trained = {target.label for record in train_records for target in record.targets}
     model.config.labels = tuple(sorted(set(model.config.labels) | trained))
+    # How its CT was shown: inference shows a user's CT the same way.
+    model.config.ct_window = training_ct_window(train_records) or model.config.ct_window
     if config.grounding_refit_steps and model.grounding is None:
         raise ValueError(
             "grounding_refit_steps needs a model with a grounding head "
