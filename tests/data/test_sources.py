@@ -143,3 +143,12 @@ def test_nifti_volumes_are_sliced_where_labels_are(tmp_path):
     assert {r.source_id: r.split for r in result.records}.keys() == {"liver_001", "liver_002"}
     check_no_leakage(result.records)
     assert choose_slices(np.array([0, 1, 1, 1, 1, 1, 0], bool), 2) == [2, 4]
+    assert {tuple(r.meta["window"]) for r in result.records} == {(40.0, 400.0)}  # CT default
+    composite = build_nifti(
+        root, tmp_path / "composite", slices_per_volume=3, window="lung_mediastinum_bone"
+    )
+    record = composite.records[0]
+    assert record.meta["window"] == "lung_mediastinum_bone"  # a name the trainer reads
+    assert record.meta["windows"] == [[-600.0, 1500.0], [50.0, 350.0], [400.0, 1800.0]]
+    pixels = np.asarray(Image.open(tmp_path / "composite" / record.image))
+    assert pixels.ndim == 3 and not np.array_equal(pixels[..., 0], pixels[..., 2])

@@ -429,7 +429,8 @@ def _decode_upload(
         "height": height,
         "width": width,
         "modality": meta.modality,
-        "window": list(meta.window) if meta.window else None,
+        # One (center, width), or a composite's three, red to blue.
+        "window": list(meta.window) if meta.window else meta.extra.get("windows"),
         "axis": meta.axis,
         "slice_index": meta.index if meta.format == "nifti" else None,
         "frame": meta.index if meta.format == "dicom" else None,

@@ -21,7 +21,15 @@ from typing import Any
 import numpy as np
 
 from medisee.data.build import Builder, BuildOptions, BuildResult
-from medisee.data.io import ImageReadError, Window, apply_window, load_volume, volume_window
+from medisee.data.io import (
+    ImageMeta,
+    ImageReadError,
+    Window,
+    composite_name,
+    load_volume,
+    render_display,
+    volume_display,
+)
 from medisee.data.schema import normalize_modality, slugify
 from medisee.data.sources.folder import _label_map_from, read_label_file
 
@@ -113,9 +121,10 @@ def build_nifti(
             builder.report.add("unknown label id", f"{case}/id {value}", "not in the label map")
         other_axes = tuple(a for a in range(3) if a != axis_index)
         present = np.asarray((labels.data > 0).any(axis=other_axes))
-        resolved = volume_window(volume, window, modality)
+        windows = volume_display(volume, window, modality)
         for index in choose_slices(present, slices_per_volume):
-            pixels = apply_window(volume.slice(axis_index, index), resolved)
+            shown = ImageMeta(format="nifti")
+            pixels = render_display(volume.slice(axis_index, index), windows, shown)
             label_slice = labels.slice(axis_index, index)
             targets = [
                 (names[str(int(v))], label_slice == v)
@@ -135,7 +144,10 @@ def build_nifti(
                     "file": image_path.name,
                     "axis": axis_name,
                     "index": index,
-                    "window": [resolved.center, resolved.width],
+                    # A composite by its name (its windows in "windows"), as the trainer
+                    # reads a model's CT display (ModelConfig.ct_window) from it.
+                    "window": composite_name(window) or list(shown.window or ()),
+                    **({"windows": shown.extra["windows"]} if len(windows) > 1 else {}),
                     "spacing": list(volume.spacing(axis_index)),
                 },
             )
