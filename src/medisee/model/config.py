@@ -433,10 +433,11 @@ class ModelConfig:
     a pretrained LM reading the question alone finds it (``medisee.model.question_prior``;
     the trainer fits it); ``None``: no prior.
 
-    ``ct_window``: how the training split's CT was shown (a ``medisee.data.io`` window
-    preset or composite name; the trainer reads it from the records). Inference shows a
-    CT file read with the ``"auto"`` window the same way; ``None``: the readers' own
-    choice (the header's window, else the CT default).
+    ``ct_window``: how the training split's CT was shown, where inference must show a
+    user's CT the same way (a ``medisee.data.io`` composite or window preset name; the
+    trainer records a composite, ``medisee.train.trainer.training_ct_window``). A CT file
+    read with the ``"auto"`` window is shown in it; ``None``: the readers' own choice (the
+    header's window, else the CT default).
     """
 
     language: LanguageConfig = field(default_factory=LanguageConfig)

@@ -167,17 +167,19 @@ class TrainingRun:
 
 
 def training_ct_window(records: Sequence[Record]) -> str | None:
-    """The display most of the real CT ``records`` were built in: their ``meta["window"]``
-    where it names a ``medisee.data.io`` window preset or composite (the bundled patient
-    scans record theirs); ``None`` when none does. Phantoms draw their windows at random
-    and record no name, so they do not vote."""
+    """The composite CT display (``medisee.data.io.COMPOSITE_WINDOWS``) most of the CT
+    ``records`` were built in, by their ``meta["window"]``; ``None`` when none was.
+
+    Only a composite is recorded: a model that learnt CT in colour must see a user's CT in
+    the same colours, while one grey window is one of many a model sees (the phantoms draw
+    theirs at random, a DICOM brings its header's) and stays the reader's choice.
+    """
     from collections import Counter
 
-    from medisee.data.io import COMPOSITE_WINDOWS, WINDOW_PRESETS
+    from medisee.data.io import COMPOSITE_WINDOWS
 
-    names = {*WINDOW_PRESETS, *COMPOSITE_WINDOWS}
     windows = (record.meta.get("window") for record in records if record.modality == "CT")
-    votes = Counter(window for window in windows if isinstance(window, str) and window in names)
+    votes = Counter(w for w in windows if isinstance(w, str) and w in COMPOSITE_WINDOWS)
     return votes.most_common(1)[0][0] if votes else None
 
 
@@ -289,7 +291,7 @@ def setup_training(
     # The structures it learns to segment: generated answers name one of them.
     trained = {target.label for record in train_records for target in record.targets}
     model.config.labels = tuple(sorted(set(model.config.labels) | trained))
-    # How its CT was shown: inference shows a user's CT the same way.
+    # A CT display in colour: inference shows a user's CT the same way.
     model.config.ct_window = training_ct_window(train_records) or model.config.ct_window
     if config.grounding_refit_steps and model.grounding is None:
         raise ValueError(
