@@ -296,3 +296,26 @@ def test_eval_free_answers_flag_reaches_the_evaluation(tmp_path, monkeypatch, fl
     args = ["eval", "--model", "m", "--manifest", "x.jsonl", "--out", str(tmp_path / "e")]
     assert main([*args, *flag]) == 0
     assert seen["constrain_answer"] is (not flag)
+
+
+def test_teacher_forcing_through_the_candidate_tokens_equals_the_whole_reply(
+    tiny_model, records, monkeypatch
+):
+    """The teacher-forced pass stops after the candidate tokens: the LM is causal, so the
+    masks and boxes are those of the whole reply with its explanation."""
+    from medisee.model.prompting import PromptBuilder
+
+    recs, root = records
+    test = [r for r in recs if r.split == "test"]
+    short = evaluate(tiny_model, test, root, modes=("teacher_forced",), progress=False)
+    answer_text = PromptBuilder.answer_text
+
+    def with_explanation(self, answer, explanation=None):
+        return answer_text(self, answer, explanation or "It filters the blood; it lies deep.")
+
+    monkeypatch.setattr(PromptBuilder, "answer_text", with_explanation)
+    whole = evaluate(tiny_model, test, root, modes=("teacher_forced",), progress=False)
+    assert len(short.examples) == len(whole.examples) == 4
+    for a, b in zip(short.examples, whole.examples):
+        assert a["tf_box"] == pytest.approx(b["tf_box"], abs=1e-4)
+        assert a["tf_dice"] == pytest.approx(b["tf_dice"], abs=1e-6)

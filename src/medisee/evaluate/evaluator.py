@@ -397,13 +397,14 @@ def evaluate_items(
 def _teacher_forced(
     predictor: Predictor, chunk: Sequence[EvalItem], requests: Sequence[PredictRequest]
 ) -> list[tuple[np.ndarray | None, tuple[float, ...] | None]]:
-    """Mask and pixel box of each item with its reference answer fed in."""
+    """Mask and pixel box of each item with its reference answer (through the candidate
+    tokens) fed in."""
     model, builder = predictor.model, predictor.builder
     predictor.encode([r.state for r in requests])
-    encoded = [
-        builder.encode([(i.qa.question, builder.answer_text(i.qa.answer, i.qa.explanation))])
-        for i in chunk
-    ]
+    # The reference answer through its candidate tokens: the LM is causal, so their states
+    # do not depend on the explanation after them (as in the grounding refit,
+    # ``medisee.train.task.through_last_candidate``), which is most of a reply's tokens.
+    encoded = [builder.encode([(i.qa.question, builder.answer_text(i.qa.answer))]) for i in chunk]
     device = predictor.device
     ids, attention = right_pad([e.input_ids for e in encoded], model.tokenizer.pad_token_id)
     pixels = None

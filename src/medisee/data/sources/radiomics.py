@@ -543,8 +543,8 @@ class RadiomicsConfig:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.ct_window not in WINDOW_PRESETS and self.ct_window not in COMPOSITE_WINDOWS:
-            known = ", ".join([*WINDOW_PRESETS, *COMPOSITE_WINDOWS])
-            raise ValueError(f"ct_window must be one of {known}, got {self.ct_window!r}")
+            displays = ", ".join([*WINDOW_PRESETS, *COMPOSITE_WINDOWS])
+            raise ValueError(f"ct_window must be one of {displays}, got {self.ct_window!r}")
 
     @property
     def case_names(self) -> tuple[str, ...]:
