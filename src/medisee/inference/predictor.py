@@ -331,11 +331,11 @@ class Predictor:
         (``ModelConfig.ct_window``) unless ``options.ct_window`` says otherwise."""
         if isinstance(image, ImageState):
             return image
-        if not name and isinstance(image, (str, os.PathLike)):
-            name = str(image)
-        ct_window = self.model.config.ct_window
-        if ct_window and (options is None or options.ct_window is None):
-            options = dataclasses.replace(options or ReadOptions(), ct_window=ct_window)
+        if isinstance(image, (str, os.PathLike)):
+            name = name or str(image)
+            ct_window = self.model.config.ct_window  # only files are displayed here
+            if ct_window and (options is None or options.ct_window is None):
+                options = dataclasses.replace(options or ReadOptions(), ct_window=ct_window)
         decoded = load_image(image, options)
         pixel_values, frame = self.transform.prepare(decoded.pixels)
         return ImageState(decoded, pixel_values, frame, name=name)

@@ -136,7 +136,9 @@ def predict_volume(
     vol = load_volume(path, volume=volume)
     check_informative(vol.data, f"the volume {path}")  # as read_nifti: no blank volumes
     modality = normalize_modality(modality) if modality else None
-    windows = volume_display(vol, window, modality, predictor.model.config.ct_window)
+    # The model's CT display (a predictor double may have no model).
+    config = getattr(getattr(predictor, "model", None), "config", None)
+    windows = volume_display(vol, window, modality, getattr(config, "ct_window", None))
     axis_index = AXES[axis]
     count = vol.num_slices(axis_index)
 
