@@ -72,11 +72,9 @@ class DemoConfig:
             raise ValueError(f"demo train_qa_variants must be >= 0, got {self.train_qa_variants}")
         if self.num_images < 30:
             raise ValueError("the demo needs >= 30 images to leave a test split")
-        from medisee.data.io import COMPOSITE_WINDOWS, WINDOW_PRESETS
+        from medisee.data.io import check_display_name
 
-        if self.ct_window not in WINDOW_PRESETS and self.ct_window not in COMPOSITE_WINDOWS:
-            known = ", ".join([*WINDOW_PRESETS, *COMPOSITE_WINDOWS])
-            raise ValueError(f"demo ct_window must be one of {known}, got {self.ct_window!r}")
+        check_display_name(self.ct_window, "demo ct_window")
 
     def train_config(
         self, manifest: str | Path, output_dir: str | Path, cache_dir: str | Path

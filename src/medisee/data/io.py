@@ -203,6 +203,14 @@ def composite_windows(name: str) -> tuple[Window, ...]:
     return tuple(Window(*WINDOW_PRESETS[preset]) for preset in COMPOSITE_WINDOWS[name])
 
 
+def check_display_name(name: object, what: str) -> None:
+    """Raise ``ValueError`` naming ``what`` unless ``name`` is a :data:`WINDOW_PRESETS` or
+    :data:`COMPOSITE_WINDOWS` name (how a CT is shown, by name)."""
+    if name not in WINDOW_PRESETS and name not in COMPOSITE_WINDOWS:
+        known = ", ".join([*WINDOW_PRESETS, *COMPOSITE_WINDOWS])
+        raise ValueError(f"{what} must be one of {known}, got {name!r}")
+
+
 def composite_name(window: Any) -> str | None:
     """The :data:`COMPOSITE_WINDOWS` name ``window`` spells (any case, ``-`` or space for
     ``_``), else ``None``."""

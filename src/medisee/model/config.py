@@ -500,13 +500,9 @@ class ModelConfig:
         if self.question_prior is not None and not self.labels:
             raise ValueError("ModelConfig.question_prior needs ModelConfig.labels to score")
         if self.ct_window is not None:
-            from medisee.data.io import COMPOSITE_WINDOWS, WINDOW_PRESETS
+            from medisee.data.io import check_display_name
 
-            if self.ct_window not in WINDOW_PRESETS and self.ct_window not in COMPOSITE_WINDOWS:
-                known = ", ".join([*WINDOW_PRESETS, *COMPOSITE_WINDOWS])
-                raise ValueError(
-                    f"ModelConfig.ct_window must be one of {known} or None, got {self.ct_window!r}"
-                )
+            check_display_name(self.ct_window, "ModelConfig.ct_window (or None)")
 
     def to_dict(self) -> dict[str, Any]:
         return _to_jsonable(dataclasses.asdict(self))

@@ -83,13 +83,12 @@ from typing import Any
 import numpy as np
 
 from medisee.data.io import (
-    COMPOSITE_WINDOWS,
-    WINDOW_PRESETS,
     Window,
     apply_window,
     apply_windows,
-    composite_windows,
+    check_display_name,
     display_slice,
+    resolve_display,
     stretch_window,
 )
 
@@ -542,9 +541,7 @@ class RadiomicsConfig:
             raise ValueError(f"train_brain_pastes must be >= 0, got {self.train_brain_pastes}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.ct_window not in WINDOW_PRESETS and self.ct_window not in COMPOSITE_WINDOWS:
-            displays = ", ".join([*WINDOW_PRESETS, *COMPOSITE_WINDOWS])
-            raise ValueError(f"ct_window must be one of {displays}, got {self.ct_window!r}")
+        check_display_name(self.ct_window, "ct_window")
 
     @property
     def case_names(self) -> tuple[str, ...]:
@@ -874,13 +871,11 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
     """The chosen slices of one case with their expert and derived masks."""
     chosen = choose_slices(volume.label, config, case.modality, training=case.split == "train")
     derived: dict[str, np.ndarray] = {}
-    windows: tuple[Window, ...]
+    windows: tuple[Window, ...] | None
     if case.modality == "CT":
         derived = derive_ct_masks(volume.image, volume.spacing, chosen)
-        if config.ct_window in COMPOSITE_WINDOWS:
-            windows = composite_windows(config.ct_window)
-        else:
-            windows = (Window(*WINDOW_PRESETS[config.ct_window]),)
+        windows = resolve_display(config.ct_window)  # a preset or a composite: never None
+        assert windows is not None
         window_name = config.ct_window
     else:
         values = volume.image[volume.image > 0]
