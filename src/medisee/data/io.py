@@ -186,11 +186,14 @@ def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
     return np.floor(scaled * 255.0 + 0.5).astype(np.uint8)
 
 
-def apply_windows(values: np.ndarray, windows: Sequence[Window]) -> np.ndarray:
-    """``H x W`` values -> ``H x W x len(windows)`` ``uint8``: channel ``c`` is ``values``
-    through ``windows[c]`` (:func:`apply_window`)."""
-    if not windows:
-        raise ValueError("apply_windows needs at least one window")
+def display_pixels(values: np.ndarray, windows: Sequence[Window]) -> np.ndarray:
+    """``H x W`` values through a display's windows -> ``uint8``: ``H x W`` for one window
+    (:func:`apply_window`), ``H x W x 3`` for a composite (channel ``c`` through
+    ``windows[c]``)."""
+    if len(windows) == 1:
+        return apply_window(values, windows[0])
+    if len(windows) != 3:
+        raise ValueError(f"a display has one window or three (a composite), got {len(windows)}")
     return np.stack([apply_window(values, window) for window in windows], axis=-1)
 
 
@@ -236,14 +239,13 @@ def render_display(values: np.ndarray, windows: Sequence[Window], meta: ImageMet
     """``H x W`` values through a display's windows -> ``H x W x 3`` ``uint8``, and the
     display written into ``meta``: ``window`` for one (grey on three channels), ``None``
     and ``extra["windows"]`` (``[[center, width], ...]``, red to blue) for a composite."""
-    if len(windows) == 1:
+    pixels = display_pixels(values, windows)
+    if pixels.ndim == 2:
         meta.window = (windows[0].center, windows[0].width)
-        return gray_to_rgb(apply_window(values, windows[0]))
-    if len(windows) != 3:
-        raise ValueError(f"a display has one window or three (a composite), got {len(windows)}")
+        return gray_to_rgb(pixels)
     meta.window = None
     meta.extra["windows"] = [[w.center, w.width] for w in windows]
-    return apply_windows(values, windows)
+    return pixels
 
 
 def stretch_window(
@@ -727,28 +729,14 @@ def volume_display(
     if resolved is not None:
         return resolved
     stretch = isinstance(window, str) and window.strip().lower() == "stretch"
-    if modality == "CT" and not stretch:
-        return resolve_display(ct_window or DEFAULT_CT_WINDOW) or ()
-    return (volume_window(volume, "stretch", modality),)
-
-
-def volume_window(
-    volume: Volume,
-    window: str | Window | tuple[float, float] | None,
-    modality: str | None,
-) -> Window:
-    """The window for a volume's slices: explicit, CT default, or a whole-volume stretch
-    (one window for all slices, so slices of one volume share their intensity scale)."""
-    resolved = resolve_window(window)
-    if resolved is not None:
-        return resolved
-    if modality == "CT" and not (isinstance(window, str) and window.lower() == "stretch"):
-        return Window(*WINDOW_PRESETS[DEFAULT_CT_WINDOW])
+    shown = resolve_display(ct_window or DEFAULT_CT_WINDOW) if modality == "CT" else None
+    if shown is not None and not stretch:  # a name always resolves to a display
+        return shown
     data = volume.data
     # Subsample big volumes: percentiles of every 4th voxel are close enough.
     sample = data.ravel()[:: max(1, data.size // 2_000_000)]
     nonzero = sample[sample != 0]
-    return stretch_window(nonzero if nonzero.size > 100 else sample)
+    return (stretch_window(nonzero if nonzero.size > 100 else sample),)
 
 
 def read_nifti(

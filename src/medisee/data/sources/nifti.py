@@ -22,12 +22,11 @@ import numpy as np
 
 from medisee.data.build import Builder, BuildOptions, BuildResult
 from medisee.data.io import (
-    ImageMeta,
     ImageReadError,
     Window,
     composite_name,
+    display_pixels,
     load_volume,
-    render_display,
     volume_display,
 )
 from medisee.data.schema import normalize_modality, slugify
@@ -123,8 +122,7 @@ def build_nifti(
         present = np.asarray((labels.data > 0).any(axis=other_axes))
         windows = volume_display(volume, window, modality)
         for index in choose_slices(present, slices_per_volume):
-            shown = ImageMeta(format="nifti")
-            pixels = render_display(volume.slice(axis_index, index), windows, shown)
+            pixels = display_pixels(volume.slice(axis_index, index), windows)
             label_slice = labels.slice(axis_index, index)
             targets = [
                 (names[str(int(v))], label_slice == v)
@@ -146,8 +144,12 @@ def build_nifti(
                     "index": index,
                     # A composite by its name (its windows in "windows"), as the trainer
                     # reads a model's CT display (ModelConfig.ct_window) from it.
-                    "window": composite_name(window) or list(shown.window or ()),
-                    **({"windows": shown.extra["windows"]} if len(windows) > 1 else {}),
+                    "window": composite_name(window) or [windows[0].center, windows[0].width],
+                    **(
+                        {"windows": [[w.center, w.width] for w in windows]}
+                        if len(windows) > 1
+                        else {}
+                    ),
                     "spacing": list(volume.spacing(axis_index)),
                 },
             )

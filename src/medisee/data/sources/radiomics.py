@@ -84,9 +84,8 @@ import numpy as np
 
 from medisee.data.io import (
     Window,
-    apply_window,
-    apply_windows,
     check_display_name,
+    display_pixels,
     display_slice,
     resolve_display,
     stretch_window,
@@ -882,14 +881,6 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
         windows = (stretch_window(values if values.size > 100 else volume.image),)
         window_name = "stretch"
 
-    def render(values: np.ndarray) -> np.ndarray:
-        """A slice's values -> its display: ``H x W`` grey, or ``H x W x 3`` composite."""
-        return (
-            apply_window(values, windows[0])
-            if len(windows) == 1
-            else apply_windows(values, windows)
-        )
-
     out: list[ScanSlice] = []
     # Views and pastes are drawn from (seed, case, slice): a build is deterministic.
     case_key = [config.seed, [c.name for c in CASES].index(case.name)]
@@ -984,7 +975,7 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
         record_id = f"radiomics-{case.name}-z{k:03d}"
         add(
             record_id,
-            render(hu),
+            display_pixels(hu, windows),
             targets,
             provenance,
             meta,
@@ -1016,7 +1007,7 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
             ]
             add(
                 f"{record_id}-p{donor:03d}",
-                render(pasted_hu),
+                display_pixels(pasted_hu, windows),
                 [(case.label, moved), *pasted_targets],
                 ["derived", *provenance],
                 {**meta, "pasted_lesion_from": int(donor)},
@@ -1032,7 +1023,9 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
         and lesion_slices
     ):
         depth = volume.image.shape[2]
-        displays = [render(display_slice(volume.image, 2, k)) for k in range(depth)]
+        displays = [
+            display_pixels(display_slice(volume.image, 2, k), windows) for k in range(depth)
+        ]
         inset = BRAIN_PASTE_INSET_MM / float(volume.spacing[0])
         for k, brain in brain_recipients(volume.label, displays, inset).items():
             rng = np.random.default_rng([*case_key, int(k), 3])
@@ -1050,7 +1043,7 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
             ):
                 add(
                     f"radiomics-{case.name}-z{k:03d}-p{donor:03d}",
-                    render(pasted_image),
+                    display_pixels(pasted_image, windows),
                     [(case.label, moved)],
                     ["derived"],
                     {**meta_of(k), "pasted_lesion_from": int(donor)},
