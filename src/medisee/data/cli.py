@@ -76,6 +76,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                     ct_window=args.radiomics_ct_window,
                     train_brain_pastes=args.radiomics_brain_pastes,
                     view_shift=args.radiomics_view_shift,
+                    centred_views=args.radiomics_centred_views,
                 ),
                 progress=progress,
             )
@@ -283,6 +284,13 @@ def register(subparsers: Any) -> None:
         help="bundled: how far an augmented view of a real training slice may move past a "
         "plain crop or zoom out, as a share of its size per axis (default: %(default)s; 0 "
         "for crops and zoom outs only; see docs/data.md)",
+    )
+    build.add_argument(
+        "--radiomics-centred-views",
+        type=int,
+        default=0,
+        help="bundled: of the 2 augmented views of a real training CT slice, how many put "
+        "the patient in the middle of the frame (default: %(default)s; see docs/data.md)",
     )
     build.add_argument("--kinds", help="bundled: comma-separated phantom kinds (default: all)")
     build.add_argument("--modality", help="folder/nifti: modality of the images (CT, MRI, ...)")

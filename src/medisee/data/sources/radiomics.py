@@ -498,6 +498,11 @@ class RadiomicsConfig:
       a share of its length per axis (:func:`augmented_views`); 0 keeps the crops and
       zoom outs only. Without it, lung1's vertebra sat in the lower fifth of nearly every
       training frame and the map learnt that place rather than the bone (docs/data.md);
+    - ``centred_views``: of a training CT slice's ``train_views``, this many (the last
+      ones) place their window centred on the body instead (:func:`augmented_views`),
+      as a scanner centres its field of view on the patient. lung1's field of view sits
+      low on the patient, its back cut by the frame's edge, so without them every
+      lung1 frame shows the spine lower than a centred scan does;
     - ``train_pasted_lesions``: on a training CT patient, slices made by pasting the
       patient's expert lung lesion into the lungs of a slice without it
       (:func:`paste_lesion`), at most this many per such slice;
@@ -515,6 +520,7 @@ class RadiomicsConfig:
     train_ct_negatives: int | None = 12
     train_views: int = 2
     view_shift: float = 0.25
+    centred_views: int = 0
     train_pasted_lesions: int = 2
     train_brain_pastes: int = 0
     seed: int = 0
@@ -534,6 +540,11 @@ class RadiomicsConfig:
             raise ValueError(f"train_views must be >= 0, got {self.train_views}")
         if not 0.0 <= self.view_shift <= 0.5:
             raise ValueError(f"view_shift must be in [0, 0.5], got {self.view_shift}")
+        if not 0 <= self.centred_views <= self.train_views:
+            raise ValueError(
+                f"centred_views must be in [0, train_views={self.train_views}], "
+                f"got {self.centred_views}"
+            )
         if self.train_pasted_lesions < 0:
             raise ValueError(f"train_pasted_lesions must be >= 0, got {self.train_pasted_lesions}")
         if self.train_brain_pastes < 0:
@@ -621,6 +632,8 @@ def augmented_views(
     rng: np.random.Generator,
     lesion: np.ndarray | None = None,
     shift: float = 0.0,
+    centre_on: np.ndarray | None = None,
+    centred: int = 0,
 ) -> list[tuple[np.ndarray, list[tuple[str, np.ndarray]], list[str], dict[str, Any]]]:
     """``count`` augmented views of a display-frame ``image`` (H x W or H x W x 3 uint8)
     and its masks.
@@ -631,10 +644,14 @@ def augmented_views(
     patient). The window covers ``lesion`` (default: the union of the ``"expert"``
     targets) when it can. ``shift`` > 0 lets the window's start move a further ``shift``
     of its length past where a crop or a zoom out would put it, on each axis, so the
-    anatomy also moves inside the frame at an unchanged size (the rest padded). Then a
-    gamma in [0.8, 1.25] and Gaussian noise of sigma 2-6 grey levels. Targets cut to
-    less than :data:`VIEW_MIN_KEPT` of their area are dropped. Never flipped: left and right are in the labels. Returns ``(image, targets,
-    provenance, meta)`` per view, ``meta["crop"]`` the window as ``[row0, col0, row1,
+    anatomy also moves inside the frame at an unchanged size (the rest padded). The last
+    ``centred`` views put their window's centre on the centre of ``centre_on``'s box
+    (the body) instead, at the size drawn: the patient in the middle of the frame, as a
+    scanner centres it. They draw the same random numbers as the others, so the other
+    views do not change with ``centred``. Then a gamma in [0.8, 1.25] and Gaussian noise
+    of sigma 2-6 grey levels. Targets cut to less than :data:`VIEW_MIN_KEPT` of their
+    area are dropped. Never flipped: left and right are in the labels. Returns
+    ``(image, targets, provenance, meta)`` per view, ``meta["crop"]`` the window as ``[row0, col0, row1,
     col1]`` in the slice's pixels (beyond its edges when zoomed out), with the gamma and
     the noise.
     """
@@ -649,14 +666,22 @@ def augmented_views(
         rows_hit, cols_hit = (int(ys.min()), int(ys.max())), (int(xs.min()), int(xs.max()))
     border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
     background = np.median(border, axis=0).astype(image.dtype)  # per channel, if any
+    centre = None
+    if centred and centre_on is not None and centre_on.any():
+        ys, xs = np.nonzero(centre_on)
+        centre = ((ys.min() + ys.max() + 1) / 2.0, (xs.min() + xs.max() + 1) / 2.0)
     views = []
-    for _ in range(count):
+    for number in range(count):
         scale = rng.uniform(*VIEW_SCALE)
         aspect = np.sqrt(rng.uniform(*VIEW_ASPECT))
         rows = max(8, int(round(height * scale * aspect)))
         cols = max(8, int(round(width * scale / aspect)))
         row0 = _window_start(height, rows, *rows_hit, rng, int(round(shift * rows)))
         col0 = _window_start(width, cols, *cols_hit, rng, int(round(shift * cols)))
+        placed_centred = centre is not None and number >= count - centred
+        if placed_centred:
+            row0 = int(round(centre[0] - rows / 2.0))
+            col0 = int(round(centre[1] - cols / 2.0))
         kept_targets, kept_origins = [], []
         for (label, mask), origin in zip(targets, provenance):
             crop = _take(mask, row0, col0, rows, cols, False)
@@ -672,6 +697,8 @@ def augmented_views(
         pixels = 255.0 * pixels**gamma + (noise if pixels.ndim == 2 else noise[..., None])
         view = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
         meta = {"crop": [row0, col0, row0 + rows, col0 + cols], "gamma": gamma, "noise": sigma}
+        if placed_centred:
+            meta["centred"] = True
         views.append((view, kept_targets, kept_origins, meta))
     return views
 
@@ -892,8 +919,17 @@ def case_slices(case: Case, volume: ScanVolume, config: RadiomicsConfig) -> list
         if split != "train" or not config.train_views or not targets:
             return
         rng = np.random.default_rng([*case_key, *key])
+        body = next((mask for label, mask in targets if label == "body"), None)
         views = augmented_views(
-            image, targets, provenance, config.train_views, rng, lesion, config.view_shift
+            image,
+            targets,
+            provenance,
+            config.train_views,
+            rng,
+            lesion,
+            config.view_shift,
+            centre_on=body if case.modality == "CT" else None,
+            centred=config.centred_views,
         )
         for number, (view, view_targets, view_origins, view_meta) in enumerate(views, 1):
             if view_targets:
