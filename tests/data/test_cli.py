@@ -95,14 +95,14 @@ def test_build_passes_the_radiomics_options(tmp_path, monkeypatch):
             [
                 *args,
                 *("--radiomics-brain-pastes", "3", "--radiomics-ct-window", "chest_wide"),
-                *("--radiomics-view-shift", "0.25"),
+                *("--radiomics-view-shift", "0.25", "--radiomics-centred-views", "1"),
             ]
         )
     except SystemExit:
         pass
     config = seen["radiomics_config"]
     assert config.train_brain_pastes == 3 and config.ct_window == "chest_wide"
-    assert config.view_shift == 0.25
+    assert config.view_shift == 0.25 and config.centred_views == 1
     seen.clear()
     try:
         main(args)
@@ -110,3 +110,4 @@ def test_build_passes_the_radiomics_options(tmp_path, monkeypatch):
         pass
     assert seen["radiomics_config"].train_brain_pastes == 0
     assert seen["radiomics_config"].view_shift == RadiomicsConfig().view_shift
+    assert seen["radiomics_config"].centred_views == RadiomicsConfig().centred_views

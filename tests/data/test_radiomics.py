@@ -408,6 +408,48 @@ def test_view_shift_moves_the_window_past_a_crop_and_still_covers_the_lesion():
         RadiomicsConfig(view_shift=0.6)
 
 
+def test_centred_views_put_the_body_in_the_middle_and_leave_the_other_views_alone():
+    image = np.full((100, 120), 20, dtype=np.uint8)
+    body = np.zeros((100, 120), dtype=bool)
+    body[50:100, 10:70] = True  # low and left in the frame, cut by its bottom edge
+    image[body] = 200
+    targets = [("body", body)]
+
+    def views(centred):
+        rng = np.random.default_rng(5)
+        return augmented_views(image, targets, ["derived"], 6, rng, centre_on=body, centred=centred)
+
+    plain, centred = views(0), views(2)
+    # The first four are the same views, pixel for pixel; the last two drew the same
+    # size, gamma and noise, only placed elsewhere.
+    for a, b in zip(plain[:4], centred[:4]):
+        assert np.array_equal(a[0], b[0]) and a[3] == b[3]
+    for a, b in zip(plain[4:], centred[4:]):
+        assert a[0].shape == b[0].shape
+        assert a[3]["gamma"] == b[3]["gamma"] and a[3]["noise"] == b[3]["noise"]
+        assert "centred" not in a[3] and b[3]["centred"] is True
+        row0, col0, row1, col1 = b[3]["crop"]
+        # The body's box is rows 50..99, columns 10..69: its centre (75, 40) is the
+        # window's, to the rounding of an odd length.
+        assert abs((row0 + row1) / 2 - 75) <= 0.5 and abs((col0 + col1) / 2 - 40) <= 0.5
+        # In the view, the body's box is centred too (what of it the window keeps).
+        kept = b[1][0][1]
+        ys, xs = np.nonzero(kept)
+        height, width = kept.shape
+        if ys.min() > 0 and ys.max() < height - 1:
+            assert abs((ys.min() + ys.max() + 1) / 2 - height / 2) <= 1
+        if xs.min() > 0 and xs.max() < width - 1:
+            assert abs((xs.min() + xs.max() + 1) / 2 - width / 2) <= 1
+    # Without a body to centre on, nothing is centred.
+    rng = np.random.default_rng(5)
+    alone = augmented_views(image, targets, ["derived"], 6, rng, centre_on=None, centred=2)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(plain, alone))
+    with pytest.raises(ValueError, match="centred_views"):
+        RadiomicsConfig(train_views=2, centred_views=3)
+    with pytest.raises(ValueError, match="centred_views"):
+        RadiomicsConfig(centred_views=-1)
+
+
 def test_paste_lesion_moves_the_lesion_into_the_lungs_as_an_island_or_against_the_edge():
     hu = np.full((60, 80), -850.0, dtype=np.float32)  # lung parenchyma
     lungs = np.zeros((60, 80), dtype=bool)
