@@ -165,9 +165,14 @@ def _channel_by_hand(causal, tokenizer, question: str, labels: list[str]) -> dic
 def test_channel_scores_are_each_questions_likelihood_given_the_label(causal_and_tokenizer):
     causal, tokenizer = causal_and_tokenizer
     scorer = ChannelScorer(causal, tokenizer)
-    questions = ["Which organ filters the blood?", "the  heart is"]
-    allowed = [["liver", "left kidney", "heart"], ["brain", "left lateral ventricle"]]
-    # Batches of 2 pairs: one batch holds pairs of both questions, right-padded.
+    questions = ["Which organ filters the blood?", "the  heart is", "Where does bile come from?"]
+    allowed = [
+        ["liver", "left kidney", "heart"],
+        ["brain", "left lateral ventricle"],
+        ["heart", "liver"],
+    ]
+    # Batches of 2 pairs, by label then question length: a batch holds one label's
+    # prompt with two questions of different lengths (right-padded), or two labels.
     scored = scorer.log_probs(questions, allowed, batch_size=2)
     assert [list(s) for s in scored] == allowed
     for question, labels, got in zip(questions, allowed, scored):

@@ -233,12 +233,14 @@ class ChannelScorer:
         _check_inputs(questions, allowed, batch_size)
         pairs = [(row, label) for row, labels in enumerate(allowed) for label in labels]
         asked = [self.question_ids(question) for question in questions]
+        # Batches of one or two labels, their questions by length: a batch runs each of
+        # its labels' prompts once and pads its questions little (by question, a batch
+        # ran a dozen prompts and padded to its longest question).
+        order = sorted(range(len(pairs)), key=lambda i: (pairs[i][1], len(asked[pairs[i][0]])))
         scores = torch.empty(len(pairs))
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start : start + batch_size]
-            scores[start : start + len(chunk)] = self._score_pairs(
-                [(label, asked[row]) for row, label in chunk]
-            )
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            scores[chunk] = self._score_pairs([(pairs[i][1], asked[pairs[i][0]]) for i in chunk])
         return _normalised(scores, allowed)
 
     def _score_pairs(self, pairs: Sequence[tuple[str, list[int]]]) -> torch.Tensor:
