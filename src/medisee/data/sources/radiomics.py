@@ -651,9 +651,9 @@ def augmented_views(
     views do not change with ``centred``. Then a gamma in [0.8, 1.25] and Gaussian noise
     of sigma 2-6 grey levels. Targets cut to less than :data:`VIEW_MIN_KEPT` of their
     area are dropped. Never flipped: left and right are in the labels. Returns
-    ``(image, targets, provenance, meta)`` per view, ``meta["crop"]`` the window as ``[row0, col0, row1,
-    col1]`` in the slice's pixels (beyond its edges when zoomed out), with the gamma and
-    the noise.
+    ``(image, targets, provenance, meta)`` per view, ``meta["crop"]`` the window as
+    ``[row0, col0, row1, col1]`` in the slice's pixels (beyond its edges when zoomed out),
+    with the gamma and the noise (and ``meta["centred"]`` for a centred view).
     """
     height, width = image.shape[:2]
     if lesion is None:
