@@ -95,14 +95,14 @@ def test_build_passes_the_radiomics_options(tmp_path, monkeypatch):
             [
                 *args,
                 *("--radiomics-brain-pastes", "3", "--radiomics-ct-window", "chest_wide"),
-                *("--radiomics-view-shift", "0.25", "--radiomics-centred-views", "1"),
+                *("--radiomics-view-shift", "0.25", "--radiomics-centred-views", "0"),
             ]
         )
     except SystemExit:
         pass
     config = seen["radiomics_config"]
     assert config.train_brain_pastes == 3 and config.ct_window == "chest_wide"
-    assert config.view_shift == 0.25 and config.centred_views == 1
+    assert config.view_shift == 0.25 and config.centred_views == 0
     seen.clear()
     try:
         main(args)

@@ -444,8 +444,12 @@ def test_centred_views_put_the_body_in_the_middle_and_leave_the_other_views_alon
     rng = np.random.default_rng(5)
     alone = augmented_views(image, targets, ["derived"], 6, rng, centre_on=None, centred=2)
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(plain, alone))
-    with pytest.raises(ValueError, match="centred_views"):
-        RadiomicsConfig(train_views=2, centred_views=3)
+    # More than the views asked for: all of them.
+    everything = augmented_views(
+        image, targets, ["derived"], 6, np.random.default_rng(5), centre_on=body, centred=9
+    )
+    assert all(view[3].get("centred") for view in everything)
+    assert RadiomicsConfig(train_views=0).centred_views == 1
     with pytest.raises(ValueError, match="centred_views"):
         RadiomicsConfig(centred_views=-1)
 

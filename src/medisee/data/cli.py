@@ -288,9 +288,10 @@ def register(subparsers: Any) -> None:
     build.add_argument(
         "--radiomics-centred-views",
         type=int,
-        default=0,
+        default=1,
         help="bundled: of the 2 augmented views of a real training CT slice, how many put "
-        "the patient in the middle of the frame (default: %(default)s; see docs/data.md)",
+        "the patient in the middle of the frame (default: %(default)s; 0 for none; see "
+        "docs/data.md)",
     )
     build.add_argument("--kinds", help="bundled: comma-separated phantom kinds (default: all)")
     build.add_argument("--modality", help="folder/nifti: modality of the images (CT, MRI, ...)")

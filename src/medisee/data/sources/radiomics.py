@@ -499,10 +499,11 @@ class RadiomicsConfig:
       zoom outs only. Without it, lung1's vertebra sat in the lower fifth of nearly every
       training frame and the map learnt that place rather than the bone (docs/data.md);
     - ``centred_views``: of a training CT slice's ``train_views``, this many (the last
-      ones) place their window centred on the body instead (:func:`augmented_views`),
-      as a scanner centres its field of view on the patient. lung1's field of view sits
-      low on the patient, its back cut by the frame's edge, so without them every
-      lung1 frame shows the spine lower than a centred scan does;
+      ones; all of them when it is more) place their window centred on the body instead
+      (:func:`augmented_views`), as a scanner centres its field of view on the patient.
+      lung1's field of view sits low on the patient, its back cut by the frame's edge,
+      so without them every lung1 frame showed the spine lower than a centred scan does
+      (docs/data.md);
     - ``train_pasted_lesions``: on a training CT patient, slices made by pasting the
       patient's expert lung lesion into the lungs of a slice without it
       (:func:`paste_lesion`), at most this many per such slice;
@@ -520,7 +521,7 @@ class RadiomicsConfig:
     train_ct_negatives: int | None = 12
     train_views: int = 2
     view_shift: float = 0.25
-    centred_views: int = 0
+    centred_views: int = 1
     train_pasted_lesions: int = 2
     train_brain_pastes: int = 0
     seed: int = 0
@@ -540,11 +541,8 @@ class RadiomicsConfig:
             raise ValueError(f"train_views must be >= 0, got {self.train_views}")
         if not 0.0 <= self.view_shift <= 0.5:
             raise ValueError(f"view_shift must be in [0, 0.5], got {self.view_shift}")
-        if not 0 <= self.centred_views <= self.train_views:
-            raise ValueError(
-                f"centred_views must be in [0, train_views={self.train_views}], "
-                f"got {self.centred_views}"
-            )
+        if self.centred_views < 0:
+            raise ValueError(f"centred_views must be >= 0, got {self.centred_views}")
         if self.train_pasted_lesions < 0:
             raise ValueError(f"train_pasted_lesions must be >= 0, got {self.train_pasted_lesions}")
         if self.train_brain_pastes < 0:
