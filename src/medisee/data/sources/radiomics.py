@@ -676,10 +676,11 @@ def augmented_views(
         cols = max(8, int(round(width * scale / aspect)))
         row0 = _window_start(height, rows, *rows_hit, rng, int(round(shift * rows)))
         col0 = _window_start(width, cols, *cols_hit, rng, int(round(shift * cols)))
-        placed_centred = centre is not None and number >= count - centred
-        if placed_centred:
+        placed_centred = False
+        if centre is not None and number >= count - centred:
             row0 = int(round(centre[0] - rows / 2.0))
             col0 = int(round(centre[1] - cols / 2.0))
+            placed_centred = True
         kept_targets, kept_origins = [], []
         for (label, mask), origin in zip(targets, provenance):
             crop = _take(mask, row0, col0, rows, cols, False)
