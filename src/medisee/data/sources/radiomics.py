@@ -82,6 +82,7 @@ from typing import Any
 
 import numpy as np
 
+from medisee.boxes import mask_to_box
 from medisee.data.io import (
     Window,
     check_display_name,
@@ -665,9 +666,10 @@ def augmented_views(
     border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
     background = np.median(border, axis=0).astype(image.dtype)  # per channel, if any
     centre = None
-    if centred and centre_on is not None and centre_on.any():
-        ys, xs = np.nonzero(centre_on)
-        centre = ((ys.min() + ys.max() + 1) / 2.0, (xs.min() + xs.max() + 1) / 2.0)
+    body_box = mask_to_box(centre_on) if centred and centre_on is not None else None
+    if body_box is not None:
+        x0, y0, x1, y1 = body_box
+        centre = ((y0 + y1) / 2.0, (x0 + x1) / 2.0)
     views = []
     for number in range(count):
         scale = rng.uniform(*VIEW_SCALE)
