@@ -10,7 +10,9 @@ import torch
 from medisee.model.config import GroundingConfig
 from medisee.model.grounding import (
     GroundingHead,
+    drop_small_pieces,
     peak_region,
+    piece_labels,
     region_box,
     region_components,
     region_on_grid,
@@ -495,3 +497,61 @@ def test_decode_regions_decodes_each_piece_with_its_own_box(tiny_model, monkeypa
     assert torch.equal(out[1], whole[1])
     with pytest.raises(ValueError, match="decode_regions"):
         GroundingConfig(decode_regions=1)
+
+
+def test_drop_small_pieces_keeps_the_pieces_of_at_least_a_share_of_the_largest() -> None:
+    inside = torch.zeros(3, 10, 10, dtype=torch.bool)
+    inside[0, 0:4, 0:5] = True  # 20 pixels: the largest
+    inside[0, 8:10, 8:10] = True  # 4 pixels: 0.2 of the largest
+    inside[0, 6, 0] = True  # 1 pixel: 0.05 of the largest
+    inside[0, 5, 5] = True  # 1 pixel, apart from the others
+    inside[1, 2, 2] = True  # the second row: one piece of 1 pixel
+    # row 2 is empty
+    assert torch.equal(drop_small_pieces(inside, 1.0)[0], _block(10, (0, 4), (0, 5)))
+    kept = drop_small_pieces(inside, 0.2)[0]
+    assert torch.equal(kept, _block(10, (0, 4), (0, 5)) | _block(10, (8, 10), (8, 10)))
+    assert torch.equal(drop_small_pieces(inside, 0.01), inside)  # every piece passes
+    assert torch.equal(drop_small_pieces(inside, 0.5)[1], inside[1])  # a lone piece stays
+    assert not drop_small_pieces(inside, 0.5)[2].any()
+
+
+def _block(size: int, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
+    block = torch.zeros(size, size, dtype=torch.bool)
+    block[rows[0] : rows[1], cols[0] : cols[1]] = True
+    return block
+
+
+def test_piece_labels_give_the_same_pieces_as_region_components() -> None:
+    """A spiral (one piece that turns at every side) and random masks: the same
+    8-connected partition as the one-pixel-per-round labelling."""
+    spiral = torch.zeros(1, 12, 12, dtype=torch.bool)
+    spiral[0, 0, :] = spiral[0, :, 11] = spiral[0, 11, 1:] = spiral[0, 2:, 1] = True
+    spiral[0, 2, 1:10] = spiral[0, 2:10, 9] = spiral[0, 9, 3:10] = spiral[0, 4:10, 3] = True
+    generator = torch.Generator().manual_seed(0)
+    for mask in [spiral, torch.rand(6, 20, 20, generator=generator) > 0.55]:
+        fast, slow = piece_labels(mask), region_components(mask)
+        for row in range(mask.shape[0]):
+            a, b = fast[row][mask[row]], slow[row][mask[row]]
+            assert torch.equal(a[:, None] == a[None, :], b[:, None] == b[None, :])
+    assert int(piece_labels(spiral).unique().numel()) == 2  # the spiral and the outside
+
+
+def test_min_piece_share_drops_specks_before_the_answer_box(tiny_model, monkeypatch) -> None:
+    """A mask with a far speck: off, the box holds the speck; at 0.5 the speck is set to
+    -10 and the box is the piece's own; the piece's logits are the decoder's."""
+    logits = torch.full((1, 64, 64), -3.0)
+    logits[0, 10:30, 20:40] = 2.0
+    logits[0, 60, 2] = 5.0
+    monkeypatch.setattr(tiny_model.config.grounding, "min_piece_share", None)
+    assert torch.equal(tiny_model._drop_small_pieces(logits), logits)
+    monkeypatch.setattr(tiny_model.config.grounding, "min_piece_share", 0.5)
+    out = tiny_model._drop_small_pieces(logits)
+    assert float(out[0, 60, 2]) == -10.0
+    assert torch.equal(out[0, 10:30, 20:40], logits[0, 10:30, 20:40])
+    sizes = torch.tensor([[64, 64]])
+    fallback = torch.zeros(1, 4)
+    piece = tiny_model._mask_boxes(out, fallback, sizes)
+    by_hand = tiny_model._grid_boxes(torch.tensor([[20.0, 10.0, 40.0, 30.0]]), 64, sizes)
+    torch.testing.assert_close(piece, by_hand)
+    with pytest.raises(ValueError, match="min_piece_share"):
+        GroundingConfig(min_piece_share=0.0)

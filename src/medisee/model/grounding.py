@@ -212,3 +212,47 @@ def region_components(region: torch.Tensor) -> torch.Tensor:
         for rank, i in enumerate(order, start=1):
             out[row][labels[row] == found[i]] = rank
     return out
+
+
+def drop_small_pieces(inside: torch.Tensor, share: float) -> torch.Tensor:
+    """``[B, H, W]`` bool -> the same without the 8-connected pieces whose area is below
+    ``share`` times the area of the row's largest piece (:func:`piece_labels`)."""
+    labels = piece_labels(inside)
+    kept = torch.zeros_like(inside)
+    for row in range(inside.shape[0]):
+        if not inside[row].any():
+            continue
+        found, counts = torch.unique(labels[row][inside[row]], return_counts=True)
+        large = found[counts >= share * counts.max()]
+        kept[row] = torch.isin(labels[row], large) & inside[row]
+    return kept
+
+
+def piece_labels(inside: torch.Tensor) -> torch.Tensor:
+    """``[B, H, W]`` bool -> ``[B, H, W]`` float: one label per 8-connected piece (the
+    largest raster index in it, 1-based), 0 outside. Label propagation that takes each
+    horizontal and vertical run of a piece to its maximum in one step, then spreads over
+    the diagonals: a few rounds for the masks of this model, where one pixel per round
+    (:func:`region_components`) takes as many rounds as a piece is long."""
+    batch, height, width = inside.shape
+    index = torch.arange(1, height * width + 1, device=inside.device, dtype=torch.float32)
+    labels = torch.where(inside, index.view(1, height, width), torch.zeros(()))
+    for _ in range(height * width):
+        spread = _run_maximum(labels, inside)
+        spread = _run_maximum(spread.transpose(1, 2), inside.transpose(1, 2)).transpose(1, 2)
+        spread = F.max_pool2d(spread[:, None], 3, stride=1, padding=1)[:, 0]
+        spread = torch.where(inside, spread, torch.zeros(()))
+        if torch.equal(spread, labels):
+            break
+        labels = spread
+    return labels
+
+
+def _run_maximum(values: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """``[B, H, W]``: each run of ``inside`` along the last axis set to its maximum of
+    ``values`` (0 outside the runs)."""
+    starts = inside & ~F.pad(inside[..., :-1], (1, 0), value=False)
+    run = torch.cumsum(starts.flatten(), 0).view(inside.shape)  # a new id at each start
+    best = torch.zeros(int(run.max()) + 1, dtype=values.dtype, device=values.device)
+    best = best.scatter_reduce(0, run[inside], values[inside], reduce="amax")
+    return torch.where(inside, best[run], torch.zeros((), dtype=values.dtype))

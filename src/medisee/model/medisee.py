@@ -42,6 +42,7 @@ from medisee.model.exam_head import ExamHead, allowed_exams, labels_of_exams
 from medisee.model.fusion import CandidateFusion, FusionOutput
 from medisee.model.grounding import (
     GroundingHead,
+    drop_small_pieces,
     peak_region,
     region_box,
     region_components,
@@ -306,6 +307,8 @@ class MediSee(nn.Module):
                     )
                 mask_logits = self._map_fallback(mask_logits, grounding_logits, region=region)
                 mask_logits = self._map_gate(mask_logits, region)
+            if not self.training:
+                mask_logits = self._drop_small_pieces(mask_logits)
             if answer_boxes and self.config.answer_box == "mask":
                 boxes = self._mask_boxes(mask_logits, boxes, image_sizes)
         return TargetDecoding(boxes, decoder_boxes, grounding_logits, mask_logits, iou)
@@ -445,6 +448,17 @@ class MediSee(nn.Module):
         with torch.no_grad():
             inside = region_on_grid(region, mask_logits.shape[-2:], grow=dilation)
         return torch.where(inside, mask_logits, torch.full_like(mask_logits, -10.0))
+
+    def _drop_small_pieces(self, mask_logits: torch.Tensor) -> torch.Tensor:
+        """Low-res mask logits ``[B, L, L]`` -> the same, with the decoded mask's pieces
+        below ``grounding.min_piece_share`` of its largest piece set to -10 (None: off)."""
+        share = self.config.grounding.min_piece_share
+        if share is None:
+            return mask_logits
+        with torch.no_grad():
+            inside = mask_logits > 0
+            dropped = inside & ~drop_small_pieces(inside, share)
+        return torch.where(dropped, torch.full_like(mask_logits, -10.0), mask_logits)
 
     def _mask_boxes(
         self, mask_logits: torch.Tensor, fallback: torch.Tensor, image_sizes: torch.Tensor
