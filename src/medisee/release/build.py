@@ -39,6 +39,7 @@ INFERENCE_RULES = (
     ("grounding", "gate_dilation"),
     ("grounding", "peak_margin"),
     ("grounding", "decode_regions"),
+    ("grounding", "min_piece_share"),
 )
 #: ``question_prior`` fields that steer inference only, against the preset's training
 #: recipe (``medisee.train.recipes``, whose ``question_prior_<field>`` sets them): the
