@@ -230,18 +230,39 @@ def drop_small_pieces(inside: torch.Tensor, share: float) -> torch.Tensor:
 
 def piece_labels(inside: torch.Tensor) -> torch.Tensor:
     """``[B, H, W]`` bool -> ``[B, H, W]`` float: one label per 8-connected piece (the
-    largest raster index in it, 1-based), 0 outside. Label propagation that takes each
-    horizontal and vertical run of a piece to its maximum in one step, then spreads over
-    the diagonals: a few rounds for the masks of this model, where one pixel per round
-    (:func:`region_components`) takes as many rounds as a piece is long."""
-    batch, height, width = inside.shape
-    index = torch.arange(1, height * width + 1, device=inside.device, dtype=torch.float32)
-    labels = torch.where(inside, index.view(1, height, width), torch.zeros(()))
-    for _ in range(height * width):
+    largest raster index in it, 1-based), 0 outside. Label propagation over each row's
+    box around its pixels: every horizontal and vertical run of a piece takes its maximum
+    in one step, then the diagonals spread it; a few rounds for the masks of this model,
+    where one pixel per round (:func:`region_components`) takes as many rounds as a piece
+    is long."""
+    _, height, width = inside.shape
+    labels = torch.zeros(inside.shape, dtype=torch.float32, device=inside.device)
+    for row in range(inside.shape[0]):
+        rows = inside[row].any(1).nonzero().flatten()
+        if rows.numel() == 0:
+            continue
+        cols = inside[row].any(0).nonzero().flatten()
+        y0, y1 = int(rows[0]), int(rows[-1]) + 1
+        x0, x1 = int(cols[0]), int(cols[-1]) + 1
+        within = inside[row, y0:y1, x0:x1]
+        ys = torch.arange(y0, y1, device=inside.device, dtype=torch.float32)
+        xs = torch.arange(x0, x1, device=inside.device, dtype=torch.float32)
+        index = ys[:, None] * width + xs[None, :] + 1
+        labels[row, y0:y1, x0:x1] = _propagate(torch.where(within, index, 0.0), within)
+    return labels
+
+
+def _propagate(labels: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """``[h, w]`` labels >= 0 on ``inside`` -> each 8-connected piece at its maximum."""
+    for _ in range(labels.numel()):
         spread = _run_maximum(labels, inside)
-        spread = _run_maximum(spread.transpose(1, 2), inside.transpose(1, 2)).transpose(1, 2)
-        spread = F.max_pool2d(spread[:, None], 3, stride=1, padding=1)[:, 0]
-        spread = torch.where(inside, spread, torch.zeros(()))
+        spread = _run_maximum(spread.T.contiguous(), inside.T.contiguous()).T
+        padded = F.pad(spread, (1, 1, 1, 1))
+        diagonal = torch.maximum(
+            torch.maximum(padded[:-2, :-2], padded[:-2, 2:]),
+            torch.maximum(padded[2:, :-2], padded[2:, 2:]),
+        )
+        spread = torch.where(inside, torch.maximum(spread, diagonal), 0.0)
         if torch.equal(spread, labels):
             break
         labels = spread
@@ -249,10 +270,13 @@ def piece_labels(inside: torch.Tensor) -> torch.Tensor:
 
 
 def _run_maximum(values: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
-    """``[B, H, W]``: each run of ``inside`` along the last axis set to its maximum of
-    ``values`` (0 outside the runs)."""
+    """``[..., w]`` values >= 0: each run of ``inside`` along the last axis set to its
+    maximum of ``values`` (0 outside the runs)."""
     starts = inside & ~F.pad(inside[..., :-1], (1, 0), value=False)
-    run = torch.cumsum(starts.flatten(), 0).view(inside.shape)  # a new id at each start
-    best = torch.zeros(int(run.max()) + 1, dtype=values.dtype, device=values.device)
-    best = best.scatter_reduce(0, run[inside], values[inside], reduce="amax")
-    return torch.where(inside, best[run], torch.zeros((), dtype=values.dtype))
+    # A new id at each start; a pixel outside a run keeps the id of the run before it,
+    # and its value 0 cannot raise that run's maximum.
+    run = torch.cumsum(starts.flatten(), 0)
+    flat = torch.where(inside, values, 0.0).flatten()
+    best = torch.zeros(int(run[-1]) + 1, dtype=values.dtype, device=values.device)
+    best = best.scatter_reduce(0, run, flat, reduce="amax")
+    return torch.where(inside, best[run].view(inside.shape), 0.0)
