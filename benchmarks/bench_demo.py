@@ -13,12 +13,11 @@ model and the library versions. The README's results table comes from this file.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
 
-from host_load import cpu_times, process_cpu_seconds, steal_fraction
+from host_load import cpu_times, print_report, process_cpu_seconds, steal_fraction
 
 
 def machine() -> dict:
@@ -59,10 +58,7 @@ def main() -> None:
     report["host_steal_fraction"] = steal_fraction(before, cpu_times())
     report["process_cpu_s"] = process_cpu_seconds()
     report["machine"] = machine()
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    print_report(report, args.json)
 
 
 if __name__ == "__main__":

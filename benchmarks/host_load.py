@@ -63,3 +63,11 @@ def write_results(
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(markdown(results))
     print(f"\nwrote {out}")
+
+
+def print_report(report: dict[str, Any], out: str | None) -> None:
+    """Print ``report`` as JSON, and write it to ``out`` too when given."""
+    text = json.dumps(report, indent=1)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")

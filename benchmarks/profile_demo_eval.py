@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import json
 import pstats
 import shlex
 import sys
@@ -22,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from host_load import cpu_times, steal_fraction
+from host_load import cpu_times, print_report, steal_fraction
 
 #: (name in the report, the function's file suffix, its name): cumulative seconds of each.
 PARTS = (
@@ -85,10 +84,7 @@ def main() -> None:
         "host_steal_fraction": steal_fraction(before, cpu_times()),
         "cumulative_s": cumulative,
     }
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    print_report(report, args.json)
 
 
 if __name__ == "__main__":
