@@ -177,9 +177,9 @@ class GroundingConfig:
       between them.
     * ``min_piece_share`` (inference only; None: off): the pieces (8-connected) of the
       decoded mask smaller than this share of its largest piece are dropped before the
-      answer box is taken. The answer box is the mask's own box, and one stray speck
-      far from the target widens it (a lung's box twice its height for a few pixels at
-      the frame's edge).
+      answer box is taken. The answer box is the mask's own box, and one stray blob
+      far from the target widens it (a lung's box on a top slice that also took in a
+      pocket of air outside the body).
 
     The ``lite`` preset sets ``seed_threshold`` 4, ``gate_dilation`` 1, ``peak_margin`` 8,
     ``decode_regions`` 8 and ``min_piece_share`` 0.2, not here, so a model saved
