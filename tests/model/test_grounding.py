@@ -521,19 +521,51 @@ def _block(size: int, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Ten
     return block
 
 
-def test_piece_labels_give_the_same_pieces_as_region_components() -> None:
+def test_piece_labels_give_the_8_connected_pieces_of_a_flood_fill() -> None:
     """A spiral (one piece that turns at every side) and random masks: the same
-    8-connected partition as the one-pixel-per-round labelling."""
+    8-connected partition as a flood fill, each piece labelled with its
+    largest raster index (1-based)."""
     spiral = torch.zeros(1, 12, 12, dtype=torch.bool)
     spiral[0, 0, :] = spiral[0, :, 11] = spiral[0, 11, 1:] = spiral[0, 2:, 1] = True
     spiral[0, 2, 1:10] = spiral[0, 2:10, 9] = spiral[0, 9, 3:10] = spiral[0, 4:10, 3] = True
     generator = torch.Generator().manual_seed(0)
     for mask in [spiral, torch.rand(6, 20, 20, generator=generator) > 0.55]:
-        fast, slow = piece_labels(mask), region_components(mask)
+        labels = piece_labels(mask)
         for row in range(mask.shape[0]):
-            a, b = fast[row][mask[row]], slow[row][mask[row]]
-            assert torch.equal(a[:, None] == a[None, :], b[:, None] == b[None, :])
+            assert torch.equal(labels[row], _flood_fill_labels(mask[row]))
     assert int(piece_labels(spiral).unique().numel()) == 2  # the spiral and the outside
+
+
+def _flood_fill_labels(mask: torch.Tensor) -> torch.Tensor:
+    """``[H, W]`` bool -> each 8-connected piece at its largest raster index + 1, 0
+    outside: a flood fill, one pixel at a time."""
+    height, width = mask.shape
+    out = torch.zeros(height, width)
+    seen: set[tuple[int, int]] = set()
+    for start in zip(*torch.nonzero(mask, as_tuple=True)):
+        start = (int(start[0]), int(start[1]))
+        if start in seen:
+            continue
+        piece, frontier = [start], [start]
+        seen.add(start)
+        while frontier:
+            y, x = frontier.pop()
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    near = (y + dy, x + dx)
+                    if (
+                        0 <= near[0] < height
+                        and 0 <= near[1] < width
+                        and near not in seen
+                        and bool(mask[near])
+                    ):
+                        seen.add(near)
+                        piece.append(near)
+                        frontier.append(near)
+        label = max(y * width + x for y, x in piece) + 1
+        for y, x in piece:
+            out[y, x] = label
+    return out
 
 
 def test_min_piece_share_drops_specks_before_the_answer_box(tiny_model, monkeypatch) -> None:

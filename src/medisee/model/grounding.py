@@ -193,19 +193,10 @@ def region_box(region: torch.Tensor) -> torch.Tensor:
 def region_components(region: torch.Tensor) -> torch.Tensor:
     """``[B, g, g]`` bool -> ``[B, g, g]`` long: each 8-connected component of a row's
     region numbered 1, 2, ... by size (largest first; ties by first cell in raster
-    order), 0 outside. Label propagation: every cell takes the largest index among its
-    region neighbours until nothing changes."""
-    batch, height, width = region.shape
-    index = torch.arange(1, height * width + 1, device=region.device, dtype=torch.float32)
-    labels = torch.where(region, index.view(1, height, width), torch.zeros(()))
-    for _ in range(height * width):
-        spread = F.max_pool2d(labels[:, None], 3, stride=1, padding=1)[:, 0]
-        spread = torch.where(region, spread, torch.zeros(()))
-        if torch.equal(spread, labels):
-            break
-        labels = spread
+    order), 0 outside (the components of :func:`piece_labels`)."""
+    labels = piece_labels(region)
     out = torch.zeros(region.shape, dtype=torch.long, device=region.device)
-    for row in range(batch):
+    for row in range(region.shape[0]):
         found, counts = torch.unique(labels[row][region[row]], return_counts=True)
         first = torch.stack([(labels[row] == value).flatten().nonzero()[0, 0] for value in found])
         order = sorted(range(len(found)), key=lambda i: (-int(counts[i]), int(first[i])))
@@ -232,9 +223,8 @@ def piece_labels(inside: torch.Tensor) -> torch.Tensor:
     """``[B, H, W]`` bool -> ``[B, H, W]`` float: one label per 8-connected piece (the
     largest raster index in it, 1-based), 0 outside. Label propagation over each row's
     box around its pixels: every horizontal and vertical run of a piece takes its maximum
-    in one step, then the diagonals spread it; a few rounds for the masks of this model,
-    where one pixel per round (:func:`region_components`) takes as many rounds as a piece
-    is long."""
+    in one step, then the diagonals spread it. A few rounds for the masks of this model,
+    where spreading one pixel per round takes as many rounds as a piece is long."""
     _, height, width = inside.shape
     labels = torch.zeros(inside.shape, dtype=torch.float32, device=inside.device)
     for row in range(inside.shape[0]):
