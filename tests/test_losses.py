@@ -216,6 +216,25 @@ def test_grid_targets_are_cell_fractions() -> None:
         grid_targets(torch.zeros(1, 5, 5), 2)
 
 
+def test_grid_targets_with_a_cover_lift_the_cells_covered_enough_to_one() -> None:
+    """Cells 1/4, 2/4, 3/4 and 0/4 inside: with cover 0.5 the second and third become 1,
+    the first keeps its share."""
+    from medisee.losses import grid_targets
+
+    mask = torch.zeros(1, 4, 4)
+    mask[0, 0, 0] = 1
+    mask[0, 0, 2:4] = 1
+    mask[0, 2, 0:2] = 1
+    mask[0, 3, 0] = 1
+    shares = torch.tensor([[[0.25, 0.5], [0.75, 0.0]]])
+    torch.testing.assert_close(grid_targets(mask, 2), shares)
+    torch.testing.assert_close(
+        grid_targets(mask, 2, cover=0.5), torch.tensor([[[0.25, 1.0], [1.0, 0.0]]])
+    )
+    with pytest.raises(ValueError, match="ground_cover"):
+        LossWeights(ground_cover=1.5)
+
+
 def test_grounding_loss_hand_computed() -> None:
     """Logits 0 everywhere: p = 0.5, BCE = ln 2 per cell whatever the soft target; cell
     targets (1, 0.5, 0, 0) give Dice = 1 - (2*0.75 + 1)/(2 + 1.5 + 1) = 1 - 2.5/4.5."""
@@ -226,6 +245,11 @@ def test_grounding_loss_hand_computed() -> None:
     mask[0, 0:2, 2] = 1  # top-right cell half full
     loss = grounding_loss(torch.zeros(1, 2, 2), mask, LossWeights(ground_bce=1.0, ground_dice=2.0))
     torch.testing.assert_close(loss, torch.tensor([math.log(2) + 2 * (1 - 2.5 / 4.5)]))
+    # With cover 0.5 the half-full cell is a target of 1: Dice = 1 - (2*1 + 1)/(2 + 2 + 1).
+    covered = grounding_loss(
+        torch.zeros(1, 2, 2), mask, LossWeights(ground_bce=1.0, ground_dice=2.0, ground_cover=0.5)
+    )
+    torch.testing.assert_close(covered, torch.tensor([math.log(2) + 2 * (1 - 3 / 5)]))
 
 
 def test_end_to_end_loss_without_masks_leaves_the_mask_terms_out() -> None:

@@ -39,11 +39,21 @@ class LossWeights:
     # liver. <cand_0><cand_1>") against the explanation's in L_txt; 1 is the paper's plain
     # mean. The answer names the target, and its few tokens otherwise carry ~1/10 of L_txt.
     answer_tokens: float = 1.0
+    # Not a weight: the grounding map's target for a grid cell is the share of it inside
+    # the mask, and a cell at least this share inside is a target of 1 instead (0: the
+    # share everywhere). A thin target (a rib, 4-8 px across) covers under half of any
+    # 8-px cell, and BCE towards a share of 0.3 has its optimum at logit -0.85: its cells
+    # can never pass the seeded regions' threshold (docs/training.md, "Real scans").
+    ground_cover: float = 0.0
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"LossWeights.{name} must be finite and >= 0, got {value!r}")
+        if self.ground_cover > 1:
+            raise ValueError(
+                f"LossWeights.ground_cover is a share in [0, 1], got {self.ground_cover!r}"
+            )
 
 
 def sigmoid_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -191,20 +201,25 @@ class LossBreakdown:
         return {k: float(v.detach()) for k, v in vars(self).items() if v is not None}
 
 
-def grid_targets(target_masks: torch.Tensor, grid: int) -> torch.Tensor:
-    """``[B, L, L]`` {0, 1} masks -> ``[B, g, g]`` fraction of each cell inside the mask."""
+def grid_targets(target_masks: torch.Tensor, grid: int, cover: float = 0.0) -> torch.Tensor:
+    """``[B, L, L]`` {0, 1} masks -> ``[B, g, g]`` fraction of each cell inside the mask;
+    with ``cover`` > 0, 1 in the cells at least that fraction inside."""
     if target_masks.shape[-1] % grid or target_masks.shape[-2] % grid:
         raise ValueError(
             f"mask size {tuple(target_masks.shape[-2:])} is not a multiple of the grid {grid}"
         )
-    return F.adaptive_avg_pool2d(target_masks[:, None].float(), grid)[:, 0]
+    share = F.adaptive_avg_pool2d(target_masks[:, None].float(), grid)[:, 0]
+    if cover > 0:
+        share = torch.where(share >= cover, torch.ones_like(share), share)
+    return share
 
 
 def grounding_loss(
     grounding_logits: torch.Tensor, target_masks: torch.Tensor, weights: LossWeights
 ) -> torch.Tensor:
     """``L_ground`` per sample ``[B]``: grounding map ``[B, g, g]`` vs masks ``[B, L, L]``."""
-    targets = grid_targets(target_masks, grounding_logits.shape[-1]).to(grounding_logits.dtype)
+    targets = grid_targets(target_masks, grounding_logits.shape[-1], weights.ground_cover)
+    targets = targets.to(grounding_logits.dtype)
     return weights.ground_bce * sigmoid_bce(
         grounding_logits, targets
     ) + weights.ground_dice * dice_loss(grounding_logits, targets)
