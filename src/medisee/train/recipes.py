@@ -74,9 +74,7 @@ def lite_recipe() -> dict[str, Any]:
         # the patient's side takes 8 nats from the other side's labels, chosen on the same
         # held-out questions (held_out_facts_side.json; medisee.model.laterality).
         "question_prior_side_penalty": 8.0,
-        # A grid cell a quarter inside the target is the grounding map's: the ribs of
-        # the bone, 4-8 px across, otherwise never pass the map's threshold.
-        "losses": LossWeights(answer_tokens=5.0, ground_cover=0.25),
+        "losses": LossWeights(answer_tokens=5.0),
         "save_every": 200,
     }
 
