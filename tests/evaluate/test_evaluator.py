@@ -1,6 +1,7 @@
 """Evaluator and baselines with the tiny model on synthetic records (real files)."""
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -96,6 +97,19 @@ def test_label_matcher_and_priors(records):
     matcher = LabelMatcher(["liver", "left kidney", "spleen", "not-a-category"], Ontology.load())
     assert matcher.match("Which organ produces bile and stores glycogen?") == "liver"
     assert matcher.match("Which organ filters blood to make urine?") == "left kidney"
+
+
+def test_label_matcher_scores_do_not_depend_on_word_order():
+    # 0.1 + 0.2 + 0.3 is 0.6000000000000001 in one order and 0.6 in another; an exact sum
+    # is 0.6 in any order, which ties "a" with "b" (one word of idf 0.6): "b" sorts last.
+    matcher = LabelMatcher(["a", "b"])
+    matcher.documents = {"a": Counter(["alpha", "beta", "gamma"]), "b": Counter(["delta"])}
+    matcher.idf = {"alpha": 0.1, "beta": 0.2, "gamma": 0.3, "delta": 0.6}
+    for query in ("alpha beta gamma delta", "gamma beta alpha delta", "delta beta gamma alpha"):
+        assert matcher.scores(query) == {"a": 0.6, "b": 0.6}
+        assert matcher.match(query) == "b"
+    assert matcher.scores("alpha") == {"a": 0.1, "b": 0.0}
+    assert matcher.match("alpha") == "a"
 
 
 def test_baselines_oracle_box_is_its_own_box(tiny_model, records):

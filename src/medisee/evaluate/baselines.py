@@ -63,12 +63,21 @@ class LabelMatcher:
         self.idf = {w: math.log((1 + count) / (1 + f)) + 1 for w, f in frequency.items()}
         self.documents = documents
 
-    def match(self, query: str) -> str:
+    def scores(self, query: str) -> dict[str, float]:
+        """Each label's summed idf over the query's distinct words that its text holds.
+
+        ``math.fsum`` is exact, so a score does not depend on the order a set of words
+        is walked in, which Python's string hashing changes from one process to the next
+        (a plain ``sum`` moved near-ties, and the baseline's masks, between runs)."""
         words = set(_words(query))
-        scores = {
-            label: sum(self.idf[w] for w in words if w in doc)
+        return {
+            label: math.fsum(self.idf[w] for w in words if w in doc)
             for label, doc in self.documents.items()
         }
+
+    def match(self, query: str) -> str:
+        """The best-scoring label; a tie goes to the label that sorts last."""
+        scores = self.scores(query)
         return max(self.labels, key=lambda label: (scores[label], label))
 
 
