@@ -156,6 +156,42 @@ def test_resume_inside_a_pooled_cached_refit(tmp_path, synthetic_records):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
 
+def test_refit_area_power_draws_the_refit_by_target_size(tmp_path, synthetic_records, monkeypatch):
+    """The joint steps draw as before; the refit's sampler gets each example's factor
+    (its target's share of the image relative to the largest) ** -power."""
+    from medisee.train import dataset as dataset_module
+    from medisee.train.trainer import train
+
+    samplers, shares = [], []
+
+    class SpySampler(dataset_module.MixedSampler):
+        def __init__(self, *args, **kwargs):
+            samplers.append(kwargs.get("repeat_factors"))
+            super().__init__(*args, **kwargs)
+
+    measured = dataset_module.MediSeeDataset.target_area_shares
+
+    def spy_shares(self):
+        shares.append(measured(self))
+        return shares[-1]
+
+    monkeypatch.setattr(dataset_module, "MixedSampler", SpySampler)
+    monkeypatch.setattr(dataset_module.MediSeeDataset, "target_area_shares", spy_shares)
+    config = _config(
+        tmp_path, eval_every=0, max_steps=1, grounding_refit_steps=2, refit_area_power=1.0
+    )
+    train(config, progress=False, records=synthetic_records)
+    # Two samplers, the refit's made first: its factors, and none for the joint steps.
+    refit, joint = samplers
+    assert joint is None and len(shares) == 1
+    # Each share is its target's pixels over the 48 x 64 image's.
+    records, _ = synthetic_records
+    areas = {t.area / (48 * 64) for r in records if r.split == "train" for t in r.targets}
+    assert set(shares[0]) == areas and len(set(areas)) > 1
+    largest = max(shares[0])
+    assert refit == pytest.approx([largest / share for share in shares[0]])
+
+
 def test_refit_examples_is_validated(tmp_path):
     with pytest.raises(ValueError, match="refit_examples must be >= 0"):
         _config(tmp_path, refit_examples=-1)

@@ -12,6 +12,7 @@ from medisee.train.dataset import (
     ExampleRef,
     MediSeeDataset,
     MixedSampler,
+    area_factors,
     mask_to_input_frame,
     repeat_factors,
     stack_as_float32,
@@ -121,6 +122,21 @@ def test_repeat_factors_by_hand_and_their_effect_on_the_stream():
     assert list(resumed) == draws[700:]
     with pytest.raises(ValueError, match="repeat factors must be >= 1"):
         MixedSampler([], [0], 0.0, seed=0, repeat_factors=[0.5])
+
+
+def test_area_factors_by_hand():
+    # Shares 1/2, 1/8, 1/32 of the image: relative to the largest 1, 1/4, 1/16.
+    assert area_factors([0.5, 0.125, 0.5 / 16], 0.5) == pytest.approx([1.0, 2.0, 4.0])
+    assert area_factors([0.5, 0.125, 0.5 / 16], 1.0) == pytest.approx([1.0, 4.0, 16.0])
+    assert area_factors([0.5, 0.125], 0.0) == [1.0, 1.0]
+    assert area_factors([], 0.5) == []
+    with pytest.raises(ValueError, match="must be > 0"):
+        area_factors([0.5, 0.0], 0.5)
+
+
+def test_refit_area_power_is_validated(tmp_path):
+    with pytest.raises(ValueError, match="refit_area_power must be finite and >= 0"):
+        _config(tmp_path, refit_area_power=-0.5)
 
 
 def test_warmup_linear_decay_schedule():

@@ -70,6 +70,11 @@ class TrainConfig:
     # Draw the refit's examples from a fixed seeded subset of this many (0: all of them),
     # so that the cached states are reused: the demo's ~30 k examples would each be new.
     refit_examples: int = 0
+    # Draw the refit's examples with their repeat factors times (a / a_max) ** -p, a the
+    # share of its image the example's target covers: p > 0 sends the refit's draws
+    # towards small targets, which a longer refit fits better, at the same step count
+    # (0: the joint steps' own stream; medisee.train.dataset.area_factors).
+    refit_area_power: float = 0.0
     # After training, fit the exam head (medisee.model.exam_head) on up to this many
     # training images of each exam kind, so that answers name only labels of the image's
     # kind of exam (0: no exam head).
@@ -189,6 +194,11 @@ class TrainConfig:
         if not 0 <= self.repeat_threshold <= 1:
             raise ValueError(
                 f"TrainConfig.repeat_threshold must be in [0, 1], got {self.repeat_threshold}"
+            )
+        if not 0 <= self.refit_area_power < math.inf:
+            raise ValueError(
+                "TrainConfig.refit_area_power must be finite and >= 0, got "
+                f"{self.refit_area_power!r}"
             )
         if self.max_grad_norm < 0:
             raise ValueError(f"TrainConfig.max_grad_norm must be >= 0, got {self.max_grad_norm}")

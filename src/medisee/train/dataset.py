@@ -52,6 +52,18 @@ def repeat_factors(examples: Sequence[ExampleRef], threshold: float) -> list[flo
     return [max(1.0, math.sqrt(threshold * count / len(images[ref.label]))) for ref in examples]
 
 
+def area_factors(areas: Sequence[float], power: float) -> list[float]:
+    """Per example ``(a / max(a)) ** -power``, ``a`` the share of its image the example's
+    target covers (in ``(0, 1]``): 1 for the largest targets, more for smaller ones, so
+    that a pass over the examples draws small targets more often (``power`` 0: all 1)."""
+    if not areas:
+        return []
+    if min(areas) <= 0:
+        raise ValueError("target area shares must be > 0")
+    largest = max(areas)
+    return [(area / largest) ** -power for area in areas]
+
+
 def label_query(label: str) -> tuple[str, str]:
     """The plain, non-reasoning query for a label, and its answer (L_sim's target)."""
     return f"Segment the {label}.", f"It is the {label}."
@@ -142,6 +154,15 @@ class MediSeeDataset(Dataset):
             item = self.records[ref.record].targets[ref.target].qa[ref.qa]
             lengths.append(len(item.question) + len(item.answer) + len(item.explanation or ""))
         return lengths
+
+    def target_area_shares(self) -> list[float]:
+        """Per example, the share of its image its target covers (at least one pixel's)."""
+        shares = []
+        for ref in self.examples:
+            record = self.records[ref.record]
+            pixels = record.height * record.width
+            shares.append(max(record.targets[ref.target].area, 1) / pixels)
+        return shares
 
     def indices_of(self, kind: str) -> list[int]:
         return [i for i, ref in enumerate(self.examples) if ref.kind == kind]

@@ -259,7 +259,13 @@ def setup_training(
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 
     from medisee.model.embedding_cache import EmbeddingCache, encoder_fingerprint
-    from medisee.train.dataset import Collator, MediSeeDataset, MixedSampler, repeat_factors
+    from medisee.train.dataset import (
+        Collator,
+        MediSeeDataset,
+        MixedSampler,
+        area_factors,
+        repeat_factors,
+    )
     from medisee.train.task import MediSeeTask
 
     output_dir = Path(config.output_dir)
@@ -369,9 +375,11 @@ def setup_training(
         else None
     )
 
-    def batches(pool: set[int] | None, steps_done: int) -> Iterator[dict[str, torch.Tensor]]:
-        """The batch stream over the examples in ``pool`` (all when ``None``), resumed
-        after ``steps_done`` optimizer steps of it."""
+    def batches(
+        pool: set[int] | None, steps_done: int, weights: list[float] | None = factors
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """The batch stream over the examples in ``pool`` (all when ``None``), drawn with
+        repeat factors ``weights``, resumed after ``steps_done`` optimizer steps of it."""
         referring, reasoning = (
             [i for i in dataset.indices_of(kind) if pool is None or i in pool]
             for kind in ("referring", "reasoning")
@@ -387,7 +395,7 @@ def setup_training(
             lengths=lengths,
             group_steps=config.group_by_length,
             step_draws=per_step * accelerator.num_processes,
-            repeat_factors=factors,
+            repeat_factors=weights,
         )
         loader = DataLoader(
             dataset,
@@ -399,12 +407,18 @@ def setup_training(
         return iter(loader)
 
     refit_batches = None
-    if config.refit_examples and config.grounding_refit_steps:
-        # A fixed, seeded subset: with cached states, each of its examples costs one LM
-        # pass however often the refit draws it.
-        count = min(config.refit_examples, len(dataset))
-        pool = set(random.Random(f"{config.seed}-refit").sample(range(len(dataset)), count))
-        refit_batches = batches(pool, max(0, start_step - config.max_steps))
+    if (config.refit_examples or config.refit_area_power) and config.grounding_refit_steps:
+        pool = None
+        if config.refit_examples:
+            # A fixed, seeded subset: with cached states, each of its examples costs one
+            # LM pass however often the refit draws it.
+            count = min(config.refit_examples, len(dataset))
+            pool = set(random.Random(f"{config.seed}-refit").sample(range(len(dataset)), count))
+        weights = factors
+        if config.refit_area_power:
+            sizes = area_factors(dataset.target_area_shares(), config.refit_area_power)
+            weights = [r * a for r, a in zip(factors or [1.0] * len(sizes), sizes)]
+        refit_batches = batches(pool, max(0, start_step - config.max_steps), weights)
     return TrainingRun(
         config=config,
         accelerator=accelerator,
