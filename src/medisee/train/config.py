@@ -73,7 +73,8 @@ class TrainConfig:
     # Draw the refit's examples with their repeat factors times (a / a_max) ** -p, a the
     # share of its image the example's target covers: p > 0 sends the refit's draws
     # towards small targets, which a longer refit fits better, at the same step count
-    # (0: the joint steps' own stream; medisee.train.dataset.area_factors).
+    # (0: the joint steps' own stream; medisee.train.dataset.area_factors). Measured at
+    # 0.5 and not used: the lung tumour lost its boxes (docs/training.md, "Real scans").
     refit_area_power: float = 0.0
     # After training, fit the exam head (medisee.model.exam_head) on up to this many
     # training images of each exam kind, so that answers name only labels of the image's
