@@ -156,12 +156,12 @@ class MediSeeDataset(Dataset):
         return lengths
 
     def target_area_shares(self) -> list[float]:
-        """Per example, the share of its image its target covers (at least one pixel's)."""
+        """Per example, the share of its image its target covers (> 0: a record's
+        targets have positive areas, ``medisee.data.schema.Target``)."""
         shares = []
         for ref in self.examples:
             record = self.records[ref.record]
-            pixels = record.height * record.width
-            shares.append(max(record.targets[ref.target].area, 1) / pixels)
+            shares.append(record.targets[ref.target].area / (record.height * record.width))
         return shares
 
     def indices_of(self, kind: str) -> list[int]:
