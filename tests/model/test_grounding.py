@@ -61,6 +61,30 @@ def test_seed_threshold_keeps_every_blob_that_holds_a_strong_cell() -> None:
     assert int(peak_region(_logits(8, cells), threshold=0.0).sum()) == 2
 
 
+def test_seed_margin_keeps_only_the_seeds_near_the_peak() -> None:
+    # A holds the peak 13; B (x 5..6, y 5) a seed 6.5, 6.5 below it; C (x 1, y 6) a seed
+    # 10, 3 below it. All pass the seed level 4.
+    cells = {(1, 1): 13.0, (2, 1): 1.0, (5, 5): 6.5, (6, 5): 0.5, (1, 6): 10.0}
+    logits = _logits(8, cells)
+    every = {(1, 1), (2, 1), (5, 5), (6, 5), (1, 6)}
+    assert _cells_of(peak_region(logits, threshold=0.0, seed_threshold=4.0)) == every
+    # Margin 4: C (3 below) joins, B (6.5 below) stays out, its weak cell with it.
+    near = peak_region(logits, threshold=0.0, seed_threshold=4.0, seed_margin=4.0)
+    assert _cells_of(near) == {(1, 1), (2, 1), (1, 6)}
+    # Margin 6.5 reaches B's seed exactly (a cell at peak - margin is kept).
+    wide = peak_region(logits, threshold=0.0, seed_threshold=4.0, seed_margin=6.5)
+    assert _cells_of(wide) == every
+    # The margin narrows the seeds only: a cell within it but under the seed level is no seed.
+    low = peak_region(_logits(8, {(1, 1): 5.0, (5, 5): 3.0}), 0.0, 4.0, seed_margin=4.0)
+    assert _cells_of(low) == {(1, 1)}
+
+
+def test_a_seed_margin_of_zero_or_less_is_refused() -> None:
+    with pytest.raises(ValueError, match="seed_margin"):
+        GroundingConfig(seed_margin=0.0)
+    assert GroundingConfig(seed_margin=4.0).seed_margin == 4.0
+
+
 def test_seed_threshold_below_the_threshold_and_a_negative_gate_are_refused() -> None:
     with pytest.raises(ValueError, match="seed_threshold"):
         GroundingConfig(threshold=-1.0, seed_threshold=-2.0)

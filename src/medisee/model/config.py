@@ -161,6 +161,10 @@ class GroundingConfig:
       ``threshold`` that holds a cell above this logit joins the peak's region, whose
       box prompts the decoder (``grounding.peak_region``). A lung cut into pieces by the
       heart at its base is one target in several regions.
+    * ``seed_margin`` (inference only; None: off): a seeded region joins only if it
+      holds a cell within this many logits of the map's peak. A second structure the
+      map lifts past ``seed_threshold``, far below the target, otherwise joins the
+      region and widens the box.
     * ``gate_dilation`` (inference only; None: off): the decoded mask is cut to the
       region grown by this many cells. A box around a target in pieces also holds what
       lies between them, which the decoder paints.
@@ -194,6 +198,7 @@ class GroundingConfig:
     map_fallback_iou: float = 0.2
     position_dropout: float = 0.0
     seed_threshold: float | None = None
+    seed_margin: float | None = None
     gate_dilation: int | None = None
     peak_margin: float | None = None
     decode_regions: int | None = None
@@ -229,6 +234,10 @@ class GroundingConfig:
         if self.gate_dilation is not None and self.gate_dilation < 0:
             raise ValueError(
                 f"GroundingConfig.gate_dilation must be None or >= 0, got {self.gate_dilation}"
+            )
+        if self.seed_margin is not None and self.seed_margin <= 0:
+            raise ValueError(
+                f"GroundingConfig.seed_margin must be None or > 0, got {self.seed_margin}"
             )
         if self.seed_threshold is not None and self.seed_threshold < self.threshold:
             raise ValueError(

@@ -350,6 +350,7 @@ class MediSee(nn.Module):
                 grounding.threshold,
                 grounding.seed_threshold,
                 grounding.peak_margin,
+                grounding.seed_margin,
             )
 
     def _grounded_boxes(

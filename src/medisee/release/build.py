@@ -36,6 +36,7 @@ REFRESH_COMMAND = "medisee release --refresh"
 INFERENCE_RULES = (
     ("grounding", "map_fallback_iou"),
     ("grounding", "seed_threshold"),
+    ("grounding", "seed_margin"),
     ("grounding", "gate_dilation"),
     ("grounding", "peak_margin"),
     ("grounding", "decode_regions"),
