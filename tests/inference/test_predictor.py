@@ -292,3 +292,18 @@ def test_a_reply_cut_by_the_token_limit_shows_whole_sentences(predictor, monkeyp
     prediction = predictor.predict("Which organ thinks?", image=sample_image(20, 30))
     assert prediction.text == "It is the brain."
     assert prediction.raw_text.endswith("It fills the skull,")  # the history keeps it all
+
+
+def test_a_question_for_a_structure_the_model_never_learnt_says_so(predictor):
+    predictor.model.config.labels = ("liver", "left kidney")
+    prediction = predictor.predict("Where is the spleen?", image=sample_image(40, 50))
+    assert prediction.text == (
+        "I was not trained to find the spleen, so I cannot segment it. "
+        "Here I can find the left kidney and the liver."
+    )
+    assert prediction.scores["absent"] == {"label": "spleen", "reason": "not_trained"}
+    assert not prediction.found_target and not prediction.mask.any()
+    # The reply is the conversation's history as it stands: no candidate tokens in it.
+    assert prediction.raw_text == prediction.text
+    named = predictor.predict("Where is the liver?", image=sample_image(40, 50))
+    assert named.scores["absent"] is None and named.found_target

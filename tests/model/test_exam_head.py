@@ -155,3 +155,46 @@ def test_the_exam_head_is_saved_and_loaded(exam_model, tmp_path):
     assert MediSee.from_pretrained(tmp_path / "plain").exam_head is None
     with pytest.raises(ValueError, match="at least one exam kind"):
         plain.attach_exam_head({})
+
+
+def test_a_question_for_a_structure_the_exam_cannot_show_gets_no_mask(exam_model) -> None:
+    # Every image read as a brain MRI: the liver is trained (abdominal CT) but not shown,
+    # the spleen never trained; an implicit question is answered as before.
+    with torch.no_grad():
+        exam_model.exam_head.bias.zero_()
+        exam_model.exam_head.bias[1] = 10.0
+    builder = exam_model.prompt_builder()
+    questions = ["Where is the liver?", "Segment the spleen.", "Which organ filters the blood?"]
+    prompts = [builder.encode([(q, None)]).input_ids for q in questions]
+    size = exam_model.config.mask.image_size
+    torch.manual_seed(0)
+    pixels = torch.rand(len(questions), 3, size, size)
+    sizes = torch.tensor([[size, size]] * len(questions))
+    answers = exam_model.generate(
+        prompts,
+        sizes,
+        pixel_values=pixels,
+        max_new_tokens=24,
+        constrain_answer=True,
+        questions=questions,
+    )
+    liver, spleen, implicit = answers
+    assert liver.absent is not None and liver.absent.reason == "not_shown"
+    assert liver.text.startswith("This looks like a brain MRI, which does not show the liver")
+    assert spleen.absent is not None and spleen.absent.reason == "not_trained"
+    for answer in (liver, spleen):
+        assert not answer.found_target and answer.mask_logits is None
+        assert not set(answer.token_ids) & set(exam_model.candidate_token_ids)
+    assert implicit.absent is None and implicit.found_target
+    # Without the exam constraint the liver may be named; the spleen still may not.
+    free = exam_model.generate(
+        prompts[:2],
+        sizes[:2],
+        pixel_values=pixels[:2],
+        max_new_tokens=24,
+        constrain_answer=True,
+        constrain_to_exam=False,
+        questions=questions[:2],
+    )
+    assert free[0].absent is None
+    assert free[1].absent is not None and free[1].absent.reason == "not_trained"

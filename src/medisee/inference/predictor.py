@@ -143,7 +143,9 @@ class Prediction:
         text: the explanation shown to people (candidate tokens removed).
         scores: ``found_target`` (the model emitted its candidate tokens), ``iou`` (the
             mask decoder's IoU estimate, ``None`` without a target), ``mask_pixels``,
-            ``new_tokens``.
+            ``new_tokens``, ``exam`` and ``exam_probability`` (the exam head's kind),
+            ``absent`` (``{"label", "reason"}`` when the question named a structure the
+            image cannot show or the model was not trained on; ``medisee.model.asked_structure``).
         question: the question asked.
         raw_text: the reply with its candidate tokens, for the conversation history.
         box_normalized: the model's ``(cx, cy, w, h)`` / ``(W, H, W, H)``, or ``None``.
@@ -580,6 +582,9 @@ class Predictor:
                 "new_tokens": len(answer.token_ids),
                 "exam": answer.exam,
                 "exam_probability": answer.exam_probability,
+                # The structure the question named that the image cannot show (or the
+                # model was not trained on): {"label", "reason"}; None otherwise.
+                "absent": dataclasses.asdict(answer.absent) if answer.absent else None,
             },
             question=request.question.strip(),
             raw_text=self._raw_text(answer),

@@ -22,6 +22,7 @@ from torch import nn
 from transformers import LogitsProcessorList
 
 from medisee.boxes import denormalize_box, normalize_box
+from medisee.data.ontology import Ontology
 from medisee.model.answer_constraint import (
     AnswerConstraint,
     TokenTrie,
@@ -29,6 +30,7 @@ from medisee.model.answer_constraint import (
     answer_sequences_by_label,
     weighted_answer_trie,
 )
+from medisee.model.asked_structure import Absence, absence, absent_reply, asked_structure
 from medisee.model.box_decoder import BoxDecoder
 from medisee.model.checkpoint_files import (
     CONFIG_NAME,
@@ -107,6 +109,9 @@ class GeneratedAnswer:
     iou_score: float | None = None
     exam: str | None = None  # the exam head's most likely kind (None: the model has none)
     exam_probability: float | None = None
+    # The structure the question asked for by name, when the image cannot show it or the
+    # model was not trained on it (the reply then says so; no box, no mask).
+    absent: Absence | None = None
 
     @property
     def found_target(self) -> bool:
@@ -695,10 +700,11 @@ class MediSee(nn.Module):
         if len(flags) != len(prompts):
             raise ValueError(f"{len(flags)} constrain_answer flags for {len(prompts)} prompts")
         exams = self.predict_exams(image_embeddings)
+        # Per constrained row, the labels its image's exam shows (with an exam head).
+        row_labels: dict[int, Sequence[str]] = {}
         if any(flags) and self.config.labels:
             offset = width if self.language.generate_sees_prompt else 0
             rows = [row for row, flag in enumerate(flags) if flag]
-            row_labels: dict[int, Sequence[str]] = {}
             if constrain_to_exam and exams is not None:
                 kinds = list(self.config.exams)
                 for row in rows:
@@ -753,6 +759,11 @@ class MediSee(nn.Module):
             for answer, row in zip(answers, probabilities):
                 answer.exam = kinds[int(row.argmax())]
                 answer.exam_probability = float(row.max())
+        if questions is not None and any(flags) and self.config.labels:
+            for row, flag in enumerate(flags):
+                if flag and questions[row]:
+                    allowed = row_labels.get(row, self.config.labels)
+                    self._answer_absent(answers[row], str(questions[row]), allowed)
         found = [self._emits_candidate_group(answer.token_ids) for answer in answers]
         rows = [row for row, ok in enumerate(found) if ok]
         if rows:
@@ -772,6 +783,25 @@ class MediSee(nn.Module):
                 answers[row].mask_logits = decoded.mask_logits[i]
                 answers[row].iou_score = float(decoded.iou_scores[i])
         return answers
+
+    def _answer_absent(
+        self, answer: GeneratedAnswer, question: str, allowed: Sequence[str]
+    ) -> None:
+        """Where ``question`` plainly asks for a structure that none of ``allowed`` (the
+        labels of the image's exam) is, ``answer`` becomes a reply saying so, with no
+        candidate tokens (so no box and no mask); ``medisee.model.asked_structure``."""
+        ontology = self.__dict__.get("_ontology")
+        if ontology is None:
+            ontology = self.__dict__["_ontology"] = Ontology.load()
+        asked = asked_structure(question, ontology)
+        if asked is None:
+            return
+        absent = absence(asked, allowed, self.config.labels, ontology)
+        if absent is None:
+            return
+        answer.text = absent_reply(absent, answer.exam, allowed)
+        answer.token_ids = list(self.tokenizer(answer.text, add_special_tokens=False).input_ids)
+        answer.absent = absent
 
     def answer_trie(self, labels: Sequence[str] | None = None) -> TokenTrie:
         """The answer openings over ``labels`` (default ``config.labels``), built once per

@@ -1,0 +1,107 @@
+"""A question that names the structure it asks for, and a structure the image cannot show.
+
+A constrained answer names one of the labels that the image's kind of exam shows
+(``medisee.model.exam_head``). Asked "Where is the liver?" about a brain MRI, it used to
+name the nearest such label ("Sure, this is the gray matter.") and paint a mask: a
+confident answer to another question. Here a question that plainly asks for one named
+structure ("Where is the liver?", "Segment the left kidney.", "Is there a lung tumor
+here?") is read for that name (:func:`asked_structure`), and when the image's exam does
+not show it, or the model was never trained on it, the reply says so and names what it
+can find instead (:func:`absent_reply`), with no mask.
+
+Only a plain request whose whole object is a structure's name or synonym in the
+ontology counts: "Which organ filters the blood?" or "Find the muscular pipe behind the
+windpipe" name no structure as their object, and are answered as before.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from medisee.data.ontology import Ontology, ResolvedLabel
+
+# "Where is the X?", "Segment the X in this image.", "Can you show me the X?",
+# "Is there a X here?": a request, then an article, the object, an optional place.
+_REQUEST = re.compile(
+    r"^(?:please\s+)?(?:(?:can|could|would)\s+you\s+(?:please\s+)?)?"
+    r"(?:where(?:'s|\s+is|\s+are)|segment|find|locate|show(?:\s+me)?|outline|mark|"
+    r"point\s+to|highlight|delineate|detect|is\s+there|are\s+there)\s+"
+    r"(?:an?\s+|the\s+|any\s+)?(?P<term>[a-z][a-z' -]*?)"
+    r"(?:\s+(?:here|(?:in|on)\s+(?:this|the)\s+(?:image|scan|slice|picture|study|exam)))?"
+    r"(?:[\s,]+please)?\s*[?.!]*$"
+)
+
+#: How an exam kind reads in a sentence ("brain_mri" -> "a brain MRI").
+_WORDS = {"ct": "CT", "mri": "MRI", "xray": "X-ray"}
+
+
+def asked_structure(question: str, ontology: Ontology) -> ResolvedLabel | None:
+    """The structure ``question`` plainly asks for, resolved in ``ontology``; ``None`` when
+    the question is not such a request or its object is not a structure's name."""
+    text = " ".join(question.lower().split())
+    match = _REQUEST.match(text)
+    if match is None:
+        return None
+    return ontology.resolve(match.group("term").strip())
+
+
+def exam_phrase(kind: str) -> str:
+    """``"brain_mri"`` -> ``"a brain MRI"``, ``"fundus"`` -> ``"a fundus image"``."""
+    words = [_WORDS.get(word, word) for word in kind.split("_")]
+    if len(words) == 1 and words[0] not in _WORDS.values():
+        words.append("image")
+    phrase = " ".join(words)
+    article = "an" if phrase[0].lower() in "aeio" or phrase.startswith(("MRI", "X-ray")) else "a"
+    return f"{article} {phrase}"
+
+
+@dataclass(frozen=True)
+class Absence:
+    """Why an asked structure has no answer: ``reason`` is ``"not_shown"`` (the image's
+    exam does not show it) or ``"not_trained"`` (no label of the model is that structure)."""
+
+    label: str
+    reason: str
+
+
+def absence(
+    asked: ResolvedLabel,
+    allowed: Iterable[str],
+    trained: Iterable[str],
+    ontology: Ontology,
+) -> Absence | None:
+    """``None`` when one of ``allowed`` (the labels the image's exam shows) is the asked
+    structure: the same label, or, asked without a side, either side's. Otherwise why not."""
+
+    def matches(label: str) -> bool:
+        resolved = ontology.resolve(label)
+        if resolved is None or resolved.category.name != asked.category.name:
+            return False
+        return asked.side is None or resolved.side == asked.side
+
+    if any(matches(label) for label in allowed):
+        return None
+    reason = "not_shown" if any(matches(label) for label in trained) else "not_trained"
+    return Absence(asked.label, reason)
+
+
+def absent_reply(absent: Absence, exam: str | None, allowed: Sequence[str]) -> str:
+    """The reply to a question about a structure the model will not find in this image:
+    why, then what it can find there (``allowed``; ``exam`` the most likely kind)."""
+    if absent.reason == "not_trained":
+        first = f"I was not trained to find the {absent.label}, so I cannot segment it."
+    elif exam is not None:
+        first = (
+            f"This looks like {exam_phrase(exam)}, which does not show the {absent.label}, "
+            "so there is nothing to segment."
+        )
+    else:
+        first = f"The {absent.label} is not shown on this kind of image."
+    if not allowed:
+        return first
+    names = [f"the {label}" for label in sorted(allowed)]
+    found = names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" and {names[-1]}"
+    where = f"On {exam_phrase(exam)}" if exam is not None else "Here"
+    return f"{first} {where} I can find {found}."

@@ -1,0 +1,100 @@
+"""Questions that name the structure they ask for (``medisee.model.asked_structure``),
+and the reply when the image's exam cannot show it."""
+
+from __future__ import annotations
+
+import pytest
+
+from medisee.data.ontology import Ontology
+from medisee.model.asked_structure import (
+    Absence,
+    absence,
+    absent_reply,
+    asked_structure,
+    exam_phrase,
+)
+
+
+@pytest.fixture(scope="module")
+def ontology() -> Ontology:
+    return Ontology.load()
+
+
+@pytest.mark.parametrize(
+    ("question", "label"),
+    [
+        ("Where is the liver?", "liver"),
+        ("Where's the liver", "liver"),
+        ("Segment the liver in this image.", "liver"),
+        ("Please segment the liver", "liver"),
+        ("Can you show me the left kidney?", "left kidney"),
+        ("Is there a lung tumour here?", "lung tumor"),  # a synonym, resolved
+        ("Point to the gallbladder, please.", "gallbladder"),
+        ("Find the spinal cord on this scan.", "spinal cord"),
+        ("Where is the kidney?", "kidney"),
+    ],
+)
+def test_a_plain_request_names_its_structure(ontology, question, label) -> None:
+    asked = asked_structure(question, ontology)
+    assert asked is not None and asked.label == label
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "Which organ filters the blood?",  # implicit: the reasoning task itself
+        "Find the bone of the backbone",  # the object is a description, not a name
+        "Show me the windpipe that carries air down to the lungs.",
+        "Where does the food I swallow travel on its way down to my stomach?",
+        "Where is the tumour?",  # not one structure's name
+        "What does the liver do?",  # not a request for a region
+    ],
+)
+def test_other_questions_name_no_structure(ontology, question) -> None:
+    assert asked_structure(question, ontology) is None
+
+
+def test_absence_by_exam_side_and_training(ontology) -> None:
+    trained = ("brain", "left kidney", "right kidney", "liver")
+    abdomen = ("left kidney", "liver", "right kidney")
+    ask = lambda q: asked_structure(q, ontology)  # noqa: E731
+    # Shown: the same label, or either side of a paired structure asked without a side.
+    assert absence(ask("Where is the liver?"), abdomen, trained, ontology) is None
+    assert absence(ask("Where is the kidney?"), abdomen, trained, ontology) is None
+    assert absence(ask("Where is the left kidney?"), abdomen, trained, ontology) is None
+    # A brain MRI does not show the liver; no label of the model is the spleen.
+    brain = ("brain",)
+    assert absence(ask("Where is the liver?"), brain, trained, ontology) == Absence(
+        "liver", "not_shown"
+    )
+    assert absence(ask("Where is the spleen?"), abdomen, trained, ontology) == Absence(
+        "spleen", "not_trained"
+    )
+    # Asked for one side where only the other is shown.
+    left_only = ("left kidney",)
+    assert absence(ask("Where is the right kidney?"), left_only, trained, ontology) == Absence(
+        "right kidney", "not_shown"
+    )
+
+
+def test_the_reply_says_why_and_what_can_be_found() -> None:
+    allowed = ("white matter", "brain", "skull")
+    assert absent_reply(Absence("liver", "not_shown"), "brain_mri", allowed) == (
+        "This looks like a brain MRI, which does not show the liver, so there is nothing "
+        "to segment. On a brain MRI I can find the brain, the skull and the white matter."
+    )
+    assert absent_reply(Absence("spleen", "not_trained"), "fundus", ("macula",)) == (
+        "I was not trained to find the spleen, so I cannot segment it. "
+        "On a fundus image I can find the macula."
+    )
+    assert absent_reply(Absence("liver", "not_shown"), None, ()) == (
+        "The liver is not shown on this kind of image."
+    )
+
+
+def test_exam_phrases_read_as_english() -> None:
+    assert exam_phrase("brain_mri") == "a brain MRI"
+    assert exam_phrase("chest_xray") == "a chest X-ray"
+    assert exam_phrase("abdominal_ct") == "an abdominal CT"
+    assert exam_phrase("echocardiography") == "an echocardiography image"
+    assert exam_phrase("CT") == "a CT"
