@@ -225,6 +225,14 @@ def test_real_pydicom_sample_reads():
     assert image.values.min() < -500 and image.values.max() > 500  # air and bone in HU
 
 
+def test_a_dicom_dose_grid_is_refused_by_name():
+    from pydicom.data import get_testdata_file
+
+    # pydicom's RT Dose sample has pixel data (a 10 x 10 dose grid), but no patient in it.
+    with pytest.raises(ImageReadError, match="RTDOSE object .a radiotherapy dose grid"):
+        read_image(get_testdata_file("rtdose.dcm"))
+
+
 # ---------------------------------------------------------------------- rasters
 def test_png_jpeg_tiff_round_trip(tmp_path):
     from PIL import Image

@@ -514,6 +514,11 @@ def _dicom_display(dataset: Any) -> str | None:
     return "radiological" if row[0] > 0 else "neurological"
 
 
+#: DICOM modalities whose pixel data is not an image of the patient (a dose grid, a
+#: label map); the others without pixel data fail when their pixels are read.
+NOT_IMAGES = {"RTDOSE": "a radiotherapy dose grid", "SEG": "a segmentation"}
+
+
 def read_dicom(
     path: str | os.PathLike[str],
     *,
@@ -550,6 +555,12 @@ def read_dicom(
         EOFError,
     ) as error:
         raise ImageReadError(f"cannot read DICOM {path}: {error}") from error
+    kind = NOT_IMAGES.get(str(dataset.get("Modality", "")))
+    if kind is not None:
+        raise ImageReadError(
+            f"{path} is a DICOM {dataset.Modality} object ({kind}), not an image of the "
+            "patient: give the image series it belongs to"
+        )
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
     samples = int(dataset.get("SamplesPerPixel", 1) or 1)
     if frames > 1:

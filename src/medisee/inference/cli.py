@@ -294,7 +294,9 @@ def run_predict(args: argparse.Namespace) -> int:
                     last_key, state = key, predictor.prepare(item.image, options)
                 yield state, item.question
 
-        for item, prediction in zip(flat, predictor.predict_iter(pairs(), progress=bar.update)):
+        # The predictions first: zip then asks the generator once more after the last
+        # one, and it reports its last batch to the bar before it stops.
+        for prediction, item in zip(predictor.predict_iter(pairs(), progress=bar.update), flat):
             files = prediction.save(out / item.key, overlay=not args.no_overlay)
             summary.write(json.dumps(_summary(item, prediction, files)) + "\n")
             count += 1

@@ -221,7 +221,8 @@ def apply_trainable_policy(model: MediSee) -> ParameterReport:
         for parameter in language.base_model.model.multi_modal_projector.parameters():
             parameter.requires_grad_(False)
     report = parameter_report(model)
-    logger.info("parameters:\n%s", report.format())
+    # DEBUG: every `medisee predict` builds a model; a training run logs it at INFO.
+    logger.debug("parameters:\n%s", report.format())
     return report
 
 

@@ -294,6 +294,9 @@ def setup_training(
     if not train_records:
         raise ValueError(f"{config.manifest} has no records in split {config.train_split!r}")
     model = build_training_model(config, training_corpus(train_records))
+    from medisee.model.builder import parameter_report
+
+    logger.info("parameters:\n%s", parameter_report(model).format())
     # The structures it learns to segment: generated answers name one of them.
     trained = {target.label for record in train_records for target in record.targets}
     model.config.labels = tuple(sorted(set(model.config.labels) | trained))
