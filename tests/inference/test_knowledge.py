@@ -178,6 +178,31 @@ def test_conversation_answers_text_turns_from_knowledge(models, monkeypatch):
     assert plain.ask("What does it do?").text == "The liver makes bile." and len(asked) == 1
 
 
+def test_a_structure_the_image_cannot_show_stays_the_reply_and_becomes_it(models, monkeypatch):
+    _, tuned = models
+    predictor = Predictor(tuned)
+    absent_text = "This looks like a brain MRI, which does not show the liver."
+    turn = _prediction("Where is the liver?", absent_text, False)
+    turn.scores["absent"] = {"label": "liver", "reason": "not_shown"}
+    replies = iter([turn, _prediction("What does it do?", "The skull.", True)])
+    monkeypatch.setattr(predictor, "predict", lambda *args, **kwargs: next(replies))
+    asked = []
+
+    def fake_reply(model, question, subject, **kwargs):
+        asked.append((question, subject))
+        return "The liver makes bile."
+
+    monkeypatch.setattr(knowledge, "knowledge_reply", fake_reply)
+    chat = predictor.conversation(np.zeros((64, 64, 3), np.uint8))
+    first = chat.ask("Where is the liver?")
+    assert first.text == absent_text and first.scores["reply"] == "model"
+    assert chat.subject == "liver"
+    # "it" is the liver: the knowledge LM answers, and the model's stray target is dropped.
+    second = chat.ask("What does it do?")
+    assert asked == [("What does it do?", "liver")] and second.text == "The liver makes bile."
+    assert not second.found_target
+
+
 @pytest.mark.parametrize(
     ("question", "answered", "about"),
     [

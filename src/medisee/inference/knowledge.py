@@ -198,10 +198,17 @@ def answer_follow_up(
     subject (:func:`asks_about_subject`): a target that is the subject again keeps its
     mask and box, one whose reply names no structure (none of ``config.labels``, where
     the model has them) is dropped. Any other turn with a target keeps its prediction
-    and makes what it names the new subject.
+    and makes what it names the new subject. A turn whose question named a structure the
+    image cannot show (``scores["absent"]``) keeps its reply, and that structure becomes
+    the subject.
     ``scores["reply"]`` says which: ``"knowledge"`` or ``"model"``.
     """
     scores = {**prediction.scores, "reply": "model"}
+    absent = scores.get("absent")
+    if absent:
+        # The question named a structure the image cannot show, and the reply says so
+        # (``medisee.model.asked_structure``): it stands, and "it" is now that structure.
+        return dataclasses.replace(prediction, scores=scores), str(absent["label"])
     answered = subject_of(prediction.text) if prediction.found_target else None
     config = getattr(model, "config", None)
     labels = {label.lower() for label in getattr(config, "labels", None) or ()}
