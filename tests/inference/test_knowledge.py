@@ -136,6 +136,19 @@ def _prediction(question, text, found):
     )
 
 
+def _fake_knowledge(monkeypatch, reply: str) -> list[tuple[str, str]]:
+    """``knowledge_reply`` replaced by one that answers ``reply``; the returned list
+    collects each call's ``(question, subject)``."""
+    asked: list[tuple[str, str]] = []
+
+    def fake_reply(model, question, subject, **kwargs):
+        asked.append((question, subject))
+        return reply
+
+    monkeypatch.setattr(knowledge, "knowledge_reply", fake_reply)
+    return asked
+
+
 def test_conversation_answers_text_turns_from_knowledge(models, monkeypatch):
     _, tuned = models
     predictor = Predictor(tuned)
@@ -149,13 +162,7 @@ def test_conversation_answers_text_turns_from_knowledge(models, monkeypatch):
         ]
     )
     monkeypatch.setattr(predictor, "predict", lambda *args, **kwargs: next(replies))
-    asked = []
-
-    def fake_reply(model, question, subject, **kwargs):
-        asked.append((question, subject))
-        return "It removes waste from the blood and makes urine."
-
-    monkeypatch.setattr(knowledge, "knowledge_reply", fake_reply)
+    asked = _fake_knowledge(monkeypatch, "It removes waste from the blood and makes urine.")
     image = np.zeros((64, 64, 3), np.uint8)
     chat = predictor.conversation(image)
     first = chat.ask("Which organ filters the blood?")
@@ -186,13 +193,7 @@ def test_a_structure_the_image_cannot_show_stays_the_reply_and_becomes_it(models
     turn.scores["absent"] = {"label": "liver", "reason": "not_shown"}
     replies = iter([turn, _prediction("What does it do?", "The skull.", True)])
     monkeypatch.setattr(predictor, "predict", lambda *args, **kwargs: next(replies))
-    asked = []
-
-    def fake_reply(model, question, subject, **kwargs):
-        asked.append((question, subject))
-        return "The liver makes bile."
-
-    monkeypatch.setattr(knowledge, "knowledge_reply", fake_reply)
+    asked = _fake_knowledge(monkeypatch, "The liver makes bile.")
     chat = predictor.conversation(np.zeros((64, 64, 3), np.uint8))
     first = chat.ask("Where is the liver?")
     assert first.text == absent_text and first.scores["reply"] == "model"

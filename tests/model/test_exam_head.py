@@ -102,22 +102,26 @@ def exam_model():
     return model.eval()
 
 
-def _answers(model, favoured: int, **kwargs):
-    """Generate for two questions, with the exam head's bias set so that it reads every
-    image as kind ``favoured``; returns the answer sentences."""
+def _generate(model, favoured: int, asked: list[str], **kwargs):
+    """Constrained answers to ``asked``, one random image each, with the exam head's
+    bias set so that it reads every image as kind ``favoured``."""
     with torch.no_grad():
         model.exam_head.bias.zero_()
         model.exam_head.bias[favoured] = 10.0
     builder = model.prompt_builder()
-    questions = ["Which organ filters the blood?", "Where?"]
-    prompts = [builder.encode([(q, None)]).input_ids for q in questions]
+    prompts = [builder.encode([(q, None)]).input_ids for q in asked]
     size = model.config.mask.image_size
     torch.manual_seed(0)
-    pixels = torch.rand(len(questions), 3, size, size)
-    sizes = torch.tensor([[size, size]] * len(questions))
-    answers = model.generate(
+    pixels = torch.rand(len(asked), 3, size, size)
+    sizes = torch.tensor([[size, size]] * len(asked))
+    return model.generate(
         prompts, sizes, pixel_values=pixels, max_new_tokens=24, constrain_answer=True, **kwargs
     )
+
+
+def _answers(model, favoured: int, **kwargs):
+    """The answer sentences to two questions (see ``_generate``)."""
+    answers = _generate(model, favoured, ["Which organ filters the blood?", "Where?"], **kwargs)
     first = model.candidate_token_ids[0]
     kind = list(EXAMS)[favoured]
     assert all(a.exam == kind and a.exam_probability > 0.99 for a in answers)
@@ -160,25 +164,8 @@ def test_the_exam_head_is_saved_and_loaded(exam_model, tmp_path):
 def test_a_question_for_a_structure_the_exam_cannot_show_gets_no_mask(exam_model) -> None:
     # Every image read as a brain MRI: the liver is trained (abdominal CT) but not shown,
     # the spleen never trained; an implicit question is answered as before.
-    with torch.no_grad():
-        exam_model.exam_head.bias.zero_()
-        exam_model.exam_head.bias[1] = 10.0
-    builder = exam_model.prompt_builder()
     questions = ["Where is the liver?", "Segment the spleen.", "Which organ filters the blood?"]
-    prompts = [builder.encode([(q, None)]).input_ids for q in questions]
-    size = exam_model.config.mask.image_size
-    torch.manual_seed(0)
-    pixels = torch.rand(len(questions), 3, size, size)
-    sizes = torch.tensor([[size, size]] * len(questions))
-    answers = exam_model.generate(
-        prompts,
-        sizes,
-        pixel_values=pixels,
-        max_new_tokens=24,
-        constrain_answer=True,
-        questions=questions,
-    )
-    liver, spleen, implicit = answers
+    liver, spleen, implicit = _generate(exam_model, 1, questions, questions=questions)
     assert liver.absent is not None and liver.absent.reason == "not_shown"
     assert liver.text.startswith("This looks like a brain MRI, which does not show the liver")
     assert spleen.absent is not None and spleen.absent.reason == "not_trained"
@@ -187,14 +174,6 @@ def test_a_question_for_a_structure_the_exam_cannot_show_gets_no_mask(exam_model
         assert not set(answer.token_ids) & set(exam_model.candidate_token_ids)
     assert implicit.absent is None and implicit.found_target
     # Without the exam constraint the liver may be named; the spleen still may not.
-    free = exam_model.generate(
-        prompts[:2],
-        sizes[:2],
-        pixel_values=pixels[:2],
-        max_new_tokens=24,
-        constrain_answer=True,
-        constrain_to_exam=False,
-        questions=questions[:2],
-    )
+    free = _generate(exam_model, 1, questions[:2], questions=questions[:2], constrain_to_exam=False)
     assert free[0].absent is None
     assert free[1].absent is not None and free[1].absent.reason == "not_trained"
