@@ -700,8 +700,10 @@ class MediSee(nn.Module):
         if len(flags) != len(prompts):
             raise ValueError(f"{len(flags)} constrain_answer flags for {len(prompts)} prompts")
         exams = self.predict_exams(image_embeddings)
-        # Per constrained row, the labels its image's exam shows (with an exam head).
+        # Per constrained row, the labels its image's exam shows (with an exam head), and
+        # the rows whose question names a structure none of them is.
         row_labels: dict[int, Sequence[str]] = {}
+        absent: dict[int, Absence] = {}
         if any(flags) and self.config.labels:
             offset = width if self.language.generate_sees_prompt else 0
             rows = [row for row, flag in enumerate(flags) if flag]
@@ -713,8 +715,13 @@ class MediSee(nn.Module):
             prior = self.config.question_prior
             if questions is not None and len(questions) != len(prompts):
                 raise ValueError(f"{len(questions)} questions for {len(prompts)} prompts")
+            for row in rows:
+                question = questions[row] if questions is not None else None
+                why = self._absence(question, row_labels.get(row, self.config.labels))
+                if why is not None:
+                    absent[row] = why
             if use_question_prior and questions is not None and prior and prior.weight:
-                asked = [row for row in rows if questions[row]]
+                asked = [row for row in rows if questions[row] and row not in absent]
                 priors = self.question_label_probabilities(
                     [str(questions[row]) for row in asked],
                     [row_labels.get(row, self.config.labels) for row in asked],
@@ -759,11 +766,13 @@ class MediSee(nn.Module):
             for answer, row in zip(answers, probabilities):
                 answer.exam = kinds[int(row.argmax())]
                 answer.exam_probability = float(row.max())
-        if questions is not None and any(flags) and self.config.labels:
-            for row, flag in enumerate(flags):
-                if flag and questions[row]:
-                    allowed = row_labels.get(row, self.config.labels)
-                    self._answer_absent(answers[row], str(questions[row]), allowed)
+        for row, why in absent.items():
+            # The reply says why, with no candidate tokens: no box and no mask.
+            answer = answers[row]
+            allowed = row_labels.get(row, self.config.labels)
+            answer.text = absent_reply(why, answer.exam, allowed)
+            answer.token_ids = list(self.tokenizer(answer.text, add_special_tokens=False).input_ids)
+            answer.absent = why
         found = [self._emits_candidate_group(answer.token_ids) for answer in answers]
         rows = [row for row, ok in enumerate(found) if ok]
         if rows:
@@ -784,24 +793,18 @@ class MediSee(nn.Module):
                 answers[row].iou_score = float(decoded.iou_scores[i])
         return answers
 
-    def _answer_absent(
-        self, answer: GeneratedAnswer, question: str, allowed: Sequence[str]
-    ) -> None:
-        """Where ``question`` plainly asks for a structure that none of ``allowed`` (the
-        labels of the image's exam) is, ``answer`` becomes a reply saying so, with no
-        candidate tokens (so no box and no mask); ``medisee.model.asked_structure``."""
+    def _absence(self, question: str | None, allowed: Sequence[str]) -> Absence | None:
+        """Why ``question`` gets no target, when it plainly asks for a structure that none
+        of ``allowed`` (the labels of the image's exam) is; ``medisee.model.asked_structure``."""
+        if not question:
+            return None
         ontology = self.__dict__.get("_ontology")
         if ontology is None:
             ontology = self.__dict__["_ontology"] = Ontology.load()
         asked = asked_structure(question, ontology)
         if asked is None:
-            return
-        absent = absence(asked, allowed, self.config.labels, ontology)
-        if absent is None:
-            return
-        answer.text = absent_reply(absent, answer.exam, allowed)
-        answer.token_ids = list(self.tokenizer(answer.text, add_special_tokens=False).input_ids)
-        answer.absent = absent
+            return None
+        return absence(asked, allowed, self.config.labels, ontology)
 
     def answer_trie(self, labels: Sequence[str] | None = None) -> TokenTrie:
         """The answer openings over ``labels`` (default ``config.labels``), built once per
