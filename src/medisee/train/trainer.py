@@ -258,6 +258,7 @@ def setup_training(
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 
+    from medisee.model.builder import parameter_report
     from medisee.model.embedding_cache import EmbeddingCache, encoder_fingerprint
     from medisee.train.dataset import (
         Collator,
@@ -294,8 +295,6 @@ def setup_training(
     if not train_records:
         raise ValueError(f"{config.manifest} has no records in split {config.train_split!r}")
     model = build_training_model(config, training_corpus(train_records))
-    from medisee.model.builder import parameter_report
-
     logger.info("parameters:\n%s", parameter_report(model).format())
     # The structures it learns to segment: generated answers name one of them.
     trained = {target.label for record in train_records for target in record.targets}
