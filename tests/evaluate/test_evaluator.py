@@ -312,6 +312,32 @@ def test_eval_free_answers_flag_reaches_the_evaluation(tmp_path, monkeypatch, fl
     assert seen["constrain_answer"] is (not flag)
 
 
+def test_eval_takes_a_released_model_by_name(records, tmp_path, monkeypatch):
+    """``medisee eval --model medisee-lite`` scores the shipped model, as ``predict`` does."""
+    from pathlib import Path
+
+    from medisee.evaluate import pipeline
+    from medisee.model.medisee import MediSee
+    from medisee.model.released import DEFAULT_MODEL, released_model_dir
+
+    loaded = []
+
+    class Loaded(Exception):
+        pass
+
+    def from_pretrained(path, *args, **kwargs):
+        loaded.append(Path(path))
+        raise Loaded
+
+    monkeypatch.setattr(MediSee, "from_pretrained", from_pretrained)
+    common = {"manifest": "unused", "split": "test", "out": tmp_path, "records": records}
+    with pytest.raises(Loaded):
+        pipeline.evaluate_with_baselines(model_dir=DEFAULT_MODEL, **common)
+    assert loaded == [released_model_dir(DEFAULT_MODEL)]
+    with pytest.raises(FileNotFoundError, match="released model"):
+        pipeline.evaluate_with_baselines(model_dir="no-such-model", **common)
+
+
 def test_teacher_forcing_through_the_candidate_tokens_equals_the_whole_reply(
     tiny_model, records, monkeypatch
 ):

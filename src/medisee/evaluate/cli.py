@@ -14,7 +14,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Dice, gIoU, cIoU, box IoU and Acc@0.5 by split, query length, perspective and "
         "category; generated evaluation is the headline, teacher-forced is reported beside it.",
     )
-    parser.add_argument("--model", required=True, help="saved model directory")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="saved model directory, a released model (medisee-lite) or a Hub id",
+    )
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--split", default="test")
     parser.add_argument(

@@ -38,6 +38,8 @@ def evaluate_with_baselines(
     """Returns ``{method: summary}``; writes ``metrics.json``, ``metrics.md`` and the
     per-example ``predictions.jsonl`` (with each generated explanation) under ``out``.
 
+    ``model_dir``: a checkpoint directory, a released model's name (``"medisee-lite"``) or
+    a Hub id (``medisee.model.released.resolve_model``).
     ``questions``: hand-written questions (``medisee.evaluate.handwritten``), scored on
     the split's images of their labels as their own rows: the model generated, and the
     label-matching baseline (the other baselines do not read the question).
@@ -52,12 +54,13 @@ def evaluate_with_baselines(
     from medisee.model.embedding_cache import EmbeddingCache, encoder_fingerprint
     from medisee.model.mask_decoder import build_segmenter
     from medisee.model.medisee import MediSee
+    from medisee.model.released import resolve_model
 
     all_records, root = records if records is not None else load_records(manifest)
     chosen = [r for r in all_records if r.split == split]
     if not chosen:
         raise ValueError(f"no records in split {split!r}")
-    model = MediSee.from_pretrained(model_dir).to(device)
+    model = MediSee.from_pretrained(resolve_model(model_dir)).to(device)
     ontology = Ontology.load()
     # What each kind of exam can show, from every split: a test image's kind is judged by
     # all the structures the data labels on that kind.
