@@ -9,6 +9,7 @@ from medisee.inference import knowledge
 from medisee.inference.knowledge import (
     answer_follow_up,
     asks_about_subject,
+    asks_for_region,
     knowledge_reply,
     model_turn,
     resolve_follow_up,
@@ -305,6 +306,28 @@ def test_a_follow_up_about_the_subject_keeps_its_mask_and_gets_knowledge(prior_m
     assert plain.scores["reply"] == "model" and plain.text == same.text
 
 
+@pytest.mark.parametrize(
+    ("question", "region"),
+    [
+        ("Segment the liver.", True),
+        ("Where is it?", True),
+        # A structure of the image, asked for without a region word: a new target.
+        ("Which structure here lets us think?", True),
+        ("Which part of this scan holds the fluid?", True),
+        ("What organ in this image filters the blood?", True),
+        ("Which blood vessel shown carries blood to the brain?", True),
+        # About the conversation's structure, or not about the image: no region.
+        ("What organ is it part of?", False),
+        ("What tissue is it made of?", False),
+        ("Which structure lies next to it?", False),
+        ("What does it do here?", False),
+        ("Is this image a CT?", False),
+    ],
+)
+def test_asks_for_region_by_hand(question, region):
+    assert asks_for_region(question) is region
+
+
 def test_a_region_follow_up_is_asked_as_a_first_turn():
     history = [("Which organ filters the blood?", "It is the left kidney. <cand_0>")]
     assert model_turn("Where is it?", history, "left kidney") == ("Where is the left kidney?", ())
@@ -315,6 +338,10 @@ def test_a_region_follow_up_is_asked_as_a_first_turn():
         "What does it do?", tuple(history),
     )  # fmt: skip
     assert model_turn("Segment the liver.", (), None) == ("Segment the liver.", ())
+    # A question for a structure of the image is a new target, its "it" resolved too.
+    assert model_turn("Which structure here lies next to it?", history, "left kidney") == (
+        "Which structure here lies next to the left kidney?", (),
+    )  # fmt: skip
 
 
 def test_the_conversation_asks_region_follow_ups_alone(models, monkeypatch):

@@ -18,12 +18,12 @@ neither keeps its fine-tuned replies (:func:`supports_knowledge` is false).
 
 The fine-tuned ``lite`` LM answers every turn with a structure. A follow-up that refers
 back to the structure found last ("What does it do?"), asks for no region (no "segment",
-"show", "where"...: :func:`asks_for_region`) and gets that same structure again, or a
-reply that names none of the model's labels, is a question about it, not a new target
-(:func:`asks_about_subject`): its text comes from the knowledge LM, and the mask and box
-stay with the same structure and are dropped otherwise. A follow-up that asks for a
-region is answered by the model, its answer constrained as a first question's is
-(``medisee.inference.predictor.GenerationOptions``).
+"show", "where"..., nor a structure "here" or "in this image": :func:`asks_for_region`)
+and gets that same structure again, or a reply that names none of the model's labels, is
+a question about it, not a new target (:func:`asks_about_subject`): its text comes from
+the knowledge LM, and the mask and box stay with the same structure and are dropped
+otherwise. A follow-up that asks for a region is answered by the model, its answer
+constrained as a first question's is (``medisee.inference.predictor.GenerationOptions``).
 """
 
 from __future__ import annotations
@@ -62,6 +62,19 @@ _MASK_REQUEST = re.compile(
     r"locat\w*|find|box|where|point)\b",
     re.IGNORECASE,
 )
+# "Which structure here ...?", "What part of this scan ...?": a question for a structure
+# of the image is a new target too, though it names no region request. Both parts are
+# needed: "What organ is it part of?" asks about the conversation's structure.
+_STRUCTURE_QUESTION = re.compile(
+    r"\b(?:which|what)\b(?:\s+[\w-]+){0,3}?\s+(?:structure|organ|part|tissue|region|area|"
+    r"bone|vessel|artery|vein|muscle|gland|chamber|cavity|space|lesion|abnormality)s?\b",
+    re.IGNORECASE,
+)
+_OF_THE_IMAGE = re.compile(
+    r"\b(?:here|shown|visible|seen|(?:in|on|of)\s+(?:this|the)\s+(?:image|scan|slice|picture|"
+    r"view|study|mri|ct|x-ray|radiograph))\b",
+    re.IGNORECASE,
+)
 
 
 def subject_of(reply: str) -> str | None:
@@ -94,8 +107,21 @@ def supports_knowledge(model: Any) -> bool:
 
 
 def asks_for_region(question: str) -> bool:
-    """Whether ``question`` asks for a region ("segment", "show", "where"...)."""
+    """Whether ``question`` asks for a region: it names a region request
+    (:func:`names_region_request`) or asks for a structure of the image
+    (:func:`asks_which_structure`)."""
+    return names_region_request(question) or asks_which_structure(question)
+
+
+def names_region_request(question: str) -> bool:
+    """Whether ``question`` has a region word ("segment", "show", "where"...)."""
     return bool(_MASK_REQUEST.search(question))
+
+
+def asks_which_structure(question: str) -> bool:
+    """Whether ``question`` asks which structure of the image is meant ("Which structure
+    here lets us think?", "What organ in this scan filters the blood?")."""
+    return bool(_STRUCTURE_QUESTION.search(question) and _OF_THE_IMAGE.search(question))
 
 
 def model_turn(
