@@ -12,6 +12,7 @@ from medisee.model.asked_structure import (
     absent_reply,
     asked_structure,
     exam_phrase,
+    labels_for,
 )
 
 
@@ -75,6 +76,17 @@ def test_absence_by_exam_side_and_training(ontology) -> None:
     assert absence(ask("Where is the right kidney?"), left_only, trained, ontology) == Absence(
         "right kidney", "not_shown"
     )
+
+
+def test_labels_for_keeps_the_asked_structure_and_its_sides(ontology) -> None:
+    labels = ("brain", "left kidney", "right kidney", "liver")
+    ask = lambda q: asked_structure(q, ontology)  # noqa: E731
+    assert labels_for(ask("Where is the liver?"), labels, ontology) == ["liver"]
+    assert labels_for(ask("Where is the kidney?"), labels, ontology) == [
+        "left kidney", "right kidney",
+    ]  # fmt: skip
+    assert labels_for(ask("Segment the right kidney."), labels, ontology) == ["right kidney"]
+    assert labels_for(ask("Where is the spleen?"), labels, ontology) == []
 
 
 def test_the_reply_says_why_and_what_can_be_found() -> None:

@@ -177,3 +177,20 @@ def test_a_question_for_a_structure_the_exam_cannot_show_gets_no_mask(exam_model
     free = _generate(exam_model, 1, questions[:2], questions=questions[:2], constrain_to_exam=False)
     assert free[0].absent is None
     assert free[1].absent is not None and free[1].absent.reason == "not_trained"
+
+
+def test_a_question_that_names_a_shown_structure_is_answered_with_it(exam_model) -> None:
+    # Every image read as an abdominal CT: each request names its own structure, whatever
+    # the untrained LM would pick; an implicit question may name either label.
+    questions = ["Where is the liver?", "Segment the left kidney.", "Where is the kidney?"]
+    for _ in range(2):  # both orders, so no label is named by chance alone
+        answers = _generate(exam_model, 0, questions, questions=questions)
+        first = exam_model.candidate_token_ids[0]
+        named = [
+            exam_model.tokenizer.decode(a.token_ids[: a.token_ids.index(first)]).strip()
+            for a in answers
+        ]
+        for question, sentence in zip(questions, named):
+            label = "liver" if "liver" in question else "left kidney"
+            assert sentence in _openings([label]), (question, sentence)
+        questions = questions[::-1]

@@ -7,7 +7,10 @@ confident answer to another question. Here a question that plainly asks for one 
 structure ("Where is the liver?", "Segment the left kidney.", "Is there a lung tumor
 here?") is read for that name (:func:`asked_structure`), and when the image's exam does
 not show it, or the model was never trained on it, the reply says so and names what it
-can find instead (:func:`absent_reply`), with no mask.
+can find instead (:func:`absent_reply`), with no mask. When the exam does show it, the
+answer names it (:func:`labels_for`): the user said which structure; the model's work is
+to find it ("Where is the white matter?" on the MNI template was answered "Sure, this is
+the gray matter.").
 
 Only a plain request whose whole object is a structure's name or synonym in the
 ontology counts: "Which organ filters the blood?" or "Find the muscular pipe behind the
@@ -66,14 +69,9 @@ class Absence:
     reason: str
 
 
-def absence(
-    asked: ResolvedLabel,
-    allowed: Iterable[str],
-    trained: Iterable[str],
-    ontology: Ontology,
-) -> Absence | None:
-    """``None`` when one of ``allowed`` (the labels the image's exam shows) is the asked
-    structure: the same label, or, asked without a side, either side's. Otherwise why not."""
+def labels_for(asked: ResolvedLabel, labels: Iterable[str], ontology: Ontology) -> list[str]:
+    """The labels among ``labels`` that are the asked structure: the same label, or, asked
+    without a side, either side's ("Where is the kidney?" -> left and right kidney)."""
 
     def matches(label: str) -> bool:
         resolved = ontology.resolve(label)
@@ -81,9 +79,20 @@ def absence(
             return False
         return asked.side is None or resolved.side == asked.side
 
-    if any(matches(label) for label in allowed):
+    return [label for label in labels if matches(label)]
+
+
+def absence(
+    asked: ResolvedLabel,
+    allowed: Iterable[str],
+    trained: Iterable[str],
+    ontology: Ontology,
+) -> Absence | None:
+    """``None`` when one of ``allowed`` (the labels the image's exam shows) is the asked
+    structure (:func:`labels_for`). Otherwise why not."""
+    if labels_for(asked, allowed, ontology):
         return None
-    reason = "not_shown" if any(matches(label) for label in trained) else "not_trained"
+    reason = "not_shown" if labels_for(asked, trained, ontology) else "not_trained"
     return Absence(asked.label, reason)
 
 

@@ -30,7 +30,13 @@ from medisee.model.answer_constraint import (
     answer_sequences_by_label,
     weighted_answer_trie,
 )
-from medisee.model.asked_structure import Absence, absence, absent_reply, asked_structure
+from medisee.model.asked_structure import (
+    Absence,
+    absence,
+    absent_reply,
+    asked_structure,
+    labels_for,
+)
 from medisee.model.box_decoder import BoxDecoder
 from medisee.model.checkpoint_files import (
     CONFIG_NAME,
@@ -700,8 +706,9 @@ class MediSee(nn.Module):
         if len(flags) != len(prompts):
             raise ValueError(f"{len(flags)} constrain_answer flags for {len(prompts)} prompts")
         exams = self.predict_exams(image_embeddings)
-        # Per constrained row, the labels its image's exam shows (with an exam head), and
-        # the rows whose question names a structure none of them is.
+        # Per constrained row, the labels its image's exam shows (with an exam head), or
+        # those of them that its question names ("Where is the white matter?"), and the
+        # rows whose question names a structure none of them is.
         row_labels: dict[int, Sequence[str]] = {}
         absent: dict[int, Absence] = {}
         if any(flags) and self.config.labels:
@@ -711,15 +718,17 @@ class MediSee(nn.Module):
                 kinds = list(self.config.exams)
                 for row in rows:
                     row_labels[row] = labels_of_exams(self.config.exams, kinds, exams[1][row])
-            row_tries = {row: self.answer_trie(labels) for row, labels in row_labels.items()}
             prior = self.config.question_prior
             if questions is not None and len(questions) != len(prompts):
                 raise ValueError(f"{len(questions)} questions for {len(prompts)} prompts")
             for row in rows:
                 question = questions[row] if questions is not None else None
-                why = self._absence(question, row_labels.get(row, self.config.labels))
+                named, why = self._asked_labels(question, row_labels.get(row, self.config.labels))
                 if why is not None:
                     absent[row] = why
+                elif named:
+                    row_labels[row] = named
+            row_tries = {row: self.answer_trie(labels) for row, labels in row_labels.items()}
             if use_question_prior and questions is not None and prior and prior.weight:
                 asked = [row for row in rows if questions[row] and row not in absent]
                 priors = self.question_label_probabilities(
@@ -793,18 +802,24 @@ class MediSee(nn.Module):
                 answers[row].iou_score = float(decoded.iou_scores[i])
         return answers
 
-    def _absence(self, question: str | None, allowed: Sequence[str]) -> Absence | None:
-        """Why ``question`` gets no target, when it plainly asks for a structure that none
-        of ``allowed`` (the labels of the image's exam) is; ``medisee.model.asked_structure``."""
+    def _asked_labels(
+        self, question: str | None, allowed: Sequence[str]
+    ) -> tuple[list[str], Absence | None]:
+        """When ``question`` plainly asks for a structure (``medisee.model.asked_structure``):
+        the labels of ``allowed`` (those of the image's exam) that are it, or, when none
+        is, why it gets no target. ``([], None)`` for any other question."""
         if not question:
-            return None
+            return [], None
         ontology = self.__dict__.get("_ontology")
         if ontology is None:
             ontology = self.__dict__["_ontology"] = Ontology.load()
         asked = asked_structure(question, ontology)
         if asked is None:
-            return None
-        return absence(asked, allowed, self.config.labels, ontology)
+            return [], None
+        named = labels_for(asked, allowed, ontology)
+        if named:
+            return named, None
+        return [], absence(asked, allowed, self.config.labels, ontology)
 
     def answer_trie(self, labels: Sequence[str] | None = None) -> TokenTrie:
         """The answer openings over ``labels`` (default ``config.labels``), built once per
