@@ -53,6 +53,32 @@ def test_predict_png_and_dicom(saved_tiny_model, tmp_path):
         assert list(mask.shape) == row["image_size"]
 
 
+def test_quiet_predict_turns_the_libraries_bars_off_while_it_runs(
+    saved_tiny_model, tmp_path, monkeypatch
+):
+    from transformers.utils import logging as transformers_logging
+
+    from medisee.inference import cli
+
+    seen = []
+    run = cli._run_predict
+
+    def spy(args):
+        seen.append(transformers_logging.is_progress_bar_enabled())
+        return run(args)
+
+    monkeypatch.setattr(cli, "_run_predict", spy)
+    png = tmp_path / "scan.png"
+    Image.fromarray(sample_image(30, 40)).save(png)
+    args = ["predict", "--model", str(saved_tiny_model), "--image", str(png)]
+    args += ["--question", "Where is the liver?", "--max-new-tokens", "4"]
+    assert main([*args, "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    # Off under --quiet ("Loading weights" of the pretrained LM), and back on after it.
+    assert seen == [False, True]
+    assert transformers_logging.is_progress_bar_enabled()
+
+
 def test_predict_manifest_with_several_questions_and_a_volume(saved_tiny_model, tmp_path):
     nib = pytest.importorskip("nibabel")
     affine = np.diag([-1.0, -1.0, 2.0, 1.0])

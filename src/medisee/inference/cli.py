@@ -8,6 +8,7 @@ slice, the overlay of the slice with the largest mask) and one ``predictions.jso
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -50,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="NIfTI: predict every slice along --axis and write a label volume (mask.nii.gz)",
     )
     predict.add_argument("--no-overlay", action="store_true", help="skip the overlay PNGs")
-    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_model_arguments(predict)
     predict.set_defaults(func=run_predict)
 
@@ -265,6 +266,27 @@ def _summary(item: Item, prediction, files: dict[str, Path]) -> dict[str, Any]:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    with _library_progress_bars(not args.quiet):
+        return _run_predict(args)
+
+
+@contextlib.contextmanager
+def _library_progress_bars(show: bool) -> Iterator[None]:
+    """With ``show`` False, transformers' bars ("Loading weights" of the pretrained LM,
+    loaded on first need) are off too, and back on afterwards."""
+    from transformers.utils import logging as transformers_logging
+
+    hide = not show and transformers_logging.is_progress_bar_enabled()
+    if hide:
+        transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if hide:
+            transformers_logging.enable_progress_bar()
+
+
+def _run_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from medisee.inference.inputs import is_nifti_path
