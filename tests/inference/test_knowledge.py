@@ -316,6 +316,10 @@ def test_a_follow_up_about_the_subject_keeps_its_mask_and_gets_knowledge(prior_m
         ("Which part of this scan holds the fluid?", True),
         ("What organ in this image filters the blood?", True),
         ("Which blood vessel shown carries blood to the brain?", True),
+        # A structure asked for by name, with no region word: its answer, or why none.
+        ("Is there a lung tumor here?", True),
+        ("Can you detect the liver?", True),
+        ("Is there anything else?", False),
         # About the conversation's structure, or not about the image: no region.
         ("What organ is it part of?", False),
         ("What tissue is it made of?", False),

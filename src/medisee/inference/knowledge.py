@@ -108,9 +108,24 @@ def supports_knowledge(model: Any) -> bool:
 
 def asks_for_region(question: str) -> bool:
     """Whether ``question`` asks for a region: it names a region request
-    (:func:`names_region_request`) or asks for a structure of the image
-    (:func:`asks_which_structure`)."""
-    return names_region_request(question) or asks_which_structure(question)
+    (:func:`names_region_request`), asks for a structure of the image
+    (:func:`asks_which_structure`) or plainly asks for one by name
+    (:func:`asks_for_named_structure`)."""
+    return (
+        names_region_request(question)
+        or asks_which_structure(question)
+        or asks_for_named_structure(question)
+    )
+
+
+def asks_for_named_structure(question: str) -> bool:
+    """Whether ``question`` plainly asks for a structure by its name ("Is there a lung
+    tumor here?", "Can you detect the liver?"; ``medisee.model.asked_structure``): asked as
+    a first turn, it gets the answer a first question gets, or the reason there is none."""
+    from medisee.data.ontology import Ontology
+    from medisee.model.asked_structure import asked_structure
+
+    return asked_structure(question, Ontology.load()) is not None
 
 
 def names_region_request(question: str) -> bool:
