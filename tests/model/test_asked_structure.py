@@ -33,6 +33,11 @@ def ontology() -> Ontology:
         ("Point to the gallbladder, please.", "gallbladder"),
         ("Find the spinal cord on this scan.", "spinal cord"),
         ("Where is the kidney?", "kidney"),
+        # Plurals, read as their singular (the ontology names one of each).
+        ("Where are the lateral ventricles?", "lateral ventricle"),
+        ("Segment the kidneys.", "kidney"),
+        ("Where are the common carotid arteries?", "common carotid artery"),
+        ("Where are the vertebrae?", "vertebra"),
     ],
 )
 def test_a_plain_request_names_its_structure(ontology, question, label) -> None:
@@ -49,6 +54,7 @@ def test_a_plain_request_names_its_structure(ontology, question, label) -> None:
         "Where does the food I swallow travel on its way down to my stomach?",
         "Where is the tumour?",  # not one structure's name
         "What does the liver do?",  # not a request for a region
+        "Where is the glass?",  # no singular of a structure either
     ],
 )
 def test_other_questions_name_no_structure(ontology, question) -> None:

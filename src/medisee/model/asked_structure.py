@@ -5,9 +5,9 @@ A constrained answer names one of the labels that the image's kind of exam shows
 name the nearest such label ("Sure, this is the gray matter.") and paint a mask: a
 confident answer to another question. Here a question that plainly asks for one named
 structure ("Where is the liver?", "Segment the left kidney.", "Is there a lung tumor
-here?") is read for that name (:func:`asked_structure`), and when the image's exam does
-not show it, or the model was never trained on it, the reply says so and names what it
-can find instead (:func:`absent_reply`), with no mask. When the exam does show it, the
+here?", "Where are the lateral ventricles?") is read for that name
+(:func:`asked_structure`), and when the image's exam does not show it, or the model was
+never trained on it, the reply says so and names what it can find instead (:func:`absent_reply`), with no mask. When the exam does show it, the
 answer names it (:func:`labels_for`): the user said which structure; the model's work is
 to find it ("Where is the white matter?" on the MNI template was answered "Sure, this is
 the gray matter.").
@@ -47,7 +47,27 @@ def asked_structure(question: str, ontology: Ontology) -> ResolvedLabel | None:
     match = _REQUEST.match(text)
     if match is None:
         return None
-    return ontology.resolve(match.group("term").strip())
+    term = match.group("term").strip()
+    for name in (term, *_singulars(term)):
+        resolved = ontology.resolve(name)
+        if resolved is not None:
+            return resolved
+    return None
+
+
+def _singulars(term: str) -> list[str]:
+    """The singular forms ``term`` may be the plural of, its last word changed ("lateral
+    ventricles", "common carotid arteries", "vertebrae"): the ontology names one of each."""
+    head, _, last = term.rpartition(" ")
+    prefix = f"{head} " if head else ""
+    forms = []
+    if last.endswith("ies"):
+        forms.append(last[:-3] + "y")
+    if last.endswith("ae"):
+        forms.append(last[:-1])
+    if last.endswith("s") and not last.endswith("ss"):
+        forms.append(last[:-1])
+    return [prefix + form for form in forms]
 
 
 def exam_phrase(kind: str) -> str:
