@@ -307,3 +307,19 @@ def test_a_question_for_a_structure_the_model_never_learnt_says_so(predictor):
     assert prediction.raw_text == prediction.text
     named = predictor.predict("Where is the liver?", image=sample_image(40, 50))
     assert named.scores["absent"] is None and named.found_target
+
+
+def test_an_explanation_about_another_structure_is_replaced_by_the_answers(predictor, monkeypatch):
+    from medisee.data.ontology import Ontology
+
+    carotid = Ontology.load().categories["common carotid artery"]
+    tok = predictor.model.tokenizer
+    answer = tok(" It is the left kidney.", add_special_tokens=False).input_ids
+    spliced = tok(f" The left kidney {carotid.function}.", add_special_tokens=False).input_ids
+    reply = answer + list(predictor.model.candidate_token_ids) + spliced + [tok.eos_token_id]
+    monkeypatch.setattr(predictor.model.language, "generate", lambda *a, **k: torch.tensor([reply]))
+    prediction = predictor.predict("Which organ filters the blood?", image=sample_image(20, 30))
+    assert prediction.found_target and prediction.scores["explanation"] == "ontology"
+    assert prediction.text.startswith("It is the left kidney. The left kidney filters the blood")
+    assert carotid.function not in prediction.text
+    assert carotid.function in prediction.raw_text  # the history keeps the LM's own words

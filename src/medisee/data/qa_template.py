@@ -97,6 +97,21 @@ class TemplateResult:
     report: SkipReport
 
 
+def attribute_explanation(
+    label: str, category: Category, modality: str | None, attribute: str
+) -> str:
+    """The explanation of an attribute question: "The X <function>; it <attribute>. On
+    this CT scan it <appearance>. It is found <location>." (no appearance sentence for a
+    modality the ontology does not describe, or ``None``)."""
+    pronoun = "they" if _is_plural_phrase(category.function) else "it"
+    explanation = f"The {label} {category.function}; {pronoun} {attribute}."
+    appearance = category.appearance_for(modality) if modality else None
+    if appearance:
+        noun = MODALITY_NOUNS.get(modality or "", "image")
+        explanation += f" On this {noun} {pronoun} {appearance}."
+    return explanation + f" It is found {category.location}."
+
+
 class TemplateEngine:
     """The offline QA generator (see the module docstring)."""
 
@@ -299,10 +314,7 @@ class TemplateEngine:
         second_attr = other_attrs[int(rng.integers(len(other_attrs)))]
         appearance = category.appearance_for(modality)
         answer = self._answer(label, rng)
-        explanation = f"The {label} {category.function}; {pronoun} {first_attr}."
-        if appearance:
-            explanation += f" On this {mod} {pronoun} {appearance}."
-        explanation += f" It is found {category.location}."
+        explanation = attribute_explanation(label, category, modality, first_attr)
 
         short_options = [
             f"Which {noun} in this image {category.function}{suffix}?",

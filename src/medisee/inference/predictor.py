@@ -31,6 +31,9 @@ import torch
 
 from medisee.boxes import clip_box, denormalize_box
 from medisee.data.io import MedicalImage
+from medisee.data.ontology import Ontology
+from medisee.data.qa_template import MODALITY_NOUNS
+from medisee.inference.explanation import checked_reply, exam_modality
 from medisee.inference.inputs import ImageInput, ReadOptions, load_image
 from medisee.inference.knowledge import answer_follow_up, asks_for_region, model_turn
 from medisee.inference.outputs import complete_sentences
@@ -287,6 +290,7 @@ class Predictor:
         specials |= {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
         self._dropped_ids = specials - candidates
         self._state: ImageState | None = None
+        self._ontology: Ontology | None = None  # loaded on the first reply checked
 
     @classmethod
     def from_pretrained(
@@ -569,12 +573,21 @@ class Predictor:
     def _to_prediction(self, request: PredictRequest, answer: GeneratedAnswer) -> Prediction:
         state = request.state
         mask, box, box_normalized = to_original_frame(state.frame, answer.mask_logits, answer.box)
+        # The raw reply keeps every token (it is the next turn's history); the shown one
+        # ends on a whole sentence, and its explanation is about the structure it names.
+        text = complete_sentences(" ".join(answer.text.split()))
+        replaced = False
+        if answer.found_target:
+            if self._ontology is None:
+                self._ontology = Ontology.load()
+            modality = state.image.meta.modality
+            if modality not in MODALITY_NOUNS:  # a PNG has none, a DICOM says "MR"
+                modality = exam_modality(answer.exam)
+            text, replaced = checked_reply(text, modality, self._ontology)
         return Prediction(
             mask=mask,
             box=box,
-            # The raw reply keeps every token (it is the next turn's history); the shown
-            # one ends on a whole sentence.
-            text=complete_sentences(" ".join(answer.text.split())),
+            text=text,
             scores={
                 "found_target": answer.found_target,
                 "iou": answer.iou_score,
@@ -585,6 +598,10 @@ class Predictor:
                 # The structure the question named that the image cannot show (or the
                 # model was not trained on): {"label", "reason"}; None otherwise.
                 "absent": dataclasses.asdict(answer.absent) if answer.absent else None,
+                # "ontology" where the LM's explanation was about another structure than
+                # the answer's and the ontology's took its place
+                # (medisee.inference.explanation); "model" otherwise.
+                "explanation": "ontology" if replaced else "model",
             },
             question=request.question.strip(),
             raw_text=self._raw_text(answer),

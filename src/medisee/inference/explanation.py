@@ -1,0 +1,111 @@
+"""An explanation about another structure than the answer's, replaced by the ontology's.
+
+The ``lite`` LM learnt its explanations from sentences built from the ontology
+(``medisee.data.qa_template``): "The X <function>; it <attribute>. On this CT scan it
+<appearance>. It is found <location>." On a question unlike its training questions it can
+splice another structure's facts into the answer's: "This is the left kidney. The left
+kidney carries oxygenated blood to the head and brain; ..." (the common carotid artery's
+function), or "This is the skull. The right femoral head is ...". The answer sentence
+names the structure that was found and masked; such an explanation contradicts it.
+
+:func:`foreign_structure` finds an explanation that holds a sentence of another
+structure's ontology entry (its function, an attribute, its location or appearance), or
+whose first sentence is about another structure; :func:`checked_reply` then puts the
+answer's own ontology explanation in its place (the attribute explanation of the
+templates, with the image's modality). Only the explanation changes: the answer
+sentence, and with it what the evaluation scores, stays.
+"""
+
+from __future__ import annotations
+
+import re
+
+from medisee.data.ontology import Category, Ontology
+from medisee.data.qa_template import MODALITY_NOUNS, attribute_explanation
+from medisee.evaluate.naming import answer_sentence
+
+# "The right femoral head is ...": the words before the first verb of a template sentence.
+_SUBJECT = re.compile(
+    r"^the\s+(?P<subject>(?:[a-z-]+\s+){0,4}?[a-z-]+)\s+(?:is|are|lies|lie|sits|has|have|"
+    r"holds|hold|contains|gives|controls|produces|pumps|carries|filters|appears|runs|forms|"
+    r"protects|stores|drains|connects|separates|covers|supports|receives|returns|flexes|"
+    r"secretes|conducts|exchanges|anchors|provides|encloses|contracts|stabilises|collects|"
+    r"transmits)\b"
+)
+# "This is the left kidney." / "Sure, this is the brain." / "It is the liver."
+_ANSWER = re.compile(
+    r"^\s*(?:sure,?\s+)?(?:this|it|that)\s+(?:is|are)\s+(?:the\s+)?(?P<label>[^.!?]+?)\s*[.!?]",
+    re.IGNORECASE,
+)
+#: The modality of an exam kind that names none of :data:`MODALITY_NOUNS` itself.
+_EXAM_MODALITY = {
+    "ct": "CT",
+    "mri": "MRI",
+    "xray": "X-ray",
+    "ultrasound": "ultrasound",
+    "echocardiography": "ultrasound",
+    "colonoscopy": "endoscopy",
+}
+#: Ontology sentences shorter than this are too generic to tell structures apart.
+_MIN_FACT_CHARS = 16
+
+
+def _facts(category: Category) -> list[str]:
+    facts = [category.function, *category.attributes, category.location]
+    facts += list(category.appearance.values())
+    return [fact for fact in facts if len(fact) >= _MIN_FACT_CHARS]
+
+
+def foreign_structure(label: str, explanation: str, ontology: Ontology) -> str | None:
+    """The other structure whose facts ``explanation`` holds, or that its first sentence is
+    about; ``None`` when it is about ``label`` (or ``label`` is not in ``ontology``)."""
+    answer = ontology.resolve(label)
+    if answer is None or not explanation:
+        return None
+    own = set(_facts(answer.category))
+    for category in ontology.categories.values():
+        if category.name == answer.category.name:
+            continue
+        for fact in _facts(category):
+            if fact not in own and fact in explanation:
+                return category.name
+    match = _SUBJECT.match(explanation.lower())
+    if match is None:
+        return None
+    words = match.group("subject").split()
+    for start in range(len(words)):  # "right femoral head", then "femoral head", ...
+        subject = ontology.resolve(" ".join(words[start:]))
+        if subject is not None:
+            if subject.category.name != answer.category.name:
+                return subject.label
+            return None
+    return None
+
+
+def exam_modality(exam: str | None) -> str | None:
+    """``"brain_mri"`` -> ``"MRI"``, ``"fundus"`` -> ``"fundus"``; ``None`` when unknown."""
+    if not exam:
+        return None
+    if exam in MODALITY_NOUNS:
+        return exam
+    return _EXAM_MODALITY.get(exam.rsplit("_", 1)[-1].lower())
+
+
+def checked_reply(reply: str, modality: str | None, ontology: Ontology) -> tuple[str, bool]:
+    """``(reply, replaced)``: ``reply`` with its explanation replaced by the ontology's for
+    the structure its answer sentence names, when the explanation is about another one
+    (:func:`foreign_structure`); else as it is."""
+    match = _ANSWER.match(reply)
+    if match is None:
+        return reply, False
+    label = match.group("label").strip()
+    sentence = answer_sentence(reply)
+    explanation = reply.strip()[len(sentence) :].strip()
+    if foreign_structure(label, explanation, ontology) is None:
+        return reply, False
+    resolved = ontology.resolve(label)
+    if resolved is None or not resolved.category.attributes:
+        return reply, False
+    known = modality if modality in MODALITY_NOUNS else None
+    own = attribute_explanation(label, resolved.category, known, resolved.category.attributes[0])
+    return f"{sentence} {own}", True

@@ -1,0 +1,82 @@
+"""Explanations about another structure than the answer's (``medisee.inference.explanation``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from medisee.data.ontology import Ontology
+from medisee.data.qa_template import attribute_explanation
+from medisee.inference.explanation import checked_reply, exam_modality, foreign_structure
+
+
+@pytest.fixture(scope="module")
+def ontology() -> Ontology:
+    return Ontology.load()
+
+
+def test_foreign_structure_finds_another_structures_facts_or_subject(ontology) -> None:
+    carotid = ontology.categories["common carotid artery"]
+    kidney = ontology.categories["kidney"]
+    # Another structure's function, told of the answer: the carotid's.
+    spliced = f"The left kidney {carotid.function}; it is a thick-shaped and forms a thin wall."
+    assert foreign_structure("left kidney", spliced, ontology) == "common carotid artery"
+    # A first sentence about another structure (sides and all).
+    assert foreign_structure("skull", "The right femoral head is a growth.", ontology) == (
+        "right femoral head"
+    )
+    # The answer's own facts, a neighbour named later, or nothing: about the answer.
+    own = f"The left kidney {kidney.function}; it {kidney.attributes[0]}."
+    assert foreign_structure("left kidney", own, ontology) is None
+    neighbour = "The pectoral muscle lies to the right of the breast mass in the image."
+    assert foreign_structure("pectoral muscle", neighbour, ontology) is None
+    assert foreign_structure("left kidney", "", ontology) is None
+    assert foreign_structure("no such structure", spliced, ontology) is None
+
+
+def test_checked_reply_puts_the_answers_own_explanation_in_place(ontology) -> None:
+    carotid = ontology.categories["common carotid artery"]
+    kidney = ontology.categories["kidney"]
+    reply = f"This is the left kidney. The left kidney {carotid.function}; it is round."
+    checked, replaced = checked_reply(reply, "CT", ontology)
+    assert replaced
+    expected = (
+        f"This is the left kidney. The left kidney {kidney.function}; it "
+        f"{kidney.attributes[0]}. On this CT scan it {kidney.appearance['CT']}. It is found "
+        f"{kidney.location}."
+    )
+    assert checked == expected
+    # No modality the ontology describes: no appearance sentence.
+    bare, _ = checked_reply(reply, None, ontology)
+    assert bare == expected.replace(f" On this CT scan it {kidney.appearance['CT']}.", "")
+    # A reply about its own answer, or with no answer sentence, is left as it is.
+    fine = f"Sure, this is the left kidney. The left kidney {kidney.function}."
+    assert checked_reply(fine, "CT", ontology) == (fine, False)
+    assert checked_reply("I was not trained to find it.", "CT", ontology)[1] is False
+
+
+def test_the_templates_attribute_explanation_reads_as_before(ontology) -> None:
+    liver = ontology.categories["liver"]
+    text = attribute_explanation("liver", liver, "MRI", liver.attributes[1])
+    assert text == (
+        f"The liver {liver.function}; it {liver.attributes[1]}. On this MRI scan it "
+        f"{liver.appearance['MRI']}. It is found {liver.location}."
+    )
+
+
+@pytest.mark.parametrize(
+    ("exam", "modality"),
+    [
+        ("brain_mri", "MRI"),
+        ("chest_ct", "CT"),
+        ("CT", "CT"),
+        ("chest_xray", "X-ray"),
+        ("thyroid_ultrasound", "ultrasound"),
+        ("colonoscopy", "endoscopy"),
+        ("fundus", "fundus"),
+        ("mammography", "mammography"),
+        ("tarot_card", None),
+        (None, None),
+    ],
+)
+def test_exam_modality(exam, modality) -> None:
+    assert exam_modality(exam) == modality
