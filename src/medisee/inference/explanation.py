@@ -22,7 +22,6 @@ import re
 
 from medisee.data.ontology import Category, Ontology
 from medisee.data.qa_template import MODALITY_NOUNS, attribute_explanation
-from medisee.evaluate.naming import answer_sentence
 
 # "The right femoral head is ...": the words before the first verb of a template sentence.
 _SUBJECT = re.compile(
@@ -99,8 +98,8 @@ def checked_reply(reply: str, modality: str | None, ontology: Ontology) -> tuple
     if match is None:
         return reply, False
     label = match.group("label").strip()
-    sentence = answer_sentence(reply)
-    explanation = reply.strip()[len(sentence) :].strip()
+    sentence = reply[: match.end()].strip()
+    explanation = reply[match.end() :].strip()
     if foreign_structure(label, explanation, ontology) is None:
         return reply, False
     resolved = ontology.resolve(label)
