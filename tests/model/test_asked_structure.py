@@ -11,6 +11,7 @@ from medisee.model.asked_structure import (
     absence,
     absent_reply,
     asked_structure,
+    asks_about_image,
     exam_phrase,
     labels_for,
 )
@@ -93,6 +94,23 @@ def test_labels_for_keeps_the_asked_structure_and_its_sides(ontology) -> None:
     ]  # fmt: skip
     assert labels_for(ask("Segment the right kidney."), labels, ontology) == ["right kidney"]
     assert labels_for(ask("Where is the spleen?"), labels, ontology) == []
+
+
+@pytest.mark.parametrize(
+    ("question", "about_image"),
+    [
+        ("What is this image?", True),
+        ("What kind of scan is this?", True),
+        ("What am I looking at?", True),
+        ("What does this image show?", True),
+        ("what's this", True),
+        ("What is this organ?", False),  # a structure of the image
+        ("What is shown here?", False),
+        ("What is the liver?", False),
+    ],
+)
+def test_asks_about_image(question, about_image) -> None:
+    assert asks_about_image(question) is about_image
 
 
 def test_the_reply_says_why_and_what_can_be_found() -> None:

@@ -194,3 +194,19 @@ def test_a_question_that_names_a_shown_structure_is_answered_with_it(exam_model)
             label = "liver" if "liver" in question else "left kidney"
             assert sentence in _openings([label]), (question, sentence)
         questions = questions[::-1]
+
+
+def test_a_question_about_the_image_gets_its_exam_and_no_target(exam_model) -> None:
+    questions = ["What is this image?", "What kind of scan is this?"]
+    for answer in _generate(exam_model, 1, questions, questions=questions):
+        assert answer.text == (
+            "This looks like a brain MRI. On a brain MRI I can find the brain. Ask for one "
+            "of them by name or by what it does to see it outlined."
+        )
+        assert not answer.found_target and answer.mask_logits is None and answer.absent is None
+    # Read as an abdominal CT, the same question lists that exam's structures.
+    (abdomen,) = _generate(exam_model, 0, questions[:1], questions=questions[:1])
+    assert abdomen.text.startswith(
+        "This looks like an abdominal CT. On an abdominal CT I can find the left kidney and "
+        "the liver."
+    )

@@ -128,9 +128,37 @@ def absent_reply(absent: Absence, exam: str | None, allowed: Sequence[str]) -> s
         )
     else:
         first = f"The {absent.label} is not shown on this kind of image."
+    return f"{first} {_what_can_be_found(exam, allowed)}".strip()
+
+
+# "What is this image?", "What kind of scan is this?", "What am I looking at?", "What
+# does this image show?": a question about the image, not for one of its structures.
+_ABOUT_IMAGE = re.compile(
+    r"^(?:(?:what|which)\s+(?:kind|type|sort)\s+of\s+(?:image|scan|exam|study|picture)\s+"
+    r"is\s+(?:this|it)|what(?:'s|\s+is)\s+(?:this|that)(?:\s+(?:image|scan|picture))?|"
+    r"what\s+am\s+i\s+(?:looking\s+at|seeing)(?:\s+here)?|"
+    r"what\s+does\s+(?:this|the)\s+(?:image|scan|picture)\s+show)\s*[?.!]*$"
+)
+
+
+def asks_about_image(question: str) -> bool:
+    """Whether ``question`` asks what the image is rather than for a structure in it."""
+    return bool(_ABOUT_IMAGE.match(" ".join(question.lower().split())))
+
+
+def image_reply(exam: str, allowed: Sequence[str]) -> str:
+    """The reply to :func:`asks_about_image`: the exam kind the image looks like and what
+    can be found on it (``allowed``), with no structure picked and so no mask."""
+    return (
+        f"This looks like {exam_phrase(exam)}. {_what_can_be_found(exam, allowed)} "
+        "Ask for one of them by name or by what it does to see it outlined."
+    ).replace("  ", " ")
+
+
+def _what_can_be_found(exam: str | None, allowed: Sequence[str]) -> str:
     if not allowed:
-        return first
+        return ""
     names = [f"the {label}" for label in sorted(allowed)]
     found = names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" and {names[-1]}"
     where = f"On {exam_phrase(exam)}" if exam is not None else "Here"
-    return f"{first} {where} I can find {found}."
+    return f"{where} I can find {found}."

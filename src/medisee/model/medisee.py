@@ -35,6 +35,8 @@ from medisee.model.asked_structure import (
     absence,
     absent_reply,
     asked_structure,
+    asks_about_image,
+    image_reply,
     labels_for,
 )
 from medisee.model.box_decoder import BoxDecoder
@@ -711,6 +713,7 @@ class MediSee(nn.Module):
         # rows whose question names a structure none of them is.
         row_labels: dict[int, Sequence[str]] = {}
         absent: dict[int, Absence] = {}
+        about_image: list[int] = []
         if any(flags) and self.config.labels:
             offset = width if self.language.generate_sees_prompt else 0
             rows = [row for row, flag in enumerate(flags) if flag]
@@ -723,6 +726,9 @@ class MediSee(nn.Module):
                 raise ValueError(f"{len(questions)} questions for {len(prompts)} prompts")
             for row in rows:
                 question = questions[row] if questions is not None else None
+                if question and exams is not None and asks_about_image(question):
+                    about_image.append(row)  # "What is this image?": the exam, no target
+                    continue
                 named, why = self._asked_labels(question, row_labels.get(row, self.config.labels))
                 if why is not None:
                     absent[row] = why
@@ -730,7 +736,11 @@ class MediSee(nn.Module):
                     row_labels[row] = named
             row_tries = {row: self.answer_trie(labels) for row, labels in row_labels.items()}
             if use_question_prior and questions is not None and prior and prior.weight:
-                asked = [row for row in rows if questions[row] and row not in absent]
+                asked = [
+                    row
+                    for row in rows
+                    if questions[row] and row not in absent and row not in about_image
+                ]
                 priors = self.question_label_probabilities(
                     [str(questions[row]) for row in asked],
                     [row_labels.get(row, self.config.labels) for row in asked],
@@ -782,6 +792,14 @@ class MediSee(nn.Module):
             answer.text = absent_reply(why, answer.exam, allowed)
             answer.token_ids = list(self.tokenizer(answer.text, add_special_tokens=False).input_ids)
             answer.absent = why
+        for row in about_image:
+            # The exam head's reading and what can be found on it; no target picked.
+            answer = answers[row]
+            if answer.exam is None:
+                raise RuntimeError("a question about the image needs the exam head's reading")
+            allowed = row_labels.get(row, self.config.labels)
+            answer.text = image_reply(answer.exam, allowed)
+            answer.token_ids = list(self.tokenizer(answer.text, add_special_tokens=False).input_ids)
         found = [self._emits_candidate_group(answer.token_ids) for answer in answers]
         rows = [row for row, ok in enumerate(found) if ok]
         if rows:
