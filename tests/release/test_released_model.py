@@ -38,6 +38,13 @@ def test_shipped_release_is_of_this_format_and_small():
     assert record["commit"] != "unknown" and record["check"]["items"]
 
 
+def test_the_shipped_card_is_what_the_card_writer_makes_of_its_record():
+    from medisee.release.card import model_card
+
+    record = json.loads((RELEASE / RELEASE_FILE).read_text())
+    assert (RELEASE / MODEL_CARD).read_text() == model_card(record, RELEASE)
+
+
 def test_shipped_release_reproduces_its_check(predictor):
     from medisee.data.sources.radiomics import RadiomicsDataError, find_sdist
 

@@ -152,9 +152,11 @@ def model_card(info: dict[str, Any], directory: Path) -> str:
         "- Intended: trying medisee on a laptop, reproducing its figures, and a starting point "
         "for training on your own data (`medisee train --model lite`).",
         f"- It knows only the {len(labels)} structures of its training data and the kinds of "
-        "exam they "
-        "come from; other anatomy, other modalities and pathologies it has not seen are "
-        "answered with the nearest trained structure.",
+        "exam they come from. Asked by name for a structure it was not trained on, or one "
+        "that the image's kind of exam does not show, it says so and draws no mask; asked "
+        "for one in other words, it answers with the nearest trained structure.",
+        '- It cannot tell whether a lesion is there: asked "Is there a brain tumor here?" '
+        "about a healthy brain, it outlines the likeliest region all the same.",
         f"- On the held-out patients' scans it finds {good or 'no structure'} well (Dice >= "
         f"0.8); {weak or 'no structure'} only in part (Dice < 0.5).",
         "- Its real training data are three patients; its language comes from template "
