@@ -87,3 +87,12 @@ def test_predict_without_model_uses_the_release(tmp_path):
     box = json.loads((out / "box.json").read_text())
     assert "brain" in (out / "answer.txt").read_text().lower()
     assert 0.2 < mask.mean() < 0.9 and box["box_xyxy"] is not None
+
+
+def test_export_takes_the_released_model_by_name(tmp_path):
+    from medisee.cli import main
+    from medisee.model.medisee import MediSee
+
+    assert main(["export", "--model", DEFAULT_MODEL, "--out", str(tmp_path / "full")]) == 0
+    exported = MediSee.from_pretrained(tmp_path / "full")
+    assert exported.config.preset == "lite" and exported.config.question_prior is not None

@@ -47,7 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "weights and write a checkpoint that needs neither PEFT nor the base LLaVA directory."
         ),
     )
-    export.add_argument("--model", required=True, help="trained checkpoint (save_pretrained dir)")
+    export.add_argument(
+        "--model",
+        required=True,
+        help="trained checkpoint (save_pretrained dir), a released model (medisee-lite) or a Hub id",
+    )
     export.add_argument("--out", required=True, help="output directory")
     export.add_argument(
         "--dtype",
@@ -99,8 +103,11 @@ def _convert_llava_med(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from medisee.model.export import export_model
+    from medisee.model.released import resolve_model
 
-    report = export_model(args.model, args.out, dtype=args.dtype, overwrite=args.overwrite)
+    report = export_model(
+        resolve_model(args.model), args.out, dtype=args.dtype, overwrite=args.overwrite
+    )
     print(report.format())
     return 0
 
