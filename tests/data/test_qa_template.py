@@ -265,3 +265,33 @@ def test_mask_count_must_match(ontology):
     record = _toy_record([np.ones((4, 4), bool)], ["liver"])
     with pytest.raises(ValueError, match="masks"):
         TemplateEngine(ontology).generate(record, [])
+
+
+@pytest.mark.parametrize(
+    ("vertical", "horizontal", "phrase"),
+    [
+        ("upper", "left", "upper left"),
+        ("middle", "right", "middle right"),
+        ("middle", "centre", "central"),
+        ("lower", "centre", "lower central"),
+    ],
+)
+def test_region_phrase(vertical, horizontal, phrase):
+    from medisee.data.geometry import region_phrase
+
+    assert region_phrase(vertical, horizontal) == phrase
+
+
+def test_mask_region_reads_the_centroids_third_of_the_image():
+    from medisee.data.geometry import mask_region
+
+    mask = np.zeros((100, 200), dtype=bool)
+    assert mask_region(mask) is None
+    mask[5:15, 150:190] = True  # centroid (170.5, 10.5): right third, top third
+    assert mask_region(mask) == "upper right"
+    mask[:] = False
+    mask[45:55, 95:105] = True  # the middle of both
+    assert mask_region(mask) == "central"
+    mask[:] = False
+    mask[70:90, 10:30] = True  # x 20.5 / 200 is left; y 80.5 / 100 is lower
+    assert mask_region(mask) == "lower left"

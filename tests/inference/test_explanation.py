@@ -80,3 +80,32 @@ def test_the_templates_attribute_explanation_reads_as_before(ontology) -> None:
 )
 def test_exam_modality(exam, modality) -> None:
     assert exam_modality(exam) == modality
+
+
+def test_grounded_position_says_where_the_mask_is() -> None:
+    import numpy as np
+
+    from medisee.inference.explanation import grounded_position
+
+    mask = np.zeros((90, 90), dtype=bool)
+    mask[60:80, 5:20] = True  # lower left third
+    reply = "Sure, this is the spleen. The spleen lies in the middle right part of the image."
+    assert grounded_position(reply, mask) == (
+        "Sure, this is the spleen. The spleen lies in the lower left part of the image.",
+        True,
+    )
+    # Already right, a vertical-only phrase, no phrase, no mask.
+    right = "Sure, this is the spleen. The spleen lies in the lower left part of the image."
+    assert grounded_position(right, mask) == (right, False)
+    # A phrase that named only the vertical third keeps that form.
+    assert grounded_position("It lies in the upper part of the image.", mask)[0] == (
+        "It lies in the lower part of the image."
+    )
+    assert grounded_position("It lies in the lower part of the image.", mask)[1] is False
+    middle = np.zeros_like(mask)
+    middle[40:50, 70:85] = True  # middle right: "middle part" is not a template phrase
+    assert grounded_position("It lies in the upper part of the image.", middle)[0] == (
+        "It lies in the middle right part of the image."
+    )
+    assert grounded_position("It is the spleen.", mask) == ("It is the spleen.", False)
+    assert grounded_position(reply, np.zeros_like(mask)) == (reply, False)

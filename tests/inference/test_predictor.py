@@ -320,6 +320,32 @@ def test_an_explanation_about_another_structure_is_replaced_by_the_answers(predi
     monkeypatch.setattr(predictor.model.language, "generate", lambda *a, **k: torch.tensor([reply]))
     prediction = predictor.predict("Which organ filters the blood?", image=sample_image(20, 30))
     assert prediction.found_target and prediction.scores["explanation"] == "ontology"
+    assert prediction.scores["position_from_mask"] is False  # no position said
     assert prediction.text.startswith("It is the left kidney. The left kidney filters the blood")
     assert carotid.function not in prediction.text
     assert carotid.function in prediction.raw_text  # the history keeps the LM's own words
+
+
+def test_the_position_an_explanation_gives_is_the_masks(predictor, monkeypatch):
+    from medisee.inference import predictor as predictor_module
+
+    mask = np.zeros((40, 60), dtype=bool)
+    mask[28:38, 2:12] = True  # the lower left third of the image
+    monkeypatch.setattr(
+        predictor_module,
+        "to_original_frame",
+        lambda frame, logits, box: (mask, (2.0, 28.0, 12.0, 38.0), (0.12, 0.82, 0.17, 0.25)),
+    )
+    tok = predictor.model.tokenizer
+    candidates = list(predictor.model.candidate_token_ids)
+    for said, moved in (("upper right", True), ("lower left", False)):
+        answer = tok(" Sure, this is the liver.", add_special_tokens=False).input_ids
+        where = tok(f" The liver lies in the {said} part of the image.", add_special_tokens=False)
+        reply = answer + candidates + where.input_ids + [tok.eos_token_id]
+        monkeypatch.setattr(
+            predictor.model.language, "generate", lambda *a, r=reply, **k: torch.tensor([r])
+        )
+        prediction = predictor.predict("Where is the liver?", image=sample_image(40, 60))
+        assert prediction.text.endswith("The liver lies in the lower left part of the image.")
+        assert prediction.scores["position_from_mask"] is moved
+        assert said in prediction.raw_text  # the history keeps the LM's words

@@ -18,6 +18,29 @@ DIRECTION_RATIO = 1.5
 SIDE_BAND = (0.4, 0.6)
 
 
+def region_phrase(vertical: str, horizontal: str) -> str:
+    """``("upper", "left")`` -> ``"upper left"``, ``("middle", "centre")`` -> ``"central"``,
+    ``("lower", "centre")`` -> ``"lower central"``: how a target's third of the image is
+    said in "lies in the ... part of the image"."""
+    if horizontal == "centre":
+        return "central" if vertical == "middle" else f"{vertical} central"
+    return f"{vertical} {horizontal}"
+
+
+def mask_region(mask: np.ndarray) -> str | None:
+    """The :func:`region_phrase` of a ``H x W`` mask's centroid (thirds of the image, as
+    :class:`Layout` reads a target's); ``None`` for an empty mask."""
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return None
+    height, width = mask.shape[:2]
+    x = (float(cols.mean()) + 0.5) / width
+    y = (float(rows.mean()) + 0.5) / height
+    horizontal = "left" if x < SIDE_BAND[0] else "right" if x > SIDE_BAND[1] else "centre"
+    vertical = "upper" if y < SIDE_BAND[0] else "lower" if y > SIDE_BAND[1] else "middle"
+    return region_phrase(vertical, horizontal)
+
+
 @dataclass(frozen=True)
 class Shape:
     """Geometry of one target mask; ``centroid`` is ``(x, y)`` in pixel-edge coordinates."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medisee.data.geometry import Layout, patient_side
+from medisee.data.geometry import Layout, patient_side, region_phrase
 from medisee.data.ontology import KIND_NOUNS, Category, Ontology
 from medisee.data.schema import QAItem, Record, SkipReport, Turn
 
@@ -437,10 +437,8 @@ class TemplateEngine:
             peers = [i for i in range(len(labels)) if nouns[i] == nouns[t]]
             descriptors = self._descriptors(t, layout, record, peers, rng)
             location_descriptors.append(descriptors)
-            region = f"lies in the {layout.vertical(t)} {layout.horizontal(t)} part of the image"
-            region = region.replace("middle centre", "centre").replace(
-                " centre part", " central part"
-            )
+            where = region_phrase(layout.vertical(t), layout.horizontal(t))
+            region = f"lies in the {where} part of the image"
             items += self._referring(label, mod, region, rng)
 
             if category is None:

@@ -14,12 +14,21 @@ whose first sentence is about another structure; :func:`checked_reply` then puts
 answer's own ontology explanation in its place (the attribute explanation of the
 templates, with the image's modality). Only the explanation changes: the answer
 sentence, and with it what the evaluation scores, stays.
+
+The LM also says where its answer lies ("The spleen lies in the middle left part of the
+image."), a phrase it learnt from the training masks' positions; on the test split's
+referring questions half of these named another third of the image than the mask the
+model drew. :func:`grounded_position` says it from the predicted mask instead, with the
+templates' rule (``medisee.data.geometry.mask_region``).
 """
 
 from __future__ import annotations
 
 import re
 
+import numpy as np
+
+from medisee.data.geometry import mask_region
 from medisee.data.ontology import Category, Ontology
 from medisee.data.qa_template import MODALITY_NOUNS, attribute_explanation
 
@@ -45,6 +54,12 @@ _EXAM_MODALITY = {
     "echocardiography": "ultrasound",
     "colonoscopy": "endoscopy",
 }
+# "lies in the upper left part of the image", "lies in the central part of the image",
+# "lies in the lower part of the image" (the templates' phrases, medisee.data.qa_template).
+_POSITION = re.compile(
+    r"\blies in the (?P<vertical>(?:upper|middle|lower) )?(?P<horizontal>(?:left|right|centre|"
+    r"central) )?part of the image\b"
+)
 #: Ontology sentences shorter than this are too generic to tell structures apart.
 _MIN_FACT_CHARS = 16
 
@@ -108,3 +123,23 @@ def checked_reply(reply: str, modality: str | None, ontology: Ontology) -> tuple
     known = modality if modality in MODALITY_NOUNS else None
     own = attribute_explanation(label, resolved.category, known, resolved.category.attributes[0])
     return f"{sentence} {own}", True
+
+
+def grounded_position(reply: str, mask: np.ndarray) -> tuple[str, bool]:
+    """``(reply, changed)``: every "lies in the ... part of the image" of ``reply`` said
+    from ``mask`` (``H x W`` bool, the predicted mask in the image's frame); unchanged for
+    an empty mask or a reply without the phrase."""
+    region = mask_region(mask)
+    if region is None:
+        return reply, False
+    vertical = region.split()[0]
+
+    def said(match: re.Match[str]) -> str:
+        # A phrase that gave only the third from top to bottom ("lies in the upper part")
+        # keeps that form where the mask is not in the middle third.
+        if match["horizontal"] is None and vertical in ("upper", "lower"):
+            return f"lies in the {vertical} part of the image"
+        return f"lies in the {region} part of the image"
+
+    grounded = _POSITION.sub(said, reply)
+    return grounded, grounded != reply

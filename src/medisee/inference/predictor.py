@@ -33,7 +33,7 @@ from medisee.boxes import clip_box, denormalize_box
 from medisee.data.io import MedicalImage
 from medisee.data.ontology import Ontology
 from medisee.data.qa_template import MODALITY_NOUNS
-from medisee.inference.explanation import checked_reply, exam_modality
+from medisee.inference.explanation import checked_reply, exam_modality, grounded_position
 from medisee.inference.inputs import ImageInput, ReadOptions, load_image
 from medisee.inference.knowledge import answer_follow_up, asks_for_region, model_turn
 from medisee.inference.outputs import complete_sentences
@@ -576,7 +576,7 @@ class Predictor:
         # The raw reply keeps every token (it is the next turn's history); the shown one
         # ends on a whole sentence, and its explanation is about the structure it names.
         text = complete_sentences(" ".join(answer.text.split()))
-        replaced = False
+        replaced = repositioned = False
         if answer.found_target:
             if self._ontology is None:
                 self._ontology = Ontology.load()
@@ -584,6 +584,7 @@ class Predictor:
             if modality not in MODALITY_NOUNS:  # a PNG has none, a DICOM says "MR"
                 modality = exam_modality(answer.exam)
             text, replaced = checked_reply(text, modality, self._ontology)
+            text, repositioned = grounded_position(text, mask)
         return Prediction(
             mask=mask,
             box=box,
@@ -602,6 +603,9 @@ class Predictor:
                 # the answer's and the ontology's took its place
                 # (medisee.inference.explanation); "model" otherwise.
                 "explanation": "ontology" if replaced else "model",
+                # Whether "lies in the ... part of the image" was said from the mask, where
+                # the LM named another part (medisee.inference.explanation).
+                "position_from_mask": repositioned,
             },
             question=request.question.strip(),
             raw_text=self._raw_text(answer),
