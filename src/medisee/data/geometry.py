@@ -28,17 +28,12 @@ def region_phrase(vertical: str, horizontal: str) -> str:
 
 
 def mask_region(mask: np.ndarray) -> str | None:
-    """The :func:`region_phrase` of a ``H x W`` mask's centroid (thirds of the image, as
-    :class:`Layout` reads a target's); ``None`` for an empty mask."""
-    rows, cols = np.nonzero(mask)
-    if rows.size == 0:
+    """The :func:`region_phrase` of a ``H x W`` mask's centroid, the thirds of the image
+    read as :class:`Layout` reads a target's; ``None`` for an empty mask."""
+    if not np.any(mask):
         return None
-    height, width = mask.shape[:2]
-    x = (float(cols.mean()) + 0.5) / width
-    y = (float(rows.mean()) + 0.5) / height
-    horizontal = "left" if x < SIDE_BAND[0] else "right" if x > SIDE_BAND[1] else "centre"
-    vertical = "upper" if y < SIDE_BAND[0] else "lower" if y > SIDE_BAND[1] else "middle"
-    return region_phrase(vertical, horizontal)
+    layout = Layout(["mask"], [mask])
+    return region_phrase(layout.vertical(0), layout.horizontal(0))
 
 
 @dataclass(frozen=True)

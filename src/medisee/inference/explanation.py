@@ -31,6 +31,7 @@ import numpy as np
 from medisee.data.geometry import mask_region
 from medisee.data.ontology import Category, Ontology
 from medisee.data.qa_template import MODALITY_NOUNS, attribute_explanation
+from medisee.inference.knowledge import ANSWER_SENTENCE
 
 # "The right femoral head is ...": the words before the first verb of a template sentence.
 _SUBJECT = re.compile(
@@ -39,11 +40,6 @@ _SUBJECT = re.compile(
     r"protects|stores|drains|connects|separates|covers|supports|receives|returns|flexes|"
     r"secretes|conducts|exchanges|anchors|provides|encloses|contracts|stabilises|collects|"
     r"transmits)\b"
-)
-# "This is the left kidney." / "Sure, this is the brain." / "It is the liver."
-_ANSWER = re.compile(
-    r"^\s*(?:sure,?\s+)?(?:this|it|that)\s+(?:is|are)\s+(?:the\s+)?(?P<label>[^.!?]+?)\s*[.!?]",
-    re.IGNORECASE,
 )
 #: The modality of an exam kind that names none of :data:`MODALITY_NOUNS` itself.
 _EXAM_MODALITY = {
@@ -109,10 +105,10 @@ def checked_reply(reply: str, modality: str | None, ontology: Ontology) -> tuple
     """``(reply, replaced)``: ``reply`` with its explanation replaced by the ontology's for
     the structure its answer sentence names, when the explanation is about another one
     (:func:`foreign_structure`); else as it is."""
-    match = _ANSWER.match(reply)
+    match = ANSWER_SENTENCE.match(reply)
     if match is None:
         return reply, False
-    label = match.group("label").strip()
+    label = match.group("subject").strip()
     sentence = reply[: match.end()].strip()
     explanation = reply[match.end() :].strip()
     if foreign_structure(label, explanation, ontology) is None:

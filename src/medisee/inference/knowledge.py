@@ -44,9 +44,10 @@ KNOWLEDGE_SYSTEM = (
     "You are a medical assistant. Answer the question about human anatomy in one or two "
     "short, factual sentences."
 )
-# "It is the left kidney." / "That is the liver." / "Those are the lungs." / "Sure, this
-# is the brain." (the referring questions' answer, medisee.data.qa_template)
-_ANSWER = re.compile(
+#: An answer sentence: "It is the left kidney." / "That is the liver." / "Those are the
+#: lungs." / "Sure, this is the brain." (the referring questions' answer,
+#: medisee.data.qa_template); group ``subject`` is the structure it names.
+ANSWER_SENTENCE = re.compile(
     r"^\s*(?:(?:sure|yes|ok|okay),?\s+)?(?:it|that|this|those|these)\s+(?:is|are)\s+(?:the\s+)?(?P<subject>[^.!?<]+?)\s*[.!?]",
     re.IGNORECASE,
 )
@@ -80,7 +81,7 @@ _OF_THE_IMAGE = re.compile(
 def subject_of(reply: str) -> str | None:
     """The structure an answer sentence names ("It is the left kidney." -> "left kidney"),
     or ``None`` when the reply does not start with such a sentence."""
-    match = _ANSWER.match(reply)
+    match = ANSWER_SENTENCE.match(reply)
     return match.group("subject").strip() if match else None
 
 

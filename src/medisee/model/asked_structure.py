@@ -128,7 +128,7 @@ def absent_reply(absent: Absence, exam: str | None, allowed: Sequence[str]) -> s
         )
     else:
         first = f"The {absent.label} is not shown on this kind of image."
-    return f"{first} {_what_can_be_found(exam, allowed)}".strip()
+    return _sentences(first, _what_can_be_found(exam, allowed))
 
 
 # "What is this image?", "What kind of scan is this?", "What am I looking at?", "What
@@ -149,13 +149,19 @@ def asks_about_image(question: str) -> bool:
 def image_reply(exam: str, allowed: Sequence[str]) -> str:
     """The reply to :func:`asks_about_image`: the exam kind the image looks like and what
     can be found on it (``allowed``), with no structure picked and so no mask."""
-    return (
-        f"This looks like {exam_phrase(exam)}. {_what_can_be_found(exam, allowed)} "
-        "Ask for one of them by name or by what it does to see it outlined."
-    ).replace("  ", " ")
+    return _sentences(
+        f"This looks like {exam_phrase(exam)}.",
+        _what_can_be_found(exam, allowed),
+        "Ask for one of them by name or by what it does to see it outlined.",
+    )
+
+
+def _sentences(*parts: str) -> str:
+    return " ".join(part for part in parts if part)
 
 
 def _what_can_be_found(exam: str | None, allowed: Sequence[str]) -> str:
+    """ "On a brain MRI I can find the brain and the skull.", or "" without ``allowed``."""
     if not allowed:
         return ""
     names = [f"the {label}" for label in sorted(allowed)]

@@ -785,21 +785,22 @@ class MediSee(nn.Module):
             for answer, row in zip(answers, probabilities):
                 answer.exam = kinds[int(row.argmax())]
                 answer.exam_probability = float(row.max())
+        # Replies written here rather than generated, with no candidate tokens (no box, no
+        # mask): why an asked structure gets no target, or, for a question about the
+        # image, the exam head's reading and what can be found on it.
+        written: dict[int, str] = {}
         for row, why in absent.items():
-            # The reply says why, with no candidate tokens: no box and no mask.
-            answer = answers[row]
+            answers[row].absent = why
             allowed = row_labels.get(row, self.config.labels)
-            answer.text = absent_reply(why, answer.exam, allowed)
-            answer.token_ids = list(self.tokenizer(answer.text, add_special_tokens=False).input_ids)
-            answer.absent = why
+            written[row] = absent_reply(why, answers[row].exam, allowed)
         for row in about_image:
-            # The exam head's reading and what can be found on it; no target picked.
-            answer = answers[row]
-            if answer.exam is None:
+            exam = answers[row].exam
+            if exam is None:
                 raise RuntimeError("a question about the image needs the exam head's reading")
-            allowed = row_labels.get(row, self.config.labels)
-            answer.text = image_reply(answer.exam, allowed)
-            answer.token_ids = list(self.tokenizer(answer.text, add_special_tokens=False).input_ids)
+            written[row] = image_reply(exam, row_labels.get(row, self.config.labels))
+        for row, text in written.items():
+            answers[row].text = text
+            answers[row].token_ids = list(self.tokenizer(text, add_special_tokens=False).input_ids)
         found = [self._emits_candidate_group(answer.token_ids) for answer in answers]
         rows = [row for row, ok in enumerate(found) if ok]
         if rows:
