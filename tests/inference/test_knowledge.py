@@ -319,6 +319,7 @@ def test_a_follow_up_about_the_subject_keeps_its_mask_and_gets_knowledge(prior_m
         # A structure asked for by name, with no region word: its answer, or why none.
         ("Is there a lung tumor here?", True),
         ("Can you detect the liver?", True),
+        ("Is there a tumour?", True),  # by a general noun (asked_structure.generic_request)
         ("Is there anything else?", False),
         # About the conversation's structure, or not about the image: no region.
         ("What organ is it part of?", False),

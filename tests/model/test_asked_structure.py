@@ -13,6 +13,9 @@ from medisee.model.asked_structure import (
     asked_structure,
     asks_about_image,
     exam_phrase,
+    generic_labels,
+    generic_request,
+    kind_labels,
     labels_for,
 )
 
@@ -53,7 +56,7 @@ def test_a_plain_request_names_its_structure(ontology, question, label) -> None:
         "Find the bone of the backbone",  # the object is a description, not a name
         "Show me the windpipe that carries air down to the lungs.",
         "Where does the food I swallow travel on its way down to my stomach?",
-        "Where is the tumour?",  # not one structure's name
+        "Where is the tumour?",  # not one structure's name (a sort: generic_request)
         "What does the liver do?",  # not a request for a region
         "Where is the glass?",  # no singular of a structure either
     ],
@@ -66,21 +69,18 @@ def test_absence_by_exam_side_and_training(ontology) -> None:
     trained = ("brain", "left kidney", "right kidney", "liver")
     abdomen = ("left kidney", "liver", "right kidney")
     ask = lambda q: asked_structure(q, ontology)  # noqa: E731
-    # Shown: the same label, or either side of a paired structure asked without a side.
-    assert absence(ask("Where is the liver?"), abdomen, trained, ontology) is None
-    assert absence(ask("Where is the kidney?"), abdomen, trained, ontology) is None
-    assert absence(ask("Where is the left kidney?"), abdomen, trained, ontology) is None
     # A brain MRI does not show the liver; no label of the model is the spleen.
     brain = ("brain",)
-    assert absence(ask("Where is the liver?"), brain, trained, ontology) == Absence(
-        "liver", "not_shown"
-    )
-    assert absence(ask("Where is the spleen?"), abdomen, trained, ontology) == Absence(
+    assert not labels_for(ask("Where is the liver?"), brain, ontology)
+    assert absence(ask("Where is the liver?"), trained, ontology) == Absence("liver", "not_shown")
+    assert not labels_for(ask("Where is the spleen?"), abdomen, ontology)
+    assert absence(ask("Where is the spleen?"), trained, ontology) == Absence(
         "spleen", "not_trained"
     )
     # Asked for one side where only the other is shown.
     left_only = ("left kidney",)
-    assert absence(ask("Where is the right kidney?"), left_only, trained, ontology) == Absence(
+    assert not labels_for(ask("Where is the right kidney?"), left_only, ontology)
+    assert absence(ask("Where is the right kidney?"), trained, ontology) == Absence(
         "right kidney", "not_shown"
     )
 
@@ -134,3 +134,99 @@ def test_exam_phrases_read_as_english() -> None:
     assert exam_phrase("abdominal_ct") == "an abdominal CT"
     assert exam_phrase("echocardiography") == "an echocardiography image"
     assert exam_phrase("CT") == "a CT"
+
+
+# The labels of three exams of the demo's model (``config.json``'s ``exams``).
+CHEST_CT = (
+    "aorta", "body", "bone", "esophagus", "heart", "left lung", "lung nodule", "lung tumor",
+    "pleural effusion", "right lung", "spinal canal", "sternum", "trachea", "vertebra",
+)  # fmt: skip
+BRAIN_MRI = (
+    "brain", "brain tumor", "gray matter", "ischemic stroke lesion", "left lateral ventricle",
+    "multiple sclerosis lesion", "peritumoral edema", "right lateral ventricle", "skull",
+    "third ventricle", "white matter",
+)  # fmt: skip
+NECK_US = (
+    "esophagus", "left common carotid artery", "left internal jugular vein",
+    "right common carotid artery", "right internal jugular vein", "thyroid gland", "trachea",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("question", "labels", "expected"),
+    [
+        # A growth: the labels named so, in either spelling.
+        ("Where is the tumour?", CHEST_CT, ["lung tumor"]),
+        ("Where is the tumor?", BRAIN_MRI, ["brain tumor"]),
+        ("Find the cancer.", CHEST_CT, ["lung tumor"]),  # "lung cancer", a synonym
+        # An abnormality: every lesion the exam shows.
+        ("Segment the lesion.", CHEST_CT, ["lung nodule", "lung tumor", "pleural effusion"]),
+        (
+            "Is there an abnormality?",
+            BRAIN_MRI,
+            [
+                "brain tumor",
+                "ischemic stroke lesion",
+                "multiple sclerosis lesion",
+                "peritumoral edema",
+            ],
+        ),  # fmt: skip
+        # The last word(s) of a label's name, singular or plural, with a side.
+        (
+            "Where are the ventricles?",
+            BRAIN_MRI,
+            ["left lateral ventricle", "right lateral ventricle", "third ventricle"],
+        ),  # fmt: skip
+        (
+            "Where is the artery?",
+            NECK_US,
+            ["left common carotid artery", "right common carotid artery"],
+        ),  # fmt: skip
+        (
+            "Where are the carotid arteries?",
+            NECK_US,
+            ["left common carotid artery", "right common carotid artery"],
+        ),  # fmt: skip
+        ("Segment the left vein.", NECK_US, ["left internal jugular vein"]),
+        # A kind's noun: every label of that kind.
+        ("Where is the organ?", NECK_US, ["esophagus", "thyroid gland", "trachea"]),
+        # Nothing of that sort on this exam.
+        ("Where is the artery?", BRAIN_MRI, []),
+    ],
+)
+def test_a_request_by_a_general_noun_gets_the_labels_of_its_sort(
+    ontology, question, labels, expected
+) -> None:
+    request = generic_request(question, ontology)
+    assert request is not None
+    assert generic_labels(request, labels, ontology) == expected
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "Where is the liver?",  # a structure's own name: asked_structure
+        "Where is the glass?",  # names no sort of structure
+        "Which organ filters the blood?",  # not a plain request
+        "Where is the pain?",
+    ],
+)
+def test_other_questions_are_no_general_request(ontology, question) -> None:
+    assert generic_request(question, ontology) is None
+
+
+def test_a_kind_asked_by_name_on_an_exam_without_its_label(ontology) -> None:
+    # "Where is the bone?" on an abdominal CT: the vertebra is one.
+    asked = asked_structure("Where is the bone?", ontology)
+    assert asked is not None and not labels_for(asked, ("liver", "vertebra"), ontology)
+    assert kind_labels(asked, ("liver", "vertebra"), ontology) == ["vertebra"]
+    # "body" is no kind: not the vertebra, whose synonym "vertebral body" ends in it.
+    body = asked_structure("Segment the body.", ontology)
+    assert body is not None and kind_labels(body, ("liver", "vertebra"), ontology) == []
+
+
+def test_the_reply_when_no_label_is_of_the_sort() -> None:
+    assert absent_reply(Absence("artery", "none_of_sort"), "brain_mri", ("brain",)) == (
+        "I was not trained to find an artery on a brain MRI, so I cannot segment one. "
+        "On a brain MRI I can find the brain."
+    )

@@ -210,3 +210,25 @@ def test_a_question_about_the_image_gets_its_exam_and_no_target(exam_model) -> N
         "This looks like an abdominal CT. On an abdominal CT I can find the left kidney and "
         "the liver."
     )
+
+
+def test_a_question_by_a_general_noun_is_answered_with_a_label_of_its_sort(exam_model) -> None:
+    # Read as an abdominal CT (left kidney, liver): "the left organ" is the left kidney;
+    # neither "the right organ" nor "the tumour" is any label it shows.
+    questions = [
+        "Segment the left organ.",
+        "Where is the right organ?",
+        "Where is the tumour?",
+        "Where is the glass?",
+    ]
+    left, right, tumour, glass = _generate(exam_model, 0, questions, questions=questions)
+    first = exam_model.candidate_token_ids[0]
+    opening = exam_model.tokenizer.decode(left.token_ids[: left.token_ids.index(first)])
+    assert opening.strip() in _openings(["left kidney"])
+    for answer, noun in ((right, "a right organ"), (tumour, "a tumor")):
+        assert answer.absent is not None and answer.absent.reason == "none_of_sort"
+        assert answer.text.startswith(
+            f"I was not trained to find {noun} on an abdominal CT, so I cannot segment one."
+        )
+        assert not answer.found_target and answer.mask_logits is None
+    assert glass.absent is None and glass.found_target  # no sort of structure: as before

@@ -120,13 +120,20 @@ def asks_for_region(question: str) -> bool:
 
 
 def asks_for_named_structure(question: str) -> bool:
-    """Whether ``question`` plainly asks for a structure by its name ("Is there a lung
-    tumor here?", "Can you detect the liver?"; ``medisee.model.asked_structure``): asked as
-    a first turn, it gets the answer a first question gets, or the reason there is none."""
+    """Whether ``question`` plainly asks for a structure by its name or a general noun ("Is
+    there a lung tumor here?", "Can you detect the liver?", "Is there a tumour?";
+    ``medisee.model.asked_structure``): asked as a first turn, it gets the answer a first
+    question gets, or the reason there is none."""
     from medisee.data.ontology import Ontology
-    from medisee.model.asked_structure import asked_structure
+    from medisee.model.asked_structure import asked_structure, generic_request, requested_term
 
-    return asked_structure(question, Ontology.load()) is not None
+    if requested_term(question) is None:  # most follow-ups: no ontology to read
+        return False
+    ontology = Ontology.load()
+    return (
+        asked_structure(question, ontology) is not None
+        or generic_request(question, ontology) is not None
+    )
 
 
 def names_region_request(question: str) -> bool:

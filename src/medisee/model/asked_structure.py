@@ -12,18 +12,24 @@ answer names it (:func:`labels_for`): the user said which structure; the model's
 to find it ("Where is the white matter?" on the MNI template was answered "Sure, this is
 the gray matter.").
 
-Only a plain request whose whole object is a structure's name or synonym in the
-ontology counts: "Which organ filters the blood?" or "Find the muscular pipe behind the
-windpipe" name no structure as their object, and are answered as before.
+A plain request whose object is a general noun rather than one structure's name ("Where
+is the tumour?", "Segment the lesion.", "Where is the artery?") asks for a structure of
+that sort (:func:`generic_request`): the answer names one of the exam's labels that is one
+(:func:`generic_labels`), or the reply says the model was not trained to find one there.
+"Where is the tumour?" on a chest CT was answered "Sure, this is the bone."
+
+Only a plain request whose whole object is such a name counts: "Which organ filters the
+blood?" or "Find the muscular pipe behind the windpipe" name no structure as their object,
+and are answered as before.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from medisee.data.ontology import Ontology, ResolvedLabel
+from medisee.data.ontology import KIND_NOUNS, SIDES, Category, Ontology, ResolvedLabel
 
 # "Where is the X?", "Segment the X in this image.", "Can you show me the X?",
 # "Is there a X here?": a request, then an article, the object, an optional place.
@@ -40,19 +46,142 @@ _REQUEST = re.compile(
 _WORDS = {"ct": "CT", "mri": "MRI", "xray": "X-ray"}
 
 
-def asked_structure(question: str, ontology: Ontology) -> ResolvedLabel | None:
-    """The structure ``question`` plainly asks for, resolved in ``ontology``; ``None`` when
-    the question is not such a request or its object is not a structure's name."""
-    text = " ".join(question.lower().split())
-    match = _REQUEST.match(text)
+#: British spellings, as the ontology spells them ("tumour" -> "tumor").
+_SPELLINGS = (
+    ("tumour", "tumor"),
+    ("oesophag", "esophag"),
+    ("haem", "hem"),
+    ("oedema", "edema"),
+    ("grey", "gray"),
+)
+
+
+def requested_term(question: str) -> str | None:
+    """The object of a plain request ("Where are the kidneys?" -> ``"kidneys"``), lower
+    case and in the ontology's spelling; ``None`` when ``question`` is not such a request."""
+    match = _REQUEST.match(" ".join(question.lower().split()))
     if match is None:
         return None
     term = match.group("term").strip()
+    for british, american in _SPELLINGS:
+        term = term.replace(british, american)
+    return term
+
+
+def asked_structure(question: str, ontology: Ontology) -> ResolvedLabel | None:
+    """The structure ``question`` plainly asks for, resolved in ``ontology``; ``None`` when
+    the question is not such a request or its object is not a structure's name."""
+    term = requested_term(question)
+    if term is None:
+        return None
     for name in (term, *_singulars(term)):
         resolved = ontology.resolve(name)
         if resolved is not None:
             return resolved
     return None
+
+
+# Nouns for an abnormality of any sort ("Segment the lesion.").
+_FINDING_NOUNS = frozenset({"lesion", "abnormality", "anomaly", "finding", "pathology"})
+# Nouns for a growth: a label named so ("the tumor" on a brain MRI: the brain tumor), else
+# the labels named by another of them ("the mass" -> "lung tumor"), else any abnormality.
+_GROWTH_NOUNS = frozenset(
+    {"tumor", "mass", "cancer", "growth", "lump", "neoplasm", "malignancy", "carcinoma"}
+)
+# Nouns for a kind of the ontology ("Where is the organ?", "the blood vessel").
+_KIND_WORDS = {**{kind: kind for kind in KIND_NOUNS}, **{noun: k for k, noun in KIND_NOUNS.items()}}
+
+
+@dataclass(frozen=True)
+class GenericRequest:
+    """A plain request for a structure by a general noun: ``noun`` singular ("artery",
+    "tumor", "blood vessel"), ``side`` the patient's side it names, if any."""
+
+    noun: str
+    side: str | None = None
+
+
+def generic_request(question: str, ontology: Ontology) -> GenericRequest | None:
+    """The general noun ``question`` plainly asks for ("Where is the tumour?", "Where are
+    the carotid arteries?", "Segment the left vein."), or ``None``: not a plain request,
+    its object a structure's own name (:func:`asked_structure`), or a noun that names no
+    sort of structure in ``ontology`` ("Where is the glass?")."""
+    term = requested_term(question)
+    if term is None or asked_structure(question, ontology) is not None:
+        return None
+    words = term.split(" ")
+    side = words[0] if len(words) > 1 and words[0] in SIDES else None
+    asked = " ".join(words[1:] if side else words)
+    for noun in (*_singulars(asked), asked):  # "ventricles": the singular names the sort
+        request = GenericRequest(noun, side)
+        if _is_sort_noun(noun) or _named_by(request, ontology.categories.values()):
+            return request
+    return None
+
+
+def generic_labels(request: GenericRequest, labels: Iterable[str], ontology: Ontology) -> list[str]:
+    """The labels among ``labels`` that are of the sort ``request`` asks for: for an
+    abnormality ("lesion"), every lesion; else the first of: those whose name or a synonym
+    ends in its noun ("artery" -> "left common carotid artery"); for a growth, those named
+    by another growth noun ("cancer" -> "lung nodule", a "lung mass"), else every lesion;
+    for a kind's noun, every label of that kind ("bone" -> "vertebra"). Asked with a side,
+    that side's only."""
+    categories = {
+        label: found.category
+        for label in labels
+        if (found := ontology.resolve(label)) is not None
+        and (request.side is None or found.side == request.side)
+    }
+
+    def where(keep: Callable[[Category], bool]) -> list[str]:
+        return [label for label, category in categories.items() if keep(category)]
+
+    def is_lesion(category: Category) -> bool:
+        return category.kind == "lesion"
+
+    if request.noun in _FINDING_NOUNS:
+        return where(is_lesion)
+    named = where(lambda category: bool(_named_by(request, [category])))
+    if named or request.noun not in _GROWTH_NOUNS:
+        kind = _KIND_WORDS.get(request.noun)
+        return named or where(lambda category: category.kind == kind)
+    grown = where(
+        lambda category: any(_named_by(GenericRequest(noun), [category]) for noun in _GROWTH_NOUNS)
+    )
+    return grown or where(is_lesion)
+
+
+def kind_labels(asked: ResolvedLabel, labels: Iterable[str], ontology: Ontology) -> list[str]:
+    """When ``asked`` is itself the name of a kind ("bone"), the labels among ``labels`` of
+    that kind: "Where is the bone?" on an abdominal CT, whose labels do not include the
+    whole skeleton, asks for its vertebra. Otherwise none."""
+    kind = _KIND_WORDS.get(asked.category.name)
+    if kind is None:
+        return []
+    found = ((label, ontology.resolve(label)) for label in labels)
+    return [label for label, resolved in found if resolved and resolved.category.kind == kind]
+
+
+def _is_sort_noun(noun: str) -> bool:
+    return noun in _FINDING_NOUNS or noun in _GROWTH_NOUNS or noun in _KIND_WORDS
+
+
+def _named_by(request: GenericRequest, categories: Iterable[Category]) -> list[Category]:
+    """The categories whose name or a synonym ends in ``request.noun`` (either number)."""
+    noun = request.noun.split(" ")
+
+    def ends_in_noun(term: str) -> bool:
+        words = term.lower().split(" ")
+        if len(words) <= len(noun):
+            return False  # the noun is the whole name: a structure's own name, not a sort
+        tail = " ".join(words[-len(noun) :])
+        return tail == request.noun or request.noun in _singulars(tail)
+
+    return [
+        category
+        for category in categories
+        if any(ends_in_noun(term) for term in (category.name, *category.synonyms))
+    ]
 
 
 def _singulars(term: str) -> list[str]:
@@ -83,7 +212,9 @@ def exam_phrase(kind: str) -> str:
 @dataclass(frozen=True)
 class Absence:
     """Why an asked structure has no answer: ``reason`` is ``"not_shown"`` (the image's
-    exam does not show it) or ``"not_trained"`` (no label of the model is that structure)."""
+    exam does not show it), ``"not_trained"`` (no label of the model is that structure) or
+    ``"none_of_sort"`` (asked by a general noun, ``label``: no label the exam shows is
+    one)."""
 
     label: str
     reason: str
@@ -102,16 +233,9 @@ def labels_for(asked: ResolvedLabel, labels: Iterable[str], ontology: Ontology) 
     return [label for label in labels if matches(label)]
 
 
-def absence(
-    asked: ResolvedLabel,
-    allowed: Iterable[str],
-    trained: Iterable[str],
-    ontology: Ontology,
-) -> Absence | None:
-    """``None`` when one of ``allowed`` (the labels the image's exam shows) is the asked
-    structure (:func:`labels_for`). Otherwise why not."""
-    if labels_for(asked, allowed, ontology):
-        return None
+def absence(asked: ResolvedLabel, trained: Iterable[str], ontology: Ontology) -> Absence:
+    """Why an asked structure that no label the image's exam shows is (:func:`labels_for`)
+    gets no answer: the exam does not show it, or no label of ``trained`` is it."""
     reason = "not_shown" if labels_for(asked, trained, ontology) else "not_trained"
     return Absence(asked.label, reason)
 
@@ -119,7 +243,13 @@ def absence(
 def absent_reply(absent: Absence, exam: str | None, allowed: Sequence[str]) -> str:
     """The reply to a question about a structure the model will not find in this image:
     why, then what it can find there (``allowed``; ``exam`` the most likely kind)."""
-    if absent.reason == "not_trained":
+    if absent.reason == "none_of_sort":
+        article = "an" if absent.label[0] in "aeiou" else "a"
+        on = exam_phrase(exam) if exam is not None else "this kind of image"
+        first = (
+            f"I was not trained to find {article} {absent.label} on {on}, so I cannot segment one."
+        )
+    elif absent.reason == "not_trained":
         first = f"I was not trained to find the {absent.label}, so I cannot segment it."
     elif exam is not None:
         first = (

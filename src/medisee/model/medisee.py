@@ -36,7 +36,10 @@ from medisee.model.asked_structure import (
     absent_reply,
     asked_structure,
     asks_about_image,
+    generic_labels,
+    generic_request,
     image_reply,
+    kind_labels,
     labels_for,
 )
 from medisee.model.box_decoder import BoxDecoder
@@ -824,21 +827,31 @@ class MediSee(nn.Module):
     def _asked_labels(
         self, question: str | None, allowed: Sequence[str]
     ) -> tuple[list[str], Absence | None]:
-        """When ``question`` plainly asks for a structure (``medisee.model.asked_structure``):
-        the labels of ``allowed`` (those of the image's exam) that are it, or, when none
-        is, why it gets no target. ``([], None)`` for any other question."""
+        """When ``question`` plainly asks for a structure, by its name or by a general noun
+        (``medisee.model.asked_structure``): the labels of ``allowed`` (those of the image's
+        exam) that are it, or of its sort, or, when none is, why it gets no target.
+        ``([], None)`` for any other question."""
         if not question:
             return [], None
         ontology = self.__dict__.get("_ontology")
         if ontology is None:
             ontology = self.__dict__["_ontology"] = Ontology.load()
         asked = asked_structure(question, ontology)
-        if asked is None:
+        if asked is not None:
+            named = labels_for(asked, allowed, ontology)
+            if not named:  # "Where is the bone?" on an abdominal CT: its vertebra is one
+                named = kind_labels(asked, allowed, ontology)
+            if named:
+                return named, None
+            return [], absence(asked, self.config.labels, ontology)
+        generic = generic_request(question, ontology)
+        if generic is None:
             return [], None
-        named = labels_for(asked, allowed, ontology)
+        named = generic_labels(generic, allowed, ontology)
         if named:
             return named, None
-        return [], absence(asked, allowed, self.config.labels, ontology)
+        asked_for = f"{generic.side} {generic.noun}" if generic.side else generic.noun
+        return [], Absence(asked_for, "none_of_sort")
 
     def answer_trie(self, labels: Sequence[str] | None = None) -> TokenTrie:
         """The answer openings over ``labels`` (default ``config.labels``), built once per

@@ -154,7 +154,9 @@ def model_card(info: dict[str, Any], directory: Path) -> str:
         f"- It knows only the {len(labels)} structures of its training data and the kinds of "
         "exam they come from. Asked by name for a structure it was not trained on, or one "
         "that the image's kind of exam does not show, it says so and draws no mask; asked "
-        "for one in other words, it answers with the nearest trained structure.",
+        'by a general noun ("Where is the tumour?"), it answers with a structure of that '
+        "sort on the image's kind of exam; asked for one in other words, it answers with "
+        "the nearest trained structure.",
         '- It cannot tell whether a lesion is there: asked "Is there a brain tumor here?" '
         "about a healthy brain, it outlines the likeliest region all the same.",
         f"- On the held-out patients' scans it finds {good or 'no structure'} well (Dice >= "
