@@ -349,3 +349,36 @@ def test_the_position_an_explanation_gives_is_the_masks(predictor, monkeypatch):
         assert prediction.text.endswith("The liver lies in the lower left part of the image.")
         assert prediction.scores["position_from_mask"] is moved
         assert said in prediction.raw_text  # the history keeps the LM's words
+
+
+def test_a_paired_structure_asked_in_the_plural_is_answered_with_both_sides(predictor, monkeypatch):
+    from medisee.inference import predictor as predictor_module
+
+    predictor.model.config.labels = ("liver", "left kidney", "right kidney")
+    # The rows in order: the question as asked, then the left and the right side's.
+    masks = [np.zeros((40, 60), dtype=bool) for _ in range(3)]
+    masks[1][10:20, 40:50] = True  # the left kidney, on the image's right
+    masks[2][12:22, 5:15] = True
+    boxes = [(0.0, 0.0, 60.0, 40.0), (40.0, 10.0, 50.0, 20.0), (5.0, 12.0, 15.0, 22.0)]
+    calls = iter(range(3))
+
+    def frame(_frame, logits, box):
+        if logits is None:
+            return np.zeros((40, 60), dtype=bool), None, None
+        i = next(calls)
+        x0, y0, x1, y1 = boxes[i]
+        return masks[i], boxes[i], ((x0 + x1) / 120, (y0 + y1) / 80, (x1 - x0) / 60, (y1 - y0) / 40)
+
+    monkeypatch.setattr(predictor_module, "to_original_frame", frame)
+    prediction = predictor.predict("Where are the kidneys?", image=sample_image(40, 60))
+    assert prediction.question == "Where are the kidneys?"
+    assert prediction.text.startswith("Sure, these are the kidneys.")
+    assert np.array_equal(prediction.mask, masks[1] | masks[2])
+    assert prediction.box == (5.0, 10.0, 50.0, 22.0)
+    assert prediction.box_normalized == pytest.approx((27.5 / 60, 16 / 40, 45 / 60, 12 / 40))
+    assert prediction.scores["mask_pixels"] == 200 and len(prediction.scores["sides"]) == 2
+    assert prediction.raw_text == prediction.text  # no candidate tokens of its own
+    # A singular, or a structure that is not paired, is asked once.
+    calls = iter(range(3))
+    single = predictor.predict("Where is the kidney?", image=sample_image(40, 60))
+    assert "sides" not in single.scores and np.array_equal(single.mask, masks[0])

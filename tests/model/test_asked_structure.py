@@ -8,10 +8,12 @@ import pytest
 from medisee.data.ontology import Ontology
 from medisee.model.asked_structure import (
     Absence,
+    BothSides,
     absence,
     absent_reply,
     asked_structure,
     asks_about_image,
+    both_sides,
     exam_phrase,
     generic_labels,
     generic_request,
@@ -230,3 +232,35 @@ def test_the_reply_when_no_label_is_of_the_sort() -> None:
         "I was not trained to find an artery on a brain MRI, so I cannot segment one. "
         "On a brain MRI I can find the brain."
     )
+
+
+@pytest.mark.parametrize(
+    ("question", "plural", "labels"),
+    [
+        ("Where are the lungs?", "lungs", ("left lung", "right lung")),
+        ("Segment the kidneys.", "kidneys", ("left kidney", "right kidney")),
+        (
+            "Where are the lateral ventricles?",
+            "lateral ventricles",
+            ("left lateral ventricle", "right lateral ventricle"),
+        ),
+    ],
+)
+def test_a_paired_structure_in_the_plural_asks_for_both_sides(
+    ontology, question, plural, labels
+) -> None:
+    assert both_sides(question, ontology) == BothSides(plural, labels)
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "Where is the kidney?",  # one of them
+        "Where are the left lungs?",  # a side named
+        "Where are the vertebrae?",  # not paired
+        "Where are the bones?",  # a name as written (a synonym), not a plural
+        "Which organs filter the blood?",  # not a plain request
+    ],
+)
+def test_other_questions_ask_for_no_pair(ontology, question) -> None:
+    assert both_sides(question, ontology) is None

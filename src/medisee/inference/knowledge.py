@@ -261,8 +261,11 @@ def answer_follow_up(
     answered = subject_of(prediction.text) if prediction.found_target else None
     config = getattr(model, "config", None)
     labels = {label.lower() for label in getattr(config, "labels", None) or ()}
-    if answered is not None and labels and answered.lower() not in labels:
-        answered = None  # "It is found inside the brain.": no structure the model knows
+    # "It is found inside the brain.": no structure the model knows. Both sides of a
+    # paired structure ("Sure, these are the lungs."; ``medisee.inference.paired``) are one.
+    known = answered is not None and (answered.lower() in labels or bool(scores.get("sides")))
+    if answered is not None and labels and not known:
+        answered = None
     about_subject = not prediction.found_target or asks_about_subject(
         prediction.question, subject, answered
     )

@@ -22,7 +22,7 @@ import dataclasses
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,8 @@ from medisee.inference.explanation import checked_reply, exam_modality, grounded
 from medisee.inference.inputs import ImageInput, ReadOptions, load_image
 from medisee.inference.knowledge import answer_follow_up, asks_for_region, model_turn
 from medisee.inference.outputs import complete_sentences
+from medisee.inference.paired import merge_sides, side_question
+from medisee.model.asked_structure import both_sides
 
 if TYPE_CHECKING:  # pragma: no cover
     from medisee.model.medisee import GeneratedAnswer, MediSee
@@ -533,10 +535,43 @@ class Predictor:
         self, requests: Sequence[PredictRequest], options: GenerationOptions | None = None
     ) -> list[Prediction]:
         """The core: encode the images that need it, generate all rows as one batch
-        (left-padded, KV cache), and map each answer back to the original frame."""
+        (left-padded, KV cache), and map each answer back to the original frame.
+
+        A request for both sides of a paired structure ("Where are the lungs?") is also
+        asked once per side, in the same batch, and answered with both
+        (``medisee.inference.paired``)."""
         if not requests:
             return []
         options = options or self.generation
+        pairs = [
+            both_sides(request.question, self.ontology) if options.constrain_answer else None
+            for request in requests
+        ]
+        rows = list(requests)
+        for request, pair in zip(requests, pairs):
+            if pair is not None:
+                rows += [replace(request, question=side_question(label)) for label in pair.labels]
+        answered = self._run_rows(rows, options)
+        sides = iter(answered[len(requests) :])
+        predictions = []
+        for prediction, pair in zip(answered, pairs):
+            if pair is not None:
+                merged = merge_sides(pair.plural, [next(sides), next(sides)])
+                prediction = replace(merged, question=prediction.question) if merged else prediction
+            predictions.append(prediction)
+        return predictions
+
+    @property
+    def ontology(self) -> Ontology:
+        """The ontology the replies are read against, loaded once."""
+        if self._ontology is None:
+            self._ontology = Ontology.load()
+        return self._ontology
+
+    def _run_rows(
+        self, requests: Sequence[PredictRequest], options: GenerationOptions
+    ) -> list[Prediction]:
+        """One generation batch: a prediction per request."""
         self.encode([request.state for request in requests])
         prompts = [
             self.prompt_ids(request.question, request.history, options.max_new_tokens)
@@ -578,12 +613,10 @@ class Predictor:
         text = complete_sentences(" ".join(answer.text.split()))
         replaced = repositioned = False
         if answer.found_target:
-            if self._ontology is None:
-                self._ontology = Ontology.load()
             modality = state.image.meta.modality
             if modality not in MODALITY_NOUNS:  # a PNG has none, a DICOM says "MR"
                 modality = exam_modality(answer.exam)
-            text, replaced = checked_reply(text, modality, self._ontology)
+            text, replaced = checked_reply(text, modality, self.ontology)
             text, repositioned = grounded_position(text, mask)
         return Prediction(
             mask=mask,

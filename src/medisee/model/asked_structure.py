@@ -184,6 +184,29 @@ def _named_by(request: GenericRequest, categories: Iterable[Category]) -> list[C
     ]
 
 
+@dataclass(frozen=True)
+class BothSides:
+    """A plain request for both sides of a paired structure: ``plural`` as asked ("lungs",
+    "lateral ventricles"), ``labels`` the left and the right label."""
+
+    plural: str
+    labels: tuple[str, str]
+
+
+def both_sides(question: str, ontology: Ontology) -> BothSides | None:
+    """``question`` plainly asks for a paired structure in the plural with no side ("Where
+    are the lungs?", "Segment the kidneys."): both sides are meant, not one. ``None`` for
+    any other question, a singular ("Where is the kidney?") included."""
+    term = requested_term(question)
+    if term is None or ontology.resolve(term) is not None:  # a name as written: not a plural
+        return None
+    asked = asked_structure(question, ontology)
+    if asked is None or asked.side is not None or not asked.category.paired:
+        return None
+    name = asked.category.name
+    return BothSides(term, (f"{SIDES[0]} {name}", f"{SIDES[1]} {name}"))
+
+
 def _singulars(term: str) -> list[str]:
     """The singular forms ``term`` may be the plural of, its last word changed ("lateral
     ventricles", "common carotid arteries", "vertebrae"): the ontology names one of each."""
