@@ -201,8 +201,14 @@ def test_nifti_ct_slice_in_a_composite(tmp_path):
     hu = display_slice(data, 2, 1)
     np.testing.assert_array_equal(image.pixels[..., 1], apply_window(hu, Window(50.0, 350.0)))
     np.testing.assert_array_equal(image.pixels[..., 2], apply_window(hu, Window(400.0, 1800.0)))
-    # Without a CT modality a NIfTI volume is stretched as before.
-    assert read_image(path, ct_window="lung_mediastinum_bone").is_gray
+    # A NIfTI header names no modality: values in Hounsfield units (air at -1000) read as
+    # CT, and get the model's display.
+    unnamed = read_image(path, ct_window="lung_mediastinum_bone")
+    assert unnamed.meta.modality == "CT" and np.array_equal(unnamed.pixels, image.pixels)
+    # Intensities that never reach air's HU (an MR) are stretched, as before.
+    mr = _nifti(tmp_path / "mr.nii.gz", data + 1000.0, np.eye(4))
+    shown = read_image(mr, ct_window="lung_mediastinum_bone")
+    assert shown.meta.modality is None and shown.is_gray
 
 
 def test_dicom_monochrome1_is_inverted(tmp_path):

@@ -92,8 +92,14 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_ct_dicom(path, values_hu: np.ndarray, window: tuple[float, float] | None = None) -> None:
-    """A minimal CT DICOM (Part 10) with int16 stored values, slope 1, intercept -1024."""
+def write_ct_dicom(
+    path,
+    values_hu: np.ndarray,
+    window: tuple[float, float] | None = None,
+    geometry: dict | None = None,
+) -> None:
+    """A minimal CT DICOM (Part 10) with int16 stored values, slope 1, intercept -1024;
+    ``geometry``: more tags (``ImagePositionPatient``, ``SeriesInstanceUID``...)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -117,6 +123,47 @@ def write_ct_dicom(path, values_hu: np.ndarray, window: tuple[float, float] | No
     dataset.PixelSpacing = [0.7, 0.7]
     if window is not None:
         dataset.WindowCenter, dataset.WindowWidth = window
+    for tag, value in (geometry or {}).items():
+        setattr(dataset, tag, value)
     stored = (values_hu + 1024).astype(np.int16)
     dataset.PixelData = stored.tobytes()
     dataset.save_as(str(path), enforce_file_format=True)
+
+
+def write_ct_series(
+    folder,
+    slices_hu: list[np.ndarray],
+    *,
+    positions: list[float],
+    orientation=(1, 0, 0, 0, 1, 0),
+    spacing=(0.5, 0.75),
+    origin=(-20.0, -30.0),
+    series_uid: str = "1.2.826.0.1.3680043.8.498.1",
+) -> list:
+    """One CT series, a file per slice: slice ``k`` at ``positions[k]`` mm along the normal
+    of ``orientation`` (the files named and numbered in reverse, so that only the
+    positions give the order). Returns the paths."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    row, column = np.array(orientation[:3], float), np.array(orientation[3:], float)
+    normal = np.cross(row, column)
+    paths = []
+    for k, (values, along) in enumerate(zip(slices_hu, positions)):
+        number = len(slices_hu) - k
+        position = origin[0] * row + origin[1] * column + along * normal
+        path = folder / f"IM{number:04d}"
+        write_ct_dicom(
+            path,
+            values,
+            geometry={
+                "ImagePositionPatient": [float(v) for v in position],
+                "ImageOrientationPatient": [float(v) for v in orientation],
+                "PixelSpacing": list(spacing),
+                "SeriesInstanceUID": series_uid,
+                "InstanceNumber": number,
+            },
+        )
+        paths.append(path)
+    return paths

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from medisee.cli import main
-from tests.inference.helpers import sample_image, write_ct_dicom
+from tests.inference.helpers import sample_image, write_ct_dicom, write_ct_series
 
 
 def _read_jsonl(path):
@@ -101,6 +101,30 @@ def test_predict_manifest_with_several_questions_and_a_volume(saved_tiny_model, 
     assert labels.shape == (10, 8, 3) and np.allclose(labels.affine, affine)
     boxes = json.loads((out / "vol" / "boxes.json").read_text())
     assert len(boxes["slices"]) == 3
+
+
+def test_predict_a_dicom_series_directory_as_a_volume(saved_tiny_model, tmp_path):
+    nib = pytest.importorskip("nibabel")
+    from medisee.data.dicom_series import read_dicom_series
+
+    rng = np.random.default_rng(0)
+    slices = [rng.integers(-1000, 1000, (12, 10)).astype(np.int16) for _ in range(4)]
+    series = tmp_path / "ct_series"
+    write_ct_series(series, slices, positions=[0.0, 2.0, 4.0, 6.0])
+    out = tmp_path / "out"
+    base = ["predict", "--model", str(saved_tiny_model), "--image", str(series),
+            "--question", "Where is the liver?", "--max-new-tokens", "3", "--quiet"]  # fmt: skip
+    # One slice (the middle one, or --slice), as for a NIfTI file.
+    assert main([*base, "--out", str(out / "one"), "--slice", "1"]) == 0
+    (row,) = _read_jsonl(out / "one" / "predictions.jsonl")
+    assert row["id"] == "ct_series" and row["image_size"] == [12, 10]
+    # Every slice: a label volume on the series' own grid.
+    assert main([*base, "--out", str(out / "all"), "--all-slices"]) == 0
+    (row,) = _read_jsonl(out / "all" / "predictions.jsonl")
+    assert row["slices"] == 4
+    labels = nib.load(out / "all" / "ct_series" / "mask.nii.gz")
+    source = read_dicom_series(series).image
+    assert labels.shape == (10, 12, 4) and np.allclose(labels.affine, source.affine)
 
 
 def test_predict_reports_missing_inputs(saved_tiny_model, tmp_path, capsys):

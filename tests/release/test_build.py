@@ -280,3 +280,17 @@ def test_demo_command_names_a_ct_display_other_than_the_default():
         demo_command("d", "lung_mediastinum_bone")
         == "medisee demo --out d --ct-window lung_mediastinum_bone"
     )
+
+
+def test_the_ct_display_is_compared_with_the_training_datas():
+    from medisee.data.schema import Record
+    from medisee.release.build import display_changes
+
+    def record(i: int, split: str, window) -> Record:
+        return Record(
+            f"r{i}", f"r{i}.png", "CT", "s", f"r{i}", 8, 8, [], split, meta={"window": window}
+        )
+
+    records = [record(0, "train", "lung"), record(1, "train", "lung"), record(2, "test", "bone")]
+    assert display_changes({"ct_window": None}, records) == {"ct_window": [None, "lung"]}
+    assert display_changes({"ct_window": "lung"}, records) == {}

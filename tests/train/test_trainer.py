@@ -586,7 +586,7 @@ def test_refit_step_reads_the_states_without_the_explanation(tiny_model, monkeyp
     torch.testing.assert_close(refit.total, refit.ground)
 
 
-def test_training_ct_window_is_the_composite_most_ct_records_were_shown_in():
+def test_training_ct_window_is_the_named_display_most_ct_records_were_shown_in():
     from medisee.data.schema import Record
 
     def record(i: int, modality: str, window) -> Record:
@@ -595,11 +595,13 @@ def test_training_ct_window_is_the_composite_most_ct_records_were_shown_in():
 
     records = [
         record(0, "CT", "lung_mediastinum_bone"),
-        record(1, "CT", "lung"),  # one grey window stays the reader's choice: no vote
+        record(1, "CT", "lung"),
         record(2, "CT", "lung"),
         record(3, "CT", [40.0, 400.0]),  # a window without a name
         record(4, "CT", None),  # a phantom, which records none
-        record(5, "MRI", "lung_mediastinum_bone"),  # another modality
+        record(5, "MRI", "brain"),  # another modality
+        record(6, "MRI", "brain"),
     ]
-    assert training_ct_window(records) == "lung_mediastinum_bone"
-    assert training_ct_window(records[1:]) is None
+    assert training_ct_window(records) == "lung"
+    assert training_ct_window(records[:1] + records[3:]) == "lung_mediastinum_bone"
+    assert training_ct_window(records[3:]) is None

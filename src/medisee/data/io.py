@@ -360,7 +360,8 @@ def read_image(
     modality: str | None = None,
     ct_window: str | None = None,
 ) -> MedicalImage:
-    """Read PNG/JPEG/TIFF/BMP, DICOM or a NIfTI slice (chosen by content and suffix).
+    """Read PNG/JPEG/TIFF/BMP, DICOM, or a slice of a NIfTI volume or of a directory's
+    DICOM series (``medisee.data.dicom_series``); chosen by content and suffix.
 
     ``window`` applies to grey medical data (DICOM, NIfTI, 16-bit rasters): a preset name
     (:data:`WINDOW_PRESETS`), a composite (:data:`COMPOSITE_WINDOWS`: one window per
@@ -368,7 +369,7 @@ def read_image(
     else the DICOM header's window, else :data:`DEFAULT_CT_WINDOW` for CT, else a
     percentile stretch) or ``"stretch"``. ``ct_window``: how a model was shown CT (its
     ``ModelConfig.ct_window``), so that an ``"auto"`` CT looks as its training CT did.
-    ``axis``/``index`` choose a NIfTI slice (default: the middle one); ``frame`` a frame of
+    ``axis``/``index`` choose a volume's slice (default: the middle one); ``frame`` a frame of
     a multi-frame DICOM. ``modality`` overrides what the file says (NIfTI has no modality).
     """
     path = Path(path)
@@ -376,7 +377,7 @@ def read_image(
         raise FileNotFoundError(f"no such image: {path}")
     if path.is_file() and path.stat().st_size == 0:
         raise ImageReadError(f"cannot read image {path}: the file is empty (0 bytes)")
-    if _is_nifti(path):
+    if _is_nifti(path) or path.is_dir():  # a directory: one DICOM series
         return read_nifti(
             path, axis=axis, index=index, window=window, modality=modality, ct_window=ct_window
         )
@@ -668,8 +669,48 @@ def display_slice(data: np.ndarray, axis: int, index: int) -> np.ndarray:
     return np.ascontiguousarray(plane[::-1, ::-1].T)
 
 
-def load_volume(path: str | os.PathLike[str], *, labels: bool = False, volume: int = 0) -> Volume:
-    """Load a NIfTI (or Analyze) file reoriented with ``nibabel.as_closest_canonical``.
+#: Hounsfield units put air at -1000: a volume whose lowest 1 % lies at or below this
+#: reads as CT when nothing else gives its modality (a NIfTI header has no field for it).
+#: No MR intensity scale goes this low.
+CT_AIR_HU = -900.0
+
+
+def looks_like_ct(data: np.ndarray) -> bool:
+    """Whether a volume's values are Hounsfield units: air around or inside the body."""
+    sample = np.asarray(data).ravel()[:: max(1, data.size // 2_000_000)]
+    finite = sample[np.isfinite(sample)]
+    return finite.size > 0 and float(np.percentile(finite, 1)) <= CT_AIR_HU
+
+
+def open_volume(path: str | os.PathLike[str]) -> tuple[Any, str | None]:
+    """``(nibabel image, modality)`` of a NIfTI (or Analyze) file, or of a directory read
+    as a DICOM series (``medisee.data.dicom_series``; NIfTI files have no modality)."""
+    import nibabel as nib
+    from nibabel.spatialimages import SpatialImage
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such volume: {path}")
+    if path.is_dir():
+        from medisee.data.dicom_series import read_dicom_series
+
+        series = read_dicom_series(path)
+        return series.image, series.modality
+    try:
+        image = nib.load(str(path))
+    except Exception as error:  # nibabel raises many types for a bad header
+        detail = str(error) or type(error).__name__
+        raise ImageReadError(f"cannot read NIfTI {path}: {detail}") from error
+    if not isinstance(image, SpatialImage):
+        raise ImageReadError(f"{path} is not a volume with an affine ({type(image).__name__})")
+    return image, None
+
+
+def load_volume(
+    path: str | os.PathLike[str], *, labels: bool = False, volume: int = 0, image: Any = None
+) -> Volume:
+    """Load a NIfTI (or Analyze) file, or a directory's DICOM series, reoriented with
+    ``nibabel.as_closest_canonical``; ``image``: the one ``open_volume(path)`` gave.
 
     ``labels=True`` keeps the stored integer values (no scaling to float) so label ids
     survive exactly; otherwise data is ``float32`` with the header's scaling applied.
@@ -680,10 +721,9 @@ def load_volume(path: str | os.PathLike[str], *, labels: bool = False, volume: i
     from nibabel.spatialimages import HeaderDataError
 
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such volume: {path}")
+    if image is None:
+        image, _ = open_volume(path)
     try:
-        image = nib.load(str(path))
         canonical = nib.as_closest_canonical(image)
         if labels:
             data = np.asanyarray(canonical.dataobj)
@@ -727,6 +767,18 @@ def load_volume(path: str | os.PathLike[str], *, labels: bool = False, volume: i
     return Volume(np.ascontiguousarray(data), np.asarray(canonical.affine), zooms)  # type: ignore[arg-type]
 
 
+def volume_modality(volume: Volume, given: str | None, from_file: str | None) -> str | None:
+    """A volume's modality: the caller's, else its files' (a DICOM series), else ``"CT"``
+    for values in Hounsfield units (:func:`looks_like_ct`), else unknown."""
+    from medisee.data.schema import normalize_modality
+
+    if given:
+        return normalize_modality(given)
+    if from_file:
+        return from_file
+    return "CT" if looks_like_ct(volume.data) else None
+
+
 def volume_display(
     volume: Volume,
     window: str | Window | tuple[float, float] | None,
@@ -760,13 +812,14 @@ def read_nifti(
     volume: int = 0,
     ct_window: str | None = None,
 ) -> MedicalImage:
-    """One display slice of a NIfTI volume (default: the middle slice along ``axis``);
-    ``window`` and ``ct_window`` as in :func:`volume_display`."""
-    from medisee.data.schema import normalize_modality
-
-    vol = load_volume(path, volume=volume)
+    """One display slice of a NIfTI volume, or of a directory's DICOM series (default: the
+    middle slice along ``axis``); ``window`` and ``ct_window`` as in :func:`volume_display`.
+    The modality is ``modality``, else a series' files', else CT for a volume in Hounsfield
+    units (:func:`volume_modality`)."""
+    image, file_modality = open_volume(path)
+    vol = load_volume(path, volume=volume, image=image)
     check_informative(vol.data, f"the volume {path}")
-    modality = normalize_modality(modality) if modality else None
+    modality = volume_modality(vol, modality, file_modality)
     axis_i = vol.axis_index(axis)
     count = vol.num_slices(axis_i)
     index = count // 2 if index is None else index
@@ -782,7 +835,7 @@ def read_nifti(
     windows = volume_display(vol, window, modality, ct_window)
     axis_name = {v: k for k, v in AXES.items()}[axis_i]
     meta = ImageMeta(
-        format="nifti",
+        format="dicom_series" if Path(path).is_dir() else "nifti",
         modality=modality,
         display=None if axis_name == "sagittal" else "radiological",
         spacing=vol.spacing(axis_i),

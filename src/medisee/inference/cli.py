@@ -1,8 +1,9 @@
 """``medisee predict`` and ``medisee chat``.
 
 predict writes, per item, ``<out>/<id>/{mask.png, box.json, answer.txt, overlay.png}``
-(NIfTI with ``--all-slices``: ``mask.nii.gz`` on the source grid, ``boxes.json`` per
-slice, the overlay of the slice with the largest mask) and one ``predictions.jsonl``.
+(a volume, NIfTI or a directory of one DICOM series, with ``--all-slices``:
+``mask.nii.gz`` on the source grid, ``boxes.json`` per slice, the overlay of the slice with
+the largest mask) and one ``predictions.jsonl``.
 """
 
 from __future__ import annotations
@@ -35,8 +36,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "medisee-lite)",
     )
     source = predict.add_mutually_exclusive_group(required=True)
-    source.add_argument("--image", nargs="+", help="image file(s): PNG/JPEG/TIFF, DICOM, NIfTI")
-    source.add_argument("--images", help="a directory: every image file in it (recursive)")
+    source.add_argument(
+        "--image",
+        nargs="+",
+        help="image file(s): PNG/JPEG/TIFF, DICOM, NIfTI; a directory is one DICOM series, "
+        "read as a volume",
+    )
+    source.add_argument(
+        "--images", help="a directory: every image file in it, each on its own (recursive)"
+    )
     source.add_argument(
         "--manifest",
         help="JSONL, one item per line: {image, question | questions, id?, axis?, slice?, "
@@ -48,7 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument(
         "--all-slices",
         action="store_true",
-        help="NIfTI: predict every slice along --axis and write a label volume (mask.nii.gz)",
+        help="a volume (NIfTI, or a directory of one DICOM series): predict every slice "
+        "along --axis and write a label volume on its grid (mask.nii.gz)",
     )
     predict.add_argument("--no-overlay", action="store_true", help="skip the overlay PNGs")
     predict.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -66,7 +75,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="checkpoint directory, released model name or Hub id (default: the released "
         "medisee-lite)",
     )
-    chat.add_argument("--image", required=True, help="PNG/JPEG/TIFF, DICOM or NIfTI file")
+    chat.add_argument(
+        "--image",
+        required=True,
+        help="PNG/JPEG/TIFF, DICOM or NIfTI file, or a directory of one DICOM series",
+    )
     chat.add_argument(
         "--no-knowledge",
         dest="knowledge",
@@ -91,10 +104,16 @@ def _add_read_arguments(parser: argparse.ArgumentParser) -> None:
         "shown as the model's training CT was) or stretch",
     )
     parser.add_argument(
-        "--axis", default="axial", choices=("axial", "coronal", "sagittal"), help="NIfTI axis"
+        "--axis",
+        default="axial",
+        choices=("axial", "coronal", "sagittal"),
+        help="slicing axis of a volume (NIfTI, DICOM series directory)",
     )
     parser.add_argument(
-        "--slice", type=int, default=None, help="NIfTI slice index (default: the middle one)"
+        "--slice",
+        type=int,
+        default=None,
+        help="slice index of a volume along --axis (default: the middle one)",
     )
     parser.add_argument("--frame", type=int, default=0, help="frame of a multi-frame DICOM")
     parser.add_argument("--modality", default=None, help="override the modality (e.g. CT)")
@@ -289,7 +308,7 @@ def _library_progress_bars(show: bool) -> Iterator[None]:
 def _run_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from medisee.inference.inputs import is_nifti_path
+    from medisee.inference.inputs import is_volume_path
 
     items = _items(args)
     missing = [str(item.image) for item in items if not item.image.exists()]
@@ -298,7 +317,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     predictor = _load_predictor(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    volumes = [i for i in items if args.all_slices and is_nifti_path(i.image)]
+    volumes = [i for i in items if args.all_slices and is_volume_path(i.image)]
     flat = [i for i in items if i not in volumes]
     count = 0
     with (

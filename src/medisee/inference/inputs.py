@@ -74,6 +74,11 @@ def is_nifti_path(path: str | os.PathLike[str]) -> bool:
     return Path(path).name.lower().endswith(NIFTI_SUFFIXES)
 
 
+def is_volume_path(path: str | os.PathLike[str]) -> bool:
+    """A NIfTI file, or a directory (read as one DICOM series)."""
+    return is_nifti_path(path) or Path(path).is_dir()
+
+
 def is_image_path(path: Path) -> bool:
     """Whether ``--images DIR`` should take ``path`` (by suffix)."""
     name = path.name.lower()

@@ -1,4 +1,8 @@
-"""Every slice of a NIfTI volume -> a label volume in the file's own voxel grid.
+"""Every slice of a volume -> a label volume in the volume's own voxel grid.
+
+The volume is a NIfTI file or a directory of DICOM slices (one series,
+``medisee.data.dicom_series``, whose grid is the series' columns x rows x slices in
+position order with the affine of its geometry tags).
 
 ``medisee.data.io.load_volume`` reorients a volume to the closest canonical RAS+ order
 (``nibabel.as_closest_canonical``) and ``display_slice`` turns each canonical slice into
@@ -122,20 +126,20 @@ def predict_volume(
     ``ct_window`` unless ``window`` says otherwise), as when the
     training slices were made. Slices run through ``Predictor.predict_iter`` in batches.
     """
-    import nibabel as nib
-    from nibabel.spatialimages import SpatialImage
-
-    from medisee.data.io import check_informative, load_volume, volume_display
-    from medisee.data.schema import normalize_modality
+    from medisee.data.io import (
+        check_informative,
+        load_volume,
+        open_volume,
+        volume_display,
+        volume_modality,
+    )
 
     if axis not in AXES:
         raise ValueError(f"axis must be one of {list(AXES)}, got {axis!r}")
-    source = nib.load(str(path))
-    if not isinstance(source, SpatialImage):
-        raise ValueError(f"{path} is not a volume with an affine ({type(source).__name__})")
-    vol = load_volume(path, volume=volume)
+    source, file_modality = open_volume(path)  # a NIfTI file or a DICOM series directory
+    vol = load_volume(path, volume=volume, image=source)
     check_informative(vol.data, f"the volume {path}")  # as read_nifti: no blank volumes
-    modality = normalize_modality(modality) if modality else None
+    modality = volume_modality(vol, modality, file_modality)
     # The model's CT display (a predictor double may have no model).
     config = getattr(getattr(predictor, "model", None), "config", None)
     windows = volume_display(vol, window, modality, getattr(config, "ct_window", None))

@@ -8,7 +8,8 @@
 
 ``medisee release --refresh`` (``refresh_release``) keeps a release's weights and brings
 its inference rules (``INFERENCE_RULES`` and ``QUESTION_PRIOR_RULES``: config fields no
-weight depends on) to the preset's current values, then measures it again (steps 3 and 4).
+weight depends on) to the preset's current values, and its CT display (``ct_window``) to
+the one its training data was built in, then measures it again (steps 3 and 4).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import shutil
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -248,6 +250,17 @@ def inference_rule_changes(config: dict[str, Any]) -> dict[str, list[Any]]:
     return changes
 
 
+def display_changes(config: dict[str, Any], records: Sequence[Any]) -> dict[str, list[Any]]:
+    """``{"ct_window": [release's, training data's]}`` where a saved ``config.json`` (as a
+    dict) shows CT otherwise than its training split was built
+    (``medisee.train.trainer.training_ct_window``: no weight depends on it)."""
+    from medisee.train.trainer import training_ct_window
+
+    built = training_ct_window([record for record in records if record.split == "train"])
+    saved = config.get("ct_window")
+    return {} if saved == built else {"ct_window": [saved, built]}
+
+
 def _stamp(commit: str) -> dict[str, Any]:
     """Where and when a release (or a refresh of it) was made, for ``release.json``."""
     return {
@@ -331,12 +344,15 @@ def refresh_release(config: ReleaseConfig) -> Path:
     info = json.loads(info_path.read_text())
     model_config = json.loads(config_path.read_text())
     changes = inference_rule_changes(model_config)
+    demo_dir = Path(config.demo_dir)
+    manifest = demo_dir / "data" / "manifest.jsonl"
+    records = load_records(manifest)[0] if manifest.exists() else None
+    if records is not None:
+        changes.update(display_changes(model_config, records))
     if not changes:
         print(f"{target}: its inference rules are the preset's; nothing to refresh")
         return target
-    demo_dir = Path(config.demo_dir)
-    manifest = demo_dir / "data" / "manifest.jsonl"
-    if not manifest.exists():
+    if records is None:
         raise FileNotFoundError(
             f"{manifest} is missing: the release is measured on the bundled test split; run "
             f"`medisee demo --out {demo_dir}` (or `medisee data build --source bundled "
@@ -345,15 +361,14 @@ def refresh_release(config: ReleaseConfig) -> Path:
     if sha256_file(target / WEIGHTS_NAME) != info["weights_sha256"]:
         raise RuntimeError(f"{target / WEIGHTS_NAME} does not match its {RELEASE_FILE}")
     commit = git_commit(Path(__file__).parent, ignore=target)
-    records, _ = load_records(manifest)
 
     staging = target.with_name(f".{target.name}.staging")
     if staging.exists():
         shutil.rmtree(staging)
     shutil.copytree(target, staging)
     for key, (_, new) in changes.items():
-        section, name = key.split(".")
-        model_config.setdefault(section, {})[name] = new
+        section, _, name = key.rpartition(".")
+        (model_config.setdefault(section, {}) if section else model_config)[name] = new
     (staging / "config.json").write_text(json.dumps(model_config, indent=2) + "\n")
     figures, check = _measure(
         staging, demo_dir, manifest, records, config.eval_batch_size, info["figures"]

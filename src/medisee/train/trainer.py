@@ -167,19 +167,23 @@ class TrainingRun:
 
 
 def training_ct_window(records: Sequence[Record]) -> str | None:
-    """The composite CT display (``medisee.data.io.COMPOSITE_WINDOWS``) most of the CT
-    ``records`` were built in, by their ``meta["window"]``; ``None`` when none was.
+    """The named CT display (a ``medisee.data.io`` window preset or composite) most of the
+    CT ``records`` were built in, by their ``meta["window"]``; ``None`` when none names one.
 
-    Only a composite is recorded: a model that learnt CT in colour must see a user's CT in
-    the same colours, while one grey window is one of many a model sees (the phantoms draw
-    theirs at random, a DICOM brings its header's) and stays the reader's choice.
+    A model must see a user's CT as it saw its training CT. The real CT slices are built in
+    one display (the radiomics source's ``lung`` by default); the phantoms draw theirs at
+    random and record none, and a DICOM sample records its header's numbers, not a name.
+    Shown in another window, the released model's real test CT fell from Dice 0.691 (the
+    ``lung`` window it was built in) to 0.406 (the CT default, ``abdomen``) and 0.369
+    (``mediastinum``; ``benchmarks/experiments/ct_display.json``).
     """
     from collections import Counter
 
-    from medisee.data.io import COMPOSITE_WINDOWS
+    from medisee.data.io import COMPOSITE_WINDOWS, WINDOW_PRESETS
 
+    named = {*COMPOSITE_WINDOWS, *WINDOW_PRESETS}
     windows = (record.meta.get("window") for record in records if record.modality == "CT")
-    votes = Counter(w for w in windows if isinstance(w, str) and w in COMPOSITE_WINDOWS)
+    votes = Counter(w for w in windows if isinstance(w, str) and w in named)
     return votes.most_common(1)[0][0] if votes else None
 
 
