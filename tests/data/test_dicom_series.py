@@ -81,3 +81,28 @@ def test_a_directory_without_dicom_images_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(DicomSeriesError, match="holds no DICOM image file"):
         read_image(tmp_path)
+
+
+def test_real_ct_written_as_a_series_reads_back_as_the_radiomics_slices(tmp_path):
+    from medisee.data.io import display_slice, resolve_display
+    from medisee.data.sources.radiomics import RadiomicsDataError, find_sdist, read_volumes
+
+    try:
+        sdist = find_sdist()
+    except RadiomicsDataError as error:  # a checkout without scripts/install.sh's download
+        pytest.skip(str(error))
+    volume = read_volumes(sdist, ["lung2"])["lung2"]
+    # Three slices of the patient's CT as DICOM files (stored in LPS, as a scanner writes
+    # axial slices: rows from anterior, columns from the patient's right).
+    lps = [np.ascontiguousarray(volume.image[::-1, ::-1, z].T) for z in (19, 20, 21)]
+    write_ct_series(
+        tmp_path,
+        [values.astype(np.int16) for values in lps],
+        positions=[0.0, 5.0, 10.0],
+        spacing=(volume.spacing[1], volume.spacing[0]),
+    )
+    image = read_image(tmp_path, index=1, window="lung")
+    expected = display_slice(volume.image, 2, 20)
+    np.testing.assert_array_equal(image.values, expected)
+    (lung,) = resolve_display("lung")
+    assert image.meta.window == (lung.center, lung.width)

@@ -250,7 +250,9 @@ def test_refresh_leaves_a_current_release_alone_and_needs_the_test_data(tmp_path
 
 def test_model_card_of_a_refreshed_release_compares_with_the_rules_it_had(tmp_path):
     (tmp_path / WEIGHTS_NAME).write_bytes(b"0" * 1000)
-    (tmp_path / "config.json").write_text(json.dumps({"labels": ["lung tumor"]}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"labels": ["lung tumor"], "ct_window": "lung"})
+    )
     info = _release_info(
         {"real: lung tumor": {"count": 4, "dice": 0.6, "acc": 0.5}},
         figures_float32={"real: lung tumor": {"dice": 0.26}},
@@ -269,6 +271,7 @@ def test_model_card_of_a_refreshed_release_compares_with_the_rules_it_had(tmp_pa
     assert "| real: lung tumor | 4 | 0.600 | 0.500 | — | 0.250 |" in card
     assert "`medisee release --refresh --demo-dir outputs/demo` at commit `def456`" in card
     assert "`grounding.peak_margin` None → 8.0" in card
+    assert "- A CT file is shown to it in the `lung` window" in card  # its config's display
 
 
 def test_demo_command_names_a_ct_display_other_than_the_default():

@@ -35,6 +35,16 @@ def model_card(info: dict[str, Any], directory: Path) -> str:
         other, other_name = info.get("figures_float32", {}), "Dice before fp16"
         other_text = "the last column is the same model before its weights were rounded to fp16"
     data = info["data"]
+    ct_window = json.loads((directory / "config.json").read_text()).get("ct_window")
+    ct_lines = (
+        [
+            f"- A CT file is shown to it in the `{ct_window}` window, as its real (chest) CT "
+            "was built; its abdominal and pelvic anatomy comes from phantoms only, drawn in "
+            "~40/400 windows, so for such a CT pass `--window abdomen`."
+        ]
+        if ct_window
+        else []
+    )
     size_mb = (directory / WEIGHTS_NAME).stat().st_size / 1e6
     timings = info.get("demo_timings_s", {})
     table = [
@@ -159,6 +169,7 @@ def model_card(info: dict[str, Any], directory: Path) -> str:
         "the nearest trained structure.",
         '- It cannot tell whether a lesion is there: asked "Is there a brain tumor here?" '
         "about a healthy brain, it outlines the likeliest region all the same.",
+        *ct_lines,
         f"- On the held-out patients' scans it finds {good or 'no structure'} well (Dice >= "
         f"0.8); {weak or 'no structure'} only in part (Dice < 0.5).",
         "- Its real training data are three patients; its language comes from template "
