@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from medisee.data.io import ImageReadError
+from medisee.data.errors import ImageReadError
 
 #: Largest departure from even slice spacing, as a share of the spacing, that still
 #: reads as one volume (scanners round positions to a few micrometres).

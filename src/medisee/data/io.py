@@ -43,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from medisee.data.errors import ImageReadError
+
 #: CT window presets ``name -> (center, width)`` in Hounsfield units (common radiology values).
 WINDOW_PRESETS: Mapping[str, tuple[float, float]] = MappingProxyType(
     {
@@ -78,10 +80,6 @@ DEFAULT_CT_WINDOW = "abdomen"
 STRETCH_PERCENTILES = (0.5, 99.5)
 
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
-
-
-class ImageReadError(ValueError):
-    """A file that cannot be read as an image (corrupt, truncated, unsupported)."""
 
 
 class ImageTooLargeError(ImageReadError):
