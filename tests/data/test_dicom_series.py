@@ -79,7 +79,11 @@ def test_slices_that_make_no_volume_are_refused(tmp_path, positions, message):
 
 def test_a_directory_without_dicom_images_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(DicomSeriesError, match="holds no DICOM image file"):
+    with pytest.raises(DicomSeriesError, match="holds no DICOM image file; for a folder of"):
+        read_image(tmp_path)
+    # A study: one subdirectory per series.
+    write_ct_series(tmp_path / "series_2", _slices(2), positions=[0.0, 1.0])
+    with pytest.raises(DicomSeriesError, match=r"subdirectories \(series_2\) may each hold"):
         read_image(tmp_path)
 
 

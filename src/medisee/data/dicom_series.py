@@ -93,7 +93,14 @@ def read_dicom_series(
         if "Rows" in dataset and "Columns" in dataset and "SOPClassUID" in dataset:
             headers[path] = dataset
     if not headers:
-        raise DicomSeriesError(f"{folder} holds no DICOM image file")
+        inside = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        hint = (
+            f"; its subdirectories ({', '.join(inside[:5])}{', ...' if len(inside) > 5 else ''})"
+            " may each hold a series: give one of them"
+            if inside
+            else "; for a folder of separate images, use --images"
+        )
+        raise DicomSeriesError(f"{folder} holds no DICOM image file{hint}")
     series = Counter(str(h.get("SeriesInstanceUID", "")) for h in headers.values())
     if series_uid is None and len(series) > 1:
         listed = ", ".join(f"{uid} ({count} files)" for uid, count in series.most_common())
