@@ -6,7 +6,12 @@ import pytest
 
 from medisee.data.ontology import Ontology
 from medisee.data.qa_template import attribute_explanation
-from medisee.inference.explanation import checked_reply, exam_modality, foreign_structure
+from medisee.inference.explanation import (
+    checked_reply,
+    exam_modality,
+    foreign_structure,
+    presence_reply,
+)
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +114,22 @@ def test_grounded_position_says_where_the_mask_is() -> None:
     )
     assert grounded_position("It is the spleen.", mask) == ("It is the spleen.", False)
     assert grounded_position(reply, np.zeros_like(mask)) == (reply, False)
+
+
+def test_a_question_whether_a_structure_is_there_gets_what_the_model_can_say() -> None:
+    reply = "Sure, this is the lung tumor. The lung tumor lies in the middle right part."
+    said, subject = presence_reply("Is there a lung tumor here?", reply)
+    assert subject == "lung tumor"
+    assert said == (
+        "I cannot tell from the image whether there is a lung tumor; the region most like "
+        "one is outlined. The lung tumor lies in the middle right part."
+    )
+    assert presence_reply("Are there any abnormalities?", "It is the aorta.")[0].startswith(
+        "I cannot tell from the image whether there is an aorta;"
+    )
+    # Other questions, and replies without an answer sentence, are left alone.
+    assert presence_reply("Where is the lung tumor?", reply) == (reply, None)
+    assert presence_reply("Is there a tumor?", "The region is dark.") == (
+        "The region is dark.",
+        None,
+    )

@@ -370,3 +370,19 @@ def test_the_conversation_asks_region_follow_ups_alone(models, monkeypatch):
     second = chat.ask("Where is it?")
     assert calls == [("Which organ filters the blood?", ()), ("Where is the left kidney?", ())]
     assert second.question == "Where is it?" and chat.history[1][0] == "Where is it?"
+
+
+def test_a_reply_that_cannot_tell_presence_still_names_its_subject(models, monkeypatch):
+    _, tuned = models
+    predictor = Predictor(tuned)
+    hedged = "I cannot tell from the image whether there is a liver; the region most like one."
+    turn = _prediction("Is there a liver here?", hedged, True)
+    turn.scores["presence_unknown"] = "liver"
+    replies = iter([turn, _prediction("What does it do?", "The skull.", True)])
+    monkeypatch.setattr(predictor, "predict", lambda *args, **kwargs: next(replies))
+    asked = _fake_knowledge(monkeypatch, "The liver makes bile.")
+    chat = predictor.conversation(np.zeros((64, 64, 3), np.uint8))
+    chat.ask("Is there a liver here?")
+    assert chat.subject == "liver"
+    assert chat.ask("What does it do?").text == "The liver makes bile."
+    assert asked == [("What does it do?", "liver")]

@@ -382,3 +382,17 @@ def test_a_paired_structure_asked_in_the_plural_is_answered_with_both_sides(pred
     calls = iter(range(3))
     single = predictor.predict("Where is the kidney?", image=sample_image(40, 60))
     assert "sides" not in single.scores and np.array_equal(single.mask, masks[0])
+
+
+def test_a_question_whether_a_structure_is_there_says_the_model_cannot_tell(predictor, monkeypatch):
+    tok = predictor.model.tokenizer
+    answer = tok(" Sure, this is the liver.", add_special_tokens=False).input_ids
+    reply = answer + list(predictor.model.candidate_token_ids) + [tok.eos_token_id]
+    monkeypatch.setattr(predictor.model.language, "generate", lambda *a, **k: torch.tensor([reply]))
+    prediction = predictor.predict("Is there a liver here?", image=sample_image(20, 30))
+    assert prediction.found_target and prediction.scores["presence_unknown"] == "liver"
+    assert prediction.text == (
+        "I cannot tell from the image whether there is a liver; the region most like one is "
+        "outlined."
+    )
+    assert prediction.raw_text.startswith("Sure, this is the liver.")  # the history's words

@@ -20,6 +20,11 @@ image."), a phrase it learnt from the training masks' positions; on the test spl
 referring questions half of these named another third of the image than the mask the
 model drew. :func:`grounded_position` says it from the predicted mask instead, with the
 templates' rule (``medisee.data.geometry.mask_region``).
+
+Asked whether a structure is there ("Is there a lung tumor here?"), the model answers
+"Sure, this is the lung tumor." and outlines the likeliest region, whether or not one is
+there: it cannot tell (its grounding map's peak did not separate slices with and without
+the tumour). :func:`presence_reply` says so in place of the answer sentence.
 """
 
 from __future__ import annotations
@@ -139,3 +144,26 @@ def grounded_position(reply: str, mask: np.ndarray) -> tuple[str, bool]:
 
     grounded = _POSITION.sub(said, reply)
     return grounded, grounded != reply
+
+
+# "Is there a lung tumor here?", "Are there lung nodules?": a question whether one is there.
+_PRESENCE = re.compile(r"^\s*(?:is|are)\s+there\b", re.IGNORECASE)
+
+
+def presence_reply(question: str, reply: str) -> tuple[str, str | None]:
+    """``(reply, subject)``: for a question whether a structure is there, the answer
+    sentence ("Sure, this is the lung tumor.") replaced by what the model can say ("I
+    cannot tell from the image whether there is a lung tumor; the region most like one is
+    outlined."), and the structure it names; ``(reply, None)`` for any other question or
+    a reply without an answer sentence."""
+    match = ANSWER_SENTENCE.match(reply) if _PRESENCE.match(question) else None
+    if match is None:
+        return reply, None
+    subject = match["subject"].strip()
+    article = "an" if subject[:1].lower() in "aeiou" else "a"
+    said = (
+        f"I cannot tell from the image whether there is {article} {subject}; the region most "
+        "like one is outlined."
+    )
+    rest = reply[match.end() :].strip()
+    return f"{said} {rest}".strip(), subject

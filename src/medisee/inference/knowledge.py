@@ -258,7 +258,9 @@ def answer_follow_up(
         # The question named a structure the image cannot show, and the reply says so
         # (``medisee.model.asked_structure``): it stands, and "it" is now that structure.
         return dataclasses.replace(prediction, scores=scores), str(absent["label"])
-    answered = subject_of(prediction.text) if prediction.found_target else None
+    answered = None
+    if prediction.found_target:  # a reply that cannot tell presence names it in scores
+        answered = scores.get("presence_unknown") or subject_of(prediction.text)
     config = getattr(model, "config", None)
     labels = {label.lower() for label in getattr(config, "labels", None) or ()}
     # "It is found inside the brain.": no structure the model knows. Both sides of a

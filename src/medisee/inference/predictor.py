@@ -33,7 +33,12 @@ from medisee.boxes import clip_box, denormalize_box
 from medisee.data.io import MedicalImage
 from medisee.data.ontology import Ontology
 from medisee.data.qa_template import MODALITY_NOUNS
-from medisee.inference.explanation import checked_reply, exam_modality, grounded_position
+from medisee.inference.explanation import (
+    checked_reply,
+    exam_modality,
+    grounded_position,
+    presence_reply,
+)
 from medisee.inference.inputs import ImageInput, ReadOptions, load_image
 from medisee.inference.knowledge import answer_follow_up, asks_for_region, model_turn
 from medisee.inference.outputs import complete_sentences
@@ -612,12 +617,14 @@ class Predictor:
         # ends on a whole sentence, and its explanation is about the structure it names.
         text = complete_sentences(" ".join(answer.text.split()))
         replaced = repositioned = False
+        subject = None
         if answer.found_target:
             modality = state.image.meta.modality
             if modality not in MODALITY_NOUNS:  # a PNG has none, a DICOM says "MR"
                 modality = exam_modality(answer.exam)
             text, replaced = checked_reply(text, modality, self.ontology)
             text, repositioned = grounded_position(text, mask)
+            text, subject = presence_reply(request.question, text)
         return Prediction(
             mask=mask,
             box=box,
@@ -639,6 +646,9 @@ class Predictor:
                 # Whether "lies in the ... part of the image" was said from the mask, where
                 # the LM named another part (medisee.inference.explanation).
                 "position_from_mask": repositioned,
+                # Asked whether a structure is there, the structure outlined, its answer
+                # sentence replaced by what the model can say (medisee.inference.explanation).
+                "presence_unknown": subject,
             },
             question=request.question.strip(),
             raw_text=self._raw_text(answer),

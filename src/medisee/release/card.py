@@ -168,7 +168,8 @@ def model_card(info: dict[str, Any], directory: Path) -> str:
         "sort on the image's kind of exam; asked for one in other words, it answers with "
         "the nearest trained structure.",
         '- It cannot tell whether a lesion is there: asked "Is there a brain tumor here?" '
-        "about a healthy brain, it outlines the likeliest region all the same.",
+        "about a healthy brain, it outlines the likeliest region all the same, and its reply "
+        'says so ("I cannot tell from the image whether there is a brain tumor; ...").',
         *ct_lines,
         f"- On the held-out patients' scans it finds {good or 'no structure'} well (Dice >= "
         f"0.8); {weak or 'no structure'} only in part (Dice < 0.5).",
