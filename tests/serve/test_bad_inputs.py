@@ -35,6 +35,7 @@ from tests.inference.helpers import (
     png_bytes,
     sample_image,
     write_ct_dicom,
+    write_ct_series,
 )
 from tests.serve.conftest import live_server
 
@@ -48,7 +49,11 @@ pytestmark = pytest.mark.filterwarnings(
 KEY = "corpus-key"
 QUESTION = "Which organ filters the blood?"
 SETTINGS = ServeSettings(
-    api_key=KEY, max_upload_bytes=400_000, max_new_tokens=8, request_timeout_s=60
+    api_key=KEY,
+    max_upload_bytes=400_000,
+    max_voxels=1_000_000,
+    max_new_tokens=8,
+    request_timeout_s=60,
 )
 
 
@@ -152,6 +157,23 @@ def dicom_upload(values: np.ndarray, **options: Any) -> dict[str, Any]:
 def nifti_upload(values: np.ndarray) -> dict[str, Any]:
     """``Case`` arguments that upload ``nifti(values)`` as ``scan.nii.gz``."""
     return {"image": lambda d: nifti(d, values), "filename": "scan.nii.gz"}
+
+
+def zipped(files: Mapping[str, bytes]) -> bytes:
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def zipped_series(folder: Path) -> bytes:
+    """A three-slice CT series, its files named as if to escape the server's folder."""
+    slices = [ramp(12, 10) * (k + 1) for k in range(3)]
+    paths = write_ct_series(folder / "series", slices, positions=[0.0, 2.0, 4.0])
+    return zipped({f"../../../etc/{path.name}": path.read_bytes() for path in paths})
 
 
 def good_png(folder: Path) -> bytes:
@@ -310,6 +332,35 @@ CORPUS = [
         api=False,  # as a path it is read as a raster: covered by text-named-png
     ),
     Case("json-array-body", 422, "must be an object", raw=(b"[1, 2]", "application/json")),
+    # A zipped DICOM series (the server only: a path to a zip is no image for the library).
+    Case(
+        "zip-dicom-series", 200, "", zipped_series, filename="study.zip", api=False, size=(12, 10)
+    ),
+    Case(
+        "zip-without-dicom",
+        400,
+        "holds no DICOM image file",
+        lambda d: zipped({"notes.txt": b"hello"}),
+        filename="study.zip",
+        api=False,
+    ),
+    Case(
+        "zip-too-many-files",
+        413,
+        "the zip holds 2001 files, the limit is 2000",
+        lambda d: zipped({f"{n}.dcm": b"" for n in range(2001)}),
+        filename="study.zip",
+        api=False,
+    ),
+    Case(
+        "zip-bomb",
+        413,
+        "larger than a volume of 1000000 voxels",
+        lambda d: zipped({"slice.dcm": bytes(20_000_000)}),
+        filename="study.zip",
+        api=False,
+    ),
+    Case("zip-empty", 400, "the zip is empty", lambda d: zipped({}), filename="a.zip", api=False),
     Case(
         "max-new-tokens-huge",
         422,

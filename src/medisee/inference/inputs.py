@@ -141,10 +141,13 @@ def sniff_suffix(head: bytes) -> str | None:
 
     DICOM: ``DICM`` at offset 128 (Part 10). NIfTI-1/2: the header size 348/540 as int32
     (either byte order) at offset 0. Gzip: assumed to be ``.nii.gz`` (the only gzipped
-    format we read). Rasters: the magic numbers Pillow reads.
+    format we read). Zip: a DICOM series, one file per slice. Rasters: the magic numbers
+    Pillow reads.
     """
     if len(head) >= 132 and head[128:132] == b"DICM":
         return ".dcm"
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):  # a member first, or an empty zip
+        return ".zip"
     if head[:2] == b"\x1f\x8b":
         return ".nii.gz"
     if len(head) >= 4 and int.from_bytes(head[:4], "little") in (348, 540):
@@ -168,10 +171,16 @@ def probe_pixel_count(path: str | os.PathLike[str], options: ReadOptions | None 
     """Pixels the image at ``path`` decodes to, read from its header only.
 
     Raster: ``W * H``; DICOM: ``rows * columns * frames``; NIfTI: the voxel count of the
-    whole volume (the reader loads it whole to pick a slice). Raises ``ImageReadError`` if
-    the header cannot be read.
+    whole volume (the reader loads it whole to pick a slice); a directory (a DICOM series):
+    the sum over its DICOM files. Raises ``ImageReadError`` if a header cannot be read.
     """
     path = Path(path)
+    if path.is_dir():
+        return sum(
+            probe_pixel_count(member, options)
+            for member in sorted(path.iterdir())
+            if member.is_file() and _is_dicom_file(member)
+        )
     if is_nifti_path(path):
         import nibabel as nib
         from nibabel.spatialimages import SpatialImage
@@ -200,3 +209,11 @@ def probe_pixel_count(path: str | os.PathLike[str], options: ReadOptions | None 
         return rows * columns * frames
     width, height = raster_size(path)  # answers for decompression bombs too
     return int(width) * int(height)
+
+
+def _is_dicom_file(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        head = handle.read(132)
+    return (
+        len(head) >= 132 and head[128:132] == b"DICM" or path.suffix.lower() in (".dcm", ".dicom")
+    )

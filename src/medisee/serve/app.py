@@ -49,7 +49,7 @@ from medisee.serve.worker import Job, ModelWorker, QueueFullError, WorkerStopped
 
 logger = logging.getLogger(__name__)
 
-MEDIA_HINT = "PNG/JPEG/TIFF/BMP, DICOM or NIfTI"
+MEDIA_HINT = "PNG/JPEG/TIFF/BMP, DICOM, NIfTI or a zip of one DICOM series"
 
 
 # --------------------------------------------------------------------------- schemas
@@ -340,6 +340,52 @@ def _predictor_factory(predictor: Any, device: str, settings: ServeSettings) -> 
 
 
 # -------------------------------------------------------------------------- uploads
+def _unzip_series(archive_path: Path, folder: Path, settings: ServeSettings) -> Path:
+    """The files of an uploaded zip (a DICOM series) written into ``folder`` under names of
+    our own (never the archive's, so no path leaves ``folder``), copied in chunks while the
+    volume's budget lasts (``max_voxels`` at 2 bytes, plus 4 kB of header a file): a
+    member that claims less than it holds cannot grow past it."""
+    import zipfile
+    import zlib
+
+    budget = 2 * settings.max_voxels + 4096 * settings.max_series_files
+    too_large = HTTPException(
+        413, f"the zip's files are larger than a volume of {settings.max_voxels} voxels"
+    )
+    try:
+        with zipfile.ZipFile(archive_path) as archive:
+            members = [member for member in archive.infolist() if not member.is_dir()]
+            if len(members) > settings.max_series_files:
+                raise HTTPException(
+                    413,
+                    f"the zip holds {len(members)} files, the limit is "
+                    f"{settings.max_series_files} (one DICOM file per slice)",
+                )
+            if not members:
+                raise HTTPException(400, "the zip is empty: send the files of one DICOM series")
+            if sum(member.file_size for member in members) > budget:
+                raise too_large
+            folder.mkdir()
+            for number, member in enumerate(members):
+                with archive.open(member) as source, open(folder / f"{number:05d}", "wb") as out:
+                    while chunk := source.read(2**20):
+                        budget -= len(chunk)
+                        if budget < 0:
+                            raise too_large
+                        out.write(chunk)
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        NotImplementedError,  # a compression method zipfile lacks
+        RuntimeError,  # an encrypted member
+        OSError,
+        EOFError,
+        zlib.error,
+    ) as error:
+        raise HTTPException(400, f"cannot read the zip: {error}") from None
+    return folder
+
+
 def _decode_upload(
     data: bytes,
     filename: str | None,
@@ -388,6 +434,8 @@ def _decode_upload(
     with tempfile.TemporaryDirectory(prefix="medisee-upload-") as folder:
         path = Path(folder) / f"upload{suffix if suffix != '.img-raster' else ''}"
         path.write_bytes(data)
+        if suffix == ".zip":  # a DICOM series: its files, flat, in a directory of their own
+            path = _unzip_series(path, Path(folder) / "series", settings)
 
         def public(error: Exception) -> str:
             # The readers name the file they read: here a temporary file, which is no
@@ -403,7 +451,7 @@ def _decode_upload(
             raise HTTPException(
                 400, f"cannot read the upload as an image: {public(error)}"
             ) from None
-        volume = suffix in (".nii", ".nii.gz")
+        volume = suffix in (".nii", ".nii.gz", ".zip")
         limit = settings.max_voxels if volume else settings.max_pixels
         if pixels > limit:
             unit = "voxels" if volume else "pixels"

@@ -13,7 +13,9 @@ class ServeSettings:
         max_upload_bytes: largest request body (the upload plus form/JSON overhead;
             base64 JSON bodies are ~4/3 of the file). Larger -> 413.
         max_pixels: largest decoded 2-D image (``W * H``; ``frames * W * H`` for DICOM).
-        max_voxels: largest NIfTI volume (it is read whole to choose a slice).
+        max_voxels: largest volume, a NIfTI file or a zipped DICOM series (it is read whole
+            to choose a slice).
+        max_series_files: most files in a zipped DICOM series (one per slice).
         max_question_chars: longest question.
         request_timeout_s: queue wait + model time allowed per request -> 504 after.
         queue_size: requests waiting for the model worker; more -> 503 with a
@@ -35,6 +37,7 @@ class ServeSettings:
     max_upload_bytes: int = 32 * 2**20
     max_pixels: int = 40_000_000
     max_voxels: int = 100_000_000
+    max_series_files: int = 2000
     max_question_chars: int = 2000
     request_timeout_s: float = 120.0
     queue_size: int = 32
@@ -53,6 +56,7 @@ class ServeSettings:
             "max_upload_bytes": self.max_upload_bytes,
             "max_pixels": self.max_pixels,
             "max_voxels": self.max_voxels,
+            "max_series_files": self.max_series_files,
             "max_question_chars": self.max_question_chars,
             "request_timeout_s": self.request_timeout_s,
             "queue_size": self.queue_size,

@@ -71,7 +71,7 @@ INDEX_HTML = r"""<!doctype html>
     <form id="ask-form">
       <label for="image-file">Image</label>
       <input type="file" id="image-file" name="image"
-             accept="image/*,.dcm,.dicom,.nii,.nii.gz,application/dicom">
+             accept="image/*,.dcm,.dicom,.nii,.nii.gz,.zip,application/dicom,application/zip">
       <label for="question">Question</label>
       <input type="text" id="question" name="question" autocomplete="off"
              placeholder="Which organ in this scan filters the blood?">
