@@ -127,6 +127,7 @@ def test_a_question_whether_a_structure_is_there_gets_what_the_model_can_say() -
     assert presence_reply("Are there any abnormalities?", "It is the aorta.")[0].startswith(
         "I cannot tell from the image whether there is an aorta;"
     )
+    assert presence_reply("Do you see a tumour?", reply)[1] == "lung tumor"
     # Other questions, and replies without an answer sentence, are left alone.
     assert presence_reply("Where is the lung tumor?", reply) == (reply, None)
     assert presence_reply("Is there a tumor?", "The region is dark.") == (

@@ -44,6 +44,7 @@ def ontology() -> Ontology:
         ("Segment the kidneys.", "kidney"),
         ("Where are the common carotid arteries?", "common carotid artery"),
         ("Where are the vertebrae?", "vertebra"),
+        ("Do you see a liver tumor here?", "liver tumor"),
     ],
 )
 def test_a_plain_request_names_its_structure(ontology, question, label) -> None:
@@ -173,6 +174,11 @@ NECK_US = (
                 "peritumoral edema",
             ],
         ),  # fmt: skip
+        (
+            "Do you see anything abnormal?",
+            CHEST_CT,
+            ["lung nodule", "lung tumor", "pleural effusion"],
+        ),
         # The last word(s) of a label's name, singular or plural, with a side.
         (
             "Where are the ventricles?",

@@ -146,8 +146,11 @@ def grounded_position(reply: str, mask: np.ndarray) -> tuple[str, bool]:
     return grounded, grounded != reply
 
 
-# "Is there a lung tumor here?", "Are there lung nodules?": a question whether one is there.
-_PRESENCE = re.compile(r"^\s*(?:is|are)\s+there\b", re.IGNORECASE)
+# "Is there a lung tumor here?", "Are there lung nodules?", "Do you see a tumour?": a
+# question whether one is there.
+_PRESENCE = re.compile(
+    r"^\s*(?:please\s+)?(?:(?:is|are)\s+there|(?:do|can|could)\s+you\s+see)\b", re.IGNORECASE
+)
 
 
 def presence_reply(question: str, reply: str) -> tuple[str, str | None]:

@@ -36,7 +36,7 @@ from medisee.data.ontology import KIND_NOUNS, SIDES, Category, Ontology, Resolve
 _REQUEST = re.compile(
     r"^(?:please\s+)?(?:(?:can|could|would)\s+you\s+(?:please\s+)?)?"
     r"(?:where(?:'s|\s+is|\s+are)|segment|find|locate|show(?:\s+me)?|outline|mark|"
-    r"point\s+to|highlight|delineate|detect|is\s+there|are\s+there)\s+"
+    r"point\s+to|highlight|delineate|detect|is\s+there|are\s+there|(?:do|can)\s+you\s+see)\s+"
     r"(?:an?\s+|the\s+|any\s+)?(?P<term>[a-z][a-z' -]*?)"
     r"(?:\s+(?:here|(?:in|on)\s+(?:this|the)\s+(?:image|scan|slice|picture|study|exam)))?"
     r"(?:[\s,]+please)?\s*[?.!]*$"
@@ -82,7 +82,18 @@ def asked_structure(question: str, ontology: Ontology) -> ResolvedLabel | None:
 
 
 # Nouns for an abnormality of any sort ("Segment the lesion.").
-_FINDING_NOUNS = frozenset({"lesion", "abnormality", "anomaly", "finding", "pathology"})
+_FINDING_NOUNS = frozenset(
+    {
+        "lesion",
+        "abnormality",
+        "anomaly",
+        "finding",
+        "pathology",
+        "anything abnormal",
+        "something abnormal",
+        "anything unusual",
+    }
+)
 # Nouns for a growth: a label named so ("the tumor" on a brain MRI: the brain tumor), else
 # the labels named by another of them ("the mass" -> "lung tumor"), else any abnormality.
 _GROWTH_NOUNS = frozenset(
