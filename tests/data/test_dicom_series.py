@@ -62,6 +62,7 @@ def test_several_series_are_listed_and_one_can_be_picked(tmp_path):
     with pytest.raises(DicomSeriesError, match=r"2 series: 1\.2\.4 \(3 files\), 1\.2\.3 \(2"):
         read_dicom_series(tmp_path)
     assert np.asarray(read_dicom_series(tmp_path, series_uid="1.2.3").image.dataobj).shape[2] == 2
+    assert read_image(tmp_path, series_uid="1.2.4", index=2).meta.num_slices == 3
 
 
 @pytest.mark.parametrize(
@@ -79,7 +80,7 @@ def test_slices_that_make_no_volume_are_refused(tmp_path, positions, message):
 
 def test_a_directory_without_dicom_images_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(DicomSeriesError, match="holds no DICOM image file; for a folder of"):
+    with pytest.raises(DicomSeriesError, match="holds no DICOM image file; separate images"):
         read_image(tmp_path)
     # A study: one subdirectory per series.
     write_ct_series(tmp_path / "series_2", _slices(2), positions=[0.0, 1.0])

@@ -125,6 +125,14 @@ def test_predict_a_dicom_series_directory_as_a_volume(saved_tiny_model, tmp_path
     labels = nib.load(out / "all" / "ct_series" / "mask.nii.gz")
     source = read_dicom_series(series).image
     assert labels.shape == (10, 12, 4) and np.allclose(labels.affine, source.affine)
+    # A second series beside it: the reader lists both, and --series picks one.
+    write_ct_series(series / "b", slices[:2], positions=[0.0, 2.0], series_uid="1.2.3.4")
+    for path in (series / "b").iterdir():
+        path.rename(series / f"b_{path.name}")
+    assert main([*base, "--out", str(out / "two"), "--all-slices"]) == 2
+    picked = [*base, "--out", str(out / "two"), "--all-slices", "--series", "1.2.3.4"]
+    assert main(picked) == 0
+    assert nib.load(out / "two" / "ct_series" / "mask.nii.gz").shape == (10, 12, 2)
 
 
 def test_predict_reports_missing_inputs(saved_tiny_model, tmp_path, capsys):

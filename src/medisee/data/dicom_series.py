@@ -98,13 +98,16 @@ def read_dicom_series(
             f"; its subdirectories ({', '.join(inside[:5])}{', ...' if len(inside) > 5 else ''})"
             " may each hold a series: give one of them"
             if inside
-            else "; for a folder of separate images, use --images"
+            else "; separate images are read one file at a time (medisee predict --images)"
         )
         raise DicomSeriesError(f"{folder} holds no DICOM image file{hint}")
     series = Counter(str(h.get("SeriesInstanceUID", "")) for h in headers.values())
     if series_uid is None and len(series) > 1:
         listed = ", ".join(f"{uid} ({count} files)" for uid, count in series.most_common())
-        raise DicomSeriesError(f"{folder} holds {len(series)} series: {listed}; pick one")
+        raise DicomSeriesError(
+            f"{folder} holds {len(series)} series: {listed}; pick one (medisee predict "
+            "--series UID; series_uid= in Python)"
+        )
     chosen = series_uid if series_uid is not None else next(iter(series))
     if chosen not in series:
         raise DicomSeriesError(f"{folder} has no series {chosen!r}")

@@ -357,6 +357,7 @@ def read_image(
     frame: int = 0,
     modality: str | None = None,
     ct_window: str | None = None,
+    series_uid: str | None = None,
 ) -> MedicalImage:
     """Read PNG/JPEG/TIFF/BMP, DICOM, or a slice of a NIfTI volume or of a directory's
     DICOM series (``medisee.data.dicom_series``); chosen by content and suffix.
@@ -367,7 +368,8 @@ def read_image(
     else the DICOM header's window, else :data:`DEFAULT_CT_WINDOW` for CT, else a
     percentile stretch) or ``"stretch"``. ``ct_window``: how a model was shown CT (its
     ``ModelConfig.ct_window``), so that an ``"auto"`` CT looks as its training CT did.
-    ``axis``/``index`` choose a volume's slice (default: the middle one); ``frame`` a frame of
+    ``axis``/``index`` choose a volume's slice (default: the middle one), ``series_uid`` a
+    series of a directory that holds several; ``frame`` a frame of
     a multi-frame DICOM. ``modality`` overrides what the file says (NIfTI has no modality).
     """
     path = Path(path)
@@ -377,7 +379,13 @@ def read_image(
         raise ImageReadError(f"cannot read image {path}: the file is empty (0 bytes)")
     if _is_nifti(path) or path.is_dir():  # a directory: one DICOM series
         return read_nifti(
-            path, axis=axis, index=index, window=window, modality=modality, ct_window=ct_window
+            path,
+            axis=axis,
+            index=index,
+            window=window,
+            modality=modality,
+            ct_window=ct_window,
+            series_uid=series_uid,
         )
     if _is_dicom(path):
         return read_dicom(path, window=window, frame=frame, ct_window=ct_window)
@@ -680,9 +688,12 @@ def looks_like_ct(data: np.ndarray) -> bool:
     return finite.size > 0 and float(np.percentile(finite, 1)) <= CT_AIR_HU
 
 
-def open_volume(path: str | os.PathLike[str]) -> tuple[Any, str | None]:
+def open_volume(
+    path: str | os.PathLike[str], series_uid: str | None = None
+) -> tuple[Any, str | None]:
     """``(nibabel image, modality)`` of a NIfTI (or Analyze) file, or of a directory read
-    as a DICOM series (``medisee.data.dicom_series``; NIfTI files have no modality)."""
+    as a DICOM series (``medisee.data.dicom_series``; ``series_uid`` picks one of several;
+    NIfTI files have no modality)."""
     import nibabel as nib
     from nibabel.spatialimages import SpatialImage
 
@@ -692,7 +703,7 @@ def open_volume(path: str | os.PathLike[str]) -> tuple[Any, str | None]:
     if path.is_dir():
         from medisee.data.dicom_series import read_dicom_series
 
-        series = read_dicom_series(path)
+        series = read_dicom_series(path, series_uid=series_uid)
         return series.image, series.modality
     try:
         image = nib.load(str(path))
@@ -809,12 +820,13 @@ def read_nifti(
     modality: str | None = None,
     volume: int = 0,
     ct_window: str | None = None,
+    series_uid: str | None = None,
 ) -> MedicalImage:
     """One display slice of a NIfTI volume, or of a directory's DICOM series (default: the
     middle slice along ``axis``); ``window`` and ``ct_window`` as in :func:`volume_display`.
     The modality is ``modality``, else a series' files', else CT for a volume in Hounsfield
     units (:func:`volume_modality`)."""
-    image, file_modality = open_volume(path)
+    image, file_modality = open_volume(path, series_uid)
     vol = load_volume(path, volume=volume, image=image)
     check_informative(vol.data, f"the volume {path}")
     modality = volume_modality(vol, modality, file_modality)

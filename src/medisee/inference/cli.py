@@ -116,6 +116,12 @@ def _add_read_arguments(parser: argparse.ArgumentParser) -> None:
         help="slice index of a volume along --axis (default: the middle one)",
     )
     parser.add_argument("--frame", type=int, default=0, help="frame of a multi-frame DICOM")
+    parser.add_argument(
+        "--series",
+        default=None,
+        metavar="UID",
+        help="the SeriesInstanceUID to read from a directory holding several series",
+    )
     parser.add_argument("--modality", default=None, help="override the modality (e.g. CT)")
 
 
@@ -162,6 +168,7 @@ def _read_options(args: argparse.Namespace, item: dict[str, Any] | None = None):
         index=item.get("slice", args.slice),
         frame=int(item.get("frame", args.frame)),
         modality=item.get("modality", args.modality),
+        series_uid=item.get("series", args.series),
     )
 
 
@@ -361,6 +368,7 @@ def _predict_volume(predictor, args, item: Item, directory: Path, bar) -> dict[s
         axis=options.axis,
         window=options.window,
         modality=options.modality,
+        series_uid=options.series_uid,
     )
     files = {"mask": str(result.save_nifti(directory / "mask.nii.gz"))}
     boxes = directory / "boxes.json"

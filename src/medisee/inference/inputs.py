@@ -60,6 +60,7 @@ class ReadOptions:
         ct_window: the display an ``"auto"`` CT gets: a window preset or a composite
             (``medisee.data.io.COMPOSITE_WINDOWS``). ``Predictor`` fills it with its
             model's ``ModelConfig.ct_window``, so a CT looks as the model's training CT did.
+        series_uid: the ``SeriesInstanceUID`` to read from a directory holding several.
     """
 
     window: str | Window | tuple[float, float] | None = "auto"
@@ -68,6 +69,7 @@ class ReadOptions:
     frame: int = 0
     modality: str | None = None
     ct_window: str | None = None
+    series_uid: str | None = None
 
 
 def is_nifti_path(path: str | os.PathLike[str]) -> bool:
@@ -131,6 +133,7 @@ def load_image(image: ImageInput, options: ReadOptions | None = None) -> Medical
             frame=options.frame,
             modality=options.modality,
             ct_window=options.ct_window,
+            series_uid=options.series_uid,
         )
     raise TypeError(f"cannot use {type(image).__name__} as an image (array, MedicalImage or path)")
 

@@ -117,6 +117,7 @@ def predict_volume(
     window: Any = "auto",
     modality: str | None = None,
     volume: int = 0,
+    series_uid: str | None = None,
     progress: Callable[[int], None] | None = None,
     **generation: Any,
 ) -> VolumePrediction:
@@ -136,7 +137,8 @@ def predict_volume(
 
     if axis not in AXES:
         raise ValueError(f"axis must be one of {list(AXES)}, got {axis!r}")
-    source, file_modality = open_volume(path)  # a NIfTI file or a DICOM series directory
+    # A NIfTI file, or a directory of DICOM files (``series_uid``: one of its series).
+    source, file_modality = open_volume(path, series_uid)
     vol = load_volume(path, volume=volume, image=source)
     check_informative(vol.data, f"the volume {path}")  # as read_nifti: no blank volumes
     modality = volume_modality(vol, modality, file_modality)
