@@ -29,6 +29,12 @@ def test_foreign_structure_finds_another_structures_facts_or_subject(ontology) -
     assert foreign_structure("skull", "The right femoral head is a growth.", ontology) == (
         "right femoral head"
     )
+    # The answer doing what only another structure does: the opening of its function.
+    garbled = "The heart conducts air in the lower part of the image."
+    assert foreign_structure("heart", garbled, ontology) == "trachea"
+    # A geometry phrase opens some functions too ("contains the"): not another's deed.
+    inside = "The brain contains the left lateral ventricle."
+    assert foreign_structure("brain", inside, ontology) is None
     # The answer's own facts, a neighbour named later, or nothing: about the answer.
     own = f"The left kidney {kidney.function}; it {kidney.attributes[0]}."
     assert foreign_structure("left kidney", own, ontology) is None

@@ -9,8 +9,9 @@ function), or "This is the skull. The right femoral head is ...". The answer sen
 names the structure that was found and masked; such an explanation contradicts it.
 
 :func:`foreign_structure` finds an explanation that holds a sentence of another
-structure's ontology entry (its function, an attribute, its location or appearance), or
-whose first sentence is about another structure; :func:`checked_reply` then puts the
+structure's ontology entry (its function, an attribute, its location or appearance),
+whose first sentence is about another structure, or in which the answer does what only
+another structure does ("The heart conducts air", the opening of the trachea's function); :func:`checked_reply` then puts the
 answer's own ontology explanation in its place (the attribute explanation of the
 templates, with the image's modality). Only the explanation changes: the answer
 sentence, and with it what the evaluation scores, stays.
@@ -71,6 +72,25 @@ def _facts(category: Category) -> list[str]:
     return [fact for fact in facts if len(fact) >= _MIN_FACT_CHARS]
 
 
+# The verbs of the templates' geometry phrases ("contains the", "lies right next to"): a
+# function that opens with one says nothing a position does not say too.
+_GEOMETRY_VERBS = frozenset({"contains", "surrounds", "encloses", "lies", "sits", "is"})
+
+
+def _function_openings(ontology: Ontology) -> dict[str, str]:
+    """The first two words of a category's function ("conducts air") -> that category, for
+    the openings no other category's function shares and no geometry phrase starts."""
+    owners: dict[str, set[str]] = {}
+    for category in ontology.categories.values():
+        opening = " ".join(category.function.lower().split()[:2])
+        owners.setdefault(opening, set()).add(category.name)
+    return {
+        opening: next(iter(names))
+        for opening, names in owners.items()
+        if len(names) == 1 and opening.split(" ")[0] not in _GEOMETRY_VERBS
+    }
+
+
 def foreign_structure(label: str, explanation: str, ontology: Ontology) -> str | None:
     """The other structure whose facts ``explanation`` holds, or that its first sentence is
     about; ``None`` when it is about ``label`` (or ``label`` is not in ``ontology``)."""
@@ -84,6 +104,14 @@ def foreign_structure(label: str, explanation: str, ontology: Ontology) -> str |
         for fact in _facts(category):
             if fact not in own and fact in explanation:
                 return category.name
+    # "The heart conducts air ...": the answer doing what only another structure does (the
+    # opening of the trachea's function), the rest of that sentence garbled.
+    openings = _function_openings(ontology)
+    said = re.finditer(rf"\bthe\s+{re.escape(label.lower())}\s+(\w+\s+\w+)", explanation.lower())
+    for opening in (match.group(1) for match in said):
+        owner = openings.get(opening)
+        if owner is not None and owner != answer.category.name:
+            return owner
     match = _SUBJECT.match(explanation.lower())
     if match is None:
         return None
