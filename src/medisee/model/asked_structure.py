@@ -16,7 +16,9 @@ A plain request whose object is a general noun rather than one structure's name 
 is the tumour?", "Segment the lesion.", "Where is the artery?") asks for a structure of
 that sort (:func:`generic_request`): the answer names one of the exam's labels that is one
 (:func:`generic_labels`), or the reply says the model was not trained to find one there.
-"Where is the tumour?" on a chest CT was answered "Sure, this is the bone."
+"Where is the tumour?" on a chest CT was answered "Sure, this is the bone." A paired
+structure asked for in the plural ("Where are the lungs?") means both sides
+(:func:`both_sides`; ``medisee.inference.paired`` asks for each and joins them).
 
 Only a plain request whose whole object is such a name counts: "Which organ filters the
 blood?" or "Find the muscular pipe behind the windpipe" name no structure as their object,
@@ -32,7 +34,8 @@ from dataclasses import dataclass
 from medisee.data.ontology import KIND_NOUNS, SIDES, Category, Ontology, ResolvedLabel
 
 # "Where is the X?", "Segment the X in this image.", "Can you show me the X?",
-# "Is there a X here?": a request, then an article, the object, an optional place.
+# "Is there a X here?", "Do you see a X?": a request, then an article, the object, an
+# optional place.
 _REQUEST = re.compile(
     r"^(?:please\s+)?(?:(?:can|could|would)\s+you\s+(?:please\s+)?)?"
     r"(?:where(?:'s|\s+is|\s+are)|segment|find|locate|show(?:\s+me)?|outline|mark|"
