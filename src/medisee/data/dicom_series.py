@@ -63,11 +63,6 @@ class DicomSeries:
     files: list[Path]
 
 
-def is_series_directory(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a directory (read as a DICOM series)."""
-    return Path(path).is_dir()
-
-
 def read_dicom_series(
     directory: str | os.PathLike[str], *, series_uid: str | None = None
 ) -> DicomSeries:

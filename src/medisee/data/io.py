@@ -332,7 +332,8 @@ class MedicalImage:
         return MedicalImage(gray_to_rgb(gray), self.values, meta)
 
 
-def _is_dicom(path: Path) -> bool:
+def is_dicom_file(path: Path) -> bool:
+    """Whether ``path`` is DICOM: by its suffix, or ``DICM`` at offset 128 (Part 10)."""
     if path.suffix.lower() in (".dcm", ".dicom"):
         return True
     try:
@@ -387,7 +388,7 @@ def read_image(
             ct_window=ct_window,
             series_uid=series_uid,
         )
-    if _is_dicom(path):
+    if is_dicom_file(path):
         return read_dicom(path, window=window, frame=frame, ct_window=ct_window)
     return read_raster(path, window=window, modality=modality)
 

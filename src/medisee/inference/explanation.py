@@ -11,9 +11,9 @@ names the structure that was found and masked; such an explanation contradicts i
 :func:`foreign_structure` finds an explanation that holds a sentence of another
 structure's ontology entry (its function, an attribute, its location or appearance),
 whose first sentence is about another structure, or in which the answer does what only
-another structure does ("The heart conducts air", the opening of the trachea's function); :func:`checked_reply` then puts the
-answer's own ontology explanation in its place (the attribute explanation of the
-templates, with the image's modality). Only the explanation changes: the answer
+another structure does ("The heart conducts air", the opening of the trachea's
+function); :func:`checked_reply` then puts the answer's own ontology explanation in its
+place (the attribute explanation of the templates, with the image's modality). Only the explanation changes: the answer
 sentence, and with it what the evaluation scores, stays.
 
 The LM also says where its answer lies ("The spleen lies in the middle left part of the
@@ -92,8 +92,9 @@ def _function_openings(ontology: Ontology) -> dict[str, str]:
 
 
 def foreign_structure(label: str, explanation: str, ontology: Ontology) -> str | None:
-    """The other structure whose facts ``explanation`` holds, or that its first sentence is
-    about; ``None`` when it is about ``label`` (or ``label`` is not in ``ontology``)."""
+    """The other structure whose facts ``explanation`` holds, whose function's opening it
+    gives ``label`` ("The heart conducts air"), or that its first sentence is about;
+    ``None`` when it is about ``label`` (or ``label`` is not in ``ontology``)."""
     answer = ontology.resolve(label)
     if answer is None or not explanation:
         return None

@@ -32,6 +32,7 @@ from medisee.data.io import (
     apply_window,
     check_informative,
     gray_to_rgb,
+    is_dicom_file,
     raster_size,
     stretch_window,
 )
@@ -182,7 +183,7 @@ def probe_pixel_count(path: str | os.PathLike[str], options: ReadOptions | None 
         return sum(
             probe_pixel_count(member, options)
             for member in sorted(path.iterdir())
-            if member.is_file() and _is_dicom_file(member)
+            if member.is_file() and is_dicom_file(member)
         )
     if is_nifti_path(path):
         import nibabel as nib
@@ -212,11 +213,3 @@ def probe_pixel_count(path: str | os.PathLike[str], options: ReadOptions | None 
         return rows * columns * frames
     width, height = raster_size(path)  # answers for decompression bombs too
     return int(width) * int(height)
-
-
-def _is_dicom_file(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        head = handle.read(132)
-    return (
-        len(head) >= 132 and head[128:132] == b"DICM" or path.suffix.lower() in (".dcm", ".dicom")
-    )
