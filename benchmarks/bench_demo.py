@@ -4,7 +4,9 @@
         --json benchmarks/results/demo_lite_cpu.json [--model lite-smollm2]
 
 Runs ``medisee.demo.run_demo`` (build the bundled data, train the ``lite`` recipe,
-evaluate on the test split beside the baselines) and writes its report (``demo.json``:
+evaluate on the test split beside the baselines) in a process set up as the ``medisee``
+command sets up its own (glibc allocator tuning unless ``MEDISEE_MALLOC_TUNING=0``,
+``medisee.allocator``) and writes its report (``demo.json``:
 seconds per phase, overall metrics per method) together with what the figures depend on:
 the host's CPU steal over the run, this process's CPU seconds, the thread count, the CPU
 model and the library versions. The README's results table comes from this file.
@@ -48,8 +50,10 @@ def main() -> None:
     parser.add_argument("--json", help="write the report here too")
     args = parser.parse_args()
 
+    from medisee.allocator import tune_from_environment
     from medisee.demo import DemoConfig, run_demo
 
+    allocator_tuned = tune_from_environment()
     before = cpu_times()
     started = time.perf_counter()
     report = run_demo(DemoConfig(out_dir=args.out, model=args.model))
@@ -58,6 +62,7 @@ def main() -> None:
     report["host_steal_fraction"] = steal_fraction(before, cpu_times())
     report["process_cpu_s"] = process_cpu_seconds()
     report["machine"] = machine()
+    report["allocator_tuned"] = allocator_tuned
     print_report(report, args.json)
 
 

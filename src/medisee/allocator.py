@@ -9,8 +9,11 @@ the pages mapped between calls (on a quiet 2-core machine the LiteMedSAM encoder
 from 2.0 to 1.3 s per image, its system time from 1.3 s to under 0.1 s;
 ``benchmarks/experiments/encoder_allocator.py``).
 
-It changes a process-wide setting of the C library, so it is opt-in: the CLI calls
-``tune_from_environment`` and sets the thresholds only when ``MEDISEE_MALLOC_TUNING=1``.
+It changes a process-wide setting of the C library, so the library never sets it: the
+``medisee`` command, which owns its process, calls ``tune_from_environment`` first, and
+``MEDISEE_MALLOC_TUNING=0`` leaves the allocator alone. Code that embeds medisee calls
+``keep_freed_memory`` itself if it wants the speed (the demo on a 2-core Intel host:
+24.3 -> 19.6 min, the same weights; ``benchmarks/results/demo_lite_cpu_intel_tuned.json``).
 """
 
 from __future__ import annotations
@@ -31,14 +34,17 @@ TRIM_THRESHOLD = 1 << 31
 logger = logging.getLogger(__name__)
 
 
-#: set to 1 to have the CLI tune the allocator
+#: ``0`` keeps the CLI from tuning the allocator; ``1`` (or unset) lets it
 ENV_VAR = "MEDISEE_MALLOC_TUNING"
 
 
 def tune_from_environment() -> bool:
-    """``keep_freed_memory()`` when ``MEDISEE_MALLOC_TUNING=1``; returns whether it ran
-    and took effect."""
-    return os.environ.get(ENV_VAR) == "1" and keep_freed_memory()
+    """``keep_freed_memory()`` unless ``MEDISEE_MALLOC_TUNING=0``; returns whether it ran
+    and took effect. Raises ``ValueError`` for any other value than ``0`` or ``1``."""
+    value = os.environ.get(ENV_VAR, "1").strip()
+    if value not in ("0", "1"):
+        raise ValueError(f"{ENV_VAR} must be 0 (leave the allocator alone) or 1, not {value!r}")
+    return value == "1" and keep_freed_memory()
 
 
 def keep_freed_memory() -> bool:

@@ -80,8 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from medisee.allocator import tune_from_environment
 
-    tune_from_environment()
     try:
+        tune_from_environment()
         result = args.func(args)
     except ModuleNotFoundError as error:
         hint = missing_extra_message(error)
