@@ -164,10 +164,18 @@ def test_the_exam_head_is_saved_and_loaded(exam_model, tmp_path):
 def test_a_question_for_a_structure_the_exam_cannot_show_gets_no_mask(exam_model) -> None:
     # Every image read as a brain MRI: the liver is trained (abdominal CT) but not shown,
     # the spleen never trained; an implicit question is answered as before.
-    questions = ["Where is the liver?", "Segment the spleen.", "Which organ filters the blood?"]
-    liver, spleen, implicit = _generate(exam_model, 1, questions, questions=questions)
+    questions = [
+        "Where is the liver?",
+        "Segment the spleen.",
+        "Which organ filters the blood?",
+        "Where are the kidneys?",
+    ]
+    liver, spleen, implicit, kidneys = _generate(exam_model, 1, questions, questions=questions)
     assert liver.absent is not None and liver.absent.reason == "not_shown"
     assert liver.text.startswith("This looks like a brain MRI, which does not show the liver")
+    # Both sides asked for: said as asked, in the plural.
+    assert kidneys.absent is not None and kidneys.absent.label == "kidneys"
+    assert kidneys.text.startswith("This looks like a brain MRI, which does not show the kidneys")
     assert spleen.absent is not None and spleen.absent.reason == "not_trained"
     for answer in (liver, spleen):
         assert not answer.found_target and answer.mask_logits is None

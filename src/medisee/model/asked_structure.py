@@ -251,7 +251,8 @@ class Absence:
     """Why an asked structure has no answer: ``reason`` is ``"not_shown"`` (the image's
     exam does not show it), ``"not_trained"`` (no label of the model is that structure) or
     ``"none_of_sort"`` (asked by a general noun, ``label``: no label the exam shows is
-    one)."""
+    one). ``label`` is the structure as the reply names it: a label, the general noun,
+    or a paired structure's plural ("lungs") when both sides were asked for."""
 
     label: str
     reason: str

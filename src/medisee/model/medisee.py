@@ -36,6 +36,7 @@ from medisee.model.asked_structure import (
     absent_reply,
     asked_structure,
     asks_about_image,
+    both_sides,
     generic_labels,
     generic_request,
     image_reply,
@@ -843,7 +844,11 @@ class MediSee(nn.Module):
                 named = kind_labels(asked, allowed, ontology)
             if named:
                 return named, None
-            return [], absence(asked, self.config.labels, ontology)
+            absent = absence(asked, self.config.labels, ontology)
+            pair = both_sides(question, ontology)
+            if pair is not None:  # "Where are the lungs?" on a brain MRI: said in the plural
+                absent = dataclasses.replace(absent, label=pair.plural)
+            return [], absent
         generic = generic_request(question, ontology)
         if generic is None:
             return [], None
