@@ -62,6 +62,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="after --max-steps, N steps training the grounding head alone on the fixed LM",
     )
+    parser.add_argument(
+        "--ema-decay",
+        type=float,
+        metavar="D",
+        help="average the weights over each phase (EMA, decay D in (0, 1), horizon ~1/(1-D) "
+        "steps) and keep the average",
+    )
     parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"))
     parser.add_argument(
         "--cache-dir", help="embedding cache directory (default: the run's embedding_cache/)"
@@ -93,6 +100,7 @@ OVERRIDABLE = (
     "group_by_length",
     "repeat_threshold",
     "grounding_refit_steps",
+    "ema_decay",
     "mixed_precision",
     "cache_dir",
     "save_every",

@@ -34,6 +34,7 @@ from medisee.model.config import QuestionPriorConfig
 from medisee.train.config import TrainConfig
 from medisee.train.exam_fit import fit_exams
 from medisee.train.prior_fit import fit_prior
+from medisee.train.weight_average import WeightAverage
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +165,8 @@ class TrainingRun:
     exam_fit: dict[str, Any] | None = None
     #: the question prior's fit (``medisee.train.prior_fit.fit_prior``), once it ran
     prior_fit: dict[str, Any] | None = None
+    #: the weights' moving average (``config.ema_decay``; None: off)
+    weight_average: WeightAverage | None = None
 
 
 def training_ct_window(records: Sequence[Record]) -> str | None:
@@ -357,6 +360,15 @@ def setup_training(
     # The scheduler is stepped by us once per optimizer step (Accelerate's wrapper would
     # step it once per process), and saved with the rest of the state.
     accelerator.register_for_checkpointing(scheduler)
+    weight_average = None
+    if config.ema_decay is not None:
+        if getattr(accelerator.state, "deepspeed_plugin", None) is not None:
+            raise ValueError(
+                "TrainConfig.ema_decay averages whole parameters on each rank; DeepSpeed "
+                "shards them: train without ema_decay there"
+            )
+        weight_average = WeightAverage(parameters, config.ema_decay)
+        accelerator.register_for_checkpointing(weight_average)
 
     start_step = 0
     history: list[dict[str, float]] = []
@@ -443,6 +455,7 @@ def setup_training(
         start_step=start_step,
         history=history,
         resumed_from=resumed_from,
+        weight_average=weight_average,
     )
 
 
@@ -481,6 +494,9 @@ def training_loop(run: TrainingRun, *, progress: bool = True) -> int:
             phase_started = time.perf_counter()
             bar.set_description("refit grounding")
             logger.info("step %d: refitting the grounding head on the fixed LM", step)
+            if run.weight_average is not None:  # the refit starts from the joint average
+                run.weight_average.write_to_model()
+                run.weight_average.restart()
         decode_masks = not refitting and step % config.mask_loss_every == 0
         source = run.refit_batches if refitting and run.refit_batches is not None else run.batches
         for _ in range(config.grad_accum):
@@ -503,6 +519,8 @@ def training_loop(run: TrainingRun, *, progress: bool = True) -> int:
                 run.optimizer.step()
                 run.optimizer.zero_grad()
             window.append(losses.as_floats())
+        if run.weight_average is not None:
+            run.weight_average.update()
         run.scheduler.step()
         step += 1
         bar.update(1)
@@ -520,6 +538,8 @@ def training_loop(run: TrainingRun, *, progress: bool = True) -> int:
         if step % config.save_every == 0 or step == config.total_steps:
             _save_checkpoint(accelerator, Path(config.output_dir), step, run.history, config)
     bar.close()
+    if run.weight_average is not None:
+        run.weight_average.write_to_model()
     run.phase_seconds["refit" if step > config.max_steps else "joint"] = (
         time.perf_counter() - phase_started
     )
