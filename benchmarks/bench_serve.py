@@ -47,11 +47,16 @@ HERE = Path(__file__).resolve().parent
 
 # ---------------------------------------------------------------------- the server
 def serve(args: argparse.Namespace) -> None:
-    """Child process: build the model, bind 127.0.0.1:0, print the port, serve."""
+    """Child process: build the model, bind 127.0.0.1:0, print the port, serve. The
+    allocator is set up as ``medisee serve`` sets up its own (``medisee.allocator``)."""
     import socket
 
     import torch
     import uvicorn
+
+    from medisee.allocator import tune_from_environment
+
+    tuned = tune_from_environment()
 
     sys.path.insert(0, str(HERE))
     from bench_inference import build, force_targets
@@ -72,7 +77,7 @@ def serve(args: argparse.Namespace) -> None:
     )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    print(f"PORT {sock.getsockname()[1]}", flush=True)
+    print(f"PORT {sock.getsockname()[1]} TUNED {int(tuned)}", flush=True)
     config = uvicorn.Config(create_app(predictor, settings), log_level="warning")
     uvicorn.Server(config).run(sockets=[sock])
 
@@ -112,7 +117,10 @@ class Server:
         if not line.startswith("PORT "):
             self.process.kill()
             raise RuntimeError(f"the server did not start: {line!r}")
-        self.url = f"http://127.0.0.1:{int(line.split()[1])}"
+        words = line.split()
+        self.url = f"http://127.0.0.1:{int(words[1])}"
+        #: whether the server process keeps freed memory mapped (``medisee.allocator``)
+        self.allocator_tuned = words[2:4] == ["TUNED", "1"]
 
     def rss_mb(self) -> float:
         with open(f"/proc/{self.process.pid}/statm") as handle:
@@ -397,6 +405,7 @@ def main() -> None:
         "load_average_start": load_average(),
     }
     server = Server(args, store=64)
+    results["server_allocator_tuned"] = server.allocator_tuned
     try:
         results.update(asyncio.run(single_and_load(args, server)))
     finally:
