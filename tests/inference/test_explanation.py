@@ -134,8 +134,17 @@ def test_a_question_whether_a_structure_is_there_gets_what_the_model_can_say() -
         "I cannot tell from the image whether there is an aorta;"
     )
     assert presence_reply("Do you see a tumour?", reply)[1] == "lung tumor"
+    for asked in (
+        "Does this scan show a tumour?",
+        "Does the patient have a lung tumor?",
+        "Show me the tumour if there is one.",
+        "Segment any nodules, if present.",
+        "Any sign of a mass in the lungs?",
+    ):
+        assert presence_reply(asked, reply)[1] == "lung tumor", asked
     # Other questions, and replies without an answer sentence, are left alone.
-    assert presence_reply("Where is the lung tumor?", reply) == (reply, None)
+    for other in ("Where is the lung tumor?", "What does this scan show?", "If so, where?"):
+        assert presence_reply(other, reply) == (reply, None), other
     assert presence_reply("Is there a tumor?", "The region is dark.") == (
         "The region is dark.",
         None,

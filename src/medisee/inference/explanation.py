@@ -178,7 +178,15 @@ def grounded_position(reply: str, mask: np.ndarray) -> tuple[str, bool]:
 # "Is there a lung tumor here?", "Are there lung nodules?", "Do you see a tumour?": a
 # question whether one is there.
 _PRESENCE = re.compile(
-    r"^\s*(?:please\s+)?(?:(?:is|are)\s+there|(?:do|can|could)\s+you\s+see)\b", re.IGNORECASE
+    # asked outright: "Is there ...", "Do you see ...", "Does this scan show ...", "Does the
+    # patient have ..."
+    r"^\s*(?:please\s+)?(?:(?:is|are)\s+there|(?:do|can|could)\s+you\s+see|"
+    r"does\s+(?:this|the)\s+(?:image|scan|slice|picture|exam|study|mri|ct|x-ray|ultrasound)"
+    r"\s+show|does\s+(?:the|this)\s+patient\s+have)\b"
+    # or on a condition: "Show me the tumour if there is one", "... if any", "any sign of"
+    r"|\bif\s+(?:there\s+is|there\s+are|there's)\s+(?:one|any)\b|\bif\s+(?:any|present)\b"
+    r"|\bany\s+signs?\s+of\b",
+    re.IGNORECASE,
 )
 
 
@@ -188,7 +196,7 @@ def presence_reply(question: str, reply: str) -> tuple[str, str | None]:
     cannot tell from the image whether there is a lung tumor; the region most like one is
     outlined."), and the structure it names; ``(reply, None)`` for any other question or
     a reply without an answer sentence."""
-    match = ANSWER_SENTENCE.match(reply) if _PRESENCE.match(question) else None
+    match = ANSWER_SENTENCE.match(reply) if _PRESENCE.search(question) else None
     if match is None:
         return reply, None
     subject = match["subject"].strip()
