@@ -8,6 +8,7 @@ from medisee.losses import LossWeights
 from medisee.train.state_cache import RefitStateCache
 from medisee.train.task import MediSeeTask
 from tests.conftest import make_batch, spy_language
+from tests.train.cut_off import cut_off_after
 from tests.train.test_trainer import _config
 
 
@@ -125,7 +126,6 @@ def test_refit_draws_from_a_fixed_pool_and_computes_each_state_once(
 def test_resume_inside_a_pooled_cached_refit(tmp_path, synthetic_records):
     """Cut off after the second refit step and resumed: the refit stream continues where
     it stopped, so the weights are those of the uninterrupted run."""
-    import shutil
 
     from safetensors.torch import load_file
 
@@ -143,11 +143,7 @@ def test_resume_inside_a_pooled_cached_refit(tmp_path, synthetic_records):
         )
 
     train(config(tmp_path / "a"), progress=False, records=synthetic_records)
-    cut = tmp_path / "b" / "run"
-    shutil.copytree(tmp_path / "a" / "run", cut)
-    shutil.rmtree(cut / "model")
-    shutil.rmtree(cut / "checkpoints" / "step_0000005")
-    (cut / "checkpoints" / "latest").write_text("step_0000004")
+    cut = cut_off_after(tmp_path / "a" / "run", tmp_path / "b" / "run", step=4)
     resumed = train(config(tmp_path / "b"), resume=True, progress=False, records=synthetic_records)
     assert resumed.resumed_from == 4 and resumed.steps == 5
     a = load_file(str(tmp_path / "a" / "run" / "model" / "model.safetensors"))

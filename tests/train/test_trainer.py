@@ -24,6 +24,7 @@ from medisee.train.trainer import (
     training_schedule,
     warmup_linear_decay,
 )
+from tests.train.cut_off import cut_off_after
 
 
 def _config(tmp_path, **kwargs) -> TrainConfig:
@@ -195,7 +196,6 @@ def test_grounding_refit_trains_the_head_alone_after_the_joint_steps(tmp_path, s
 def test_resume_inside_the_grounding_refit_phase(tmp_path, synthetic_records):
     """Cut off after the step-3 checkpoint (the first refit step) and resumed, the run
     ends at the same step with the same last loss and the same weights."""
-    import shutil
 
     from safetensors.torch import load_file
 
@@ -203,11 +203,7 @@ def test_resume_inside_the_grounding_refit_phase(tmp_path, synthetic_records):
         return _config(root, eval_every=0, max_steps=2, grounding_refit_steps=2, save_every=1)
 
     full = train(config(tmp_path / "a"), progress=False, records=synthetic_records)
-    cut = tmp_path / "b" / "run"
-    shutil.copytree(tmp_path / "a" / "run", cut)
-    shutil.rmtree(cut / "model")
-    shutil.rmtree(cut / "checkpoints" / "step_0000004")
-    (cut / "checkpoints" / "latest").write_text("step_0000003")
+    cut = cut_off_after(tmp_path / "a" / "run", tmp_path / "b" / "run", step=3)
     resumed = train(config(tmp_path / "b"), resume=True, progress=False, records=synthetic_records)
     assert resumed.resumed_from == 3 and resumed.steps == 4
     assert resumed.history[-1]["loss/total"] == pytest.approx(
@@ -417,14 +413,9 @@ def test_without_periodic_evaluation_only_training_images_are_embedded(tmp_path,
 def test_resume_continues_to_the_same_step_and_same_losses(tmp_path, synthetic_records):
     """A run cut off after its step-2 checkpoint and resumed gives the same step-3/4
     losses as the uninterrupted run (sampler position, optimizer, scheduler, RNG)."""
-    import shutil
 
     full = train(_config(tmp_path / "a", eval_every=0), progress=False, records=synthetic_records)
-    cut = tmp_path / "b" / "run"
-    shutil.copytree(tmp_path / "a" / "run", cut)
-    shutil.rmtree(cut / "model")
-    shutil.rmtree(cut / "checkpoints" / "step_0000004")
-    (cut / "checkpoints" / "latest").write_text("step_0000002")
+    cut_off_after(tmp_path / "a" / "run", tmp_path / "b" / "run", step=2)
     resumed = train(
         _config(tmp_path / "b", eval_every=0),
         resume=True,

@@ -3,14 +3,13 @@ trip, and a training run that keeps it across a cut-off and a resume."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
 from medisee.train.config import TrainConfig
 from medisee.train.trainer import train
 from medisee.train.weight_average import WeightAverage
+from tests.train.cut_off import cut_off_after
 from tests.train.test_trainer import _config
 
 
@@ -74,12 +73,7 @@ def test_a_run_with_the_average_resumes_to_the_same_weights(tmp_path, synthetic_
         )
 
     full = train(config(tmp_path / "a", ema_decay=0.6), progress=False, records=synthetic_records)
-    cut = tmp_path / "b" / "run"
-    shutil.copytree(tmp_path / "a" / "run", cut)
-    shutil.rmtree(cut / "model")
-    for step in (3, 4):
-        shutil.rmtree(cut / "checkpoints" / f"step_000000{step}", ignore_errors=True)
-    (cut / "checkpoints" / "latest").write_text("step_0000002")
+    cut = cut_off_after(tmp_path / "a" / "run", tmp_path / "b" / "run", step=2)
     resumed = train(
         config(tmp_path / "b", ema_decay=0.6),
         resume=True,
