@@ -16,6 +16,14 @@ TINY_CORPUS = (
 )
 
 
+@pytest.fixture(autouse=True)
+def _leave_the_test_process_allocator_alone(monkeypatch):
+    """Tests call ``medisee.cli.main`` in this process, which would set glibc's thresholds
+    for the whole test session (``medisee.allocator``); the allocator tests set the
+    variable themselves or run a child process."""
+    monkeypatch.setenv("MEDISEE_MALLOC_TUNING", "0")
+
+
 def spy_language(model, monkeypatch, read) -> list:
     """Patch ``model.language.forward`` to append ``read(input_ids)`` on every call, then
     run as before; returns the list the calls fill."""

@@ -12,8 +12,9 @@ from 2.0 to 1.3 s per image, its system time from 1.3 s to under 0.1 s;
 It changes a process-wide setting of the C library, so the library never sets it: the
 ``medisee`` command, which owns its process, calls ``tune_from_environment`` first, and
 ``MEDISEE_MALLOC_TUNING=0`` leaves the allocator alone. Code that embeds medisee calls
-``keep_freed_memory`` itself if it wants the speed (the demo on a 2-core Intel host:
-24.3 -> 19.6 min, the same weights; ``benchmarks/results/demo_lite_cpu_intel_tuned.json``).
+``keep_freed_memory`` itself if it wants the speed (the demo on a 2-core AMD host, runs
+alternated: 34.3 min without, 28.8 with, the same weights byte for byte;
+``benchmarks/experiments/demo_allocator.json``).
 """
 
 from __future__ import annotations
