@@ -176,6 +176,16 @@ def zipped_series(folder: Path) -> bytes:
     return zipped({f"../../../etc/{path.name}": path.read_bytes() for path in paths})
 
 
+def two_series_zipped(folder: Path) -> bytes:
+    """Two CT series of two slices each in one zip."""
+    files = {}
+    for number, uid in enumerate(("1.2.826.0.1.3680043.8.498.7", "1.2.826.0.1.3680043.8.498.8")):
+        slices = [ramp(12, 10) * (k + 1) for k in range(2)]
+        paths = write_ct_series(folder / uid, slices, positions=[0.0, 2.0], series_uid=uid)
+        files.update({f"s{number}_{path.name}": path.read_bytes() for path in paths})
+    return zipped(files)
+
+
 def good_png(folder: Path) -> bytes:
     return png_bytes(sample_image(12, 12))
 
@@ -339,9 +349,17 @@ CORPUS = [
     Case(
         "zip-without-dicom",
         400,
-        "holds no DICOM image file",
+        "holds no DICOM image file; zip the files of one series",
         lambda d: zipped({"notes.txt": b"hello"}),
         filename="study.zip",
+        api=False,
+    ),
+    Case(
+        "zip-two-series",
+        400,
+        "holds 2 series",
+        two_series_zipped,
+        filename="studies.zip",
         api=False,
     ),
     Case(
@@ -450,6 +468,8 @@ def test_the_server_answers_each_bad_input_with_its_status_and_words(server, scr
     else:
         assert case.words in body["detail"], body["detail"]
         assert not LEAKS.search(body["detail"]), body["detail"]
+        # A client of the server has no command-line flags to follow.
+        assert "medisee predict" not in body["detail"], body["detail"]
     health = server.get("/healthz")
     assert health.status_code == 200 and health.json()["status"] == "ok"
 

@@ -42,7 +42,17 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 class DicomSeriesError(ImageReadError):
-    """A directory that cannot be read as one DICOM series volume; the message says why."""
+    """A directory that cannot be read as one DICOM series volume; the message says why.
+
+    ``problem`` is what is wrong with the directory, ``remedy`` what a user of the
+    command line or of Python can do about it (empty when nothing); the message is both.
+    The server, whose clients have neither, gives its own remedy after ``problem``.
+    """
+
+    def __init__(self, problem: str, remedy: str = "") -> None:
+        super().__init__(f"{problem}; {remedy}" if remedy else problem)
+        self.problem = problem
+        self.remedy = remedy
 
 
 @dataclass
@@ -89,19 +99,19 @@ def read_dicom_series(
             headers[path] = dataset
     if not headers:
         inside = sorted(p.name for p in folder.iterdir() if p.is_dir())
-        hint = (
-            f"; its subdirectories ({', '.join(inside[:5])}{', ...' if len(inside) > 5 else ''})"
+        remedy = (
+            f"its subdirectories ({', '.join(inside[:5])}{', ...' if len(inside) > 5 else ''})"
             " may each hold a series: give one of them"
             if inside
-            else "; separate images are read one file at a time (medisee predict --images)"
+            else "separate images are read one file at a time (medisee predict --images)"
         )
-        raise DicomSeriesError(f"{folder} holds no DICOM image file{hint}")
+        raise DicomSeriesError(f"{folder} holds no DICOM image file", remedy)
     series = Counter(str(h.get("SeriesInstanceUID", "")) for h in headers.values())
     if series_uid is None and len(series) > 1:
         listed = ", ".join(f"{uid} ({count} files)" for uid, count in series.most_common())
         raise DicomSeriesError(
-            f"{folder} holds {len(series)} series: {listed}; pick one (medisee predict "
-            "--series UID; series_uid= in Python)"
+            f"{folder} holds {len(series)} series: {listed}",
+            "pick one (medisee predict --series UID; series_uid= in Python)",
         )
     chosen = series_uid if series_uid is not None else next(iter(series))
     if chosen not in series:

@@ -398,6 +398,7 @@ def _decode_upload(
     CT (``ReadOptions.ct_window``)."""
     from PIL import Image
 
+    from medisee.data.dicom_series import DicomSeriesError
     from medisee.data.io import BlankImageError, ImageReadError, ImageTooLargeError, parse_window
     from medisee.inference.inputs import ReadOptions, load_image, probe_pixel_count, sniff_suffix
 
@@ -435,9 +436,10 @@ def _decode_upload(
         path = Path(folder) / f"upload{suffix if suffix != '.img-raster' else ''}"
         path.write_bytes(data)
         if suffix == ".zip":  # a DICOM series: its files, flat, in a directory of their own
-            path = _unzip_series(path, Path(folder) / "series", settings)
+            # (named so that hiding it below cannot touch a word such as "series")
+            path = _unzip_series(path, Path(folder) / "upload-series", settings)
 
-        def public(error: Exception) -> str:
+        def public(error: Exception | str) -> str:
             # The readers name the file they read: here a temporary file, which is no
             # business of the client's. Name the upload instead.
             text = str(error)
@@ -445,12 +447,18 @@ def _decode_upload(
                 text = text.replace(private, shown)
             return text
 
+        def unreadable(error: ImageReadError) -> HTTPException:
+            if isinstance(error, DicomSeriesError):
+                # Its remedy names command-line flags; a client can only send another zip.
+                what = f"{public(error.problem)}; zip the files of one series"
+            else:
+                what = public(error)
+            return HTTPException(400, f"cannot read the upload as an image: {what}")
+
         try:
             pixels = probe_pixel_count(path)
         except ImageReadError as error:
-            raise HTTPException(
-                400, f"cannot read the upload as an image: {public(error)}"
-            ) from None
+            raise unreadable(error) from None
         volume = suffix in (".nii", ".nii.gz", ".zip")
         limit = settings.max_voxels if volume else settings.max_pixels
         if pixels > limit:
@@ -463,9 +471,7 @@ def _decode_upload(
         except BlankImageError as error:
             raise HTTPException(422, f"nothing to segment: {public(error)}") from None
         except ImageReadError as error:
-            raise HTTPException(
-                400, f"cannot read the upload as an image: {public(error)}"
-            ) from None
+            raise unreadable(error) from None
         except ValueError as error:  # frame/slice out of range, window='header' without one
             raise HTTPException(422, public(error)) from None
     meta = image.meta
