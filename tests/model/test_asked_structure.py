@@ -45,6 +45,12 @@ def ontology() -> Ontology:
         ("Where are the common carotid arteries?", "common carotid artery"),
         ("Where are the vertebrae?", "vertebra"),
         ("Do you see a liver tumor here?", "liver tumor"),
+        # Whether it is there, asked outright or on a condition (presence_reply's forms).
+        ("Does this scan show a liver tumor?", "liver tumor"),
+        ("Does the patient have a lung tumour?", "lung tumor"),
+        ("Show me the lung nodules if there are any.", "lung nodule"),
+        ("Segment the pleural effusion, if present.", "pleural effusion"),
+        ("Is there any sign of a brain tumor?", "brain tumor"),
     ],
 )
 def test_a_plain_request_names_its_structure(ontology, question, label) -> None:
@@ -196,6 +202,8 @@ NECK_US = (
             ["left common carotid artery", "right common carotid artery"],
         ),  # fmt: skip
         ("Segment the left vein.", NECK_US, ["left internal jugular vein"]),
+        ("Show me the tumour if there is one.", CHEST_CT, ["lung tumor"]),
+        ("Does this scan show a mass?", CHEST_CT, ["lung nodule"]),  # a "lung mass"
         # A kind's noun: every label of that kind.
         ("Where is the organ?", NECK_US, ["esophagus", "thyroid gland", "trachea"]),
         # Nothing of that sort on this exam.
@@ -217,6 +225,7 @@ def test_a_request_by_a_general_noun_gets_the_labels_of_its_sort(
         "Where is the glass?",  # names no sort of structure
         "Which organ filters the blood?",  # not a plain request
         "Where is the pain?",
+        "Any sign of a mass in the lungs?",  # a place the request does not parse
     ],
 )
 def test_other_questions_are_no_general_request(ontology, question) -> None:

@@ -34,14 +34,18 @@ from dataclasses import dataclass
 from medisee.data.ontology import KIND_NOUNS, SIDES, Category, Ontology, ResolvedLabel
 
 # "Where is the X?", "Segment the X in this image.", "Can you show me the X?",
-# "Is there a X here?", "Do you see a X?": a request, then an article, the object, an
-# optional place.
+# "Is there a X here?", "Do you see a X?", "Does this scan show a X?": a request, then an
+# article, the object, an optional place, an optional condition ("... if there is one").
 _REQUEST = re.compile(
     r"^(?:please\s+)?(?:(?:can|could|would)\s+you\s+(?:please\s+)?)?"
     r"(?:where(?:'s|\s+is|\s+are)|segment|find|locate|show(?:\s+me)?|outline|mark|"
-    r"point\s+to|highlight|delineate|detect|is\s+there|are\s+there|(?:do|can)\s+you\s+see)\s+"
+    r"point\s+to|highlight|delineate|detect|(?:(?:is|are)\s+there\s+)?any\s+signs?\s+of|"
+    r"is\s+there|are\s+there|(?:do|can)\s+you\s+see|does\s+(?:the|this)\s+patient\s+have|"
+    r"does\s+(?:this|the)\s+(?:image|scan|slice|picture|exam|study|mri|ct|x-ray|ultrasound)"
+    r"\s+show)\s+"
     r"(?:an?\s+|the\s+|any\s+)?(?P<term>[a-z][a-z' -]*?)"
     r"(?:\s+(?:here|(?:in|on)\s+(?:this|the)\s+(?:image|scan|slice|picture|study|exam)))?"
+    r"(?:[\s,]+if\s+(?:there\s+is|there\s+are|there's)\s+(?:one|any)|[\s,]+if\s+(?:any|present))?"
     r"(?:[\s,]+please)?\s*[?.!]*$"
 )
 
