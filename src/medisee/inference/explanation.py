@@ -38,6 +38,7 @@ from medisee.data.geometry import mask_region
 from medisee.data.ontology import Category, Ontology
 from medisee.data.qa_template import MODALITY_NOUNS, attribute_explanation
 from medisee.inference.knowledge import ANSWER_SENTENCE
+from medisee.model.asked_structure import ANY_SIGN_OF, ASKS_WHETHER_SHOWN, IF_THERE_IS_ONE
 
 # "The right femoral head is ...": the words before the first verb of a template sentence.
 _SUBJECT = re.compile(
@@ -181,11 +182,14 @@ _PRESENCE = re.compile(
     # asked outright: "Is there ...", "Do you see ...", "Does this scan show ...", "Does the
     # patient have ..."
     r"^\s*(?:please\s+)?(?:(?:is|are)\s+there|(?:do|can|could)\s+you\s+see|"
-    r"does\s+(?:this|the)\s+(?:image|scan|slice|picture|exam|study|mri|ct|x-ray|ultrasound)"
-    r"\s+show|does\s+(?:the|this)\s+patient\s+have)\b"
+    + ASKS_WHETHER_SHOWN
+    + r")\b"
     # or on a condition: "Show me the tumour if there is one", "... if any", "any sign of"
-    r"|\bif\s+(?:there\s+is|there\s+are|there's)\s+(?:one|any)\b|\bif\s+(?:any|present)\b"
-    r"|\bany\s+signs?\s+of\b",
+    + r"|\b(?:"
+    + IF_THERE_IS_ONE
+    + r")\b|\b"
+    + ANY_SIGN_OF
+    + r"\b",
     re.IGNORECASE,
 )
 

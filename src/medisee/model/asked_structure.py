@@ -33,19 +33,29 @@ from dataclasses import dataclass
 
 from medisee.data.ontology import KIND_NOUNS, SIDES, Category, Ontology, ResolvedLabel
 
+# Ways of asking whether a structure is there, besides "Is there" and "Do you see" (lower
+# case; ``medisee.inference.explanation.presence_reply`` reads the same ones):
+#: an opening: "Does this scan show ...", "Does the patient have ..."
+ASKS_WHETHER_SHOWN = (
+    r"does\s+(?:this|the)\s+(?:image|scan|slice|picture|exam|study|mri|ct|x-ray|ultrasound)"
+    r"\s+show|does\s+(?:the|this)\s+patient\s+have"
+)
+#: a condition after the request: "... if there is one", "... if any", "... if present"
+IF_THERE_IS_ONE = r"if\s+(?:there\s+is|there\s+are|there's)\s+(?:one|any)|if\s+(?:any|present)"
+#: "any sign of ...", "any signs of ..."
+ANY_SIGN_OF = r"any\s+signs?\s+of"
+
 # "Where is the X?", "Segment the X in this image.", "Can you show me the X?",
 # "Is there a X here?", "Do you see a X?", "Does this scan show a X?": a request, then an
 # article, the object, an optional place, an optional condition ("... if there is one").
 _REQUEST = re.compile(
     r"^(?:please\s+)?(?:(?:can|could|would)\s+you\s+(?:please\s+)?)?"
     r"(?:where(?:'s|\s+is|\s+are)|segment|find|locate|show(?:\s+me)?|outline|mark|"
-    r"point\s+to|highlight|delineate|detect|(?:(?:is|are)\s+there\s+)?any\s+signs?\s+of|"
-    r"is\s+there|are\s+there|(?:do|can)\s+you\s+see|does\s+(?:the|this)\s+patient\s+have|"
-    r"does\s+(?:this|the)\s+(?:image|scan|slice|picture|exam|study|mri|ct|x-ray|ultrasound)"
-    r"\s+show)\s+"
+    r"point\s+to|highlight|delineate|detect|(?:(?:is|are)\s+there\s+)?" + ANY_SIGN_OF + "|"
+    r"is\s+there|are\s+there|(?:do|can)\s+you\s+see|" + ASKS_WHETHER_SHOWN + r")\s+"
     r"(?:an?\s+|the\s+|any\s+)?(?P<term>[a-z][a-z' -]*?)"
     r"(?:\s+(?:here|(?:in|on)\s+(?:this|the)\s+(?:image|scan|slice|picture|study|exam)))?"
-    r"(?:[\s,]+if\s+(?:there\s+is|there\s+are|there's)\s+(?:one|any)|[\s,]+if\s+(?:any|present))?"
+    r"(?:[\s,]+(?:" + IF_THERE_IS_ONE + r"))?"
     r"(?:[\s,]+please)?\s*[?.!]*$"
 )
 
